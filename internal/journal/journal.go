@@ -1,0 +1,206 @@
+// Package journal implements the omap journal that maps CSI request names to
+// the UUIDs of the Ceph objects created for them, in the on-cluster format
+// ceph-csi uses, so that either driver can serve the other's volumes.
+//
+// Layout, for volumes (snapshots use "snaps"/"snap" in the same places):
+//
+//	object csi.volumes.<instance>: key csi.volume.<request name> -> <uuid>
+//	object csi.volume.<uuid>:      csi.volname, csi.imagename, csi.imageid, ...
+package journal
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/google/uuid"
+)
+
+// ErrNotFound is returned by a Store for a missing object.
+var ErrNotFound = errors.New("journal object not found")
+
+// Store is the omap access the journal needs; RadosStore implements it on a
+// pool's IOContext.
+type Store interface {
+	// GetOmap returns the values of keys that exist; a missing object is
+	// ErrNotFound.
+	GetOmap(oid string, keys []string) (map[string]string, error)
+	// SetOmap sets keys, creating the object; with exclusive it fails when
+	// the object already exists.
+	SetOmap(oid string, kv map[string]string, exclusive bool) error
+	// RemoveOmapKeys removes keys; a missing object is not an error.
+	RemoveOmapKeys(oid string, keys []string) error
+	// Remove deletes an object; a missing object is not an error.
+	Remove(oid string) error
+}
+
+// Omap keys of an entry object, as written by ceph-csi.
+const (
+	keyImageName       = "csi.imagename"
+	keyImageID         = "csi.imageid"
+	keyJournalPool     = "csi.journalpool"
+	keySource          = "csi.source"
+	keyBackingSnapshot = "csi.backingsnapshotid"
+)
+
+// Journal is one kind of journal: volumes or snapshots.
+type Journal struct {
+	directory  string // csi.volumes.default
+	nameKeyPfx string // csi.volume.
+	entryPfx   string // csi.volume.
+	nameKey    string // csi.volname
+}
+
+// Volumes returns the volume journal for an --instanceid.
+func Volumes(instanceID string) *Journal {
+	return &Journal{directory: "csi.volumes." + instanceID, nameKeyPfx: "csi.volume.", entryPfx: "csi.volume.", nameKey: "csi.volname"}
+}
+
+// Snapshots returns the snapshot journal for an --instanceid.
+func Snapshots(instanceID string) *Journal {
+	return &Journal{directory: "csi.snaps." + instanceID, nameKeyPfx: "csi.snap.", entryPfx: "csi.snap.", nameKey: "csi.snapname"}
+}
+
+// Directory is the name of the object that maps request names to UUIDs.
+func (j *Journal) Directory() string { return j.directory }
+
+// EntryObject is the name of the object that holds uuid's attributes.
+func (j *Journal) EntryObject(uuid string) string { return j.entryPfx + uuid }
+
+// Entry is what the journal knows about one volume or snapshot.
+type Entry struct {
+	UUID        string
+	RequestName string
+	ImageName   string // RBD image or CephFS subvolume/snapshot name
+	ImageID     string // RBD image ID, once the image exists
+	JournalPool string // set only when the journal lives in another pool
+	Source      string // snapshots: the source volume's image name
+	// BackingSnapshotID is the snapshot ID a CephFS backingSnapshot volume mounts.
+	BackingSnapshotID string
+}
+
+func (e *Entry) fromOmap(m map[string]string, nameKey string) {
+	e.RequestName = m[nameKey]
+	e.ImageName = m[keyImageName]
+	e.ImageID = m[keyImageID]
+	e.JournalPool = m[keyJournalPool]
+	e.Source = m[keySource]
+	e.BackingSnapshotID = m[keyBackingSnapshot]
+}
+
+func (e *Entry) toOmap(nameKey string) map[string]string {
+	m := map[string]string{nameKey: e.RequestName, keyImageName: e.ImageName}
+	for k, v := range map[string]string{keyImageID: e.ImageID, keyJournalPool: e.JournalPool,
+		keySource: e.Source, keyBackingSnapshot: e.BackingSnapshotID} {
+		if v != "" {
+			m[k] = v
+		}
+	}
+	return m
+}
+
+func (j *Journal) entryKeys() []string {
+	return []string{j.nameKey, keyImageName, keyImageID, keyJournalPool, keySource, keyBackingSnapshot}
+}
+
+// Lookup returns the entry reserved for requestName, or nil when there is
+// none. A directory key whose entry object is missing or names another
+// request (left by a crash) is removed and reported as no entry.
+func (j *Journal) Lookup(s Store, requestName string) (*Entry, error) {
+	dirKey := j.nameKeyPfx + requestName
+	dir, err := s.GetOmap(j.directory, []string{dirKey})
+	if errors.Is(err, ErrNotFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("reading %s: %w", j.directory, err)
+	}
+	id, ok := dir[dirKey]
+	if !ok {
+		return nil, nil
+	}
+	e, err := j.Get(s, id)
+	if errors.Is(err, ErrNotFound) || (err == nil && e.RequestName != requestName) {
+		if err := s.RemoveOmapKeys(j.directory, []string{dirKey}); err != nil {
+			return nil, fmt.Errorf("removing stale journal key %s: %w", dirKey, err)
+		}
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	return e, nil
+}
+
+// Get reads the entry of uuid; a missing one is ErrNotFound.
+func (j *Journal) Get(s Store, id string) (*Entry, error) {
+	m, err := s.GetOmap(j.EntryObject(id), j.entryKeys())
+	if err != nil {
+		return nil, fmt.Errorf("reading %s: %w", j.EntryObject(id), err)
+	}
+	e := &Entry{UUID: id}
+	e.fromOmap(m, j.nameKey)
+	return e, nil
+}
+
+// Reserve records a new UUID for requestName. The object name is
+// namePrefix+uuid; template supplies Source, JournalPool and the like. The
+// directory key is written first, so a crash leaves at worst a dangling key
+// that the next Lookup of the same name removes.
+func (j *Journal) Reserve(s Store, requestName, namePrefix string, template Entry) (*Entry, error) {
+	if requestName == "" {
+		return nil, errors.New("empty request name")
+	}
+	e := template
+	e.UUID = uuid.NewString()
+	e.RequestName = requestName
+	e.ImageName = namePrefix + e.UUID
+	dirKey := j.nameKeyPfx + requestName
+	if err := s.SetOmap(j.directory, map[string]string{dirKey: e.UUID}, false); err != nil {
+		return nil, fmt.Errorf("reserving %q in %s: %w", requestName, j.directory, err)
+	}
+	if err := s.SetOmap(j.EntryObject(e.UUID), e.toOmap(j.nameKey), true); err != nil {
+		_ = s.RemoveOmapKeys(j.directory, []string{dirKey})
+		return nil, fmt.Errorf("creating %s: %w", j.EntryObject(e.UUID), err)
+	}
+	return &e, nil
+}
+
+// SetImageID records the RBD image ID of an entry.
+func (j *Journal) SetImageID(s Store, id, imageID string) error {
+	if err := s.SetOmap(j.EntryObject(id), map[string]string{keyImageID: imageID}, false); err != nil {
+		return fmt.Errorf("recording image ID in %s: %w", j.EntryObject(id), err)
+	}
+	return nil
+}
+
+// Release removes an entry: its directory key first (while the entry object
+// still says which name it had), then the entry object. Both steps tolerate
+// earlier partial runs, so Release may be retried.
+func (j *Journal) Release(s Store, e *Entry) error {
+	if e.RequestName != "" {
+		dirKey := j.nameKeyPfx + e.RequestName
+		dir, err := s.GetOmap(j.directory, []string{dirKey})
+		switch {
+		case errors.Is(err, ErrNotFound):
+		case err != nil:
+			return fmt.Errorf("reading %s: %w", j.directory, err)
+		case dir[dirKey] == e.UUID: // the name may since belong to a new reservation
+			if err := s.RemoveOmapKeys(j.directory, []string{dirKey}); err != nil {
+				return fmt.Errorf("removing %s from %s: %w", dirKey, j.directory, err)
+			}
+		}
+	}
+	if err := s.Remove(j.EntryObject(e.UUID)); err != nil {
+		return fmt.Errorf("removing %s: %w", j.EntryObject(e.UUID), err)
+	}
+	return nil
+}
+
+// UUIDFromName returns the UUID at the end of an object name made by Reserve.
+func UUIDFromName(name, prefix string) (string, bool) {
+	if !strings.HasPrefix(name, prefix) {
+		return "", false
+	}
+	return strings.TrimPrefix(name, prefix), true
+}

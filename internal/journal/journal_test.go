@@ -1,0 +1,136 @@
+package journal
+
+import (
+	"errors"
+	"testing"
+)
+
+// memStore is an in-memory Store for unit tests; the integration tests run the
+// same journal on RADOS.
+type memStore struct{ objects map[string]map[string]string }
+
+func newMemStore() *memStore { return &memStore{objects: map[string]map[string]string{}} }
+
+func (m *memStore) GetOmap(oid string, keys []string) (map[string]string, error) {
+	obj, ok := m.objects[oid]
+	if !ok {
+		return nil, ErrNotFound
+	}
+	out := map[string]string{}
+	for _, k := range keys {
+		if v, ok := obj[k]; ok {
+			out[k] = v
+		}
+	}
+	return out, nil
+}
+
+func (m *memStore) SetOmap(oid string, kv map[string]string, exclusive bool) error {
+	obj, ok := m.objects[oid]
+	if ok && exclusive {
+		return errors.New("exists")
+	}
+	if !ok {
+		obj = map[string]string{}
+		m.objects[oid] = obj
+	}
+	for k, v := range kv {
+		obj[k] = v
+	}
+	return nil
+}
+
+func (m *memStore) RemoveOmapKeys(oid string, keys []string) error {
+	for _, k := range keys {
+		delete(m.objects[oid], k)
+	}
+	return nil
+}
+
+func (m *memStore) Remove(oid string) error { delete(m.objects, oid); return nil }
+
+func TestReserveLookupRelease(t *testing.T) {
+	s := newMemStore()
+	j := Volumes("default")
+	if e, err := j.Lookup(s, "pvc-1"); err != nil || e != nil {
+		t.Fatalf("Lookup on empty journal = %v, %v", e, err)
+	}
+	e, err := j.Reserve(s, "pvc-1", "csi-vol-", Entry{JournalPool: "other"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if e.ImageName != "csi-vol-"+e.UUID || len(e.UUID) != 36 {
+		t.Fatalf("entry = %+v", e)
+	}
+	// The exact keys ceph-csi reads.
+	if got := s.objects["csi.volumes.default"]["csi.volume.pvc-1"]; got != e.UUID {
+		t.Fatalf("directory key = %q", got)
+	}
+	obj := s.objects["csi.volume."+e.UUID]
+	if obj["csi.volname"] != "pvc-1" || obj["csi.imagename"] != e.ImageName || obj["csi.journalpool"] != "other" {
+		t.Fatalf("entry object = %v", obj)
+	}
+	if _, has := obj["csi.imageid"]; has {
+		t.Fatal("image id written before it is known")
+	}
+	if err := j.SetImageID(s, e.UUID, "abc123"); err != nil {
+		t.Fatal(err)
+	}
+	got, err := j.Lookup(s, "pvc-1")
+	if err != nil || got == nil || got.UUID != e.UUID || got.ImageID != "abc123" {
+		t.Fatalf("Lookup = %+v, %v", got, err)
+	}
+	if err := j.Release(s, got); err != nil {
+		t.Fatal(err)
+	}
+	if len(s.objects["csi.volumes.default"]) != 0 || s.objects["csi.volume."+e.UUID] != nil {
+		t.Fatalf("Release left %v", s.objects)
+	}
+	if err := j.Release(s, got); err != nil {
+		t.Fatalf("second Release: %v", err)
+	}
+}
+
+func TestLookupRepairsDanglingKey(t *testing.T) {
+	s := newMemStore()
+	j := Snapshots("default")
+	// A crash after the directory key was written, before the entry object.
+	s.objects["csi.snaps.default"] = map[string]string{"csi.snap.snap-1": "00000000-0000-0000-0000-000000000001"}
+	e, err := j.Lookup(s, "snap-1")
+	if err != nil || e != nil {
+		t.Fatalf("Lookup = %+v, %v; want none", e, err)
+	}
+	if _, left := s.objects["csi.snaps.default"]["csi.snap.snap-1"]; left {
+		t.Fatal("dangling key not removed")
+	}
+}
+
+func TestReleaseKeepsNewerReservationOfSameName(t *testing.T) {
+	s := newMemStore()
+	j := Volumes("default")
+	old, _ := j.Reserve(s, "pvc", "csi-vol-", Entry{})
+	newer, _ := j.Reserve(s, "pvc", "csi-vol-", Entry{})
+	if err := j.Release(s, old); err != nil {
+		t.Fatal(err)
+	}
+	got, err := j.Lookup(s, "pvc")
+	if err != nil || got == nil || got.UUID != newer.UUID {
+		t.Fatalf("Lookup after releasing the old entry = %+v, %v", got, err)
+	}
+}
+
+func TestSnapshotSourceKey(t *testing.T) {
+	s := newMemStore()
+	j := Snapshots("inst")
+	e, err := j.Reserve(s, "snap", "csi-snap-", Entry{Source: "csi-vol-x"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	obj := s.objects["csi.snap."+e.UUID]
+	if obj["csi.snapname"] != "snap" || obj["csi.source"] != "csi-vol-x" || obj["csi.imagename"] != "csi-snap-"+e.UUID {
+		t.Fatalf("snapshot entry = %v", obj)
+	}
+	if _, ok := s.objects["csi.snaps.inst"]; !ok {
+		t.Fatal("instance ID not used in the directory object name")
+	}
+}

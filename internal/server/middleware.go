@@ -1,0 +1,56 @@
+package server
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"runtime/debug"
+	"time"
+
+	"github.com/kubernetes-csi/csi-lib-utils/protosanitizer"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"k8s.io/klog/v2"
+)
+
+// withRequestID gives every call a short random ID carried by the contextual
+// logger, so each log line of a call can be found with one grep.
+func withRequestID(ctx context.Context, req any, info *grpc.UnaryServerInfo, next grpc.UnaryHandler) (any, error) {
+	var b [6]byte
+	_, _ = rand.Read(b[:])
+	logger := klog.FromContext(ctx).WithValues("req", hex.EncodeToString(b[:]))
+	return next(klog.NewContext(ctx, logger), req)
+}
+
+// logCalls logs each request and its outcome with secrets stripped.
+func logCalls(ctx context.Context, req any, info *grpc.UnaryServerInfo, next grpc.UnaryHandler) (any, error) {
+	logger := klog.FromContext(ctx).WithValues("method", info.FullMethod)
+	probe := info.FullMethod == "/csi.v1.Identity/Probe"
+	if !probe {
+		logger.V(2).Info("request", "body", protosanitizer.StripSecrets(req).String())
+	}
+	start := time.Now()
+	resp, err := next(ctx, req)
+	took := time.Since(start).Round(time.Microsecond)
+	switch {
+	case err != nil:
+		logger.Info("failed", "code", status.Code(err).String(), "error", status.Convert(err).Message(), "took", took)
+	case !probe:
+		logger.V(2).Info("response", "body", protosanitizer.StripSecrets(resp).String(), "took", took)
+	}
+	return resp, err
+}
+
+// recoverPanics turns a panic in a handler into Internal instead of killing
+// the plugin (and with it every other call in flight).
+func recoverPanics(ctx context.Context, req any, info *grpc.UnaryServerInfo, next grpc.UnaryHandler) (resp any, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			klog.FromContext(ctx).Error(fmt.Errorf("%v", r), "panic in handler", "method", info.FullMethod, "stack", string(debug.Stack()))
+			resp, err = nil, status.Errorf(codes.Internal, "internal error in %s: %v", info.FullMethod, r)
+		}
+	}()
+	return next(ctx, req)
+}

@@ -1,0 +1,89 @@
+// Package server runs the CSI gRPC server: the unix socket, the middleware
+// every call passes through, and the Identity service.
+package server
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/container-storage-interface/spec/lib/go/csi"
+	"google.golang.org/grpc"
+	"k8s.io/klog/v2"
+)
+
+// Services are the CSI services one process serves; nil ones are left out.
+type Services struct {
+	Identity   csi.IdentityServer
+	Controller csi.ControllerServer
+	Node       csi.NodeServer
+}
+
+// Server is a running CSI endpoint.
+type Server struct {
+	grpc     *grpc.Server
+	listener net.Listener
+}
+
+// Listen parses an endpoint (unix:///path or tcp://host:port) and listens on
+// it, replacing a stale socket file left by a previous run.
+func Listen(endpoint string) (net.Listener, error) {
+	u, err := url.Parse(endpoint)
+	if err != nil {
+		return nil, fmt.Errorf("endpoint %q: %w", endpoint, err)
+	}
+	switch strings.ToLower(u.Scheme) {
+	case "unix":
+		path := u.Path
+		if u.Host != "" { // unix://relative/path
+			path = u.Host + u.Path
+		}
+		if err := os.MkdirAll(filepath.Dir(path), 0o750); err != nil {
+			return nil, err
+		}
+		if err := os.Remove(path); err != nil && !os.IsNotExist(err) {
+			return nil, fmt.Errorf("removing stale socket %s: %w", path, err)
+		}
+		return net.Listen("unix", path)
+	case "tcp":
+		return net.Listen("tcp", u.Host)
+	default:
+		return nil, fmt.Errorf("endpoint %q: scheme must be unix or tcp", endpoint)
+	}
+}
+
+// New builds a server for svcs on lis with the standard middleware.
+func New(lis net.Listener, svcs Services) *Server {
+	g := grpc.NewServer(grpc.ChainUnaryInterceptor(withRequestID, logCalls, recoverPanics))
+	if svcs.Identity != nil {
+		csi.RegisterIdentityServer(g, svcs.Identity)
+	}
+	if svcs.Controller != nil {
+		csi.RegisterControllerServer(g, svcs.Controller)
+	}
+	if svcs.Node != nil {
+		csi.RegisterNodeServer(g, svcs.Node)
+	}
+	return &Server{grpc: g, listener: lis}
+}
+
+// Serve blocks until the server stops.
+func (s *Server) Serve() error {
+	klog.InfoS("serving CSI", "address", s.listener.Addr().String())
+	return s.grpc.Serve(s.listener)
+}
+
+// Stop ends the server, letting running calls finish.
+func (s *Server) Stop(ctx context.Context) {
+	done := make(chan struct{})
+	go func() { s.grpc.GracefulStop(); close(done) }()
+	select {
+	case <-done:
+	case <-ctx.Done():
+		s.grpc.Stop()
+	}
+}

@@ -1,0 +1,215 @@
+// Package testutil starts the local Ceph cluster and the driver for
+// integration tests, and gives the tests an admin view of the cluster to
+// check what the driver did.
+package testutil
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/ceph/go-ceph/rados"
+	"github.com/container-storage-interface/spec/lib/go/csi"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/leanceph/cephcsi/internal/config"
+	"github.com/leanceph/cephcsi/internal/driver"
+)
+
+// Cluster describes the running local cluster.
+type Cluster struct {
+	Dir        string
+	Conf       string
+	ConfigJSON string
+	ClusterID  string
+	Monitors   string
+	vars       map[string]string
+	admin      *rados.Conn
+}
+
+// Var returns a variable printed by `ceph-cluster.sh env` (keys included).
+func (c *Cluster) Var(name string) string { return c.vars[name] }
+
+// RBDSecrets are the provisioner credentials as the sidecars pass them.
+func (c *Cluster) RBDSecrets() map[string]string {
+	return map[string]string{"userID": c.vars["CEPH_RBD_PROVISIONER_ID"], "userKey": c.vars["CEPH_RBD_PROVISIONER_KEY"]}
+}
+
+// RBDNodeSecrets are the node credentials.
+func (c *Cluster) RBDNodeSecrets() map[string]string {
+	return map[string]string{"userID": c.vars["CEPH_RBD_NODE_ID"], "userKey": c.vars["CEPH_RBD_NODE_KEY"]}
+}
+
+// CephFSSecrets are the CephFS provisioner credentials.
+func (c *Cluster) CephFSSecrets() map[string]string {
+	return map[string]string{"adminID": c.vars["CEPH_FS_PROVISIONER_ID"], "adminKey": c.vars["CEPH_FS_PROVISIONER_KEY"]}
+}
+
+// CephFSNodeSecrets are the CephFS node credentials.
+func (c *Cluster) CephFSNodeSecrets() map[string]string {
+	return map[string]string{"userID": c.vars["CEPH_FS_NODE_ID"], "userKey": c.vars["CEPH_FS_NODE_KEY"]}
+}
+
+// Admin returns a client.admin connection for checking the cluster.
+func (c *Cluster) Admin() *rados.Conn { return c.admin }
+
+// RepoRoot finds the repository root from this source file.
+func RepoRoot() string {
+	_, file, _, _ := runtime.Caller(0)
+	return filepath.Clean(filepath.Join(filepath.Dir(file), "..", ".."))
+}
+
+var (
+	once    sync.Once
+	shared  *Cluster
+	initErr error
+)
+
+// RequireCluster starts the local cluster when it is not running (in
+// $CEPHCSI_CLUSTER_DIR, default _output/ceph) and returns it. The cluster is
+// left running for the next test package.
+func RequireCluster(t testing.TB) *Cluster {
+	t.Helper()
+	once.Do(func() { shared, initErr = startCluster() })
+	if initErr != nil {
+		t.Fatalf("local Ceph cluster: %v", initErr)
+	}
+	return shared
+}
+
+func startCluster() (*Cluster, error) {
+	dir := os.Getenv("CEPHCSI_CLUSTER_DIR")
+	if dir == "" {
+		dir = filepath.Join(RepoRoot(), "_output", "ceph")
+	}
+	script := filepath.Join(RepoRoot(), "scripts", "ceph-cluster.sh")
+	cmd := exec.Command(script, "start", dir)
+	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+	if err := cmd.Run(); err != nil {
+		return nil, fmt.Errorf("%s start %s: %w", script, dir, err)
+	}
+	out, err := exec.Command(script, "env", dir).Output()
+	if err != nil {
+		return nil, fmt.Errorf("%s env: %w", script, err)
+	}
+	vars := map[string]string{}
+	sc := bufio.NewScanner(bytes.NewReader(out))
+	for sc.Scan() {
+		if k, v, ok := strings.Cut(sc.Text(), "="); ok {
+			vars[k] = v
+		}
+	}
+	c := &Cluster{Dir: dir, Conf: vars["CEPH_CONF_FILE"], ConfigJSON: vars["CEPH_CSI_CONFIG"],
+		ClusterID: vars["CEPH_CLUSTER_ID"], Monitors: vars["CEPH_MONITORS"], vars: vars}
+	conn, err := rados.NewConnWithUser("admin")
+	if err != nil {
+		return nil, err
+	}
+	if err := conn.ReadConfigFile(c.Conf); err != nil {
+		return nil, err
+	}
+	if err := conn.SetConfigOption("keyring", vars["CEPH_ADMIN_KEYRING"]); err != nil {
+		return nil, err
+	}
+	if err := conn.Connect(); err != nil {
+		return nil, fmt.Errorf("connecting as admin: %w", err)
+	}
+	c.admin = conn
+	return c, nil
+}
+
+// IOContext opens pool as admin; the test closes it with t.Cleanup.
+func (c *Cluster) IOContext(t testing.TB, pool string) *rados.IOContext {
+	t.Helper()
+	io, err := c.admin.OpenIOContext(pool)
+	if err != nil {
+		t.Fatalf("open pool %s: %v", pool, err)
+	}
+	t.Cleanup(io.Destroy)
+	return io
+}
+
+// Driver is a driver served in-process on a real unix socket.
+type Driver struct {
+	Conn       *grpc.ClientConn
+	Controller csi.ControllerClient
+	Node       csi.NodeClient
+	Identity   csi.IdentityClient
+	Socket     string
+}
+
+// StartDriver serves a driver of kind ("rbd" or "cephfs") with the
+// controller and node services until the test ends. tweak may adjust the
+// options before start.
+func StartDriver(t testing.TB, c *Cluster, kind string, tweak func(*config.Options)) *Driver {
+	t.Helper()
+	sock := filepath.Join(shortTempDir(t), "csi.sock")
+	opts := &config.Options{}
+	fs := flagSet()
+	opts.Register(fs)
+	if err := fs.Parse([]string{"--type=" + kind, "--controllerserver", "--nodeserver", "--nodeid=test-node",
+		"--endpoint=unix://" + sock, "--configpath=" + c.ConfigJSON}); err != nil {
+		t.Fatal(err)
+	}
+	opts.PluginPath = filepath.Join(shortTempDir(t), "plugins")
+	if tweak != nil {
+		tweak(opts)
+	}
+	if err := opts.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- driver.Serve(ctx, opts) }()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case <-done:
+		case <-time.After(15 * time.Second):
+			t.Error("driver did not stop")
+		}
+	})
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if _, err := os.Stat(sock); err == nil {
+			break
+		}
+		select {
+		case err := <-done:
+			t.Fatalf("driver exited: %v", err)
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("driver socket did not appear")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	conn, err := grpc.NewClient("unix:"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return &Driver{Conn: conn, Socket: sock, Controller: csi.NewControllerClient(conn),
+		Node: csi.NewNodeClient(conn), Identity: csi.NewIdentityClient(conn)}
+}
+
+// shortTempDir returns a temporary directory with a short path: unix socket
+// paths are limited to 108 bytes, which t.TempDir() can exceed.
+func shortTempDir(t testing.TB) string {
+	d, err := os.MkdirTemp("", "csi")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(d) })
+	return d
+}

@@ -1,0 +1,5 @@
+package testutil
+
+import "flag"
+
+func flagSet() *flag.FlagSet { return flag.NewFlagSet("cephcsi-test", flag.ContinueOnError) }

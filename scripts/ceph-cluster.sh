@@ -1,0 +1,283 @@
+#!/usr/bin/env bash
+# A throw-away single-node Ceph cluster for development and tests.
+#
+#   scripts/ceph-cluster.sh start  DIR   install packages if missing, start (no-op when running)
+#   scripts/ceph-cluster.sh stop   DIR   stop this cluster's daemons (MDS first, mon last)
+#   scripts/ceph-cluster.sh status DIR   exit 0 when the cluster answers
+#   scripts/ceph-cluster.sh purge  DIR   stop, then remove DIR
+#   scripts/ceph-cluster.sh env    DIR   print shell variables describing the cluster
+#
+# The cluster has one mon, one mgr, one bluestore OSD on a sparse file and one
+# MDS, all on 127.0.0.1 with cephx. It provides the pools `rbd` and `rbd2`
+# (RBD-initialised), the CephFS `myfs`, restricted cephx users shaped like the
+# ones Rook creates for the CSI driver, and DIR/config.json for the driver.
+#
+# Environment: CEPH_MON_PORT (v1 messenger port, default 6789; v2 uses
+# CEPH_MON_PORT+1 unless CEPH_MON_V2_PORT is set), CEPH_CLUSTER_ID
+# (default "test-cluster-1"), CEPH_BIND_ADDR (default 127.0.0.1).
+set -euo pipefail
+
+# Ceph daemons must not pick up a caller's client settings.
+unset CEPH_KEYRING CEPH_ARGS CEPH_CONF
+
+cmd=${1:-}
+dir=${2:-}
+if [[ -z "$cmd" || -z "$dir" ]]; then
+	sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'
+	exit 2
+fi
+mkdir -p "$dir"
+dir=$(cd "$dir" && pwd)
+conf="$dir/ceph.conf"
+addr=${CEPH_BIND_ADDR:-127.0.0.1}
+port=${CEPH_MON_PORT:-6789}
+port2=${CEPH_MON_V2_PORT:-$((port + 1))}
+cluster_id=${CEPH_CLUSTER_ID:-test-cluster-1}
+
+log() { [[ -n "${QUIET:-}" ]] || echo "ceph-cluster: $*" >&2; }
+die() {
+	echo "ceph-cluster: $*" >&2
+	[[ "$cmd" != start ]] || stop_daemons
+	exit 1
+}
+ceph_() { timeout 60 ceph --conf "$conf" --name client.admin "$@"; }
+
+install_packages() {
+	local need=()
+	local p
+	for p in ceph-mon ceph-mgr ceph-osd ceph-mds ceph-common ceph-fuse rbd-fuse rbd-nbd \
+		librados-dev librbd-dev libcephfs-dev e2fsprogs xfsprogs fuse3 util-linux; do
+		dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need+=("$p")
+	done
+	[[ ${#need[@]} -eq 0 ]] && return 0
+	log "installing ${need[*]}"
+	export DEBIAN_FRONTEND=noninteractive
+	apt-get update -qq >/dev/null
+	apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+}
+
+pid_alive() { [[ -f "$1" ]] && kill -0 "$(cat "$1")" 2>/dev/null; }
+
+running() { pid_alive "$dir/run/mon.pid"; }
+
+write_conf() {
+	local fsid=$1
+	cat >"$conf" <<EOF
+[global]
+fsid = $fsid
+mon_host = [v2:$addr:$port2,v1:$addr:$port]
+public_addr = $addr
+auth_cluster_required = cephx
+auth_service_required = cephx
+auth_client_required = cephx
+auth_allow_insecure_global_id_reclaim = false
+run_dir = $dir/run
+admin_socket = $dir/run/\$name.asok
+log_file = $dir/log/\$name.log
+osd_pool_default_size = 1
+osd_pool_default_min_size = 1
+osd_pool_default_pg_num = 8
+osd_pool_default_pgp_num = 8
+osd_pool_default_pg_autoscale_mode = off
+mon_allow_pool_size_one = true
+mon_allow_pool_delete = true
+mon_warn_on_pool_no_redundancy = false
+mon_data_avail_warn = 1
+mon_data_avail_crit = 0
+mon_max_pg_per_osd = 1000
+osd_crush_chooseleaf_type = 0
+ms_bind_msgr1 = true
+ms_bind_msgr2 = true
+
+[mon]
+mon_data = $dir/mon
+keyring = $dir/mon.keyring
+paxos_propose_interval = 0.01
+paxos_min_wait = 0.001
+mon_osd_reporter_subtree_level = osd
+
+[mgr]
+mgr_data = $dir/mgr
+keyring = $dir/mgr/keyring
+
+[osd]
+osd_data = $dir/osd
+keyring = $dir/osd/keyring
+osd_objectstore = bluestore
+bluestore_block_size = 21474836480
+osd_memory_target = 939524096
+bluestore_cache_autotune = false
+bluestore_cache_size = 134217728
+
+[mds]
+mds_data = $dir/mds
+keyring = $dir/mds/keyring
+mds_tick_interval = 0.2
+
+[client.admin]
+keyring = $dir/keyring
+EOF
+}
+
+wait_for() { # seconds description command...
+	local limit=$1 what=$2
+	shift 2
+	local end=$((SECONDS + limit))
+	until "$@" >/dev/null 2>&1; do
+		((SECONDS < end)) || die "timed out waiting for $what (logs in $dir/log)"
+		sleep 0.2
+	done
+}
+
+create_user() { # name caps...  -> prints key
+	ceph_ auth get-or-create-key "client.$1" "${@:2}"
+}
+
+bootstrap() {
+	local fsid
+	fsid=$(uuidgen)
+	rm -rf "${dir:?}"/{mon,mgr,osd,mds,run,log} "$dir/keyring" "$dir/mon.keyring" "$dir/config.json" "$dir/secrets.env"
+	mkdir -p "$dir"/{mon,mgr,osd,mds,run,log}
+	chmod 700 "$dir"
+	write_conf "$fsid"
+
+	ceph-authtool --create-keyring "$dir/mon.keyring" --gen-key -n mon. --cap mon 'allow *' >/dev/null
+	ceph-authtool --create-keyring "$dir/keyring" --gen-key -n client.admin \
+		--cap mon 'allow *' --cap osd 'allow *' --cap mds 'allow *' --cap mgr 'allow *' >/dev/null
+	ceph-authtool "$dir/mon.keyring" --import-keyring "$dir/keyring" >/dev/null
+	monmaptool --create --fsid "$fsid" --addv a "[v2:$addr:$port2,v1:$addr:$port]" "$dir/run/monmap" >/dev/null
+	ceph-mon --conf "$conf" --mkfs -i a --monmap "$dir/run/monmap" --keyring "$dir/mon.keyring"
+	start_daemons fresh
+}
+
+start_daemons() {
+	local fresh=${1:-}
+	ceph-mon --conf "$conf" -i a --pid-file "$dir/run/mon.pid"
+	wait_for 30 "the monitor" ceph_ mon stat
+
+	if [[ -n "$fresh" ]]; then
+		ceph_ auth get-or-create mgr.x mon 'allow profile mgr' osd 'allow *' mds 'allow *' -o "$dir/mgr/keyring"
+		ceph_ auth get-or-create mds.a mon 'allow profile mds' osd 'allow rwx' mds 'allow' mgr 'allow profile mds' -o "$dir/mds/keyring"
+		local osd_uuid
+		osd_uuid=$(uuidgen)
+		ceph_ osd new "$osd_uuid" >/dev/null
+		ceph-osd --conf "$conf" -i 0 --mkfs --mkkey --no-mon-config --osd-uuid "$osd_uuid" >"$dir/log/osd-mkfs.log" 2>&1 ||
+			die "ceph-osd --mkfs failed: see $dir/log/osd-mkfs.log"
+		ceph_ auth add osd.0 osd 'allow *' mon 'allow profile osd' mgr 'allow profile osd' -i "$dir/osd/keyring" >/dev/null 2>&1
+	fi
+	ceph-mgr --conf "$conf" -i x --pid-file "$dir/run/mgr.pid"
+	ceph-osd --conf "$conf" -i 0 --pid-file "$dir/run/osd.pid" 2>>"$dir/log/osd-start.log"
+	ceph-mds --conf "$conf" -i a --pid-file "$dir/run/mds.pid"
+	wait_for 60 "the OSD to come up" osd_up
+	if [[ -n "$fresh" ]]; then
+		provision
+	fi
+	wait_for 60 "the filesystem to become active" fs_active
+	wait_for 60 "HEALTH_OK" health_ok
+}
+
+osd_up() { [[ "$(ceph_ osd stat --format json | grep -o '"num_up_osds":[0-9]*')" == '"num_up_osds":1' ]]; }
+fs_active() { ceph_ fs status myfs 2>/dev/null | grep -q active; }
+health_ok() { ceph_ health | grep -q HEALTH_OK; }
+
+provision() {
+	local p
+	for p in rbd rbd2; do
+		ceph_ osd pool create "$p" 8 8 >/dev/null 2>&1
+		timeout 60 rbd --conf "$conf" --name client.admin pool init "$p"
+	done
+	ceph_ osd pool create myfs-metadata 8 8 >/dev/null 2>&1
+	ceph_ osd pool create myfs-data0 8 8 >/dev/null 2>&1
+	ceph_ osd pool set myfs-metadata pg_autoscale_mode off >/dev/null 2>&1
+	ceph_ fs new myfs myfs-metadata myfs-data0 >/dev/null 2>&1
+	ceph_ fs set myfs standby_count_wanted 0 >/dev/null 2>&1
+
+	# cephx users with the capabilities Rook gives the CSI drivers.
+	local rbd_prov rbd_node fs_prov fs_node
+	rbd_prov=$(create_user csi-rbd-provisioner mon 'profile rbd, allow command "osd blocklist"' mgr 'allow rw' osd 'profile rbd')
+	rbd_node=$(create_user csi-rbd-node mon 'profile rbd' mgr 'allow rw' osd 'profile rbd')
+	fs_prov=$(create_user csi-cephfs-provisioner mon 'allow r, allow command "osd blocklist"' mgr 'allow rw' osd 'allow rw tag cephfs metadata=*' mds 'allow *')
+	fs_node=$(create_user csi-cephfs-node mon 'allow r' mgr 'allow rw' osd 'allow rw tag cephfs *=*' mds 'allow rw')
+
+	umask 077
+	cat >"$dir/secrets.env" <<EOF
+CEPH_RBD_PROVISIONER_ID=csi-rbd-provisioner
+CEPH_RBD_PROVISIONER_KEY=$rbd_prov
+CEPH_RBD_NODE_ID=csi-rbd-node
+CEPH_RBD_NODE_KEY=$rbd_node
+CEPH_FS_PROVISIONER_ID=csi-cephfs-provisioner
+CEPH_FS_PROVISIONER_KEY=$fs_prov
+CEPH_FS_NODE_ID=csi-cephfs-node
+CEPH_FS_NODE_KEY=$fs_node
+EOF
+	cat >"$dir/config.json" <<EOF
+[
+  {
+    "clusterID": "$cluster_id",
+    "monitors": ["$addr:$port"],
+    "cephFS": {"subvolumeGroup": "csi"}
+  }
+]
+EOF
+}
+
+print_env() {
+	echo "CEPH_CLUSTER_DIR=$dir"
+	echo "CEPH_CONF_FILE=$conf"
+	echo "CEPH_ADMIN_KEYRING=$dir/keyring"
+	echo "CEPH_MONITORS=$addr:$port"
+	echo "CEPH_CLUSTER_ID=$(grep -o '"clusterID": "[^"]*"' "$dir/config.json" | cut -d'"' -f4)"
+	echo "CEPH_CSI_CONFIG=$dir/config.json"
+	cat "$dir/secrets.env"
+}
+
+stop_daemons() {
+	local d
+	for d in mds osd mgr mon; do
+		local pidf="$dir/run/$d.pid"
+		if pid_alive "$pidf"; then
+			local pid
+			pid=$(cat "$pidf")
+			kill "$pid" 2>/dev/null || true
+			local end=$((SECONDS + 20))
+			while kill -0 "$pid" 2>/dev/null; do
+				if ((SECONDS >= end)); then
+					kill -9 "$pid" 2>/dev/null || true
+					break
+				fi
+				sleep 0.1
+			done
+		fi
+		rm -f "$pidf"
+	done
+}
+
+case "$cmd" in
+start)
+	if running && health_ok; then
+		exit 0
+	fi
+	install_packages
+	start=$SECONDS
+	if [[ -f "$dir/mon/store.db/CURRENT" && -f "$dir/config.json" ]]; then
+		stop_daemons
+		log "restarting the cluster in $dir"
+		start_daemons
+	else
+		log "creating a cluster in $dir"
+		# A half-made cluster is useless: leave no daemon of it running.
+		trap 'stop_daemons' ERR
+		bootstrap
+		trap - ERR
+	fi
+	log "HEALTH_OK after $((SECONDS - start)) s"
+	;;
+stop) stop_daemons ;;
+status) running && health_ok ;;
+env) print_env ;;
+purge)
+	stop_daemons
+	rm -rf "${dir:?}"
+	;;
+*) die "unknown command $cmd" ;;
+esac
