@@ -42,19 +42,7 @@ die() {
 }
 ceph_() { timeout 60 ceph --conf "$conf" --name client.admin "$@"; }
 
-install_packages() {
-	local need=()
-	local p
-	for p in ceph-mon ceph-mgr ceph-osd ceph-mds ceph-common ceph-fuse rbd-fuse rbd-nbd \
-		librados-dev librbd-dev libcephfs-dev e2fsprogs xfsprogs fuse3 util-linux; do
-		dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need+=("$p")
-	done
-	[[ ${#need[@]} -eq 0 ]] && return 0
-	log "installing ${need[*]}"
-	export DEBIAN_FRONTEND=noninteractive
-	apt-get update -qq >/dev/null
-	apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
-}
+install_packages() { "$(dirname "$0")/install-deps.sh"; }
 
 pid_alive() { [[ -f "$1" ]] && kill -0 "$(cat "$1")" 2>/dev/null; }
 

@@ -1,0 +1,85 @@
+package nodeutil
+
+import (
+	"testing"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	mount "k8s.io/mount-utils"
+)
+
+func TestStateStoreRoundTrip(t *testing.T) {
+	s := StateStore{Dir: t.TempDir()}
+	type rec struct{ Device, Pool string }
+	var got rec
+	if ok, err := s.Load("vol-1", &got); ok || err != nil {
+		t.Fatalf("Load of nothing = %v, %v", ok, err)
+	}
+	if err := s.Save("vol-1", rec{"/dev/loop3", "rbd"}); err != nil {
+		t.Fatal(err)
+	}
+	if ok, err := s.Load("vol-1", &got); !ok || err != nil || got.Device != "/dev/loop3" {
+		t.Fatalf("Load = %+v, %v, %v", got, ok, err)
+	}
+	if err := s.Remove("vol-1"); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Remove("vol-1"); err != nil {
+		t.Fatalf("second Remove: %v", err)
+	}
+	if ok, _ := s.Load("vol-1", &got); ok {
+		t.Fatal("record survived Remove")
+	}
+}
+
+func TestBindIsIdempotentWithFakeMounter(t *testing.T) {
+	fake := mount.NewFakeMounter(nil)
+	p := &Publisher{Mounter: fake}
+	target := t.TempDir() + "/target"
+	for i := 0; i < 2; i++ {
+		if err := p.BindDir("/staging", target, true, []string{"noexec"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mps, _ := fake.List()
+	if len(mps) != 1 {
+		t.Fatalf("mounts = %v, want exactly one", mps)
+	}
+	opts := mps[0].Opts
+	want := map[string]bool{"bind": true, "ro": true, "noexec": true}
+	for _, o := range opts {
+		delete(want, o)
+	}
+	if len(want) != 0 {
+		t.Fatalf("mount options %v miss %v", opts, want)
+	}
+	if err := p.Unpublish(target); err != nil {
+		t.Fatal(err)
+	}
+	if mps, _ := fake.List(); len(mps) != 0 {
+		t.Fatalf("mounts after unpublish = %v", mps)
+	}
+	if err := p.Unpublish(target); err != nil {
+		t.Fatalf("second unpublish: %v", err)
+	}
+}
+
+func TestRequireNamesField(t *testing.T) {
+	err := Require([2]string{"volume_id", "v"}, [2]string{"staging_target_path", ""})
+	if status.Code(err) != codes.InvalidArgument || status.Convert(err).Message() != "staging_target_path is required" {
+		t.Fatalf("Require = %v", err)
+	}
+}
+
+func TestFilesystemStats(t *testing.T) {
+	resp, err := FilesystemStats(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(resp.Usage) != 2 || resp.Usage[0].Total <= 0 || resp.Usage[1].Total <= 0 {
+		t.Fatalf("stats = %v", resp)
+	}
+	if _, err := FilesystemStats("/nonexistent/path"); status.Code(err) != codes.NotFound {
+		t.Fatalf("missing path: %v", err)
+	}
+}
