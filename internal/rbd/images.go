@@ -98,6 +98,11 @@ func removeImage(pc *poolConn, name string) error {
 	snaps, err := img.GetSnapshotNames()
 	if err == nil {
 		for _, sn := range snaps {
+			// Snapshots already in the trash namespace go away with their
+			// last clone; only user snapshots are ours to remove.
+			if ns, nerr := img.GetSnapNamespaceType(sn.Id); nerr != nil || ns != rbd.SnapNamespaceTypeUser {
+				continue
+			}
 			if rerr := img.GetSnapshot(sn.Name).Remove(); rerr != nil && !csierr.IsNotFound(rerr) {
 				err = fmt.Errorf("removing snapshot %s@%s: %w", name, sn.Name, rerr)
 				break

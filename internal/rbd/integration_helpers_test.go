@@ -139,7 +139,11 @@ func snapNames(t *testing.T, io *rados.IOContext, name string) []string {
 	}
 	var out []string
 	for _, s := range snaps {
-		out = append(out, s.Name)
+		// As `rbd snap ls` shows them: user snapshots only, not the ones in
+		// the trash namespace that clones keep alive.
+		if ns, err := img.GetSnapNamespaceType(s.Id); err == nil && ns == rbd.SnapNamespaceTypeUser {
+			out = append(out, s.Name)
+		}
 	}
 	return out
 }

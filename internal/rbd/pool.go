@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"regexp"
-	"strings"
 
 	"github.com/ceph/go-ceph/rados"
 	"github.com/ceph/go-ceph/rbd"
@@ -99,15 +98,23 @@ func imageSize(io *rados.IOContext, name string) (uint64, error) {
 var ourImageName = regexp.MustCompile(`[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}(-temp)?$`)
 
 // purgeTrash removes those of our images in the trash that no clone depends
-// on any more. Images with children stay until a later call.
+// on any more. Removing a trashed clone can free its trashed parent, so it
+// repeats while a pass makes progress. Images with children stay until a
+// later call.
 func purgeTrash(io *rados.IOContext) {
-	entries, err := rbd.GetTrashList(io)
-	if err != nil {
-		return
-	}
-	for _, e := range entries {
-		if ourImageName.MatchString(e.Name) && strings.Contains(e.Name, "-") {
-			_ = rbd.TrashRemove(io, e.Id, false)
+	for pass := 0; pass < maxChainWalk; pass++ {
+		entries, err := rbd.GetTrashList(io)
+		if err != nil {
+			return
+		}
+		removed := 0
+		for _, e := range entries {
+			if ourImageName.MatchString(e.Name) && rbd.TrashRemove(io, e.Id, false) == nil {
+				removed++
+			}
+		}
+		if removed == 0 || removed == len(entries) {
+			return
 		}
 	}
 }
