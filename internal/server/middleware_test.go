@@ -1,0 +1,104 @@
+package server
+
+import (
+	"bytes"
+	"context"
+	"flag"
+	"strings"
+	"testing"
+
+	"github.com/container-storage-interface/spec/lib/go/csi"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"k8s.io/klog/v2"
+)
+
+// captureLogs sends klog output at verbosity 2 into a buffer for one test.
+func captureLogs(t *testing.T) *bytes.Buffer {
+	t.Helper()
+	fs := flag.NewFlagSet("klog", flag.ContinueOnError)
+	klog.InitFlags(fs)
+	_ = fs.Set("v", "2")
+	_ = fs.Set("logtostderr", "false")
+	var buf bytes.Buffer
+	klog.SetOutput(&buf)
+	t.Cleanup(func() { _ = fs.Set("v", "0"); _ = fs.Set("logtostderr", "true") })
+	return &buf
+}
+
+func chain(handler grpc.UnaryHandler) grpc.UnaryHandler {
+	info := &grpc.UnaryServerInfo{FullMethod: "/csi.v1.Controller/CreateVolume"}
+	return func(ctx context.Context, req any) (any, error) {
+		return withRequestID(ctx, req, info, func(ctx context.Context, req any) (any, error) {
+			return logCalls(ctx, req, info, func(ctx context.Context, req any) (any, error) {
+				return recoverPanics(ctx, req, info, handler)
+			})
+		})
+	}
+}
+
+func TestSecretsNeverLogged(t *testing.T) {
+	buf := captureLogs(t)
+	const key = "AQSECRETSECRETSECRETSECRETSECRET000000=="
+	h := chain(func(ctx context.Context, req any) (any, error) {
+		klog.FromContext(ctx).Info("inside handler")
+		return &csi.CreateVolumeResponse{}, nil
+	})
+	_, err := h(context.Background(), &csi.CreateVolumeRequest{Name: "pvc-1", Secrets: map[string]string{"userKey": key}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	klog.Flush()
+	out := buf.String()
+	if strings.Contains(out, key) {
+		t.Fatalf("secret in logs:\n%s", out)
+	}
+	if !strings.Contains(out, "pvc-1") {
+		t.Fatalf("request not logged:\n%s", out)
+	}
+	// Every line of the call carries the same request ID.
+	var ids []string
+	for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
+		i := strings.Index(line, `req="`)
+		if i < 0 {
+			t.Fatalf("line without request ID: %s", line)
+		}
+		ids = append(ids, line[i:i+18])
+	}
+	for _, id := range ids {
+		if id != ids[0] {
+			t.Fatalf("request IDs differ within one call: %v", ids)
+		}
+	}
+}
+
+func TestPanicBecomesInternal(t *testing.T) {
+	captureLogs(t)
+	h := chain(func(context.Context, any) (any, error) { panic("boom") })
+	_, err := h(context.Background(), &csi.CreateVolumeRequest{})
+	if status.Code(err) != codes.Internal || !strings.Contains(err.Error(), "boom") {
+		t.Fatalf("panic returned %v, want Internal", err)
+	}
+}
+
+func TestIdentity(t *testing.T) {
+	id := &Identity{Name: "rbd.csi.ceph.com", Controller: true}
+	info, _ := id.GetPluginInfo(context.Background(), nil)
+	if info.GetName() != "rbd.csi.ceph.com" {
+		t.Fatalf("name = %q", info.GetName())
+	}
+	caps, _ := id.GetPluginCapabilities(context.Background(), nil)
+	var controller, expansion bool
+	for _, c := range caps.GetCapabilities() {
+		controller = controller || c.GetService().GetType() == csi.PluginCapability_Service_CONTROLLER_SERVICE
+		expansion = expansion || c.GetVolumeExpansion().GetType() == csi.PluginCapability_VolumeExpansion_ONLINE
+	}
+	if !controller || !expansion {
+		t.Fatalf("capabilities = %v", caps)
+	}
+	p, _ := id.Probe(context.Background(), nil)
+	if !p.GetReady().GetValue() {
+		t.Fatal("not ready")
+	}
+}
