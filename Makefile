@@ -10,7 +10,7 @@ LDFLAGS   := -X github.com/leanceph/cephcsi/internal/server.Version=$(VERSION)
 # The test cluster lives here unless CEPHCSI_CLUSTER_DIR says otherwise.
 export CEPHCSI_CLUSTER_DIR ?= $(OUT)/ceph
 
-.PHONY: all build deps test unit integration bench demo lint cluster-start cluster-stop cluster-purge clean
+.PHONY: all build deps test unit integration sanity bench demo lint cluster-start cluster-stop cluster-purge clean
 
 all: build
 
@@ -24,7 +24,7 @@ build: deps
 # cluster (started on demand), then the conformance and end-to-end suites.
 test: deps
 	@start=$$(date +%s); \
-	$(MAKE) --no-print-directory unit integration && \
+	$(MAKE) --no-print-directory unit integration sanity && \
 	echo "make test: all suites passed in $$(( $$(date +%s) - start )) s"
 
 unit:
@@ -33,6 +33,11 @@ unit:
 
 integration: build
 	$(GO) test -tags $(TAGS),integration -count=1 -p 1 -timeout 30m ./...
+
+# csi-sanity against the real binary for RBD and CephFS, on a private cluster
+# (_output/ceph-sanity, port 16789) that must be empty afterwards.
+sanity: build
+	scripts/sanity.sh all
 
 bench: build
 	$(GO) test -tags $(TAGS),integration -count=1 -run '^$$' -bench . -benchtime 1x -timeout 30m ./internal/bench/
@@ -53,4 +58,5 @@ cluster-purge:
 	scripts/ceph-cluster.sh purge $(CEPHCSI_CLUSTER_DIR)
 
 clean: cluster-purge
+	scripts/ceph-cluster.sh purge $(OUT)/ceph-sanity
 	rm -rf $(OUT)
