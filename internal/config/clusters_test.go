@@ -64,7 +64,8 @@ func TestOptionsAcceptUpstreamFlags(t *testing.T) {
 	var o Options
 	fs := flag.NewFlagSet("t", flag.ContinueOnError)
 	o.Register(fs)
-	args := []string{"--type=rbd", "--nodeid=n1", "--endpoint=unix:///csi/csi.sock", "--controllerserver=true",
+	fs.Int("v", 0, "a flag someone else registers, like klog's")
+	args := []string{"--v=4", "--type=rbd", "--nodeid=n1", "--endpoint=unix:///csi/csi.sock", "--controllerserver=true",
 		"--pidlimit=-1", "--csi-addons-endpoint=unix:///csi/csi-addons.sock", "--enableprofiling=false",
 		"--setmetadata=true", "--clustername=c", "--domainlabels=a", "--rbdhardmaxclonedepth=6",
 		"--rbdsoftmaxclonedepth=3", "--maxsnapshotsonimage=100", "--minsnapshotsonimage=50"}
@@ -86,7 +87,7 @@ func TestOptionsAcceptUpstreamFlags(t *testing.T) {
 			t.Errorf("flag %s not reported unused", n)
 		}
 	}
-	if unused["type"] || unused["rbdhardmaxclonedepth"] {
+	if unused["type"] || unused["rbdhardmaxclonedepth"] || unused["v"] {
 		t.Errorf("a used flag is reported unused: %v", o.Unused())
 	}
 }

@@ -42,6 +42,9 @@ type Options struct {
 	fs *flag.FlagSet
 	// used lists the flags this driver acts on; the rest are accepted only.
 	used map[string]bool
+	// ignored lists the flags accepted only for compatibility. Flags that
+	// others register on the same set (klog's) are neither.
+	ignored map[string]bool
 }
 
 // Register defines all flags on fs.
@@ -49,6 +52,8 @@ func (o *Options) Register(fs *flag.FlagSet) {
 	o.fs = fs
 	o.used = map[string]bool{}
 	use := func(name string) string { o.used[name] = true; return name }
+	o.ignored = map[string]bool{}
+	ignore := func(name string) string { o.ignored[name] = true; return name }
 
 	fs.StringVar(&o.Type, use("type"), "", "driver type: rbd, cephfs, liveness (controller is accepted and idle)")
 	fs.StringVar(&o.NodeID, use("nodeid"), "", "this node's ID")
@@ -76,21 +81,21 @@ func (o *Options) Register(fs *flag.FlagSet) {
 
 	// Accepted for compatibility with the manifests that run ceph-csi; unused.
 	for _, name := range []string{"enableprofiling", "setmetadata", "enable-read-affinity", "forcecephkernelclient", "enablegrpcmetrics"} {
-		fs.Bool(name, false, "accepted for compatibility; unused")
+		fs.Bool(ignore(name), false, "accepted for compatibility; unused")
 	}
 	for _, name := range []string{"csi-addons-endpoint", "clustername", "domainlabels", "crush-location-labels",
 		"drivernamespace", "kubeconfig", "historgramoption", "histogramoption", "metricshost"} {
-		fs.String(name, "", "accepted for compatibility; unused")
+		fs.String(ignore(name), "", "accepted for compatibility; unused")
 	}
-	fs.Int("pidlimit", 0, "accepted for compatibility; unused")
-	fs.Duration("rbdflattenlimit", 0, "accepted for compatibility; unused")
+	fs.Int(ignore("pidlimit"), 0, "accepted for compatibility; unused")
+	fs.Duration(ignore("rbdflattenlimit"), 0, "accepted for compatibility; unused")
 }
 
 // Unused returns the flags given on the command line that this driver ignores.
 func (o *Options) Unused() []string {
 	var names []string
 	o.fs.Visit(func(f *flag.Flag) {
-		if !o.used[f.Name] {
+		if o.ignored[f.Name] && !o.used[f.Name] {
 			names = append(names, f.Name)
 		}
 	})
