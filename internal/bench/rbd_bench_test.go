@@ -4,6 +4,7 @@ package bench
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"testing"
@@ -326,8 +327,12 @@ func (r *rbdRun) leftovers() []string {
 	}
 	for _, dir := range []string{"csi.volumes.default", "csi.snaps.default"} {
 		kv, err := r.admin.GetAllOmapValues(dir, "", "", 1000)
-		if err != nil {
+		if errors.Is(err, rados.ErrNotFound) {
 			continue // no directory object yet: nothing in it
+		}
+		if err != nil {
+			left = append(left, fmt.Sprintf("reading %s: %v", dir, err))
+			continue
 		}
 		for k, v := range kv {
 			if r.ours(k) || r.ours(string(v)) {
