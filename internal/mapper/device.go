@@ -1,0 +1,70 @@
+package mapper
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+
+	"golang.org/x/sys/unix"
+)
+
+// BusyFunc reports whether a block device is in use.
+type BusyFunc func(device string) (bool, error)
+
+// DeviceBusy reports whether device is mounted or held by another exclusive
+// user (device-mapper, another mount): the kernel refuses an exclusive open
+// then. A device that no longer exists is not busy.
+func DeviceBusy(device string) (bool, error) {
+	fd, err := unix.Open(device, unix.O_RDONLY|unix.O_EXCL|unix.O_CLOEXEC, 0)
+	switch {
+	case err == nil:
+		unix.Close(fd)
+		return false, nil
+	case errors.Is(err, unix.EBUSY):
+		return true, nil
+	case errors.Is(err, unix.ENOENT), errors.Is(err, unix.ENXIO), errors.Is(err, unix.ENODEV):
+		return false, nil
+	}
+	return false, fmt.Errorf("checking whether %s is in use: %w", device, err)
+}
+
+// readAttr reads a sysfs attribute without its trailing newline; a missing
+// attribute reads as "" with ok false.
+func readAttr(path string) (value string, ok bool, err error) {
+	data, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return "", false, nil
+	}
+	if err != nil {
+		return "", false, err
+	}
+	return strings.TrimRight(string(data), "\n"), true, nil
+}
+
+// loopsBackedBy lists the loop devices (as devRoot/loopN) whose backing file
+// is file, in name order.
+func loopsBackedBy(sysfs, devRoot, file string) ([]string, error) {
+	entries, err := os.ReadDir(filepath.Join(sysfs, "block"))
+	if err != nil {
+		return nil, fmt.Errorf("listing block devices: %w", err)
+	}
+	var out []string
+	for _, e := range entries {
+		name := e.Name()
+		if !strings.HasPrefix(name, "loop") {
+			continue
+		}
+		backing, ok, err := readAttr(filepath.Join(sysfs, "block", name, "loop", "backing_file"))
+		if err != nil {
+			return nil, err
+		}
+		if ok && backing == file {
+			out = append(out, filepath.Join(devRoot, name))
+		}
+	}
+	sort.Strings(out)
+	return out, nil
+}

@@ -1,0 +1,420 @@
+package mapper
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+	mount "k8s.io/mount-utils"
+)
+
+// Fuse maps with rbd-fuse and a loop device, for nodes whose kernel has
+// neither rbd nor nbd: rbd-fuse exposes the image as a file in a private
+// FUSE mount and a loop device turns that file into a block device. The
+// whole data path runs in user space, and the volume works only while the
+// rbd-fuse process lives (see docs/rbd-fuse-mapper.md).
+//
+// rbd-fuse reads the key from an in-memory file (Command.Secret); no
+// keyring file is written.
+type Fuse struct {
+	// Dir holds one private mount point per mapped image.
+	Dir string
+	// Sysfs, Dev and Proc are the roots of /sys, /dev and /proc.
+	Sysfs, Dev, Proc string
+	// Conf is the ceph.conf given to rbd-fuse ("" for /etc/ceph/ceph.conf
+	// when it exists, else none); the monitors always come from the Spec.
+	Conf    string
+	Runner  Runner
+	Mounter mount.Interface
+	Busy    BusyFunc
+	// Timeout bounds each step (starting rbd-fuse, attaching, detaching).
+	Timeout time.Duration
+	// unmount is unix.Unmount; tests replace it.
+	unmount func(target string, flags int) error
+}
+
+// NewFuse returns the rbd-fuse mapper keeping its mount points in dir.
+func NewFuse(dir string, r Runner) (*Fuse, error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, err
+	}
+	// Loop devices report their backing file by its resolved path.
+	resolved, err := filepath.EvalSymlinks(dir)
+	if err != nil {
+		return nil, err
+	}
+	return &Fuse{Dir: resolved, Sysfs: "/sys", Dev: "/dev", Proc: "/proc", Runner: r,
+		Mounter: mount.NewWithoutSystemd(""), Busy: DeviceBusy, Timeout: 60 * time.Second, unmount: unix.Unmount}, nil
+}
+
+// paths returns the mount point, the image file inside it and the log
+// file of rbd-fuse for s.
+func (f *Fuse) paths(s Spec) (mnt, file, logFile string) {
+	sum := sha256.Sum256([]byte(s.Pool + "\x00" + s.Namespace + "\x00" + s.Image))
+	name := hex.EncodeToString(sum[:10])
+	mnt = filepath.Join(f.Dir, name)
+	return mnt, filepath.Join(mnt, s.Image), mnt + ".log"
+}
+
+func (f *Fuse) conf() string {
+	if f.Conf != "" {
+		return f.Conf
+	}
+	if _, err := os.Stat("/etc/ceph/ceph.conf"); err == nil {
+		return "/etc/ceph/ceph.conf"
+	}
+	return "/dev/null"
+}
+
+type fuseState int
+
+const (
+	fuseNotMounted fuseState = iota
+	fuseHealthy
+	fuseStale // the rbd-fuse process is gone
+	fuseHung  // the rbd-fuse process does not answer
+)
+
+// probeTimeout bounds one look at an rbd-fuse mount: every stat there is a
+// request to rbd-fuse, which may wait on the cluster indefinitely.
+const probeTimeout = 10 * time.Second
+
+// state inspects the mount point of s.
+func (f *Fuse) state(mnt, file string) (fuseState, error) {
+	type result struct {
+		st  fuseState
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		st, err := f.probe(mnt, file)
+		done <- result{st, err}
+	}()
+	select {
+	case r := <-done:
+		return r.st, r.err
+	case <-time.After(probeTimeout):
+		return fuseHung, nil
+	}
+}
+
+func (f *Fuse) probe(mnt, file string) (fuseState, error) {
+	notMnt, err := f.Mounter.IsLikelyNotMountPoint(mnt)
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+		return fuseNotMounted, nil
+	case mount.IsCorruptedMnt(err):
+		return fuseStale, nil
+	case err != nil:
+		return 0, fmt.Errorf("checking %s: %w", mnt, err)
+	case notMnt:
+		return fuseNotMounted, nil
+	}
+	if _, err := os.Stat(file); mount.IsCorruptedMnt(err) {
+		return fuseStale, nil
+	}
+	return fuseHealthy, nil
+}
+
+// statTimeout stats a file inside an rbd-fuse mount without hanging on an
+// unresponsive rbd-fuse.
+func statTimeout(path string) error {
+	done := make(chan error, 1)
+	go func() {
+		_, err := os.Stat(path)
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		return err
+	case <-time.After(probeTimeout):
+		return fmt.Errorf("rbd-fuse does not answer for %s: %w", path, context.DeadlineExceeded)
+	}
+}
+
+// Map implements Mapper.
+func (f *Fuse) Map(ctx context.Context, s Spec) (string, error) {
+	if err := s.validate(true); err != nil {
+		return "", err
+	}
+	if dev, err := f.Find(ctx, s); err != nil || dev != "" {
+		if dev != "" {
+			mnt, file, _ := f.paths(s)
+			switch st, err := f.state(mnt, file); {
+			case err == nil && st == fuseStale:
+				return "", fmt.Errorf("%w: rbd-fuse serving %s on %s has exited while %s still uses it; unstage the volume", ErrStale, s, mnt, dev)
+			case err == nil && st == fuseHung:
+				return "", fmt.Errorf("rbd-fuse serving %s on %s does not answer: %w", s, mnt, context.DeadlineExceeded)
+			}
+		}
+		return dev, err
+	}
+	mnt, file, _ := f.paths(s)
+	st, err := f.state(mnt, file)
+	if err != nil {
+		return "", err
+	}
+	if st == fuseStale || st == fuseHung {
+		// Nothing uses the broken mount (Find found no loop device): clear it.
+		if err := f.umount(mnt, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) {
+			return "", fmt.Errorf("clearing the stale rbd-fuse mount %s: %w", mnt, err)
+		}
+		st = fuseNotMounted
+	}
+	if st == fuseNotMounted {
+		if err := f.startFuse(ctx, s); err != nil {
+			return "", err
+		}
+	}
+	dev, err := f.attach(ctx, s, file)
+	if err != nil {
+		if uerr := f.stopFuse(ctx, s); uerr != nil {
+			err = errors.Join(err, uerr)
+		}
+		return "", err
+	}
+	return dev, nil
+}
+
+// startFuse mounts the image with rbd-fuse and waits until its file is
+// visible.
+func (f *Fuse) startFuse(ctx context.Context, s Spec) error {
+	mnt, file, logFile := f.paths(s)
+	if err := os.MkdirAll(mnt, 0o700); err != nil {
+		return fmt.Errorf("creating %s: %w", mnt, err)
+	}
+	// attr_timeout=0: the file size is asked afresh, so a grown image is
+	// seen by the next stat (see Refresh).
+	fuseOpts := append([]string{"attr_timeout=0"}, splitOptions(s.Options)...)
+	args := []string{"-c", f.conf(), "-p", s.Pool}
+	if s.Namespace != "" {
+		args = append(args, "-s", s.Namespace)
+	}
+	args = append(args, "-r", s.Image, mnt, "-o", strings.Join(fuseOpts, ","))
+	cephArgs := strings.Join([]string{"--id=" + s.UserID, "--keyfile=" + KeyFilePath,
+		"--mon_host=" + strings.Join(s.Monitors, ","), "--log_file=" + logFile}, " ")
+	_, err := f.Runner.Run(ctx, Command{Path: "rbd-fuse", Args: args, Env: []string{"CEPH_ARGS=" + cephArgs},
+		Secret: s.Key, Timeout: f.timeout()})
+	if err != nil {
+		f.cleanupMount(mnt)
+		if isTimeout(err) {
+			return fmt.Errorf("rbd-fuse for %s: %w", s, err)
+		}
+		return fmt.Errorf("rbd-fuse for %s: %w%s", s, err, f.logTail(logFile, s.Key))
+	}
+	err = poll(ctx, f.timeout(), 50*time.Millisecond, "rbd-fuse to show "+s.String(), func() (bool, error) {
+		err := statTimeout(file)
+		switch {
+		case err == nil:
+			return true, nil
+		case errors.Is(err, unix.ENXIO):
+			return false, nil // still connecting
+		case errors.Is(err, os.ErrNotExist):
+			return false, fmt.Errorf("%w: rbd-fuse does not show %s (missing, or client.%s may not read it)", ErrImageNotFound, s, s.UserID)
+		case mount.IsCorruptedMnt(err):
+			return false, fmt.Errorf("rbd-fuse for %s exited after mounting%s", s, f.logTail(logFile, s.Key))
+		}
+		return false, fmt.Errorf("rbd-fuse for %s: %w", s, err)
+	})
+	if err != nil {
+		f.cleanupMount(mnt)
+		return err
+	}
+	return nil
+}
+
+// cleanupMount removes a mount point left by a failed start.
+func (f *Fuse) cleanupMount(mnt string) {
+	if notMnt, err := f.Mounter.IsLikelyNotMountPoint(mnt); err != nil || !notMnt {
+		_ = f.umount(mnt, unix.MNT_DETACH)
+	}
+	_ = os.Remove(mnt)
+}
+
+// logTail returns the end of rbd-fuse's log for an error message.
+func (f *Fuse) logTail(logFile, secret string) string {
+	data, err := os.ReadFile(logFile)
+	if err != nil || len(data) == 0 {
+		return ""
+	}
+	return " (log " + logFile + ": " + lastLines(redact(strings.TrimSpace(string(data)), secret), 3) + ")"
+}
+
+// attach gives file a loop device. Direct I/O keeps the loop device from
+// caching data a second time in front of rbd-fuse.
+func (f *Fuse) attach(ctx context.Context, s Spec, file string) (string, error) {
+	args := []string{"--find", "--show", "--direct-io=on"}
+	if s.ReadOnly {
+		args = append(args, "--read-only")
+	}
+	res, err := f.Runner.Run(ctx, Command{Path: "losetup", Args: append(args, file), Timeout: f.timeout()})
+	if err != nil {
+		return "", fmt.Errorf("attaching a loop device to %s: %w", s, err)
+	}
+	dev := lastLine(res.Stdout)
+	if !strings.HasPrefix(dev, "/dev/loop") {
+		return "", fmt.Errorf("losetup printed %q, not a loop device", dev)
+	}
+	return dev, nil
+}
+
+// Find implements Mapper: the loop device whose backing file is the
+// image's file in our mount point.
+func (f *Fuse) Find(_ context.Context, s Spec) (string, error) {
+	_, file, _ := f.paths(s)
+	loops, err := loopsBackedBy(f.Sysfs, f.Dev, file)
+	if err != nil || len(loops) == 0 {
+		return "", err
+	}
+	return loops[0], nil
+}
+
+// Unmap implements Mapper: detach the loop device, then unmount rbd-fuse
+// and wait for it to exit (it flushes and closes the image on the way).
+func (f *Fuse) Unmap(ctx context.Context, s Spec, opts string) error {
+	if o := splitOptions(opts); len(o) > 0 {
+		return fmt.Errorf("%w: rbd-fuse takes no unmap options (got %q)", ErrInvalidOption, opts)
+	}
+	_, file, _ := f.paths(s)
+	loops, err := loopsBackedBy(f.Sysfs, f.Dev, file)
+	if err != nil {
+		return err
+	}
+	for _, dev := range loops {
+		busy, err := f.Busy(dev)
+		if err != nil {
+			return err
+		}
+		if busy {
+			return fmt.Errorf("%w: %s (%s) is mounted or held open", ErrBusy, dev, s)
+		}
+		if _, err := f.Runner.Run(ctx, Command{Path: "losetup", Args: []string{"--detach", dev}, Timeout: f.timeout()}); err != nil {
+			return fmt.Errorf("detaching %s (%s): %w", dev, s, err)
+		}
+	}
+	if len(loops) > 0 {
+		// The kernel defers the detach while someone has the device open.
+		err := poll(ctx, 10*time.Second, 50*time.Millisecond, "loop detach of "+s.String(), func() (bool, error) {
+			left, err := loopsBackedBy(f.Sysfs, f.Dev, file)
+			return len(left) == 0, err
+		})
+		if isTimeout(err) {
+			return fmt.Errorf("%w: %v is still open by a process; it detaches when closed", ErrBusy, loops)
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return f.stopFuse(ctx, s)
+}
+
+// stopFuse unmounts the rbd-fuse mount of s, waits for the process to exit
+// (it flushes and closes the image on the way) and removes the mount point.
+func (f *Fuse) stopFuse(ctx context.Context, s Spec) error {
+	mnt, file, logFile := f.paths(s)
+	st, err := f.state(mnt, file)
+	if err != nil {
+		return err
+	}
+	if st != fuseNotMounted {
+		pid := f.fusePID(mnt)
+		flags := 0
+		if st == fuseStale || st == fuseHung {
+			flags = unix.MNT_DETACH
+		}
+		if err := f.umount(mnt, flags); err != nil && !errors.Is(err, unix.EINVAL) {
+			if errors.Is(err, unix.EBUSY) {
+				return fmt.Errorf("%w: the rbd-fuse mount %s of %s", ErrBusy, mnt, s)
+			}
+			return fmt.Errorf("unmounting rbd-fuse at %s: %w", mnt, err)
+		}
+		if pid > 0 {
+			err := poll(ctx, f.timeout(), 50*time.Millisecond, "rbd-fuse to exit", func() (bool, error) {
+				return !f.alive(pid), nil
+			})
+			if err != nil {
+				return fmt.Errorf("rbd-fuse (pid %d) serving %s: %w", pid, s, err)
+			}
+		}
+	}
+	if err := os.Remove(mnt); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("removing %s: %w", mnt, err)
+	}
+	_ = os.Remove(logFile)
+	return nil
+}
+
+// fusePID finds the rbd-fuse process serving mnt, 0 when there is none.
+func (f *Fuse) fusePID(mnt string) int {
+	entries, err := os.ReadDir(f.Proc)
+	if err != nil {
+		return 0
+	}
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		data, err := os.ReadFile(filepath.Join(f.Proc, e.Name(), "cmdline"))
+		if err != nil || len(data) == 0 {
+			continue
+		}
+		argv := strings.Split(strings.TrimRight(string(data), "\x00"), "\x00")
+		if filepath.Base(argv[0]) != "rbd-fuse" {
+			continue
+		}
+		for _, a := range argv[1:] {
+			if a == mnt {
+				return pid
+			}
+		}
+	}
+	return 0
+}
+
+// alive reports whether pid runs (a zombie has finished its work).
+func (f *Fuse) alive(pid int) bool {
+	data, err := os.ReadFile(filepath.Join(f.Proc, strconv.Itoa(pid), "stat"))
+	if err != nil {
+		return false
+	}
+	// The state follows the parenthesised command name.
+	s := string(data)
+	i := strings.LastIndexByte(s, ')')
+	return i < 0 || i+2 >= len(s) || s[i+2] != 'Z'
+}
+
+// Refresh implements Mapper: read the file's new size through rbd-fuse,
+// then tell the loop device to take it.
+func (f *Fuse) Refresh(ctx context.Context, s Spec, device string) error {
+	_, file, _ := f.paths(s)
+	if err := statTimeout(file); err != nil {
+		return fmt.Errorf("rbd-fuse file of %s: %w", s, err)
+	}
+	if _, err := f.Runner.Run(ctx, Command{Path: "losetup", Args: []string{"--set-capacity", device}, Timeout: f.timeout()}); err != nil {
+		return fmt.Errorf("updating the size of %s: %w", device, err)
+	}
+	return nil
+}
+
+func (f *Fuse) umount(target string, flags int) error {
+	if f.unmount != nil {
+		return f.unmount(target, flags)
+	}
+	return unix.Unmount(target, flags)
+}
+
+func (f *Fuse) timeout() time.Duration {
+	if f.Timeout <= 0 {
+		return 60 * time.Second
+	}
+	return f.Timeout
+}

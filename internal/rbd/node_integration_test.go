@@ -1,0 +1,994 @@
+//go:build integration
+
+package rbd_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io/fs"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/ceph/go-ceph/rbd"
+	"github.com/container-storage-interface/spec/lib/go/csi"
+	"golang.org/x/sys/unix"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+	mount "k8s.io/mount-utils"
+
+	"github.com/leanceph/cephcsi/internal/config"
+	"github.com/leanceph/cephcsi/internal/testutil"
+)
+
+// nodeEnv is a driver serving both services whose node state (rbd-fuse
+// mounts included) lives in pluginDir.
+type nodeEnv struct {
+	c         *testutil.Cluster
+	d         *testutil.Driver
+	pluginDir string
+	work      string // staging and target paths live here
+}
+
+// startNodeEnv serves the driver in-process with its plugin path in a
+// directory of the test. Whatever a failing test leaves mapped there is
+// torn down before the directory goes (an rbd-fuse mount must never be
+// deleted through: unlinking its file removes the image).
+func startNodeEnv(t *testing.T) *nodeEnv {
+	t.Helper()
+	c := testutil.RequireCluster(t)
+	pluginDir := shortDir(t, "csi-node")
+	work := shortDir(t, "csi-work")
+	t.Cleanup(func() { tearDownUnder(t, work, pluginDir) })
+	d := testutil.StartDriver(t, c, "rbd", func(o *config.Options) { o.PluginPath = pluginDir })
+	return &nodeEnv{c: c, d: d, pluginDir: pluginDir, work: work}
+}
+
+// shortDir makes a directory under /tmp; unix socket paths must stay short.
+func shortDir(t *testing.T, prefix string) string {
+	t.Helper()
+	d, err := os.MkdirTemp("", prefix)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := os.RemoveAll(d); err != nil {
+			t.Errorf("removing %s: %v", d, err)
+		}
+	})
+	return d
+}
+
+// tearDownUnder unmounts everything below the given directories and
+// detaches loop devices whose backing file lies there, reporting each as a
+// leak.
+func tearDownUnder(t *testing.T, dirs ...string) {
+	for _, m := range mountsUnder(t, dirs...) {
+		t.Errorf("leaked mount %s (%s); unmounting", m.MountPoint, m.FsType)
+	}
+	for _, l := range loopsUnder(t, dirs...) {
+		t.Errorf("leaked loop device %s; detaching", l)
+	}
+	// Deepest mounts first; loops go before their rbd-fuse mounts.
+	for i := 0; i < 3; i++ {
+		mps := mountsUnder(t, dirs...)
+		for j := len(mps) - 1; j >= 0; j-- {
+			if mps[j].FsType != "fuse.rbd-fuse" {
+				_ = unix.Unmount(mps[j].MountPoint, unix.MNT_DETACH)
+			}
+		}
+		for _, l := range loopsUnder(t, dirs...) {
+			_ = exec.Command("losetup", "-d", l).Run()
+		}
+		for _, m := range mountsUnder(t, dirs...) {
+			_ = unix.Unmount(m.MountPoint, unix.MNT_DETACH)
+		}
+	}
+	// rbd-fuse closes its image (and drops its watch) on the way out.
+	for deadline := time.Now().Add(15 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+		left := 0
+		for _, d := range dirs {
+			left += len(rbdFuseProcs(t, d))
+		}
+		if left == 0 {
+			return
+		}
+	}
+	t.Error("rbd-fuse processes did not exit after unmounting")
+}
+
+func mountsUnder(t *testing.T, dirs ...string) []mount.MountInfo {
+	t.Helper()
+	infos, err := mount.ParseMountInfo("/proc/self/mountinfo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []mount.MountInfo
+	for _, mi := range infos {
+		for _, d := range dirs {
+			if strings.HasPrefix(mi.MountPoint, d+"/") {
+				out = append(out, mi)
+			}
+		}
+	}
+	return out
+}
+
+func loopsUnder(t *testing.T, dirs ...string) []string {
+	t.Helper()
+	var out []string
+	names, _ := filepath.Glob("/sys/block/loop*/loop/backing_file")
+	for _, n := range names {
+		data, err := os.ReadFile(n)
+		if err != nil {
+			continue
+		}
+		for _, d := range dirs {
+			if strings.HasPrefix(strings.TrimSpace(string(data)), d+"/") {
+				out = append(out, "/dev/"+filepath.Base(filepath.Dir(filepath.Dir(n))))
+			}
+		}
+	}
+	return out
+}
+
+// createFuseVolume provisions a volume the node maps with rbd-fuse; it is
+// deleted when the test ends (after the unstage cleanups registered later).
+func createFuseVolume(t *testing.T, e *nodeEnv, ctl csi.ControllerClient, size int64, fsType string) *csi.Volume {
+	t.Helper()
+	p := params(e.c, "mounter", "rbd-fuse")
+	if fsType != "" {
+		p["csi.storage.k8s.io/fstype"] = fsType
+	}
+	return createVolumeReq(t, e, ctl, &csi.CreateVolumeRequest{Name: uniqueName("node"), VolumeCapabilities: mountCap(),
+		CapacityRange: &csi.CapacityRange{RequiredBytes: size}, Parameters: p, Secrets: e.c.RBDSecrets()})
+}
+
+// createVolumeReq creates a volume and deletes it when the test ends, after
+// tearing down whatever a failed test left mapped (a mapped image cannot be
+// deleted).
+func createVolumeReq(t *testing.T, e *nodeEnv, ctl csi.ControllerClient, req *csi.CreateVolumeRequest) *csi.Volume {
+	t.Helper()
+	c := e.c
+	resp, err := ctl.CreateVolume(ctxT(t), req)
+	if err != nil {
+		t.Fatalf("CreateVolume: %v", err)
+	}
+	vol := resp.GetVolume()
+	t.Cleanup(func() {
+		tearDownUnder(t, e.work, e.pluginDir)
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		if _, err := ctl.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: vol.GetVolumeId(), Secrets: c.RBDSecrets()}); err != nil {
+			t.Errorf("DeleteVolume %s: %v", vol.GetVolumeId(), err)
+		}
+	})
+	return vol
+}
+
+func fsCap(fsType string) *csi.VolumeCapability {
+	return &csi.VolumeCapability{
+		AccessType: &csi.VolumeCapability_Mount{Mount: &csi.VolumeCapability_MountVolume{FsType: fsType}},
+		AccessMode: &csi.VolumeCapability_AccessMode{Mode: csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER},
+	}
+}
+
+func blockCap() *csi.VolumeCapability {
+	return &csi.VolumeCapability{
+		AccessType: &csi.VolumeCapability_Block{Block: &csi.VolumeCapability_BlockVolume{}},
+		AccessMode: &csi.VolumeCapability_AccessMode{Mode: csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER},
+	}
+}
+
+// stageReq builds the NodeStageVolume kubelet would send for vol.
+func stageReq(c *testutil.Cluster, vol *csi.Volume, staging string, vcap *csi.VolumeCapability) *csi.NodeStageVolumeRequest {
+	return &csi.NodeStageVolumeRequest{VolumeId: vol.GetVolumeId(), StagingTargetPath: staging, VolumeCapability: vcap,
+		VolumeContext: vol.GetVolumeContext(), Secrets: c.RBDNodeSecrets()}
+}
+
+// stage stages vol and makes sure the test unstages it in the end.
+func stage(t *testing.T, node csi.NodeClient, c *testutil.Cluster, vol *csi.Volume, staging string, vcap *csi.VolumeCapability) {
+	t.Helper()
+	if _, err := node.NodeStageVolume(ctxT(t), stageReq(c, vol, staging, vcap)); err != nil {
+		t.Fatalf("NodeStageVolume: %v", err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		if _, err := node.NodeUnstageVolume(ctx, &csi.NodeUnstageVolumeRequest{VolumeId: vol.GetVolumeId(), StagingTargetPath: staging}); err != nil {
+			t.Errorf("cleanup NodeUnstageVolume: %v", err)
+		}
+	})
+}
+
+func publish(t *testing.T, node csi.NodeClient, vol *csi.Volume, staging, target string, vcap *csi.VolumeCapability, ro bool) {
+	t.Helper()
+	if _, err := node.NodePublishVolume(ctxT(t), &csi.NodePublishVolumeRequest{VolumeId: vol.GetVolumeId(),
+		StagingTargetPath: staging, TargetPath: target, VolumeCapability: vcap, Readonly: ro,
+		VolumeContext: vol.GetVolumeContext()}); err != nil {
+		t.Fatalf("NodePublishVolume: %v", err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		if _, err := node.NodeUnpublishVolume(ctx, &csi.NodeUnpublishVolumeRequest{VolumeId: vol.GetVolumeId(), TargetPath: target}); err != nil {
+			t.Errorf("cleanup NodeUnpublishVolume: %v", err)
+		}
+	})
+}
+
+func unpublish(t *testing.T, node csi.NodeClient, vol *csi.Volume, target string) {
+	t.Helper()
+	if _, err := node.NodeUnpublishVolume(ctxT(t), &csi.NodeUnpublishVolumeRequest{VolumeId: vol.GetVolumeId(), TargetPath: target}); err != nil {
+		t.Fatalf("NodeUnpublishVolume: %v", err)
+	}
+}
+
+func unstage(t *testing.T, node csi.NodeClient, vol *csi.Volume, staging string) {
+	t.Helper()
+	if _, err := node.NodeUnstageVolume(ctxT(t), &csi.NodeUnstageVolumeRequest{VolumeId: vol.GetVolumeId(), StagingTargetPath: staging}); err != nil {
+		t.Fatalf("NodeUnstageVolume: %v", err)
+	}
+}
+
+// mountAt returns the mount at path, failing the test when there is none.
+func mountAt(t *testing.T, path string) mount.MountInfo {
+	t.Helper()
+	infos, err := mount.ParseMountInfo("/proc/self/mountinfo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := len(infos) - 1; i >= 0; i-- {
+		if infos[i].MountPoint == path {
+			return infos[i]
+		}
+	}
+	t.Fatalf("nothing is mounted at %s", path)
+	return mount.MountInfo{}
+}
+
+func isMounted(t *testing.T, path string) bool {
+	t.Helper()
+	infos, err := mount.ParseMountInfo("/proc/self/mountinfo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mi := range infos {
+		if mi.MountPoint == path {
+			return true
+		}
+	}
+	return false
+}
+
+// blkidType is what blkid reports as the filesystem on dev.
+func blkidType(t *testing.T, dev string) string {
+	t.Helper()
+	out, err := exec.Command("blkid", "-p", "-s", "TYPE", "-o", "value", dev).Output()
+	if err != nil {
+		t.Fatalf("blkid %s: %v", dev, err)
+	}
+	return strings.TrimSpace(string(out))
+}
+
+// assertNoKeyOnDisk looks for the key in every regular file below dirs
+// (staying on each directory's filesystem).
+func assertNoKeyOnDisk(t *testing.T, key string, dirs ...string) {
+	t.Helper()
+	for _, root := range dirs {
+		var rootStat unix.Stat_t
+		if err := unix.Stat(root, &rootStat); err != nil {
+			t.Fatal(err)
+		}
+		_ = filepath.WalkDir(root, func(path string, d fs.DirEntry, err error) error {
+			if err != nil {
+				return nil
+			}
+			var st unix.Stat_t
+			if unix.Lstat(path, &st) != nil {
+				return nil
+			}
+			if d.IsDir() {
+				if st.Dev != rootStat.Dev {
+					return filepath.SkipDir
+				}
+				return nil
+			}
+			if !d.Type().IsRegular() || st.Size > 8<<20 {
+				return nil
+			}
+			data, err := os.ReadFile(path)
+			if err == nil && bytes.Contains(data, []byte(key)) {
+				t.Errorf("the cephx key is on disk in %s", path)
+			}
+			return nil
+		})
+	}
+}
+
+// rbdFuseProcs returns the command line and environment of every rbd-fuse
+// process serving a mount below dir.
+func rbdFuseProcs(t *testing.T, dir string) map[int]string {
+	t.Helper()
+	out := map[int]string{}
+	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
+	for _, p := range procs {
+		data, err := os.ReadFile(p)
+		if err != nil || !bytes.Contains(data, []byte("rbd-fuse")) || !bytes.Contains(data, []byte(dir)) {
+			continue
+		}
+		env, _ := os.ReadFile(filepath.Join(filepath.Dir(p), "environ"))
+		var pid int
+		for _, ch := range filepath.Base(filepath.Dir(p)) {
+			pid = pid*10 + int(ch-'0')
+		}
+		out[pid] = string(data) + "\x00" + string(env)
+	}
+	return out
+}
+
+func watchers(t *testing.T, c *testutil.Cluster, image string) int {
+	t.Helper()
+	img, err := rbd.OpenImageReadOnly(c.IOContext(t, pool), image, rbd.NoSnapshot)
+	if err != nil {
+		t.Fatalf("open %s: %v", image, err)
+	}
+	defer img.Close()
+	w, err := img.ListWatchers()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(w)
+}
+
+func readFileT(t *testing.T, path string) string {
+	t.Helper()
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatalf("reading %s: %v", path, err)
+	}
+	return string(data)
+}
+
+func writeFileSync(t *testing.T, path string, data []byte) {
+	t.Helper()
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.Write(data); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func statfs(t *testing.T, path string) (total, avail int64) {
+	t.Helper()
+	var st unix.Statfs_t
+	if err := unix.Statfs(path, &st); err != nil {
+		t.Fatal(err)
+	}
+	return int64(st.Blocks) * st.Bsize, int64(st.Bavail) * st.Bsize
+}
+
+// assertCleanNode checks that no mount and no loop device of the test is
+// left, and that no rbd-fuse process serves its plugin directory.
+func assertCleanNode(t *testing.T, e *nodeEnv) {
+	t.Helper()
+	if m := mountsUnder(t, e.pluginDir, e.work); len(m) > 0 {
+		var names []string
+		for _, mi := range m {
+			names = append(names, mi.MountPoint+" ("+mi.FsType+")")
+		}
+		t.Errorf("mounts left: %v", names)
+	}
+	if l := loopsUnder(t, e.pluginDir); len(l) > 0 {
+		t.Errorf("loop devices left: %v", l)
+	}
+	if p := rbdFuseProcs(t, e.pluginDir); len(p) > 0 {
+		t.Errorf("rbd-fuse processes left: %d", len(p))
+	}
+}
+
+func TestNodeStagePublishWriteUnstageRestage(t *testing.T) {
+	e := startNodeEnv(t)
+	ctx := ctxT(t)
+	vol := createFuseVolume(t, e, e.d.Controller, 64<<20, "")
+	image := vol.GetVolumeContext()["imageName"]
+	staging := filepath.Join(e.work, "staging")
+	target := filepath.Join(e.work, "pod", "mount")
+	vcap := fsCap("")
+
+	stage(t, e.d.Node, e.c, vol, staging, vcap)
+	// Staging again is fine and keeps the same device.
+	mi := mountAt(t, staging)
+	if _, err := e.d.Node.NodeStageVolume(ctx, stageReq(e.c, vol, staging, vcap)); err != nil {
+		t.Fatalf("second NodeStageVolume: %v", err)
+	}
+	if again := mountAt(t, staging); again.Source != mi.Source {
+		t.Errorf("restage moved the volume from %s to %s", mi.Source, again.Source)
+	}
+	if !strings.HasPrefix(mi.Source, "/dev/loop") || mi.FsType != "ext4" {
+		t.Fatalf("staging mount = %s %s, want an ext4 loop device", mi.Source, mi.FsType)
+	}
+	if got := blkidType(t, mi.Source); got != "ext4" {
+		t.Errorf("blkid TYPE of %s = %q, want ext4", mi.Source, got)
+	}
+	if loops := loopsUnder(t, e.pluginDir); len(loops) != 1 || loops[0] != mi.Source {
+		t.Errorf("loop devices backed by the plugin dir = %v, want [%s]", loops, mi.Source)
+	}
+	if watchers(t, e.c, image) != 1 {
+		t.Errorf("image %s has %d watchers while staged, want 1 (rbd-fuse)", image, watchers(t, e.c, image))
+	}
+	key := e.c.RBDNodeSecrets()["userKey"]
+	assertNoKeyOnDisk(t, key, e.pluginDir, os.TempDir())
+	procs := rbdFuseProcs(t, e.pluginDir)
+	if len(procs) != 1 {
+		t.Fatalf("rbd-fuse processes for the plugin dir = %d, want 1", len(procs))
+	}
+	for pid, cmdEnv := range procs {
+		if strings.Contains(cmdEnv, key) {
+			t.Errorf("rbd-fuse %d has the key in its command line or environment", pid)
+		}
+	}
+
+	publish(t, e.d.Node, vol, staging, target, vcap, false)
+	payload := []byte("written through the rbd-fuse mapper " + vol.GetVolumeId())
+	writeFileSync(t, filepath.Join(target, "hello.txt"), payload)
+
+	// Stats through the published path: bytes and inodes of an ext4 that
+	// fills the 64 MiB image.
+	stats, err := e.d.Node.NodeGetVolumeStats(ctx, &csi.NodeGetVolumeStatsRequest{VolumeId: vol.GetVolumeId(), VolumePath: target})
+	if err != nil {
+		t.Fatalf("NodeGetVolumeStats: %v", err)
+	}
+	total, _ := statfs(t, target)
+	var sawBytes, sawInodes bool
+	for _, u := range stats.GetUsage() {
+		switch u.GetUnit() {
+		case csi.VolumeUsage_BYTES:
+			sawBytes = true
+			if u.GetTotal() != total || u.GetTotal() < 50<<20 || u.GetTotal() > 64<<20 || u.GetUsed() <= 0 {
+				t.Errorf("bytes usage = %+v, statfs total %d", u, total)
+			}
+		case csi.VolumeUsage_INODES:
+			sawInodes = true
+			if u.GetTotal() <= 0 || u.GetUsed() < 12 || u.GetAvailable() >= u.GetTotal() {
+				t.Errorf("inode usage = %+v", u)
+			}
+		}
+	}
+	if !sawBytes || !sawInodes {
+		t.Errorf("stats = %v, want bytes and inodes", stats.GetUsage())
+	}
+
+	// A published device is busy: unstage must refuse to unmap it and keep
+	// what it needs for the retry.
+	_, err = e.d.Node.NodeUnstageVolume(ctx, &csi.NodeUnstageVolumeRequest{VolumeId: vol.GetVolumeId(), StagingTargetPath: staging})
+	if status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), "in use") {
+		t.Errorf("unstage while published: %v, want FailedPrecondition (in use)", err)
+	}
+	if got := readFileT(t, filepath.Join(target, "hello.txt")); got != string(payload) {
+		t.Errorf("file after refused unstage = %q", got)
+	}
+
+	unpublish(t, e.d.Node, vol, target)
+	if _, err := os.Stat(target); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("target after unpublish: %v, want it removed", err)
+	}
+	unstage(t, e.d.Node, vol, staging)
+	unstage(t, e.d.Node, vol, staging) // idempotent
+	assertCleanNode(t, e)
+	if n := watchers(t, e.c, image); n != 0 {
+		t.Errorf("image %s has %d watchers after unstage", image, n)
+	}
+	// The data is in the cluster, not in a cache on this node: read the
+	// ext4 superblock magic (0xEF53 at byte 1080) through librbd.
+	if magic := readImage(t, e.c.IOContext(t, pool), image, 2, 1080); !bytes.Equal(magic, []byte{0x53, 0xef}) {
+		t.Errorf("ext4 magic in the image = %x", magic)
+	}
+
+	// Stage again: the filesystem is mounted, not reformatted.
+	stage(t, e.d.Node, e.c, vol, staging, vcap)
+	publish(t, e.d.Node, vol, staging, target, vcap, true)
+	if got := readFileT(t, filepath.Join(target, "hello.txt")); got != string(payload) {
+		t.Errorf("file after restage = %q, want %q", got, payload)
+	}
+	if err := os.WriteFile(filepath.Join(target, "ro.txt"), []byte("x"), 0o644); !errors.Is(err, syscall.EROFS) {
+		t.Errorf("write to a read-only publish: %v, want EROFS", err)
+	}
+	unpublish(t, e.d.Node, vol, target)
+	unstage(t, e.d.Node, vol, staging)
+	assertCleanNode(t, e)
+}
+
+func TestNodeBlockVolumeWriteRead(t *testing.T) {
+	e := startNodeEnv(t)
+	ctx := ctxT(t)
+	vol := createFuseVolume(t, e, e.d.Controller, 32<<20, "")
+	image := vol.GetVolumeContext()["imageName"]
+	staging := filepath.Join(e.work, "staging")
+	target := filepath.Join(e.work, "pod", "dev")
+	vcap := blockCap()
+
+	stage(t, e.d.Node, e.c, vol, staging, vcap)
+	if isMounted(t, staging) {
+		t.Error("a block volume mounted something at the staging path")
+	}
+	publish(t, e.d.Node, vol, staging, target, vcap, false)
+	fi, err := os.Stat(target)
+	if err != nil || fi.Mode()&os.ModeDevice == 0 {
+		t.Fatalf("target %s = %v, %v; want a block device", target, fi, err)
+	}
+	pattern := bytes.Repeat([]byte("blockdata-"+vol.GetVolumeId()[len(vol.GetVolumeId())-8:]), 1024)[:8192]
+	const off = 5 << 20
+	f, err := os.OpenFile(target, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteAt(pattern, off); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	back := make([]byte, len(pattern))
+	if _, err := f.ReadAt(back, off); err != nil || !bytes.Equal(back, pattern) {
+		t.Errorf("read back through the device: %v, equal=%v", err, bytes.Equal(back, pattern))
+	}
+	f.Close()
+
+	stats, err := e.d.Node.NodeGetVolumeStats(ctx, &csi.NodeGetVolumeStatsRequest{VolumeId: vol.GetVolumeId(), VolumePath: target})
+	if err != nil {
+		t.Fatalf("NodeGetVolumeStats(block): %v", err)
+	}
+	if u := stats.GetUsage(); len(u) != 1 || u[0].GetUnit() != csi.VolumeUsage_BYTES || u[0].GetTotal() != 32<<20 {
+		t.Errorf("block stats = %v, want total 32 MiB", u)
+	}
+
+	// Grow the image; a block volume needs only the device to follow.
+	if _, err := e.d.Controller.ControllerExpandVolume(ctx, &csi.ControllerExpandVolumeRequest{VolumeId: vol.GetVolumeId(),
+		CapacityRange: &csi.CapacityRange{RequiredBytes: 48 << 20}, Secrets: e.c.RBDSecrets(), VolumeCapability: vcap}); err != nil {
+		t.Fatalf("ControllerExpandVolume: %v", err)
+	}
+	exp, err := e.d.Node.NodeExpandVolume(ctx, &csi.NodeExpandVolumeRequest{VolumeId: vol.GetVolumeId(), VolumePath: target,
+		CapacityRange: &csi.CapacityRange{RequiredBytes: 48 << 20}, VolumeCapability: vcap, StagingTargetPath: staging})
+	if err != nil {
+		t.Fatalf("NodeExpandVolume(block): %v", err)
+	}
+	if exp.GetCapacityBytes() != 48<<20 {
+		t.Errorf("expanded capacity = %d, want 48 MiB", exp.GetCapacityBytes())
+	}
+	if size := blockDevSize(t, target); size != 48<<20 {
+		t.Errorf("published device size after expand = %d", size)
+	}
+
+	unpublish(t, e.d.Node, vol, target)
+	unstage(t, e.d.Node, vol, staging)
+	assertCleanNode(t, e)
+	if got := readImage(t, e.c.IOContext(t, pool), image, len(pattern), off); !bytes.Equal(got, pattern) {
+		t.Error("the bytes written to the block device are not in the image")
+	}
+}
+
+func blockDevSize(t *testing.T, path string) int64 {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	n, err := unix.IoctlGetInt(int(f.Fd()), unix.BLKGETSIZE64)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return int64(n)
+}
+
+// hasCapSysResource reports whether this process may grow ext4 online.
+func hasCapSysResource(t *testing.T) bool {
+	t.Helper()
+	data, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		if v, ok := strings.CutPrefix(line, "CapEff:"); ok {
+			var caps uint64
+			for _, ch := range strings.TrimSpace(v) {
+				caps <<= 4
+				switch {
+				case ch >= '0' && ch <= '9':
+					caps |= uint64(ch - '0')
+				case ch >= 'a' && ch <= 'f':
+					caps |= uint64(ch-'a') + 10
+				}
+			}
+			return caps&(1<<unix.CAP_SYS_RESOURCE) != 0
+		}
+	}
+	return false
+}
+
+func TestNodeExpandXFSOnline(t *testing.T) {
+	e := startNodeEnv(t)
+	ctx := ctxT(t)
+	// mkfs.xfs wants 300 MiB at least.
+	vol := createFuseVolume(t, e, e.d.Controller, 320<<20, "xfs")
+	staging := filepath.Join(e.work, "staging")
+	target := filepath.Join(e.work, "pod", "mount")
+	vcap := fsCap("xfs")
+	stage(t, e.d.Node, e.c, vol, staging, vcap)
+	mi := mountAt(t, staging)
+	if mi.FsType != "xfs" || blkidType(t, mi.Source) != "xfs" {
+		t.Fatalf("staged as %s (blkid %s), want xfs", mi.FsType, blkidType(t, mi.Source))
+	}
+	publish(t, e.d.Node, vol, staging, target, vcap, false)
+	writeFileSync(t, filepath.Join(target, "keep.txt"), []byte("xfs data"))
+	before, _ := statfs(t, target)
+
+	if _, err := e.d.Controller.ControllerExpandVolume(ctx, &csi.ControllerExpandVolumeRequest{VolumeId: vol.GetVolumeId(),
+		CapacityRange: &csi.CapacityRange{RequiredBytes: 480 << 20}, Secrets: e.c.RBDSecrets(), VolumeCapability: vcap}); err != nil {
+		t.Fatalf("ControllerExpandVolume: %v", err)
+	}
+	exp, err := e.d.Node.NodeExpandVolume(ctx, &csi.NodeExpandVolumeRequest{VolumeId: vol.GetVolumeId(), VolumePath: target,
+		CapacityRange: &csi.CapacityRange{RequiredBytes: 480 << 20}, VolumeCapability: vcap, StagingTargetPath: staging})
+	if err != nil {
+		t.Fatalf("NodeExpandVolume: %v", err)
+	}
+	after, _ := statfs(t, target)
+	if exp.GetCapacityBytes() != 480<<20 {
+		t.Errorf("NodeExpandVolume capacity = %d, want 480 MiB", exp.GetCapacityBytes())
+	}
+	// The filesystem grew online by (nearly) the 160 MiB the image grew.
+	if after-before < 150<<20 {
+		t.Errorf("xfs size %d -> %d after expand, want +160 MiB", before, after)
+	}
+	if got := readFileT(t, filepath.Join(target, "keep.txt")); got != "xfs data" {
+		t.Errorf("file after expand = %q", got)
+	}
+	// Expanding again is a no-op success.
+	if _, err := e.d.Node.NodeExpandVolume(ctx, &csi.NodeExpandVolumeRequest{VolumeId: vol.GetVolumeId(), VolumePath: target,
+		CapacityRange: &csi.CapacityRange{RequiredBytes: 480 << 20}, VolumeCapability: vcap}); err != nil {
+		t.Errorf("repeated NodeExpandVolume: %v", err)
+	}
+	unpublish(t, e.d.Node, vol, target)
+	unstage(t, e.d.Node, vol, staging)
+	assertCleanNode(t, e)
+}
+
+func TestNodeExpandExt4(t *testing.T) {
+	e := startNodeEnv(t)
+	ctx := ctxT(t)
+	vol := createFuseVolume(t, e, e.d.Controller, 64<<20, "ext4")
+	staging := filepath.Join(e.work, "staging")
+	target := filepath.Join(e.work, "pod", "mount")
+	vcap := fsCap("ext4")
+	stage(t, e.d.Node, e.c, vol, staging, vcap)
+	publish(t, e.d.Node, vol, staging, target, vcap, false)
+	writeFileSync(t, filepath.Join(target, "keep.txt"), []byte("ext4 data"))
+	before, _ := statfs(t, target)
+
+	if _, err := e.d.Controller.ControllerExpandVolume(ctx, &csi.ControllerExpandVolumeRequest{VolumeId: vol.GetVolumeId(),
+		CapacityRange: &csi.CapacityRange{RequiredBytes: 128 << 20}, Secrets: e.c.RBDSecrets(), VolumeCapability: vcap}); err != nil {
+		t.Fatalf("ControllerExpandVolume: %v", err)
+	}
+	_, err := e.d.Node.NodeExpandVolume(ctx, &csi.NodeExpandVolumeRequest{VolumeId: vol.GetVolumeId(), VolumePath: target,
+		CapacityRange: &csi.CapacityRange{RequiredBytes: 128 << 20}, VolumeCapability: vcap, StagingTargetPath: staging})
+	if hasCapSysResource(t) {
+		if err != nil {
+			t.Fatalf("NodeExpandVolume with CAP_SYS_RESOURCE: %v", err)
+		}
+		if after, _ := statfs(t, target); after-before < 56<<20 {
+			t.Errorf("ext4 size %d -> %d after online expand", before, after)
+		}
+	} else {
+		// The kernel refuses online ext4 growth without CAP_SYS_RESOURCE
+		// (this machine's case): the error must say so.
+		if status.Code(err) != codes.Internal || !strings.Contains(err.Error(), "CAP_SYS_RESOURCE") {
+			t.Fatalf("NodeExpandVolume without CAP_SYS_RESOURCE: %v, want an Internal error naming CAP_SYS_RESOURCE", err)
+		}
+		t.Log("online ext4 growth is impossible here (no CAP_SYS_RESOURCE); checking growth at the next stage")
+	}
+	// The device follows the image either way, and the next stage grows
+	// the filesystem (offline) to fill it.
+	if size := blockDevSize(t, mountAt(t, staging).Source); size != 128<<20 {
+		t.Errorf("device size after expand = %d, want 128 MiB", size)
+	}
+	unpublish(t, e.d.Node, vol, target)
+	unstage(t, e.d.Node, vol, staging)
+	stage(t, e.d.Node, e.c, vol, staging, vcap)
+	publish(t, e.d.Node, vol, staging, target, vcap, false)
+	after, _ := statfs(t, target)
+	if after-before < 56<<20 {
+		t.Errorf("ext4 size %d -> %d after expand and restage, want about +64 MiB", before, after)
+	}
+	if got := readFileT(t, filepath.Join(target, "keep.txt")); got != "ext4 data" {
+		t.Errorf("file after growth = %q", got)
+	}
+	unpublish(t, e.d.Node, vol, target)
+	unstage(t, e.d.Node, vol, staging)
+	assertCleanNode(t, e)
+}
+
+func TestNodeRestoreFromSnapshotMounts(t *testing.T) {
+	e := startNodeEnv(t)
+	ctx := ctxT(t)
+	src := createFuseVolume(t, e, e.d.Controller, 64<<20, "")
+	staging := filepath.Join(e.work, "staging")
+	target := filepath.Join(e.work, "pod", "mount")
+	vcap := fsCap("")
+	stage(t, e.d.Node, e.c, src, staging, vcap)
+	publish(t, e.d.Node, src, staging, target, vcap, false)
+	content := "before the snapshot " + src.GetVolumeId()
+	writeFileSync(t, filepath.Join(target, "snap.txt"), []byte(content))
+	unpublish(t, e.d.Node, src, target)
+	unstage(t, e.d.Node, src, staging)
+
+	snapResp, err := e.d.Controller.CreateSnapshot(ctx, &csi.CreateSnapshotRequest{SourceVolumeId: src.GetVolumeId(),
+		Name: uniqueName("snap"), Secrets: e.c.RBDSecrets(), Parameters: map[string]string{"clusterID": e.c.ClusterID}})
+	if err != nil {
+		t.Fatalf("CreateSnapshot: %v", err)
+	}
+	snapID := snapResp.GetSnapshot().GetSnapshotId()
+	// Registered before the restored volume, so it runs after that is deleted.
+	t.Cleanup(func() {
+		c2, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		if _, err := e.d.Controller.DeleteSnapshot(c2, &csi.DeleteSnapshotRequest{SnapshotId: snapID, Secrets: e.c.RBDSecrets()}); err != nil {
+			t.Errorf("DeleteSnapshot: %v", err)
+		}
+	})
+	// Restore into a bigger volume: the filesystem must grow to fill it.
+	restored := createVolumeReq(t, e, e.d.Controller, &csi.CreateVolumeRequest{Name: uniqueName("restore"),
+		VolumeCapabilities: mountCap(), CapacityRange: &csi.CapacityRange{RequiredBytes: 96 << 20},
+		Parameters: params(e.c, "mounter", "rbd-fuse"), Secrets: e.c.RBDSecrets(),
+		VolumeContentSource: &csi.VolumeContentSource{Type: &csi.VolumeContentSource_Snapshot{
+			Snapshot: &csi.VolumeContentSource_SnapshotSource{SnapshotId: snapID}}}})
+	// Write to the source after the snapshot: the restore must not see it.
+	stage(t, e.d.Node, e.c, src, staging, vcap)
+	publish(t, e.d.Node, src, staging, target, vcap, false)
+	writeFileSync(t, filepath.Join(target, "snap.txt"), []byte("after the snapshot"))
+	unpublish(t, e.d.Node, src, target)
+	unstage(t, e.d.Node, src, staging)
+
+	rstaging := filepath.Join(e.work, "rstaging")
+	rtarget := filepath.Join(e.work, "pod2", "mount")
+	stage(t, e.d.Node, e.c, restored, rstaging, vcap)
+	publish(t, e.d.Node, restored, rstaging, rtarget, vcap, false)
+	if got := readFileT(t, filepath.Join(rtarget, "snap.txt")); got != content {
+		t.Errorf("restored file = %q, want %q", got, content)
+	}
+	if total, _ := statfs(t, rtarget); total < 80<<20 {
+		t.Errorf("restored filesystem total %d bytes, want it grown to the 96 MiB volume", total)
+	}
+	unpublish(t, e.d.Node, restored, rtarget)
+	unstage(t, e.d.Node, restored, rstaging)
+	assertCleanNode(t, e)
+}
+
+func TestNodeErrorsOnThisKernelAndBadInput(t *testing.T) {
+	e := startNodeEnv(t)
+	ctx := ctxT(t)
+	vol := createFuseVolume(t, e, e.d.Controller, 16<<20, "")
+	staging := filepath.Join(e.work, "staging")
+	key := e.c.RBDNodeSecrets()["userKey"]
+	withContext := func(kv ...string) *csi.NodeStageVolumeRequest {
+		req := stageReq(e.c, vol, staging, fsCap(""))
+		vc := map[string]string{}
+		for k, v := range vol.GetVolumeContext() {
+			vc[k] = v
+		}
+		for i := 0; i+1 < len(kv); i += 2 {
+			if kv[i+1] == "" {
+				delete(vc, kv[i])
+			} else {
+				vc[kv[i]] = kv[i+1]
+			}
+		}
+		req.VolumeContext = vc
+		return req
+	}
+	cases := []struct {
+		name string
+		req  *csi.NodeStageVolumeRequest
+		code codes.Code
+		want string
+	}{
+		// This kernel has neither rbd nor nbd: both mappers say so clearly.
+		{"krbd", withContext("mounter", ""), codes.FailedPrecondition, "rbd module"},
+		{"rbd-nbd", withContext("mounter", "rbd-nbd"), codes.FailedPrecondition, "rbd-nbd"},
+		{"missing image", withContext("imageName", "csi-vol-does-not-exist"), codes.NotFound, "csi-vol-does-not-exist"},
+		{"unknown mounter", withContext("mounter", "iscsi"), codes.InvalidArgument, "volume_context.mounter"},
+		{"bad mapOptions", withContext("mapOptions", "zfs:foo"), codes.InvalidArgument, "volume_context.mapOptions"},
+		{"unknown cluster", withContext("clusterID", "nope"), codes.InvalidArgument, "volume_context.clusterID"},
+		{"no pool", withContext("pool", ""), codes.InvalidArgument, "volume_context.pool"},
+	}
+	for _, tc := range cases {
+		_, err := e.d.Node.NodeStageVolume(ctx, tc.req)
+		if status.Code(err) != tc.code || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: %v, want %s mentioning %q", tc.name, err, tc.code, tc.want)
+		}
+		if err != nil && strings.Contains(err.Error(), key) {
+			t.Errorf("%s: the error shows the key", tc.name)
+		}
+	}
+	noSecrets := stageReq(e.c, vol, staging, fsCap(""))
+	noSecrets.Secrets = nil
+	if _, err := e.d.Node.NodeStageVolume(ctx, noSecrets); status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), "userID") {
+		t.Errorf("stage without secrets: %v", err)
+	}
+	badFs := stageReq(e.c, vol, staging, fsCap("btrfs"))
+	if _, err := e.d.Node.NodeStageVolume(ctx, badFs); status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), "fs_type") {
+		t.Errorf("stage as btrfs: %v", err)
+	}
+	// Nothing of the failed attempts is left: no mounts, loops, processes
+	// or node state.
+	assertCleanNode(t, e)
+	if states, _ := filepath.Glob(filepath.Join(e.pluginDir, "*", "rbd-node", "*.json")); len(states) > 0 {
+		t.Errorf("node state left by failed stages: %v", states)
+	}
+	if _, err := e.d.Node.NodeExpandVolume(ctx, &csi.NodeExpandVolumeRequest{VolumeId: vol.GetVolumeId(), VolumePath: staging}); status.Code(err) != codes.NotFound {
+		t.Errorf("expand of an unstaged volume: %v, want NotFound", err)
+	}
+	if _, err := e.d.Node.NodeGetVolumeStats(ctx, &csi.NodeGetVolumeStatsRequest{VolumeId: vol.GetVolumeId(), VolumePath: filepath.Join(e.work, "nope")}); status.Code(err) != codes.NotFound {
+		t.Errorf("stats of a missing path: %v, want NotFound", err)
+	}
+	if _, err := e.d.Node.NodePublishVolume(ctx, &csi.NodePublishVolumeRequest{VolumeId: vol.GetVolumeId(), StagingTargetPath: staging,
+		TargetPath: filepath.Join(e.work, "t"), VolumeCapability: fsCap("")}); status.Code(err) != codes.FailedPrecondition {
+		t.Errorf("publish of an unstaged volume: %v, want FailedPrecondition", err)
+	}
+}
+
+// TestNodeRestartWithRealBinary stages through the built cephcsi binary,
+// kills it with SIGKILL, starts it again and checks that the volume is
+// still served, restages idempotently, unstages cleanly and stages again
+// with its data.
+func TestNodeRestartWithRealBinary(t *testing.T) {
+	c := testutil.RequireCluster(t)
+	bin := filepath.Join(t.TempDir(), "cephcsi")
+	build := exec.Command("go", "build", "-tags", "pacific", "-o", bin, "./cmd/cephcsi")
+	build.Dir = testutil.RepoRoot()
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("building cephcsi: %v\n%s", err, out)
+	}
+	pluginDir := shortDir(t, "csi-node")
+	work := shortDir(t, "csi-work")
+	t.Cleanup(func() { tearDownUnder(t, work, pluginDir) })
+	sock := filepath.Join(shortDir(t, "csi-sock"), "csi.sock")
+	logPath := filepath.Join(t.TempDir(), "plugin.log")
+	e := &nodeEnv{c: c, pluginDir: pluginDir, work: work}
+
+	// The controller side runs in-process, so the volume is deleted by a
+	// live driver even after the binary under test was killed.
+	ctl := testutil.StartDriver(t, c, "rbd", nil).Controller
+
+	var proc *exec.Cmd
+	start := func() csi.NodeClient {
+		t.Helper()
+		// A killed plugin leaves its socket behind; wait for the new one.
+		if err := os.Remove(sock); err != nil && !errors.Is(err, os.ErrNotExist) {
+			t.Fatal(err)
+		}
+		logf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer logf.Close()
+		proc = exec.Command(bin, "--type=rbd", "--nodeserver", "--nodeid=restart-node",
+			"--endpoint=unix://"+sock, "--configpath="+c.ConfigJSON, "--pluginpath="+pluginDir, "--v=5")
+		proc.Stdout, proc.Stderr = logf, logf
+		if err := proc.Start(); err != nil {
+			t.Fatal(err)
+		}
+		p := proc
+		t.Cleanup(func() {
+			_ = p.Process.Kill()
+			_ = p.Wait()
+		})
+		deadline := time.Now().Add(15 * time.Second)
+		for {
+			if _, err := os.Stat(sock); err == nil {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("plugin socket did not appear; log:\n%s", readFileT(t, logPath))
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		conn, err := grpc.NewClient("unix:"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { conn.Close() })
+		return csi.NewNodeClient(conn)
+	}
+
+	node := start()
+	vol := createFuseVolume(t, e, ctl, 64<<20, "")
+	staging := filepath.Join(work, "staging")
+	target := filepath.Join(work, "pod", "mount")
+	vcap := fsCap("")
+	ctx := ctxT(t)
+	if _, err := node.NodeStageVolume(ctx, stageReq(c, vol, staging, vcap)); err != nil {
+		t.Fatalf("NodeStageVolume: %v", err)
+	}
+	if _, err := node.NodePublishVolume(ctx, &csi.NodePublishVolumeRequest{VolumeId: vol.GetVolumeId(), StagingTargetPath: staging,
+		TargetPath: target, VolumeCapability: vcap}); err != nil {
+		t.Fatalf("NodePublishVolume: %v", err)
+	}
+	content := "survives a plugin restart " + vol.GetVolumeId()
+	writeFileSync(t, filepath.Join(target, "restart.txt"), []byte(content))
+	device := mountAt(t, staging).Source
+
+	// SIGKILL: no chance to clean up. rbd-fuse runs on in its own session.
+	if err := proc.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	_ = proc.Wait()
+	if len(rbdFuseProcs(t, pluginDir)) != 1 {
+		t.Fatal("rbd-fuse did not survive the plugin's death")
+	}
+	writeFileSync(t, filepath.Join(target, "while-down.txt"), []byte("written while the plugin was down"))
+
+	node = start()
+	// kubelet re-stages after a plugin restart: same device, no remap.
+	if _, err := node.NodeStageVolume(ctx, stageReq(c, vol, staging, vcap)); err != nil {
+		t.Fatalf("NodeStageVolume after restart: %v", err)
+	}
+	if got := mountAt(t, staging).Source; got != device {
+		t.Errorf("device after restart = %s, want %s", got, device)
+	}
+	if loops := loopsUnder(t, pluginDir); len(loops) != 1 {
+		t.Errorf("loop devices after restart and restage = %v, want exactly one", loops)
+	}
+	if _, err := node.NodeUnpublishVolume(ctx, &csi.NodeUnpublishVolumeRequest{VolumeId: vol.GetVolumeId(), TargetPath: target}); err != nil {
+		t.Fatalf("NodeUnpublishVolume after restart: %v", err)
+	}
+	if _, err := node.NodeUnstageVolume(ctx, &csi.NodeUnstageVolumeRequest{VolumeId: vol.GetVolumeId(), StagingTargetPath: staging}); err != nil {
+		t.Fatalf("NodeUnstageVolume after restart: %v", err)
+	}
+	assertCleanNode(t, e)
+
+	// Kill it again while nothing is staged, restart, and stage anew.
+	_ = proc.Process.Signal(syscall.SIGKILL)
+	_ = proc.Wait()
+	node = start()
+	if _, err := node.NodeStageVolume(ctx, stageReq(c, vol, staging, vcap)); err != nil {
+		t.Fatalf("NodeStageVolume after the second restart: %v", err)
+	}
+	if _, err := node.NodePublishVolume(ctx, &csi.NodePublishVolumeRequest{VolumeId: vol.GetVolumeId(), StagingTargetPath: staging,
+		TargetPath: target, VolumeCapability: vcap}); err != nil {
+		t.Fatalf("NodePublishVolume: %v", err)
+	}
+	if got := readFileT(t, filepath.Join(target, "restart.txt")); got != content {
+		t.Errorf("file after restarts = %q, want %q", got, content)
+	}
+	if got := readFileT(t, filepath.Join(target, "while-down.txt")); got != "written while the plugin was down" {
+		t.Errorf("file written while the plugin was down = %q", got)
+	}
+	if _, err := node.NodeUnpublishVolume(ctx, &csi.NodeUnpublishVolumeRequest{VolumeId: vol.GetVolumeId(), TargetPath: target}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := node.NodeUnstageVolume(ctx, &csi.NodeUnstageVolumeRequest{VolumeId: vol.GetVolumeId(), StagingTargetPath: staging}); err != nil {
+		t.Fatal(err)
+	}
+	assertCleanNode(t, e)
+	key := c.RBDNodeSecrets()["userKey"]
+	assertNoKeyOnDisk(t, key, pluginDir, os.TempDir(), filepath.Dir(logPath))
+	if strings.Contains(readFileT(t, logPath), key) {
+		t.Error("the plugin log contains the key")
+	}
+}
