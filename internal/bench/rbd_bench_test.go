@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/ceph/go-ceph/rados"
 	"github.com/ceph/go-ceph/rbd"
@@ -491,6 +492,7 @@ func BenchmarkRBDSnapshotsAndClones(b *testing.B) {
 	r.expectImages(want...)
 	r.addRow(row{Op: "Restore(CreateVolume)", Mode: "seq", N: seqN, Median: d.median(), P99: d.p99(), FloorMedian: f.median(), Floor: floorRestore})
 
+	r.noteChildrenCost(imageOf(srcID, false))
 	cloneIDs := make([]string, seqN)
 	want = want[:0]
 	d, f = timeSequential(b, seqN, func(i int) error {
@@ -508,6 +510,7 @@ func BenchmarkRBDSnapshotsAndClones(b *testing.B) {
 		want = append(want, img, img+"-temp")
 	}
 	r.expectImages(want...)
+	r.noteChildrenCost(imageOf(srcID, false))
 	r.addRow(row{Op: "PVCClone(CreateVolume)", Mode: "seq", N: seqN, Median: d.median(), P99: d.p99(), FloorMedian: f.median(), Floor: floorClone})
 
 	// Clones and restores go first (untimed), so that the snapshots have
@@ -537,4 +540,26 @@ func BenchmarkRBDSnapshotsAndClones(b *testing.B) {
 	})
 	r.addRow(row{Op: "DeleteSnapshot", Mode: "seq", N: seqN, Median: d.median(), P99: d.p99(), FloorMedian: f.median(), Floor: floorDelSnap})
 	r.finish()
+}
+
+// noteChildrenCost records, for reading the snapshot and clone rows, how
+// many snapshots (all namespaces) the source image carries and what one
+// ListChildrenAttributes call on it costs: the driver makes that call in
+// every CreateSnapshot and PVC clone, and the floor does not.
+func (r *rbdRun) noteChildrenCost(image string) {
+	img, err := rbd.OpenImageReadOnly(r.admin, image, rbd.NoSnapshot)
+	if err != nil {
+		r.b.Fatalf("open %s: %v", image, err)
+	}
+	defer img.Close()
+	snaps, err := img.GetSnapshotNames()
+	if err != nil {
+		r.b.Fatal(err)
+	}
+	start := time.Now()
+	if _, err := img.ListChildrenAttributes(); err != nil {
+		r.b.Fatal(err)
+	}
+	note("rbd: the snapshot/clone source carries %d snapshots, counting the trash namespace; one ListChildrenAttributes on it takes %s",
+		len(snaps), time.Since(start).Round(100*time.Microsecond))
 }
