@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -92,6 +93,8 @@ type stageRecord struct {
 	FsType       string `json:"fsType,omitempty"`
 	ReadOnly     bool   `json:"readOnly,omitempty"`
 	UnmapOptions string `json:"unmapOptions,omitempty"`
+	// Targets are the paths the volume is published at.
+	Targets []string `json:"targets,omitempty"`
 }
 
 func (r *stageRecord) spec() mapper.Spec {
@@ -242,8 +245,9 @@ func (s *NodeServer) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolu
 		if old.Block != sr.rec.Block || old.Pool != sr.rec.Pool || old.Namespace != sr.rec.Namespace || old.Image != sr.rec.Image {
 			return nil, status.Errorf(codes.AlreadyExists, "volume %s is already staged with another capability or image", volID)
 		}
-		// Keep the mapper that holds the image now; a new one applies after unstage.
-		sr.rec.Mapper, sr.rec.UnmapOptions = old.Mapper, old.UnmapOptions
+		// Keep the mapper that holds the image now (a new one applies after
+		// unstage) and what is published.
+		sr.rec.Mapper, sr.rec.UnmapOptions, sr.rec.Targets = old.Mapper, old.UnmapOptions, old.Targets
 	}
 	m := s.mappers[sr.rec.Mapper]
 	if m == nil {
@@ -414,17 +418,27 @@ func (s *NodeServer) NodePublishVolume(ctx context.Context, req *csi.NodePublish
 	if err := validateCapability(vcap); err != nil {
 		return nil, err
 	}
-	release, err := s.Lock("target-path/" + target)
+	release, err := s.Lock("volume-id/" + volID)
 	if err != nil {
 		return nil, err
 	}
 	defer release()
-	if vcap.GetBlock() != nil {
-		var rec stageRecord
-		staged, err := s.state.Load(volID, &rec)
-		if err != nil {
-			return nil, status.Errorf(codes.Internal, "reading node state of %s: %v", volID, err)
+	var rec stageRecord
+	staged, err := s.state.Load(volID, &rec)
+	if err != nil {
+		return nil, status.Errorf(codes.Internal, "reading node state of %s: %v", volID, err)
+	}
+	if staged && vcap.GetAccessMode().GetMode() == csi.VolumeCapability_AccessMode_SINGLE_NODE_SINGLE_WRITER {
+		for _, other := range rec.Targets {
+			if other == target {
+				continue
+			}
+			if mounted, _ := s.publisher.IsMountPoint(other); mounted {
+				return nil, status.Errorf(codes.FailedPrecondition, "volume %s has access mode SINGLE_NODE_SINGLE_WRITER and is already published at %s", volID, other)
+			}
 		}
+	}
+	if vcap.GetBlock() != nil {
 		if !staged || rec.Device == "" || !rec.Block {
 			return nil, status.Errorf(codes.FailedPrecondition, "volume %s is not staged as a block volume on this node", volID)
 		}
@@ -434,33 +448,51 @@ func (s *NodeServer) NodePublishVolume(ctx context.Context, req *csi.NodePublish
 		if err := s.publisher.BindFile(rec.Device, target, req.GetReadonly()); err != nil {
 			return nil, err
 		}
-		return &csi.NodePublishVolumeResponse{}, nil
+	} else {
+		mounted, err := s.publisher.IsMountPoint(staging)
+		if err != nil {
+			return nil, status.Errorf(codes.Internal, "checking staging path: %v", err)
+		}
+		if !mounted {
+			return nil, status.Errorf(codes.FailedPrecondition, "volume %s is not staged at %s", volID, staging)
+		}
+		if err := s.publisher.BindDir(staging, target, req.GetReadonly(), vcap.GetMount().GetMountFlags()); err != nil {
+			return nil, err
+		}
 	}
-	mounted, err := s.publisher.IsMountPoint(staging)
-	if err != nil {
-		return nil, status.Errorf(codes.Internal, "checking staging path: %v", err)
-	}
-	if !mounted {
-		return nil, status.Errorf(codes.FailedPrecondition, "volume %s is not staged at %s", volID, staging)
-	}
-	if err := s.publisher.BindDir(staging, target, req.GetReadonly(), vcap.GetMount().GetMountFlags()); err != nil {
-		return nil, err
+	if staged && !slices.Contains(rec.Targets, target) {
+		rec.Targets = append(rec.Targets, target)
+		if err := s.state.Save(volID, &rec); err != nil {
+			return nil, status.Errorf(codes.Internal, "saving node state of %s: %v", volID, err)
+		}
 	}
 	return &csi.NodePublishVolumeResponse{}, nil
 }
 
 // NodeUnpublishVolume implements csi.NodeServer.
 func (s *NodeServer) NodeUnpublishVolume(ctx context.Context, req *csi.NodeUnpublishVolumeRequest) (*csi.NodeUnpublishVolumeResponse, error) {
-	if err := nodeutil.Require([2]string{"volume_id", req.GetVolumeId()}, [2]string{"target_path", req.GetTargetPath()}); err != nil {
+	volID, target := req.GetVolumeId(), req.GetTargetPath()
+	if err := nodeutil.Require([2]string{"volume_id", volID}, [2]string{"target_path", target}); err != nil {
 		return nil, err
 	}
-	release, err := s.Lock("target-path/" + req.GetTargetPath())
+	release, err := s.Lock("volume-id/" + volID)
 	if err != nil {
 		return nil, err
 	}
 	defer release()
-	if err := s.publisher.Unpublish(req.GetTargetPath()); err != nil {
+	if err := s.publisher.Unpublish(target); err != nil {
 		return nil, err
+	}
+	var rec stageRecord
+	staged, err := s.state.Load(volID, &rec)
+	if err != nil {
+		return nil, status.Errorf(codes.Internal, "reading node state of %s: %v", volID, err)
+	}
+	if i := slices.Index(rec.Targets, target); staged && i >= 0 {
+		rec.Targets = slices.Delete(rec.Targets, i, i+1)
+		if err := s.state.Save(volID, &rec); err != nil {
+			return nil, status.Errorf(codes.Internal, "saving node state of %s: %v", volID, err)
+		}
 	}
 	return &csi.NodeUnpublishVolumeResponse{}, nil
 }

@@ -164,10 +164,20 @@ func createVolumeReq(t *testing.T, e *nodeEnv, ctl csi.ControllerClient, req *cs
 	vol := resp.GetVolume()
 	t.Cleanup(func() {
 		tearDownUnder(t, e.work, e.pluginDir)
-		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 		defer cancel()
-		if _, err := ctl.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: vol.GetVolumeId(), Secrets: c.RBDSecrets()}); err != nil {
-			t.Errorf("DeleteVolume %s: %v", vol.GetVolumeId(), err)
+		// The watch of a killed rbd-fuse lingers until the OSD times it out
+		// (30 s); until then the image counts as in use.
+		for {
+			_, err := ctl.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: vol.GetVolumeId(), Secrets: c.RBDSecrets()})
+			if err == nil {
+				return
+			}
+			if status.Code(err) != codes.FailedPrecondition || ctx.Err() != nil {
+				t.Errorf("DeleteVolume %s: %v", vol.GetVolumeId(), err)
+				return
+			}
+			time.Sleep(time.Second)
 		}
 	})
 	return vol
@@ -991,4 +1001,46 @@ func TestNodeRestartWithRealBinary(t *testing.T) {
 	if strings.Contains(readFileT(t, logPath), key) {
 		t.Error("the plugin log contains the key")
 	}
+}
+
+// TestNodeRbdFuseDeathIsReportedAndCleanedUp kills the rbd-fuse process of
+// a staged volume (what a node plugin container restart does) and checks
+// that a new stage reports the stale mapping instead of mapping a second
+// copy, and that unstage still cleans everything up.
+func TestNodeRbdFuseDeathIsReportedAndCleanedUp(t *testing.T) {
+	e := startNodeEnv(t)
+	ctx := ctxT(t)
+	vol := createFuseVolume(t, e, e.d.Controller, 32<<20, "")
+	staging := filepath.Join(e.work, "staging")
+	vcap := fsCap("")
+	stage(t, e.d.Node, e.c, vol, staging, vcap)
+	procs := rbdFuseProcs(t, e.pluginDir)
+	if len(procs) != 1 {
+		t.Fatalf("rbd-fuse processes = %d, want 1", len(procs))
+	}
+	for pid := range procs {
+		if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+			t.Fatal(err)
+		}
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for len(rbdFuseProcs(t, e.pluginDir)) > 0 && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	_, err := e.d.Node.NodeStageVolume(ctx, stageReq(e.c, vol, staging, vcap))
+	if status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), "exited") {
+		t.Errorf("stage with a dead rbd-fuse: %v, want FailedPrecondition about the exited rbd-fuse", err)
+	}
+	if loops := loopsUnder(t, e.pluginDir); len(loops) != 1 {
+		t.Errorf("loop devices after the refused stage = %v, want the one stale device", loops)
+	}
+	unstage(t, e.d.Node, vol, staging)
+	assertCleanNode(t, e)
+	// The volume can be staged again, with its filesystem intact.
+	stage(t, e.d.Node, e.c, vol, staging, vcap)
+	if got := blkidType(t, mountAt(t, staging).Source); got != "ext4" {
+		t.Errorf("filesystem after restage = %q", got)
+	}
+	unstage(t, e.d.Node, vol, staging)
+	assertCleanNode(t, e)
 }

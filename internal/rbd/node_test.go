@@ -307,3 +307,40 @@ func hasOpt(opts []string, o string) bool {
 	}
 	return false
 }
+
+func TestNodeSingleWriterIsPublishedOnce(t *testing.T) {
+	u := newUnitNode(t)
+	ctx := context.Background()
+	vcap := unitBlockCap()
+	vcap.AccessMode.Mode = csi.VolumeCapability_AccessMode_SINGLE_NODE_SINGLE_WRITER
+	req := u.stageReq(vcap)
+	if _, err := u.srv.NodeStageVolume(ctx, req); err != nil {
+		t.Fatal(err)
+	}
+	publish := func(target string) error {
+		_, err := u.srv.NodePublishVolume(ctx, &csi.NodePublishVolumeRequest{VolumeId: "vol-1",
+			StagingTargetPath: req.StagingTargetPath, TargetPath: target, VolumeCapability: vcap})
+		return err
+	}
+	first, second := filepath.Join(u.dir, "pods", "a"), filepath.Join(u.dir, "pods", "b")
+	if err := publish(first); err != nil {
+		t.Fatal(err)
+	}
+	if err := publish(first); err != nil {
+		t.Errorf("publishing again at the same target: %v", err)
+	}
+	// Restaging (as kubelet does after a plugin restart) keeps the record
+	// of where the volume is published.
+	if _, err := u.srv.NodeStageVolume(ctx, req); err != nil {
+		t.Fatal(err)
+	}
+	if err := publish(second); status.Code(err) != codes.FailedPrecondition {
+		t.Errorf("second target of a single-writer volume: %v, want FailedPrecondition", err)
+	}
+	if _, err := u.srv.NodeUnpublishVolume(ctx, &csi.NodeUnpublishVolumeRequest{VolumeId: "vol-1", TargetPath: first}); err != nil {
+		t.Fatal(err)
+	}
+	if err := publish(second); err != nil {
+		t.Errorf("publishing at the second target after the first is gone: %v", err)
+	}
+}
