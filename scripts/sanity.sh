@@ -5,6 +5,7 @@
 #
 #   scripts/sanity.sh [rbd|cephfs|all]      (default: all)
 #
+# RBD runs twice, with filesystem (mount) and with raw block volumes.
 # The cluster lives in _output/ceph-sanity with its monitor on port 16789, so
 # that the leak check can demand empty pools without regard for the shared
 # test cluster. Logs and reports go to _output/sanity/. The cephx keys are
@@ -82,8 +83,12 @@ cluster_leftovers() {
 			csi.volumes.default | csi.snaps.default) journal_keys "$pool" "$ns" "$obj" ;;
 			*) echo "object $pool${ns:+/$ns}/$obj" ;;
 			esac
-		done < <(jq -r '.[] | select(.name | test("^(csi\\.|rbd_(data|header|id|object_map)\\.)")) |
+		done < <(jq -r '.[] | select(.name | test("^(csi\\.|rbd_(header|id|object_map)\\.)")) |
 			"\(.namespace)|\(.name)"' <<<"$json")
+		# Data objects, one line per image.
+		jq -r --arg p "$pool" '[.[] | select(.name | startswith("rbd_data.")) |
+			{ns: .namespace, img: (.name | split(".")[1])}] | group_by(.) | .[] |
+			"data objects \($p)\(if .[0].ns == "" then "" else "/" + .[0].ns end)/rbd_data.\(.[0].img).*: \(length)"' <<<"$json"
 	done
 	local group
 	for group in csi _nogroup; do
@@ -226,14 +231,16 @@ stop_driver() {
 	return "$rc"
 }
 
-# run_suite runs csi-sanity for one driver type; it returns non-zero when a
-# test failed or something was left behind.
+# run_suite runs csi-sanity for one driver type and access type (mount or
+# block); it returns non-zero when a test failed or something was left behind.
 run_suite() {
-	local type=$1
+	local type=$1 access=$2
+	local name=$type
+	[[ $access == mount ]] || name=$type-$access
 	local start=$SECONDS failed=0
 	tmp=$(mktemp -d /tmp/cephcsi-sanity.XXXXXX) # 0700: the keys are written here
-	local sock=$tmp/csi.sock names=$logs/$type-names.txt
-	local driver_log=$logs/$type-driver.log sanity_log=$logs/$type-sanity.log report=$logs/$type-report.json
+	local sock=$tmp/csi.sock names=$logs/$name-names.txt
+	local driver_log=$logs/$name-driver.log sanity_log=$logs/$name-sanity.log report=$logs/$name-report.json
 	rm -f "$driver_log" "$sanity_log" "$report" "$names"
 	local cluster_id
 	cluster_id=$(jq -r '.[0].clusterID' "$cluster/config.json")
@@ -243,7 +250,7 @@ run_suite() {
 		params_yaml "$type" "$cluster_id" >"$tmp/volume-params.yaml"
 		echo "clusterID: '$cluster_id'" >"$tmp/snapshot-params.yaml"
 	)
-	log "$type: parameters: $(paste -sd' ' "$tmp/volume-params.yaml")"
+	log "$name: parameters: $(paste -sd' ' "$tmp/volume-params.yaml")"
 
 	"$out/cephcsi" --type="$type" --controllerserver --nodeserver --nodeid=sanity \
 		--endpoint="unix://$sock" --configpath="$cluster/config.json" \
@@ -255,13 +262,13 @@ run_suite() {
 		if ! kill -0 "$driver_pid" 2>/dev/null; then
 			wait "$driver_pid" || true
 			driver_pid=
-			log "$type: the driver exited before serving:"
+			log "$name: the driver exited before serving:"
 			tail -n 20 "$driver_log" >&2
 			cleanup
 			return 1
 		fi
 		((SECONDS < end)) || {
-			log "$type: the driver did not create $sock in 30 s"
+			log "$name: the driver did not create $sock in 30 s"
 			cleanup
 			return 1
 		}
@@ -278,12 +285,13 @@ run_suite() {
 		--csi.testvolumeparameters="$tmp/volume-params.yaml" \
 		--csi.testsnapshotparameters="$tmp/snapshot-params.yaml" \
 		--csi.secrets="$tmp/secrets.yaml" \
+		--csi.testvolumeaccesstype="$access" \
 		--ginkgo.no-color \
 		--ginkgo.json-report="$report" 2>&1 | tee "$sanity_log" || failed=1
 	local sanity_took=$((SECONDS - sanity_start))
 
 	if ! stop_driver; then
-		log "$type: the driver did not exit cleanly (see $driver_log)"
+		log "$name: the driver did not exit cleanly (see $driver_log)"
 		failed=1
 	fi
 	grep -Eo '(csi-vol|csi-snap)-[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}' "$driver_log" |
@@ -293,7 +301,7 @@ run_suite() {
 	local key
 	for key in "${all_keys[@]}"; do
 		if grep -qF -- "$key" "$driver_log" "$sanity_log"; then
-			log "$type: a cephx key appears in $driver_log or $sanity_log"
+			log "$name: a cephx key appears in $driver_log or $sanity_log"
 			failed=1
 		fi
 	done
@@ -304,22 +312,22 @@ run_suite() {
 		cluster_leftovers
 	)
 	if [[ -n "$leaks" ]]; then
-		log "$type: left behind after the suite:"
+		log "$name: left behind after the suite:"
 		sed 's/^/  /' <<<"$leaks" >&2
 		failed=1
 	else
-		log "$type: nothing left behind (pools rbd, rbd2, trash, journals, subvolumes, mounts, loop devices)"
+		log "$name: nothing left behind (pools rbd, rbd2, trash, journals, subvolumes, mounts, loop devices)"
 	fi
 	release_node_leftovers "$tmp" "$names"
 	cleanup
 
-	summarize "$type" "$report"
-	log "$type: csi-sanity took ${sanity_took} s, the whole suite $((SECONDS - start)) s"
+	summarize "$name" "$report"
+	log "$name: csi-sanity took ${sanity_took} s, the whole suite $((SECONDS - start)) s"
 	if ((failed)); then
-		log "$type: FAILED (logs: $sanity_log, $driver_log)"
+		log "$name: FAILED (logs: $sanity_log, $driver_log)"
 		return 1
 	fi
-	log "$type: passed"
+	log "$name: passed"
 }
 
 # summarize prints the counts of the ginkgo report and every skipped test
@@ -361,7 +369,9 @@ pick_mounters
 
 rc=0
 for s in "${suites[@]}"; do
-	run_suite "$s" || rc=1
+	run_suite "$s" mount || rc=1
+	# RBD also serves raw block volumes; CephFS does not.
+	[[ $s != rbd ]] || run_suite "$s" block || rc=1
 done
 log "${suites[*]}: $( ((rc)) && echo FAILED || echo passed) in $((SECONDS - total_start)) s"
 exit "$rc"
