@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"io/fs"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -35,6 +36,8 @@ type nodeEnv struct {
 	d         *testutil.Driver
 	pluginDir string
 	work      string // staging and target paths live here
+	tmp       string // TMPDIR of the driver and the programs it runs
+	started   time.Time
 }
 
 // startNodeEnv serves the driver in-process with its plugin path in a
@@ -44,11 +47,44 @@ type nodeEnv struct {
 func startNodeEnv(t *testing.T) *nodeEnv {
 	t.Helper()
 	c := testutil.RequireCluster(t)
+	started := time.Now()
 	pluginDir := shortDir(t, "csi-node")
 	work := shortDir(t, "csi-work")
+	tmp := privateTmp(t)
 	t.Cleanup(func() { tearDownUnder(t, work, pluginDir) })
 	d := testutil.StartDriver(t, c, "rbd", func(o *config.Options) { o.PluginPath = pluginDir })
-	return &nodeEnv{c: c, d: d, pluginDir: pluginDir, work: work}
+	return &nodeEnv{c: c, d: d, pluginDir: pluginDir, work: work, tmp: tmp, started: started}
+}
+
+// privateTmp points TMPDIR at a directory of the test, so that whatever
+// the driver and its helper programs write to temporary files can be
+// searched for the key without reading other users' files in /tmp.
+func privateTmp(t *testing.T) string {
+	t.Helper()
+	tmp := shortDir(t, "csi-tmp")
+	t.Setenv("TMPDIR", tmp)
+	return tmp
+}
+
+// assertNoKeyLeft checks the test's directories, and the files created
+// directly in /tmp since the test started, for the key.
+func assertNoKeyLeft(t *testing.T, key string, since time.Time, dirs ...string) {
+	t.Helper()
+	assertNoKeyOnDisk(t, key, dirs...)
+	entries, err := os.ReadDir("/tmp")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, en := range entries {
+		info, err := en.Info()
+		if err != nil || !info.Mode().IsRegular() || info.ModTime().Before(since) || info.Size() > 8<<20 {
+			continue
+		}
+		data, err := os.ReadFile(filepath.Join("/tmp", en.Name()))
+		if err == nil && bytes.Contains(data, []byte(key)) {
+			t.Errorf("the cephx key is on disk in /tmp/%s", en.Name())
+		}
+	}
 }
 
 // shortDir makes a directory under /tmp; unix socket paths must stay short.
@@ -443,7 +479,7 @@ func TestNodeStagePublishWriteUnstageRestage(t *testing.T) {
 		t.Errorf("image %s has %d watchers while staged, want 1 (rbd-fuse)", image, watchers(t, e.c, image))
 	}
 	key := e.c.RBDNodeSecrets()["userKey"]
-	assertNoKeyOnDisk(t, key, e.pluginDir, os.TempDir())
+	assertNoKeyLeft(t, key, e.started, e.pluginDir, e.work, e.tmp)
 	procs := rbdFuseProcs(t, e.pluginDir)
 	if len(procs) != 1 {
 		t.Fatalf("rbd-fuse processes for the plugin dir = %d, want 1", len(procs))
@@ -522,6 +558,17 @@ func TestNodeStagePublishWriteUnstageRestage(t *testing.T) {
 	unpublish(t, e.d.Node, vol, target)
 	unstage(t, e.d.Node, vol, staging)
 	assertCleanNode(t, e)
+
+	// Asked to stage the ext4 volume as xfs, the node refuses instead of
+	// reformatting it, and leaves nothing mapped.
+	_, err = e.d.Node.NodeStageVolume(ctx, stageReq(e.c, vol, staging, fsCap("xfs")))
+	if status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), "holds ext4") {
+		t.Errorf("staging an ext4 volume as xfs: %v, want FailedPrecondition (holds ext4)", err)
+	}
+	assertCleanNode(t, e)
+	if magic := readImage(t, e.c.IOContext(t, pool), image, 2, 1080); !bytes.Equal(magic, []byte{0x53, 0xef}) {
+		t.Errorf("ext4 magic after the refused stage = %x", magic)
+	}
 }
 
 func TestNodeBlockVolumeWriteRead(t *testing.T) {
@@ -868,6 +915,7 @@ func TestNodeErrorsOnThisKernelAndBadInput(t *testing.T) {
 // with its data.
 func TestNodeRestartWithRealBinary(t *testing.T) {
 	c := testutil.RequireCluster(t)
+	started := time.Now()
 	bin := filepath.Join(t.TempDir(), "cephcsi")
 	build := exec.Command("go", "build", "-tags", "pacific", "-o", bin, "./cmd/cephcsi")
 	build.Dir = testutil.RepoRoot()
@@ -876,6 +924,7 @@ func TestNodeRestartWithRealBinary(t *testing.T) {
 	}
 	pluginDir := shortDir(t, "csi-node")
 	work := shortDir(t, "csi-work")
+	tmp := privateTmp(t) // the plugin process inherits it
 	t.Cleanup(func() { tearDownUnder(t, work, pluginDir) })
 	sock := filepath.Join(shortDir(t, "csi-sock"), "csi.sock")
 	logPath := filepath.Join(t.TempDir(), "plugin.log")
@@ -910,7 +959,8 @@ func TestNodeRestartWithRealBinary(t *testing.T) {
 		})
 		deadline := time.Now().Add(15 * time.Second)
 		for {
-			if _, err := os.Stat(sock); err == nil {
+			if c, err := net.Dial("unix", sock); err == nil {
+				c.Close()
 				break
 			}
 			if time.Now().After(deadline) {
@@ -997,7 +1047,7 @@ func TestNodeRestartWithRealBinary(t *testing.T) {
 	}
 	assertCleanNode(t, e)
 	key := c.RBDNodeSecrets()["userKey"]
-	assertNoKeyOnDisk(t, key, pluginDir, os.TempDir(), filepath.Dir(logPath))
+	assertNoKeyLeft(t, key, started, pluginDir, work, tmp, filepath.Dir(logPath))
 	if strings.Contains(readFileT(t, logPath), key) {
 		t.Error("the plugin log contains the key")
 	}
