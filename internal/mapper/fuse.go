@@ -64,16 +64,6 @@ func (f *Fuse) paths(s Spec) (mnt, file, logFile string) {
 	return mnt, filepath.Join(mnt, s.Image), mnt + ".log"
 }
 
-func (f *Fuse) conf() string {
-	if f.Conf != "" {
-		return f.Conf
-	}
-	if _, err := os.Stat("/etc/ceph/ceph.conf"); err == nil {
-		return "/etc/ceph/ceph.conf"
-	}
-	return "/dev/null"
-}
-
 type fuseState int
 
 const (
@@ -194,7 +184,7 @@ func (f *Fuse) startFuse(ctx context.Context, s Spec) error {
 	// attr_timeout=0: the file size is asked afresh, so a grown image is
 	// seen by the next stat (see Refresh).
 	fuseOpts := append([]string{"attr_timeout=0"}, splitOptions(s.Options)...)
-	args := []string{"-c", f.conf(), "-p", s.Pool}
+	args := []string{"-c", cephConf(f.Conf), "-p", s.Pool}
 	if s.Namespace != "" {
 		args = append(args, "-s", s.Namespace)
 	}

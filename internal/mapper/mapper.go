@@ -12,6 +12,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"path"
 	"strings"
 	"time"
@@ -176,6 +177,19 @@ func poll(ctx context.Context, timeout, every time.Duration, what string, check 
 		case <-time.After(every):
 		}
 	}
+}
+
+// cephConf returns the ceph.conf a helper program reads: override when
+// set, else /etc/ceph/ceph.conf when the node has one, else none (the
+// monitors are always given on the command line).
+func cephConf(override string) string {
+	if override != "" {
+		return override
+	}
+	if _, err := os.Stat("/etc/ceph/ceph.conf"); err == nil {
+		return "/etc/ceph/ceph.conf"
+	}
+	return "/dev/null"
 }
 
 // isTimeout reports whether err is a timeout of ours or of ctx.

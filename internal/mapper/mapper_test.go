@@ -413,7 +413,7 @@ func TestNBDMapRunsRbdNbdWithTheKeyInMemory(t *testing.T) {
 		}
 		return Result{}, errors.New("unexpected")
 	}}
-	n := &NBD{Binary: "rbd-nbd", Runner: r, Busy: func(string) (bool, error) { return false, nil }}
+	n := &NBD{Binary: "rbd-nbd", Conf: "/etc/ceph/test.conf", Runner: r, Busy: func(string) (bool, error) { return false, nil }}
 	s := testSpec()
 	s.Options = "try-netlink,reattach-timeout=180"
 	dev, err := n.Map(context.Background(), s)
@@ -421,7 +421,7 @@ func TestNBDMapRunsRbdNbdWithTheKeyInMemory(t *testing.T) {
 		t.Fatalf("Map = %s, %v", dev, err)
 	}
 	want := []string{"rbd-nbd list-mapped --format json",
-		"rbd-nbd --id csi-rbd-node --keyfile /proc/self/fd/3 -m 127.0.0.1:6789 --try-netlink --reattach-timeout=180 map rbd/ns1/csi-vol-1"}
+		"rbd-nbd -c /etc/ceph/test.conf --id csi-rbd-node --keyfile /proc/self/fd/3 -m 127.0.0.1:6789 --try-netlink --reattach-timeout=180 map rbd/ns1/csi-vol-1"}
 	if got := r.commands(); strings.Join(got, "\n") != strings.Join(want, "\n") {
 		t.Errorf("commands:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
 	}

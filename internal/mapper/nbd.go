@@ -12,6 +12,9 @@ import (
 // The key reaches rbd-nbd through an in-memory file (Command.Secret).
 type NBD struct {
 	Binary string // rbd-nbd
+	// Conf is the ceph.conf given to rbd-nbd ("" for /etc/ceph/ceph.conf
+	// when it exists, else none); the monitors always come from the Spec.
+	Conf   string
 	Runner Runner
 	Busy   BusyFunc
 	// Timeout bounds one rbd-nbd command.
@@ -52,7 +55,7 @@ func (n *NBD) Map(ctx context.Context, s Spec) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	args := []string{"--id", s.UserID, "--keyfile", KeyFilePath, "-m", strings.Join(s.Monitors, ",")}
+	args := []string{"-c", cephConf(n.Conf), "--id", s.UserID, "--keyfile", KeyFilePath, "-m", strings.Join(s.Monitors, ",")}
 	if s.ReadOnly {
 		args = append(args, "--read-only")
 	}
