@@ -166,28 +166,33 @@ func (s *ControllerServer) limitDepth(ctx context.Context, src *poolConn, parent
 // maximum its children are flattened and the call is retried later; past the
 // minimum the caller flattens the new clone in the background.
 func (s *ControllerServer) limitChildren(ctx context.Context, src *poolConn, parent *rbd.Image) (flattenNew bool, err error) {
+	// Every snapshot or clone of ours leaves one snapshot (in the trash
+	// namespace) on its source. The list comes with the open image, so
+	// counting costs no round trip; listing the children does, per snapshot,
+	// and is done only when they must be flattened.
+	snaps, err := parent.GetSnapshotNames()
+	if err != nil {
+		return false, fmt.Errorf("listing the snapshots of %s: %w", parent.GetName(), err)
+	}
+	n := uint(len(snaps))
+	if n < s.Options.MaxSnapsOnImage {
+		return n >= s.Options.MinSnapsOnImage, nil
+	}
 	children, err := parent.ListChildrenAttributes()
 	if err != nil {
 		return false, fmt.Errorf("listing the clones of %s: %w", parent.GetName(), err)
 	}
-	n := uint(len(children))
-	if n >= s.Options.MaxSnapsOnImage {
-		for _, child := range children {
-			if child.Trash {
-				continue
-			}
-			if child.PoolName != src.name {
-				continue // the clones in this pool free enough snapshots
-			}
-			if err := queueFlatten(src, child.ImageName); err != nil {
-				return false, err
-			}
+	for _, child := range children {
+		if child.Trash || child.PoolName != src.name {
+			continue // the clones in this pool free enough snapshots
 		}
-		klog.FromContext(ctx).Info("too many snapshots on image, flattening its clones", "image", parent.GetName(), "clones", n)
-		return false, status.Errorf(codes.Aborted, "image %s has %d dependent snapshots (limit %d); its clones are being flattened, retry later",
-			parent.GetName(), n, s.Options.MaxSnapsOnImage)
+		if err := queueFlatten(src, child.ImageName); err != nil {
+			return false, err
+		}
 	}
-	return n >= s.Options.MinSnapsOnImage, nil
+	klog.FromContext(ctx).Info("too many snapshots on image, flattening its clones", "image", parent.GetName(), "snapshots", n)
+	return false, status.Errorf(codes.Aborted, "image %s has %d snapshots (limit %d); its clones are being flattened, retry later",
+		parent.GetName(), n, s.Options.MaxSnapsOnImage)
 }
 
 // restoreSnapshot clones the volume's image from the snapshot image.
