@@ -11,6 +11,7 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/leanceph/cephcsi/internal/cephconn"
+	"github.com/leanceph/cephcsi/internal/cephfs"
 	"github.com/leanceph/cephcsi/internal/common"
 	"github.com/leanceph/cephcsi/internal/config"
 	"github.com/leanceph/cephcsi/internal/locks"
@@ -87,6 +88,17 @@ func services(deps *common.Deps) (server.Services, error) {
 		}
 		if opts.IsNodeSrv {
 			node, err := rbd.NewNodeServer(deps)
+			if err != nil {
+				return svcs, err
+			}
+			svcs.Node = node
+		}
+	case "cephfs":
+		if opts.IsControllerSrv {
+			svcs.Controller = cephfs.NewControllerServer(deps)
+		}
+		if opts.IsNodeSrv {
+			node, err := cephfs.NewNodeServer(deps)
 			if err != nil {
 				return svcs, err
 			}

@@ -1,0 +1,223 @@
+package cephfs
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"syscall"
+
+	"github.com/ceph/go-ceph/cephfs/admin"
+	"github.com/container-storage-interface/spec/lib/go/csi"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"k8s.io/klog/v2"
+
+	"github.com/leanceph/cephcsi/internal/csierr"
+	"github.com/leanceph/cephcsi/internal/journal"
+	"github.com/leanceph/cephcsi/internal/volid"
+)
+
+// errCloneFailed marks a clone that ended without completing; CreateVolume
+// removes it and reports the failure.
+var errCloneFailed = errors.New("clone failed")
+
+// contentSource is the snapshot or volume a new volume starts from. Both
+// live in the new volume's filesystem and subvolume group.
+type contentSource struct {
+	// snapshot is set for a snapshot source: ImageName is the subvolume
+	// snapshot, Source the subvolume it belongs to.
+	snapshot   *journal.Entry
+	snapshotID string
+	// volume is the source subvolume, for a volume source.
+	volume string
+	// size is the source's quota; 0 when unknown (a deleted source whose
+	// snapshots were retained).
+	size int64
+	// root is the source subvolume's directory above its data directory.
+	root string
+}
+
+// origin returns the subvolume and snapshot a clone named name copies. A
+// volume source is cloned through a temporary snapshot named after the new
+// subvolume, so a retry finds it again.
+func (c *contentSource) origin(name string) (subvolume, snapshot string) {
+	if c.snapshot != nil {
+		return c.snapshot.Source, c.snapshot.ImageName
+	}
+	return c.volume, name
+}
+
+// resolveSource checks the source of a CreateVolume request: it must exist
+// and live in the same cluster and filesystem.
+func (s *ControllerServer) resolveSource(f *fsConn, src *csi.VolumeContentSource, clusterID string) (*contentSource, error) {
+	if src == nil {
+		return nil, nil
+	}
+	var (
+		field, id string
+		kind      string
+	)
+	switch {
+	case src.GetSnapshot() != nil:
+		field, id, kind = "volume_content_source.snapshot.snapshot_id", src.GetSnapshot().GetSnapshotId(), "snapshot"
+	case src.GetVolume() != nil:
+		field, id, kind = "volume_content_source.volume.volume_id", src.GetVolume().GetVolumeId(), "volume"
+	default:
+		return nil, status.Error(codes.InvalidArgument, "volume_content_source: unsupported type")
+	}
+	if id == "" {
+		return nil, status.Errorf(codes.InvalidArgument, "%s is required", field)
+	}
+	decoded, err := volid.Decode(id)
+	if err != nil {
+		return nil, status.Errorf(codes.NotFound, "source %s %q not found: %v", kind, id, err)
+	}
+	if decoded.ClusterID != clusterID || decoded.LocationID != f.fs.ID {
+		return nil, status.Errorf(codes.InvalidArgument, "source %s %q is not in filesystem %s of cluster %q", kind, id, f.fs.Name, clusterID)
+	}
+	if kind == "snapshot" {
+		c, err := s.findBackingSnapshot(f, id)
+		if err != nil {
+			return nil, status.Errorf(codes.NotFound, "source snapshot %q not found: %v", id, err)
+		}
+		return c, nil
+	}
+	name := defaultVolumePrefix + decoded.UUID
+	entry, err := s.volumes.Get(f.store(), decoded.UUID)
+	switch {
+	case err == nil:
+		if entry.BackingSnapshotID != "" {
+			return nil, status.Errorf(codes.InvalidArgument, "source volume %q is snapshot-backed; clone its snapshot instead", id)
+		}
+		name = entry.ImageName
+	case !errors.Is(err, journal.ErrNotFound):
+		return nil, csierr.Status(err)
+	}
+	info, err := f.admin.SubVolumeInfo(f.fs.Name, f.group, name)
+	switch {
+	case csierr.IsNotFound(err) || (err == nil && info.State == admin.StateSnapRetained):
+		return nil, status.Errorf(codes.NotFound, "source volume %q not found", id)
+	case csierr.IsErrno(err, syscall.EAGAIN):
+		return nil, status.Errorf(codes.Aborted, "source volume %q is still being populated; retry later", id)
+	case err != nil:
+		return nil, csierr.Status(fmt.Errorf("reading source subvolume %s: %w", name, err))
+	}
+	return &contentSource{volume: name, size: quotaBytes(info), root: subvolumeRoot(f.group, name, info.Path)}, nil
+}
+
+// findBackingSnapshot reads the journal entry of snapshotID and checks that
+// the subvolume snapshot exists.
+func (s *ControllerServer) findBackingSnapshot(f *fsConn, snapshotID string) (*contentSource, error) {
+	decoded, err := volid.Decode(snapshotID)
+	if err != nil {
+		return nil, err
+	}
+	entry, err := s.snapshots.Get(f.store(), decoded.UUID)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := f.admin.SubVolumeSnapshotInfo(f.fs.Name, f.group, entry.Source, entry.ImageName); err != nil {
+		return nil, fmt.Errorf("snapshot %s of %s: %w", entry.ImageName, entry.Source, err)
+	}
+	c := &contentSource{snapshot: entry, snapshotID: snapshotID}
+	// A source deleted with its snapshots retained has no info; its size is
+	// then unknown, and the snapshots sit below the fixed root.
+	var dataPath string
+	if info, err := f.subvolumeInfo(entry.Source); err == nil {
+		c.size, dataPath = quotaBytes(info), info.Path
+	} else if !csierr.IsNotFound(err) {
+		return nil, err
+	}
+	c.root = subvolumeRoot(f.group, entry.Source, dataPath)
+	return c, nil
+}
+
+// startClone begins copying src into the new subvolume name.
+func startClone(f *fsConn, name, pool string, src *contentSource) error {
+	sub, snap := src.origin(name)
+	if src.volume != "" {
+		err := f.admin.CreateSubVolumeSnapshot(f.fs.Name, f.group, sub, snap)
+		if err != nil && !csierr.IsErrno(err, syscall.EEXIST) {
+			return fmt.Errorf("snapshotting source volume %s for the clone: %w", sub, err)
+		}
+	}
+	err := f.admin.CloneSubVolumeSnapshot(f.fs.Name, f.group, sub, snap, name,
+		&admin.CloneOptions{TargetGroup: f.group, PoolLayout: pool})
+	switch {
+	case err == nil, csierr.IsErrno(err, syscall.EEXIST):
+		return nil
+	case csierr.IsErrno(err, syscall.EAGAIN):
+		return status.Errorf(codes.ResourceExhausted, "cannot start cloning %s@%s now (the cloner is busy): %v; retry later", sub, snap, err)
+	case csierr.IsNotFound(err):
+		return status.Errorf(codes.NotFound, "clone source %s@%s not found: %v", sub, snap, err)
+	}
+	return fmt.Errorf("cloning %s@%s into %s: %w", sub, snap, name, err)
+}
+
+// cloneProgress turns a clone's state into the call's outcome: nil once
+// complete, Aborted while copying, errCloneFailed when it ended otherwise.
+func cloneProgress(name string, st *admin.CloneStatus) error {
+	switch st.State {
+	case admin.CloneComplete:
+		return nil
+	case admin.ClonePending, admin.CloneInProgress:
+		progress := ""
+		if p := st.ProgressReport.PercentageCloned; p != "" {
+			progress = ", " + p + " copied"
+		}
+		return status.Errorf(codes.Aborted, "volume %s is still being copied from its source (%s%s); retry later", name, st.State, progress)
+	case admin.CloneFailed, admin.CloneState(admin.StateCanceled):
+		detail := ""
+		if fl := st.GetFailure(); fl != nil {
+			detail = fmt.Sprintf(": errno %s: %s", fl.Errno, fl.ErrStr)
+		}
+		return fmt.Errorf("%w: copying into %s ended as %s%s", errCloneFailed, name, st.State, detail)
+	}
+	return fmt.Errorf("clone %s is in unknown state %q", name, st.State)
+}
+
+// provisionBacking records volumeID as a user of its snapshot, then checks
+// the snapshot is still there (DeleteSnapshot may have run in between).
+func (s *ControllerServer) provisionBacking(f *fsConn, volumeID string, src *contentSource) (*provisioned, error) {
+	if err := (refTracker{f.io}).add(backingRefObject(src.snapshotID), src.snapshotID, volumeID); err != nil {
+		return nil, fmt.Errorf("recording the use of snapshot %s: %w", src.snapshot.ImageName, err)
+	}
+	if _, err := f.admin.SubVolumeSnapshotInfo(f.fs.Name, f.group, src.snapshot.Source, src.snapshot.ImageName); err != nil {
+		if csierr.IsNotFound(err) {
+			return nil, status.Errorf(codes.NotFound, "snapshot %s was deleted", src.snapshot.ImageName)
+		}
+		return nil, err
+	}
+	return &provisioned{path: src.root, size: src.size}, nil
+}
+
+// unrefBackingSnapshot drops a volume's use of its snapshot. When the
+// snapshot was deleted already and this was its last user, the snapshot
+// goes now.
+func (s *ControllerServer) unrefBackingSnapshot(ctx context.Context, f *fsConn, snapshotID, volumeID string) error {
+	gone, err := (refTracker{f.io}).remove(backingRefObject(snapshotID), []string{volumeID}, nil)
+	if err != nil || !gone {
+		return err
+	}
+	decoded, err := volid.Decode(snapshotID)
+	if err != nil {
+		return nil // not a snapshot of ours
+	}
+	entry, err := s.snapshots.Get(f.store(), decoded.UUID)
+	if errors.Is(err, journal.ErrNotFound) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	klog.FromContext(ctx).V(2).Info("removing a deleted snapshot with its last snapshot-backed volume", "snapshot", entry.ImageName)
+	return s.removeSnapshotAndEntry(f, entry)
+}
+
+// removeSnapshotAndEntry removes a subvolume snapshot and its journal entry.
+func (s *ControllerServer) removeSnapshotAndEntry(f *fsConn, entry *journal.Entry) error {
+	if err := f.removeSnapshot(entry.Source, entry.ImageName); err != nil {
+		return err
+	}
+	return s.snapshots.Release(f.store(), entry)
+}

@@ -1,0 +1,552 @@
+// Package cephfs implements the CSI controller and node services for CephFS
+// subvolumes.
+package cephfs
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"path"
+	"syscall"
+
+	"github.com/ceph/go-ceph/cephfs/admin"
+	"github.com/container-storage-interface/spec/lib/go/csi"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"k8s.io/klog/v2"
+
+	"github.com/leanceph/cephcsi/internal/cephconn"
+	"github.com/leanceph/cephcsi/internal/common"
+	"github.com/leanceph/cephcsi/internal/csierr"
+	"github.com/leanceph/cephcsi/internal/journal"
+	"github.com/leanceph/cephcsi/internal/volid"
+)
+
+// subvolumeMode is the mode of a new subvolume's root: writable by any pod
+// user, as ceph-csi makes it.
+const subvolumeMode = 0o777
+
+// ControllerServer serves the CSI controller service for CephFS.
+type ControllerServer struct {
+	csi.UnimplementedControllerServer
+	*common.Deps
+	volumes   *journal.Journal
+	snapshots *journal.Journal
+}
+
+// NewControllerServer returns a controller that uses d.
+func NewControllerServer(d *common.Deps) *ControllerServer {
+	return &ControllerServer{Deps: d,
+		volumes:   journal.Volumes(d.Options.InstanceID),
+		snapshots: journal.Snapshots(d.Options.InstanceID)}
+}
+
+// provisionerCredentials picks adminID/adminKey, or userID/userKey when the
+// admin pair is absent.
+func provisionerCredentials(secrets map[string]string) (cephconn.Credentials, error) {
+	return common.Credentials(secrets, common.AdminSecret, common.UserSecret)
+}
+
+// ControllerGetCapabilities implements csi.ControllerServer.
+func (s *ControllerServer) ControllerGetCapabilities(context.Context, *csi.ControllerGetCapabilitiesRequest) (*csi.ControllerGetCapabilitiesResponse, error) {
+	var caps []*csi.ControllerServiceCapability
+	for _, c := range []csi.ControllerServiceCapability_RPC_Type{
+		csi.ControllerServiceCapability_RPC_CREATE_DELETE_VOLUME,
+		csi.ControllerServiceCapability_RPC_EXPAND_VOLUME,
+		csi.ControllerServiceCapability_RPC_CREATE_DELETE_SNAPSHOT,
+		csi.ControllerServiceCapability_RPC_CLONE_VOLUME,
+		csi.ControllerServiceCapability_RPC_SINGLE_NODE_MULTI_WRITER,
+	} {
+		caps = append(caps, &csi.ControllerServiceCapability{Type: &csi.ControllerServiceCapability_Rpc{
+			Rpc: &csi.ControllerServiceCapability_RPC{Type: c}}})
+	}
+	return &csi.ControllerGetCapabilitiesResponse{Capabilities: caps}, nil
+}
+
+// readOnlyModes reports whether every capability asks for a reader-only mode.
+func readOnlyModes(caps []*csi.VolumeCapability) bool {
+	for _, c := range caps {
+		switch c.GetAccessMode().GetMode() {
+		case csi.VolumeCapability_AccessMode_SINGLE_NODE_READER_ONLY, csi.VolumeCapability_AccessMode_MULTI_NODE_READER_ONLY:
+		default:
+			return false
+		}
+	}
+	return true
+}
+
+// provisioned is where a volume's data lives and how big it is.
+type provisioned struct {
+	path string // subvolumePath for the volume context
+	size int64
+}
+
+// CreateVolume implements csi.ControllerServer.
+func (s *ControllerServer) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequest) (*csi.CreateVolumeResponse, error) {
+	name := req.GetName()
+	if name == "" {
+		return nil, status.Error(codes.InvalidArgument, "name is required")
+	}
+	if err := common.ValidateCapabilities(req.GetVolumeCapabilities(), true); err != nil {
+		return nil, err
+	}
+	params, err := parseVolumeParams(req.GetParameters())
+	if err != nil {
+		return nil, err
+	}
+	size, err := common.RoundedSize(req.GetCapacityRange())
+	if err != nil {
+		return nil, err
+	}
+	if params.BackingSnapshot {
+		if req.GetVolumeContentSource().GetSnapshot() == nil {
+			return nil, invalidParam("backingSnapshot", "needs a snapshot as volume_content_source")
+		}
+		if !readOnlyModes(req.GetVolumeCapabilities()) {
+			return nil, status.Error(codes.InvalidArgument,
+				"volume_capabilities: a snapshot-backed volume is read-only; use SINGLE_NODE_READER_ONLY or MULTI_NODE_READER_ONLY")
+		}
+	}
+	creds, err := provisionerCredentials(req.GetSecrets())
+	if err != nil {
+		return nil, err
+	}
+	release, err := s.Lock("volume-name/" + name)
+	if err != nil {
+		return nil, err
+	}
+	defer release()
+
+	f, err := openFSByName(s.Deps, params.ClusterID, params.FsName, creds)
+	if err != nil {
+		return nil, err
+	}
+	defer f.close()
+	if params.Pool != "" && !f.fs.hasDataPool(params.Pool) {
+		return nil, invalidParam("pool", "%q is not a data pool of filesystem %s (%v)", params.Pool, f.fs.Name, f.fs.DataPools)
+	}
+	src, err := s.resolveSource(f, req.GetVolumeContentSource(), params.ClusterID)
+	if err != nil {
+		return nil, err
+	}
+	if src != nil && !params.BackingSnapshot && src.size > size {
+		return nil, status.Errorf(codes.OutOfRange, "requested size %d is smaller than the source's %d", size, src.size)
+	}
+	backingID := ""
+	if params.BackingSnapshot {
+		backingID = src.snapshotID
+	}
+
+	store := f.store()
+	entry, err := s.volumes.Lookup(store, name)
+	if err != nil {
+		return nil, csierr.Status(err)
+	}
+	fresh := entry == nil
+	if fresh {
+		if entry, err = s.volumes.Reserve(store, name, params.NamePrefix, journal.Entry{BackingSnapshotID: backingID}); err != nil {
+			return nil, csierr.Status(err)
+		}
+	} else if entry.BackingSnapshotID != backingID {
+		return nil, status.Errorf(codes.AlreadyExists, "volume %q exists with backing snapshot %q, not %q", name, entry.BackingSnapshotID, backingID)
+	}
+	volumeID, err := volid.ID{ClusterID: params.ClusterID, LocationID: f.fs.ID, UUID: entry.UUID}.Encode()
+	if err != nil {
+		return nil, status.Errorf(codes.InvalidArgument, "clusterID %q: %v", params.ClusterID, err)
+	}
+
+	var res *provisioned
+	started := false
+	if params.BackingSnapshot {
+		res, err = s.provisionBacking(f, volumeID, src)
+	} else {
+		res, started, err = s.provisionSubvolume(f, entry, params.Pool, req.GetCapacityRange(), size, src)
+	}
+	if err != nil {
+		// A running clone is kept for the retry; a volume an earlier call
+		// made is kept unless its clone failed.
+		if status.Code(err) != codes.Aborted && (fresh || started || errors.Is(err, errCloneFailed)) {
+			s.undoCreate(ctx, f, entry, volumeID, src)
+		}
+		return nil, csierr.Status(err)
+	}
+	vc := common.PassThrough(req.GetParameters())
+	vc["clusterID"] = params.ClusterID
+	vc["fsName"] = f.fs.Name
+	vc["subvolumeName"] = entry.ImageName
+	vc["subvolumePath"] = res.path
+	if params.BackingSnapshot {
+		vc["subvolumeName"] = src.snapshot.Source
+		vc["backingSnapshotID"] = backingID
+	}
+	return &csi.CreateVolumeResponse{Volume: &csi.Volume{
+		VolumeId:      volumeID,
+		CapacityBytes: res.size,
+		VolumeContext: vc,
+		ContentSource: req.GetVolumeContentSource(),
+	}}, nil
+}
+
+// fits reports whether an existing volume of size have satisfies r.
+func fits(have int64, r *csi.CapacityRange) bool {
+	want, err := common.RoundedSize(r)
+	if err != nil {
+		return false
+	}
+	if r.GetRequiredBytes() == 0 && r.GetLimitBytes() == 0 {
+		return true
+	}
+	return have >= want && (r.GetLimitBytes() == 0 || have <= r.GetLimitBytes())
+}
+
+// provisionSubvolume makes the subvolume of entry, or checks and finishes the
+// one an earlier call made. started says whether this call started it.
+func (s *ControllerServer) provisionSubvolume(f *fsConn, entry *journal.Entry, pool string, r *csi.CapacityRange, size int64,
+	src *contentSource) (res *provisioned, started bool, err error) {
+	name := entry.ImageName
+	info, err := f.admin.SubVolumeInfo(f.fs.Name, f.group, name)
+	switch {
+	case csierr.IsNotFound(err):
+		started = true
+		if src == nil {
+			if err := f.createSubvolume(name, size, pool); err != nil {
+				return nil, started, err
+			}
+			if info, err = f.subvolumeInfo(name); err != nil {
+				return nil, started, err
+			}
+			return &provisioned{path: info.Path, size: quotaBytes(info)}, started, nil
+		}
+		if err := startClone(f, name, pool, src); err != nil {
+			return nil, started, err
+		}
+		info = nil
+	case csierr.IsErrno(err, syscall.EAGAIN):
+		// Only a clone that has not completed refuses `subvolume info`.
+		info = nil
+		if src == nil {
+			return nil, false, status.Errorf(codes.AlreadyExists, "volume %q exists as a clone, without a content source in this request", entry.RequestName)
+		}
+	case err != nil:
+		return nil, false, fmt.Errorf("reading subvolume %s: %w", name, err)
+	case info.State == admin.StateSnapRetained:
+		return nil, false, fmt.Errorf("subvolume %s of volume %q was deleted; only its snapshots remain", name, entry.RequestName)
+	case (info.Type == "clone") != (src != nil):
+		return nil, false, status.Errorf(codes.AlreadyExists, "volume %q exists as a %s, which does not match this request's content source", entry.RequestName, info.Type)
+	}
+	if src != nil && info == nil {
+		st, err := f.admin.CloneStatus(f.fs.Name, f.group, name)
+		if err != nil {
+			return nil, started, fmt.Errorf("reading the clone status of %s: %w", name, err)
+		}
+		sub, snap := src.origin(name)
+		if st.Source.SubVolume != "" && (st.Source.SubVolume != sub || st.Source.Snapshot != snap) {
+			return nil, started, status.Errorf(codes.AlreadyExists, "volume %q is being cloned from %s@%s, not %s@%s",
+				entry.RequestName, st.Source.SubVolume, st.Source.Snapshot, sub, snap)
+		}
+		if err := cloneProgress(name, st); err != nil {
+			return nil, started, err
+		}
+		if info, err = f.subvolumeInfo(name); err != nil {
+			return nil, started, err
+		}
+	}
+	have := quotaBytes(info)
+	if src != nil {
+		if src.volume != "" {
+			// The temporary snapshot on the source volume has done its job.
+			if err := f.removeSnapshot(src.volume, name); err != nil {
+				return nil, started, err
+			}
+		}
+		if have < size {
+			if _, err := f.admin.ResizeSubVolume(f.fs.Name, f.group, name, admin.ByteCount(size), true); err != nil {
+				return nil, started, fmt.Errorf("growing clone %s to %d bytes: %w", name, size, err)
+			}
+			have = size
+		}
+	}
+	if !fits(have, r) {
+		return nil, started, status.Errorf(codes.AlreadyExists, "volume %q exists with size %d, which does not fit the requested capacity range", entry.RequestName, have)
+	}
+	return &provisioned{path: info.Path, size: have}, started, nil
+}
+
+// createSubvolume makes an empty subvolume with a quota, creating the
+// subvolume group on first use.
+func (f *fsConn) createSubvolume(name string, size int64, pool string) error {
+	opts := &admin.SubVolumeOptions{Size: admin.ByteCount(size), Mode: subvolumeMode, PoolLayout: pool}
+	err := f.admin.CreateSubVolume(f.fs.Name, f.group, name, opts)
+	if csierr.IsNotFound(err) {
+		if gerr := f.admin.CreateSubVolumeGroup(f.fs.Name, f.group, nil); gerr != nil {
+			return fmt.Errorf("creating subvolume group %s in %s: %w", f.group, f.fs.Name, gerr)
+		}
+		err = f.admin.CreateSubVolume(f.fs.Name, f.group, name, opts)
+	}
+	if err != nil {
+		return fmt.Errorf("creating subvolume %s in group %s of %s: %w", name, f.group, f.fs.Name, err)
+	}
+	return nil
+}
+
+// removeSnapshot removes a subvolume snapshot; a missing one is fine. One
+// that clones still copy from is FailedPrecondition.
+func (f *fsConn) removeSnapshot(subvolume, snapshot string) error {
+	err := f.admin.RemoveSubVolumeSnapshot(f.fs.Name, f.group, subvolume, snapshot)
+	switch {
+	case err == nil, csierr.IsNotFound(err):
+		return nil
+	case csierr.IsErrno(err, syscall.EAGAIN):
+		return status.Errorf(codes.FailedPrecondition, "snapshot %s of %s still has clones copying from it; retry when they are done: %v",
+			snapshot, subvolume, err)
+	}
+	return fmt.Errorf("removing snapshot %s of %s: %w", snapshot, subvolume, err)
+}
+
+// removeSubvolume removes a subvolume, keeping its snapshots (the subvolume
+// then lingers as "snapshot-retained" until its last snapshot goes, when
+// Ceph purges it). A clone still copying is cancelled first; its source is
+// returned so the caller can drop a temporary snapshot.
+func (f *fsConn) removeSubvolume(name string) (cloneSource *admin.CloneSource, err error) {
+	err = f.admin.RemoveSubVolumeWithFlags(f.fs.Name, f.group, name, admin.SubVolRmFlags{RetainSnapshots: true})
+	if err == nil || csierr.IsNotFound(err) {
+		return nil, nil
+	}
+	if !csierr.IsErrno(err, syscall.EAGAIN) {
+		return nil, fmt.Errorf("removing subvolume %s: %w", name, err)
+	}
+	// An unfinished clone: only a cancelled or failed one may be removed.
+	if st, serr := f.admin.CloneStatus(f.fs.Name, f.group, name); serr == nil && st.Source.SubVolume != "" {
+		src := st.Source
+		cloneSource = &src
+	}
+	if cerr := f.admin.CancelClone(f.fs.Name, f.group, name); cerr != nil && !csierr.IsNotFound(cerr) &&
+		!csierr.IsErrno(cerr, syscall.EINVAL) { // EINVAL: the clone has already ended
+		return cloneSource, fmt.Errorf("cancelling clone %s: %w", name, cerr)
+	}
+	err = f.admin.RemoveSubVolumeWithFlags(f.fs.Name, f.group, name, admin.SubVolRmFlags{Force: true})
+	if err != nil && !csierr.IsNotFound(err) {
+		return cloneSource, fmt.Errorf("removing cancelled clone %s: %w", name, err)
+	}
+	return cloneSource, nil
+}
+
+// undoCreate removes what a failed CreateVolume made, so nothing leaks.
+func (s *ControllerServer) undoCreate(ctx context.Context, f *fsConn, entry *journal.Entry, volumeID string, src *contentSource) {
+	logger := klog.FromContext(ctx)
+	if entry.BackingSnapshotID != "" {
+		if _, err := (refTracker{f.io}).remove(backingRefObject(entry.BackingSnapshotID), []string{volumeID}, nil); err != nil {
+			logger.Error(err, "dropping the snapshot reference of a failed create", "volume", volumeID)
+			return
+		}
+	} else {
+		cloneSrc, err := f.removeSubvolume(entry.ImageName)
+		if err != nil {
+			logger.Error(err, "cleaning up after a failed create", "subvolume", entry.ImageName)
+			return // keep the journal entry so a retry or delete can finish
+		}
+		tempOn := ""
+		if src != nil && src.volume != "" {
+			tempOn = src.volume
+		} else if cloneSrc != nil && cloneSrc.Snapshot == entry.ImageName {
+			tempOn = cloneSrc.SubVolume
+		}
+		if tempOn != "" {
+			if err := f.removeSnapshot(tempOn, entry.ImageName); err != nil {
+				logger.Error(err, "removing the temporary snapshot of a failed clone", "subvolume", tempOn)
+				return
+			}
+		}
+	}
+	if err := s.volumes.Release(f.store(), entry); err != nil {
+		logger.Error(err, "cleaning up the journal after a failed create", "uuid", entry.UUID)
+	}
+}
+
+// volumeRef is a volume found by its ID.
+type volumeRef struct {
+	f     *fsConn
+	id    volid.ID
+	entry *journal.Entry // nil when the journal has no entry
+	name  string         // subvolume name
+}
+
+func (r *volumeRef) backing() bool { return r.entry != nil && r.entry.BackingSnapshotID != "" }
+
+// findVolume opens the filesystem of a volume ID and reads its journal entry.
+func (s *ControllerServer) findVolume(volumeID string, creds cephconn.Credentials) (*volumeRef, error) {
+	id, err := volid.Decode(volumeID)
+	if err != nil {
+		return nil, err
+	}
+	f, err := openFS(s.Deps, id.ClusterID, "", id.LocationID, creds)
+	if err != nil {
+		return nil, err
+	}
+	ref := &volumeRef{f: f, id: id, name: defaultVolumePrefix + id.UUID}
+	entry, err := s.volumes.Get(f.store(), id.UUID)
+	switch {
+	case err == nil:
+		ref.entry, ref.name = entry, entry.ImageName
+	case errors.Is(err, journal.ErrNotFound):
+	default:
+		f.close()
+		return nil, err
+	}
+	return ref, nil
+}
+
+// notFoundVolume maps lookup failures of an existing-volume call to NotFound.
+func notFoundVolume(volumeID string, err error) error {
+	if errors.Is(err, volid.ErrMalformed) || errors.Is(err, errFSNotFound) || csierr.IsNotFound(err) {
+		return status.Errorf(codes.NotFound, "volume %q not found: %v", volumeID, err)
+	}
+	return csierr.Status(err)
+}
+
+// DeleteVolume implements csi.ControllerServer.
+func (s *ControllerServer) DeleteVolume(ctx context.Context, req *csi.DeleteVolumeRequest) (*csi.DeleteVolumeResponse, error) {
+	volumeID := req.GetVolumeId()
+	if volumeID == "" {
+		return nil, status.Error(codes.InvalidArgument, "volume_id is required")
+	}
+	creds, err := provisionerCredentials(req.GetSecrets())
+	if err != nil {
+		return nil, err
+	}
+	release, err := s.Lock("volume-id/" + volumeID)
+	if err != nil {
+		return nil, err
+	}
+	defer release()
+	ref, err := s.findVolume(volumeID, creds)
+	switch {
+	case errors.Is(err, volid.ErrMalformed), errors.Is(err, errFSNotFound):
+		klog.FromContext(ctx).Info("deleting a volume that cannot exist", "reason", err)
+		return &csi.DeleteVolumeResponse{}, nil
+	case err != nil:
+		return nil, csierr.Status(err)
+	}
+	f := ref.f
+	defer f.close()
+	if ref.entry != nil {
+		// A concurrent CreateVolume of the same name must not see it half-deleted.
+		releaseName, err := s.Lock("volume-name/" + ref.entry.RequestName)
+		if err != nil {
+			return nil, err
+		}
+		defer releaseName()
+	}
+	if ref.backing() {
+		if err := s.unrefBackingSnapshot(ctx, f, ref.entry.BackingSnapshotID, volumeID); err != nil {
+			return nil, csierr.Status(err)
+		}
+	} else {
+		cloneSrc, err := f.removeSubvolume(ref.name)
+		if err != nil {
+			return nil, csierr.Status(err)
+		}
+		if cloneSrc != nil && cloneSrc.Snapshot == ref.name {
+			// A PVC clone cut short: its temporary snapshot on the source goes too.
+			if err := f.removeSnapshot(cloneSrc.SubVolume, ref.name); err != nil {
+				return nil, csierr.Status(err)
+			}
+		}
+	}
+	if ref.entry != nil {
+		if err := s.volumes.Release(f.store(), ref.entry); err != nil {
+			return nil, csierr.Status(err)
+		}
+	}
+	return &csi.DeleteVolumeResponse{}, nil
+}
+
+// ControllerExpandVolume implements csi.ControllerServer. The quota is the
+// size; nothing is left for the node to do.
+func (s *ControllerServer) ControllerExpandVolume(ctx context.Context, req *csi.ControllerExpandVolumeRequest) (*csi.ControllerExpandVolumeResponse, error) {
+	if req.GetVolumeId() == "" {
+		return nil, status.Error(codes.InvalidArgument, "volume_id is required")
+	}
+	if req.GetCapacityRange() == nil {
+		return nil, status.Error(codes.InvalidArgument, "capacity_range is required")
+	}
+	size, err := common.RoundedSize(req.GetCapacityRange())
+	if err != nil {
+		return nil, err
+	}
+	creds, err := provisionerCredentials(req.GetSecrets())
+	if err != nil {
+		return nil, err
+	}
+	release, err := s.Lock("volume-id/" + req.GetVolumeId())
+	if err != nil {
+		return nil, err
+	}
+	defer release()
+	ref, err := s.findVolume(req.GetVolumeId(), creds)
+	if err != nil {
+		return nil, notFoundVolume(req.GetVolumeId(), err)
+	}
+	defer ref.f.close()
+	if ref.backing() {
+		return nil, status.Errorf(codes.InvalidArgument, "volume %q is a read-only snapshot-backed volume and cannot be expanded", req.GetVolumeId())
+	}
+	info, err := ref.f.subvolumeInfo(ref.name)
+	if err != nil {
+		return nil, notFoundVolume(req.GetVolumeId(), err)
+	}
+	have := quotaBytes(info)
+	if size > have {
+		if _, err := ref.f.admin.ResizeSubVolume(ref.f.fs.Name, ref.f.group, ref.name, admin.ByteCount(size), true); err != nil {
+			return nil, csierr.Status(fmt.Errorf("resizing %s to %d bytes: %w", ref.name, size, err))
+		}
+		have = size
+	}
+	return &csi.ControllerExpandVolumeResponse{CapacityBytes: have, NodeExpansionRequired: false}, nil
+}
+
+// ValidateVolumeCapabilities implements csi.ControllerServer.
+func (s *ControllerServer) ValidateVolumeCapabilities(ctx context.Context, req *csi.ValidateVolumeCapabilitiesRequest) (*csi.ValidateVolumeCapabilitiesResponse, error) {
+	if req.GetVolumeId() == "" {
+		return nil, status.Error(codes.InvalidArgument, "volume_id is required")
+	}
+	if len(req.GetVolumeCapabilities()) == 0 {
+		return nil, status.Error(codes.InvalidArgument, "volume_capabilities is required")
+	}
+	creds, err := provisionerCredentials(req.GetSecrets())
+	if err != nil {
+		return nil, err
+	}
+	ref, err := s.findVolume(req.GetVolumeId(), creds)
+	if err != nil {
+		return nil, notFoundVolume(req.GetVolumeId(), err)
+	}
+	defer ref.f.close()
+	if ref.backing() {
+		if _, err := s.findBackingSnapshot(ref.f, ref.entry.BackingSnapshotID); err != nil {
+			return nil, notFoundVolume(req.GetVolumeId(), err)
+		}
+		if !readOnlyModes(req.GetVolumeCapabilities()) {
+			return &csi.ValidateVolumeCapabilitiesResponse{Message: "a snapshot-backed volume supports reader-only access modes only"}, nil
+		}
+	} else if _, err := ref.f.subvolumeInfo(ref.name); err != nil {
+		return nil, notFoundVolume(req.GetVolumeId(), err)
+	}
+	if err := common.ValidateCapabilities(req.GetVolumeCapabilities(), true); err != nil {
+		return &csi.ValidateVolumeCapabilitiesResponse{Message: status.Convert(err).Message()}, nil
+	}
+	return &csi.ValidateVolumeCapabilitiesResponse{Confirmed: &csi.ValidateVolumeCapabilitiesResponse_Confirmed{
+		VolumeContext:      req.GetVolumeContext(),
+		VolumeCapabilities: req.GetVolumeCapabilities(),
+		Parameters:         req.GetParameters(),
+	}}, nil
+}
+
+// subvolumeRoot is the directory that holds a subvolume's data directory and
+// its snapshots, in the mgr volumes module's layout.
+func subvolumeRoot(group, subvolume, dataPath string) string {
+	if dataPath != "" {
+		return path.Dir(dataPath)
+	}
+	return path.Join("/volumes", group, subvolume)
+}

@@ -1,0 +1,147 @@
+package cephfs
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/leanceph/cephcsi/internal/cephconn"
+)
+
+// The key reaches ceph-fuse and mount.ceph through an anonymous memory file
+// (memfd) handed over as file descriptor 3 and named as /dev/fd/3 in the
+// `keyfile`/`secretfile` option. It is never written to a filesystem, never
+// appears on a command line or in the environment, and disappears with the
+// last process holding it. (A pipe does not work: ceph-fuse sizes the key
+// file with fstat before reading it.)
+const keyFD = "/dev/fd/3"
+
+// mountTimeout bounds one mount or unmount helper run.
+const mountTimeout = 2 * time.Minute
+
+// mountSpec says what to mount where.
+type mountSpec struct {
+	Monitors []string
+	FsName   string
+	Root     string // path inside the filesystem
+	Target   string
+	Creds    cephconn.Credentials
+	// Options are mount options: FUSE options (-o) for ceph-fuse, kernel
+	// mount options for mount.ceph.
+	Options []string
+}
+
+// fuseArgs is the ceph-fuse command line. No ceph.conf is read: everything
+// the client needs is on the command line.
+func fuseArgs(s mountSpec) []string {
+	args := []string{s.Target,
+		"-c", "/dev/null",
+		"-m", strings.Join(s.Monitors, ","),
+		"--id", s.Creds.ID,
+		"--keyring", "/dev/null",
+		"--keyfile", keyFD,
+		"--client_fs=" + s.FsName,
+		"-r", s.Root,
+	}
+	if len(s.Options) > 0 {
+		args = append(args, "-o", strings.Join(s.Options, ","))
+	}
+	return args
+}
+
+// kernelArgs is the mount.ceph command line (the helper `mount -t ceph`
+// runs). mount.ceph reads the secret file and gives the key to the kernel
+// keyring, so the key shows neither in /proc/mounts nor in the arguments.
+func kernelArgs(s mountSpec) []string {
+	opts := append([]string{"name=" + s.Creds.ID, "secretfile=" + keyFD, "mds_namespace=" + s.FsName}, s.Options...)
+	return []string{strings.Join(s.Monitors, ",") + ":" + s.Root, s.Target, "-o", strings.Join(opts, ",")}
+}
+
+// runWithKey runs a mount helper with the key on file descriptor 3.
+func runWithKey(ctx context.Context, key, name string, args ...string) error {
+	fd, err := unix.MemfdCreate("cephcsi-key", unix.MFD_CLOEXEC)
+	if err != nil {
+		return fmt.Errorf("creating the key memfd: %w", err)
+	}
+	keyFile := os.NewFile(uintptr(fd), "cephcsi-key")
+	defer keyFile.Close()
+	if _, err := keyFile.WriteString(key); err != nil {
+		return fmt.Errorf("writing the key memfd: %w", err)
+	}
+	ctx, cancel := context.WithTimeout(ctx, mountTimeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, name, args...)
+	cmd.ExtraFiles = []*os.File{keyFile} // becomes fd 3, without CLOEXEC
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	// ceph-fuse forks a daemon; do not wait for it should it keep our pipes.
+	cmd.WaitDelay = 5 * time.Second
+	if err := cmd.Run(); err != nil {
+		return fmt.Errorf("%s %s: %w: %s", name, strings.Join(args, " "), err, helperOutput(out.String(), key))
+	}
+	return nil
+}
+
+// helperOutput keeps the lines of a helper's output worth reporting, with
+// the key masked should a tool ever echo it.
+func helperOutput(out, key string) string {
+	var keep []string
+	sc := bufio.NewScanner(strings.NewReader(out))
+	for sc.Scan() {
+		line := strings.TrimSpace(sc.Text())
+		if line == "" || strings.Contains(line, "newargv") {
+			continue
+		}
+		if key != "" {
+			line = strings.ReplaceAll(line, key, "<key>")
+		}
+		keep = append(keep, line)
+	}
+	if len(keep) > 8 {
+		keep = keep[len(keep)-8:]
+	}
+	return strings.Join(keep, "; ")
+}
+
+// mountFuse mounts with ceph-fuse, which returns once the mount is up.
+func mountFuse(ctx context.Context, s mountSpec) error {
+	return runWithKey(ctx, s.Creds.Key, "ceph-fuse", fuseArgs(s)...)
+}
+
+// mountKernel mounts with the kernel client through mount.ceph.
+func mountKernel(ctx context.Context, s mountSpec) error {
+	return runWithKey(ctx, s.Creds.Key, "mount.ceph", kernelArgs(s)...)
+}
+
+// kernelClientAvailable reports whether the running kernel has the ceph
+// filesystem (built in or loaded).
+func kernelClientAvailable() bool {
+	data, err := os.ReadFile("/proc/filesystems")
+	if err != nil {
+		return false
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		if f := strings.Fields(line); len(f) > 0 && f[len(f)-1] == "ceph" {
+			return true
+		}
+	}
+	return false
+}
+
+// splitOptions turns "a,b , c" into [a b c].
+func splitOptions(s string) []string {
+	var out []string
+	for _, o := range strings.Split(s, ",") {
+		if o = strings.TrimSpace(o); o != "" {
+			out = append(out, o)
+		}
+	}
+	return out
+}

@@ -1,0 +1,421 @@
+package cephfs
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/container-storage-interface/spec/lib/go/csi"
+	"golang.org/x/sys/unix"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"k8s.io/klog/v2"
+	mount "k8s.io/mount-utils"
+
+	"github.com/leanceph/cephcsi/internal/cephconn"
+	"github.com/leanceph/cephcsi/internal/common"
+	"github.com/leanceph/cephcsi/internal/csierr"
+	"github.com/leanceph/cephcsi/internal/journal"
+	"github.com/leanceph/cephcsi/internal/nodeutil"
+	"github.com/leanceph/cephcsi/internal/volid"
+)
+
+// NodeServer serves the CSI node service for CephFS.
+type NodeServer struct {
+	csi.UnimplementedNodeServer
+	*common.Deps
+	mounter   mount.Interface
+	publisher *nodeutil.Publisher
+	state     nodeutil.StateStore
+}
+
+// NewNodeServer returns the node service.
+func NewNodeServer(d *common.Deps) (*NodeServer, error) {
+	m := mount.New("")
+	return &NodeServer{Deps: d, mounter: m, publisher: &nodeutil.Publisher{Mounter: m},
+		state: nodeutil.StateStore{Dir: filepath.Join(d.Options.PluginPath, d.Options.DriverName, "cephfs-staged")}}, nil
+}
+
+// NodeGetInfo implements csi.NodeServer.
+func (n *NodeServer) NodeGetInfo(context.Context, *csi.NodeGetInfoRequest) (*csi.NodeGetInfoResponse, error) {
+	return &csi.NodeGetInfoResponse{NodeId: n.Options.NodeID}, nil
+}
+
+// NodeGetCapabilities implements csi.NodeServer.
+func (n *NodeServer) NodeGetCapabilities(context.Context, *csi.NodeGetCapabilitiesRequest) (*csi.NodeGetCapabilitiesResponse, error) {
+	var caps []*csi.NodeServiceCapability
+	for _, c := range []csi.NodeServiceCapability_RPC_Type{
+		csi.NodeServiceCapability_RPC_STAGE_UNSTAGE_VOLUME,
+		csi.NodeServiceCapability_RPC_GET_VOLUME_STATS,
+		csi.NodeServiceCapability_RPC_SINGLE_NODE_MULTI_WRITER,
+	} {
+		caps = append(caps, &csi.NodeServiceCapability{Type: &csi.NodeServiceCapability_Rpc{
+			Rpc: &csi.NodeServiceCapability_RPC{Type: c}}})
+	}
+	return &csi.NodeGetCapabilitiesResponse{Capabilities: caps}, nil
+}
+
+// stagedVolume is what NodeStageVolume records about a staged volume; no
+// secrets.
+type stagedVolume struct {
+	StagingPath string `json:"stagingPath"`
+	Mounter     string `json:"mounter"`
+	FsName      string `json:"fsName"`
+	Root        string `json:"root"`
+	// SnapshotDir is set for a snapshot-backed volume: the directory below
+	// Root bind-mounted over the staging path.
+	SnapshotDir string `json:"snapshotDir,omitempty"`
+}
+
+// stageRequest is a NodeStageVolume request decoded.
+type stageRequest struct {
+	spec              mountSpec
+	mounter           string
+	clusterID         string
+	subvolumeName     string
+	backingSnapshotID string
+}
+
+// NodeStageVolume implements csi.NodeServer: it mounts the subvolume (or,
+// for a snapshot-backed volume, its snapshot) at the staging path.
+func (n *NodeServer) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRequest) (*csi.NodeStageVolumeResponse, error) {
+	volumeID, staging := req.GetVolumeId(), req.GetStagingTargetPath()
+	if err := nodeutil.Require([2]string{"volume_id", volumeID}, [2]string{"staging_target_path", staging}); err != nil {
+		return nil, err
+	}
+	vcap := req.GetVolumeCapability()
+	if vcap == nil {
+		return nil, status.Error(codes.InvalidArgument, "volume_capability is required")
+	}
+	if err := common.ValidateCapabilities([]*csi.VolumeCapability{vcap}, true); err != nil {
+		return nil, err
+	}
+	release, err := n.Lock("stage/" + volumeID)
+	if err != nil {
+		return nil, err
+	}
+	defer release()
+	sr, err := n.decodeStage(req)
+	if err != nil {
+		return nil, err
+	}
+	if sr.backingSnapshotID != "" && !readOnlyModes([]*csi.VolumeCapability{vcap}) {
+		return nil, status.Error(codes.InvalidArgument, "volume_capability: a snapshot-backed volume supports reader-only access modes only")
+	}
+	mounted, err := n.publisher.IsMountPoint(staging)
+	if err != nil {
+		return nil, status.Errorf(codes.Internal, "checking %s: %v", staging, err)
+	}
+	if mounted {
+		return &csi.NodeStageVolumeResponse{}, nil
+	}
+	if err := os.MkdirAll(staging, 0o750); err != nil {
+		return nil, status.Errorf(codes.Internal, "creating staging path %s: %v", staging, err)
+	}
+	sr.spec.Target = staging
+	if sr.mounter == mounterFuse {
+		err = mountFuse(ctx, sr.spec)
+	} else {
+		err = mountKernel(ctx, sr.spec)
+	}
+	if err != nil {
+		return nil, status.Errorf(codes.Internal, "mounting %s:%s with the %s client: %v", sr.spec.FsName, sr.spec.Root, sr.mounter, err)
+	}
+	rec := stagedVolume{StagingPath: staging, Mounter: sr.mounter, FsName: sr.spec.FsName, Root: sr.spec.Root}
+	if sr.backingSnapshotID != "" {
+		if rec.SnapshotDir, err = n.bindSnapshot(staging, sr.backingSnapshotID); err != nil {
+			n.unmountAll(ctx, staging)
+			return nil, err
+		}
+	}
+	if err := n.state.Save(volumeID, rec); err != nil {
+		n.unmountAll(ctx, staging)
+		return nil, status.Errorf(codes.Internal, "recording the staged volume: %v", err)
+	}
+	return &csi.NodeStageVolumeResponse{}, nil
+}
+
+// decodeStage reads the volume context: where the volume lives, which
+// client mounts it, with which options and credentials.
+func (n *NodeServer) decodeStage(req *csi.NodeStageVolumeRequest) (*stageRequest, error) {
+	vc := req.GetVolumeContext()
+	static := vc["staticVolume"] == "true"
+	sr := &stageRequest{clusterID: vc["clusterID"], subvolumeName: vc["subvolumeName"], backingSnapshotID: vc["backingSnapshotID"]}
+	if sr.clusterID == "" {
+		return nil, status.Error(codes.InvalidArgument, "volume_context: clusterID is required")
+	}
+	cl, err := n.Clusters.Get(sr.clusterID)
+	if err != nil {
+		return nil, status.Errorf(codes.InvalidArgument, "volume_context: clusterID %q: %v", sr.clusterID, err)
+	}
+	// Dynamically provisioned volumes mount with the admin pair when the
+	// node secret has one (as ceph-csi does), pre-provisioned ones with the
+	// user pair.
+	pairs := [][2]string{common.AdminSecret, common.UserSecret}
+	if static {
+		pairs = [][2]string{common.UserSecret, common.AdminSecret}
+	}
+	creds, err := common.Credentials(req.GetSecrets(), pairs...)
+	if err != nil {
+		return nil, err
+	}
+	sr.spec = mountSpec{Monitors: cl.Monitors, FsName: vc["fsName"], Creds: creds}
+	if static {
+		sr.spec.Root = vc["rootPath"]
+	} else {
+		sr.spec.Root = vc["subvolumePath"]
+	}
+	if sr.spec.FsName == "" {
+		return nil, status.Error(codes.InvalidArgument, "volume_context: fsName is required")
+	}
+	backing := vc["backingSnapshot"] == "true" || sr.backingSnapshotID != ""
+	if backing && sr.backingSnapshotID == "" {
+		// A volume made by ceph-csi keeps the snapshot ID in the journal only.
+		if sr.backingSnapshotID, err = n.backingSnapshotFromJournal(req.GetVolumeId(), creds); err != nil {
+			return nil, err
+		}
+	}
+	if sr.spec.Root == "" && !static && sr.subvolumeName != "" && !backing {
+		if sr.spec.Root, err = n.subvolumePath(req.GetVolumeId(), sr.spec.FsName, sr.subvolumeName, creds); err != nil {
+			return nil, err
+		}
+	}
+	if sr.spec.Root == "" {
+		return nil, status.Error(codes.InvalidArgument, "volume_context: subvolumePath (or rootPath for a static volume) is required")
+	}
+	sr.mounter = vc["mounter"]
+	if err := validMounter(sr.mounter); err != nil {
+		return nil, err
+	}
+	if sr.mounter == "" {
+		sr.mounter = mounterFuse
+		if kernelClientAvailable() {
+			sr.mounter = mounterKernel
+		}
+	}
+	// Options: config.json (else the command line), the StorageClass's, and
+	// the capability's mount flags.
+	base, scKey := cl.CephFS.KernelMountOptions, "kernelMountOptions"
+	if base == "" {
+		base = n.Options.KernelMountOpts
+	}
+	if sr.mounter == mounterFuse {
+		base, scKey = cl.CephFS.FuseMountOptions, "fuseMountOptions"
+		if base == "" {
+			base = n.Options.FuseMountOpts
+		}
+	}
+	sr.spec.Options = append(splitOptions(base), splitOptions(vc[scKey])...)
+	sr.spec.Options = append(sr.spec.Options, req.GetVolumeCapability().GetMount().GetMountFlags()...)
+	return sr, nil
+}
+
+// subvolumePath asks the cluster for a subvolume's path, for volume contexts
+// that lack subvolumePath.
+func (n *NodeServer) subvolumePath(volumeID, fsName, subvolume string, creds cephconn.Credentials) (string, error) {
+	id, err := volid.Decode(volumeID)
+	if err != nil {
+		return "", status.Errorf(codes.InvalidArgument, "volume_context lacks subvolumePath and volume_id is not ours: %v", err)
+	}
+	f, err := openFS(n.Deps, id.ClusterID, fsName, 0, creds)
+	if err != nil {
+		return "", csierr.Status(err)
+	}
+	defer f.close()
+	p, err := f.admin.SubVolumePath(f.fs.Name, f.group, subvolume)
+	if err != nil {
+		return "", csierr.Status(fmt.Errorf("looking up the path of subvolume %s: %w", subvolume, err))
+	}
+	return p, nil
+}
+
+// backingSnapshotFromJournal reads a snapshot-backed volume's snapshot ID
+// from the volume journal.
+func (n *NodeServer) backingSnapshotFromJournal(volumeID string, creds cephconn.Credentials) (string, error) {
+	id, err := volid.Decode(volumeID)
+	if err != nil {
+		return "", status.Errorf(codes.InvalidArgument, "volume_context lacks backingSnapshotID and volume_id is not ours: %v", err)
+	}
+	f, err := openFS(n.Deps, id.ClusterID, "", id.LocationID, creds)
+	if err != nil {
+		return "", csierr.Status(err)
+	}
+	defer f.close()
+	entry, err := journal.Volumes(n.Options.InstanceID).Get(f.store(), id.UUID)
+	if err != nil {
+		return "", csierr.Status(fmt.Errorf("reading the journal of volume %s: %w", volumeID, err))
+	}
+	if entry.BackingSnapshotID == "" {
+		return "", status.Errorf(codes.InvalidArgument, "volume %s is not snapshot-backed", volumeID)
+	}
+	return entry.BackingSnapshotID, nil
+}
+
+// bindSnapshot finds the snapshot's data directory below the subvolume root
+// mounted at staging and bind-mounts it, read-only, over staging.
+func (n *NodeServer) bindSnapshot(staging, snapshotID string) (string, error) {
+	id, err := volid.Decode(snapshotID)
+	if err != nil {
+		return "", status.Errorf(codes.InvalidArgument, "backingSnapshotID %q: %v", snapshotID, err)
+	}
+	rel, err := snapshotDataDir(staging, id.UUID)
+	if err != nil {
+		return "", status.Errorf(codes.NotFound, "snapshot %s: %v", snapshotID, err)
+	}
+	// Two system calls, not mount(8): once the bind covers staging, the
+	// source path (below staging) no longer resolves for a remount by path.
+	if err := unix.Mount(filepath.Join(staging, rel), staging, "", unix.MS_BIND, ""); err != nil {
+		return "", status.Errorf(codes.Internal, "bind-mounting snapshot directory %s: %v", rel, err)
+	}
+	if err := unix.Mount("", staging, "", unix.MS_REMOUNT|unix.MS_BIND|unix.MS_RDONLY, ""); err != nil {
+		return "", status.Errorf(codes.Internal, "making the snapshot bind mount read-only: %v", err)
+	}
+	return rel, nil
+}
+
+// snapshotDataDir returns, relative to a subvolume root, the data directory
+// inside the snapshot whose name carries snapUUID: .snap/<name>/<dir>.
+func snapshotDataDir(root, snapUUID string) (string, error) {
+	snaps, err := os.ReadDir(filepath.Join(root, ".snap"))
+	if err != nil {
+		return "", err
+	}
+	var name string
+	for _, e := range snaps {
+		if strings.Contains(e.Name(), snapUUID) {
+			if name != "" {
+				return "", fmt.Errorf("several snapshots match %s", snapUUID)
+			}
+			name = e.Name()
+		}
+	}
+	if name == "" {
+		return "", fmt.Errorf("no snapshot named after %s below %s", snapUUID, root)
+	}
+	entries, err := os.ReadDir(filepath.Join(root, ".snap", name))
+	if err != nil {
+		return "", err
+	}
+	var dirs []string
+	for _, e := range entries {
+		if e.IsDir() {
+			dirs = append(dirs, e.Name())
+		}
+	}
+	if len(dirs) != 1 {
+		return "", fmt.Errorf("snapshot %s holds %d data directories, want 1", name, len(dirs))
+	}
+	return filepath.Join(".snap", name, dirs[0]), nil
+}
+
+// unmountAll removes every mount stacked on path (a snapshot bind mount over
+// the CephFS mount, or the mount alone).
+func (n *NodeServer) unmountAll(ctx context.Context, path string) error {
+	for i := 0; i < 4; i++ {
+		mounted, err := n.publisher.IsMountPoint(path)
+		if err != nil {
+			if mount.IsCorruptedMnt(err) {
+				mounted = true // a dead ceph-fuse: unmount it all the same
+			} else {
+				return err
+			}
+		}
+		if !mounted {
+			return nil
+		}
+		if err := n.mounter.Unmount(path); err != nil {
+			klog.FromContext(ctx).Error(err, "unmounting", "path", path)
+			return err
+		}
+	}
+	return fmt.Errorf("%s is still mounted after 4 unmounts", path)
+}
+
+// NodeUnstageVolume implements csi.NodeServer.
+func (n *NodeServer) NodeUnstageVolume(ctx context.Context, req *csi.NodeUnstageVolumeRequest) (*csi.NodeUnstageVolumeResponse, error) {
+	volumeID, staging := req.GetVolumeId(), req.GetStagingTargetPath()
+	if err := nodeutil.Require([2]string{"volume_id", volumeID}, [2]string{"staging_target_path", staging}); err != nil {
+		return nil, err
+	}
+	release, err := n.Lock("stage/" + volumeID)
+	if err != nil {
+		return nil, err
+	}
+	defer release()
+	if err := n.unmountAll(ctx, staging); err != nil {
+		return nil, status.Errorf(codes.Internal, "unmounting %s: %v", staging, err)
+	}
+	if err := n.state.Remove(volumeID); err != nil {
+		return nil, status.Errorf(codes.Internal, "forgetting the staged volume: %v", err)
+	}
+	return &csi.NodeUnstageVolumeResponse{}, nil
+}
+
+// NodePublishVolume implements csi.NodeServer: a bind mount of the staging
+// path into the target path.
+func (n *NodeServer) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolumeRequest) (*csi.NodePublishVolumeResponse, error) {
+	volumeID, staging, target := req.GetVolumeId(), req.GetStagingTargetPath(), req.GetTargetPath()
+	if err := nodeutil.Require([2]string{"volume_id", volumeID}, [2]string{"staging_target_path", staging},
+		[2]string{"target_path", target}); err != nil {
+		return nil, err
+	}
+	vcap := req.GetVolumeCapability()
+	if vcap == nil {
+		return nil, status.Error(codes.InvalidArgument, "volume_capability is required")
+	}
+	if err := common.ValidateCapabilities([]*csi.VolumeCapability{vcap}, true); err != nil {
+		return nil, err
+	}
+	release, err := n.Lock("publish/" + target)
+	if err != nil {
+		return nil, err
+	}
+	defer release()
+	staged, err := n.publisher.IsMountPoint(staging)
+	if err != nil {
+		return nil, status.Errorf(codes.Internal, "checking %s: %v", staging, err)
+	}
+	if !staged {
+		return nil, status.Errorf(codes.FailedPrecondition, "volume %s is not staged at %s", volumeID, staging)
+	}
+	readOnly := req.GetReadonly() || readOnlyModes([]*csi.VolumeCapability{vcap})
+	if err := n.publisher.BindDir(staging, target, readOnly, vcap.GetMount().GetMountFlags()); err != nil {
+		return nil, err
+	}
+	return &csi.NodePublishVolumeResponse{}, nil
+}
+
+// NodeUnpublishVolume implements csi.NodeServer.
+func (n *NodeServer) NodeUnpublishVolume(ctx context.Context, req *csi.NodeUnpublishVolumeRequest) (*csi.NodeUnpublishVolumeResponse, error) {
+	volumeID, target := req.GetVolumeId(), req.GetTargetPath()
+	if err := nodeutil.Require([2]string{"volume_id", volumeID}, [2]string{"target_path", target}); err != nil {
+		return nil, err
+	}
+	release, err := n.Lock("publish/" + target)
+	if err != nil {
+		return nil, err
+	}
+	defer release()
+	if err := n.publisher.Unpublish(target); err != nil {
+		return nil, err
+	}
+	return &csi.NodeUnpublishVolumeResponse{}, nil
+}
+
+// NodeGetVolumeStats implements csi.NodeServer.
+func (n *NodeServer) NodeGetVolumeStats(ctx context.Context, req *csi.NodeGetVolumeStatsRequest) (*csi.NodeGetVolumeStatsResponse, error) {
+	if err := nodeutil.Require([2]string{"volume_id", req.GetVolumeId()}, [2]string{"volume_path", req.GetVolumePath()}); err != nil {
+		return nil, err
+	}
+	p := req.GetVolumePath()
+	if _, err := os.Stat(p); err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return nil, status.Errorf(codes.NotFound, "volume path %s does not exist", p)
+		}
+		return nil, status.Errorf(codes.Internal, "stat %s: %v", p, err)
+	}
+	return quotaStats(p)
+}

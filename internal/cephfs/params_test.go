@@ -1,0 +1,83 @@
+package cephfs
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/container-storage-interface/spec/lib/go/csi"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+func TestParseVolumeParams(t *testing.T) {
+	base := func(kv ...string) map[string]string {
+		p := map[string]string{"clusterID": "c", "fsName": "fs"}
+		for i := 0; i+1 < len(kv); i += 2 {
+			p[kv[i]] = kv[i+1]
+		}
+		return p
+	}
+	v, err := parseVolumeParams(base("unknownParameter", "ignored"))
+	if err != nil || v.NamePrefix != "csi-vol-" || v.Mounter != "" || v.BackingSnapshot {
+		t.Fatalf("defaults = %+v, %v", v, err)
+	}
+	v, err = parseVolumeParams(base("volumeNamePrefix", "k8s-", "mounter", "fuse", "pool", "data", "backingSnapshot", "true"))
+	if err != nil || v.NamePrefix != "k8s-" || v.Mounter != "fuse" || v.Pool != "data" || !v.BackingSnapshot {
+		t.Fatalf("explicit = %+v, %v", v, err)
+	}
+	for _, tc := range []struct {
+		p     map[string]string
+		field string
+	}{
+		{map[string]string{"fsName": "fs"}, "clusterID"},
+		{map[string]string{"clusterID": "c"}, "fsName"},
+		{base("mounter", "nfs"), "mounter"},
+		{base("volumeNamePrefix", "a/b"), "volumeNamePrefix"},
+		{base("backingSnapshot", "yes please"), "backingSnapshot"},
+	} {
+		_, err := parseVolumeParams(tc.p)
+		if status.Code(err) != codes.InvalidArgument || !strings.Contains(status.Convert(err).Message(), `"`+tc.field+`"`) {
+			t.Errorf("%v: %v, want InvalidArgument naming %s", tc.p, err, tc.field)
+		}
+	}
+	if p, err := snapshotPrefix(nil); err != nil || p != "csi-snap-" {
+		t.Errorf("default snapshot prefix = %q, %v", p, err)
+	}
+	if _, err := snapshotPrefix(map[string]string{"snapshotNamePrefix": "a@b"}); status.Code(err) != codes.InvalidArgument {
+		t.Errorf("bad snapshot prefix: %v", err)
+	}
+}
+
+func TestFitsCapacityRange(t *testing.T) {
+	const mib = 1 << 20
+	for _, tc := range []struct {
+		have int64
+		r    *csi.CapacityRange
+		want bool
+	}{
+		{10 * mib, &csi.CapacityRange{RequiredBytes: 10 * mib}, true},
+		{10 * mib, &csi.CapacityRange{RequiredBytes: 10*mib - 5}, true},
+		{10 * mib, &csi.CapacityRange{RequiredBytes: 20 * mib}, false},
+		{20 * mib, &csi.CapacityRange{RequiredBytes: 10 * mib, LimitBytes: 15 * mib}, false},
+		{20 * mib, &csi.CapacityRange{RequiredBytes: 10 * mib}, true},
+		{5 * mib, nil, true},
+	} {
+		if got := fits(tc.have, tc.r); got != tc.want {
+			t.Errorf("fits(%d, %v) = %v, want %v", tc.have, tc.r, got, tc.want)
+		}
+	}
+}
+
+func TestReadOnlyModes(t *testing.T) {
+	c := func(m csi.VolumeCapability_AccessMode_Mode) *csi.VolumeCapability {
+		return &csi.VolumeCapability{AccessMode: &csi.VolumeCapability_AccessMode{Mode: m}}
+	}
+	if !readOnlyModes([]*csi.VolumeCapability{c(csi.VolumeCapability_AccessMode_MULTI_NODE_READER_ONLY),
+		c(csi.VolumeCapability_AccessMode_SINGLE_NODE_READER_ONLY)}) {
+		t.Error("reader-only modes not recognised")
+	}
+	if readOnlyModes([]*csi.VolumeCapability{c(csi.VolumeCapability_AccessMode_MULTI_NODE_READER_ONLY),
+		c(csi.VolumeCapability_AccessMode_MULTI_NODE_MULTI_WRITER)}) {
+		t.Error("a writer mode passed as read-only")
+	}
+}

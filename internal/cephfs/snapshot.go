@@ -1,0 +1,160 @@
+package cephfs
+
+import (
+	"context"
+	"errors"
+	"syscall"
+	"time"
+
+	"github.com/container-storage-interface/spec/lib/go/csi"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/timestamppb"
+	"k8s.io/klog/v2"
+
+	"github.com/leanceph/cephcsi/internal/csierr"
+	"github.com/leanceph/cephcsi/internal/journal"
+	"github.com/leanceph/cephcsi/internal/volid"
+)
+
+// CreateSnapshot implements csi.ControllerServer. A snapshot is a subvolume
+// snapshot, ready as soon as it exists.
+func (s *ControllerServer) CreateSnapshot(ctx context.Context, req *csi.CreateSnapshotRequest) (*csi.CreateSnapshotResponse, error) {
+	name := req.GetName()
+	if name == "" {
+		return nil, status.Error(codes.InvalidArgument, "name is required")
+	}
+	sourceID := req.GetSourceVolumeId()
+	if sourceID == "" {
+		return nil, status.Error(codes.InvalidArgument, "source_volume_id is required")
+	}
+	prefix, err := snapshotPrefix(req.GetParameters())
+	if err != nil {
+		return nil, err
+	}
+	creds, err := provisionerCredentials(req.GetSecrets())
+	if err != nil {
+		return nil, err
+	}
+	release, err := s.Lock("snapshot-name/"+name, "volume-id/"+sourceID)
+	if err != nil {
+		return nil, err
+	}
+	defer release()
+	ref, err := s.findVolume(sourceID, creds)
+	if err != nil {
+		return nil, notFoundVolume(sourceID, err)
+	}
+	f := ref.f
+	defer f.close()
+	if c := req.GetParameters()["clusterID"]; c != "" && c != ref.id.ClusterID {
+		return nil, invalidParam("clusterID", "%q differs from the source volume's cluster %q", c, ref.id.ClusterID)
+	}
+	if ref.backing() {
+		return nil, status.Errorf(codes.InvalidArgument, "source volume %q is snapshot-backed; it cannot be snapshotted", sourceID)
+	}
+	info, err := f.subvolumeInfo(ref.name)
+	if csierr.IsErrno(err, syscall.EAGAIN) {
+		return nil, status.Errorf(codes.Aborted, "source volume %q is still being populated; retry later", sourceID)
+	}
+	if err != nil {
+		return nil, notFoundVolume(sourceID, err)
+	}
+
+	store := f.store()
+	entry, err := s.snapshots.Lookup(store, name)
+	if err != nil {
+		return nil, csierr.Status(err)
+	}
+	fresh := entry == nil
+	if fresh {
+		if entry, err = s.snapshots.Reserve(store, name, prefix, journal.Entry{Source: ref.name}); err != nil {
+			return nil, csierr.Status(err)
+		}
+	} else if entry.Source != ref.name {
+		return nil, status.Errorf(codes.AlreadyExists, "snapshot %q exists for source subvolume %s, not %s", name, entry.Source, ref.name)
+	}
+	err = f.admin.CreateSubVolumeSnapshot(f.fs.Name, f.group, ref.name, entry.ImageName)
+	if err != nil && !csierr.IsErrno(err, syscall.EEXIST) {
+		if fresh {
+			if rerr := s.snapshots.Release(store, entry); rerr != nil {
+				klog.FromContext(ctx).Error(rerr, "cleaning up the journal after a failed snapshot", "uuid", entry.UUID)
+			}
+		}
+		return nil, csierr.Status(err)
+	}
+	created := time.Now()
+	if sinfo, err := f.admin.SubVolumeSnapshotInfo(f.fs.Name, f.group, ref.name, entry.ImageName); err == nil {
+		created = sinfo.CreatedAt.Time
+	} else {
+		return nil, csierr.Status(err)
+	}
+	id, err := volid.ID{ClusterID: ref.id.ClusterID, LocationID: f.fs.ID, UUID: entry.UUID}.Encode()
+	if err != nil {
+		return nil, csierr.Status(err)
+	}
+	return &csi.CreateSnapshotResponse{Snapshot: &csi.Snapshot{
+		SnapshotId:     id,
+		SourceVolumeId: sourceID,
+		SizeBytes:      quotaBytes(info),
+		CreationTime:   timestamppb.New(created),
+		ReadyToUse:     true,
+	}}, nil
+}
+
+// DeleteSnapshot implements csi.ControllerServer. A snapshot that clones
+// still copy from is FailedPrecondition; one that snapshot-backed volumes
+// still mount stays (without being reported) until the last of them goes.
+func (s *ControllerServer) DeleteSnapshot(ctx context.Context, req *csi.DeleteSnapshotRequest) (*csi.DeleteSnapshotResponse, error) {
+	snapshotID := req.GetSnapshotId()
+	if snapshotID == "" {
+		return nil, status.Error(codes.InvalidArgument, "snapshot_id is required")
+	}
+	creds, err := provisionerCredentials(req.GetSecrets())
+	if err != nil {
+		return nil, err
+	}
+	release, err := s.Lock("snapshot-id/" + snapshotID)
+	if err != nil {
+		return nil, err
+	}
+	defer release()
+	id, err := volid.Decode(snapshotID)
+	if err != nil {
+		return &csi.DeleteSnapshotResponse{}, nil // not ours: nothing to delete
+	}
+	f, err := openFS(s.Deps, id.ClusterID, "", id.LocationID, creds)
+	if errors.Is(err, errFSNotFound) {
+		return &csi.DeleteSnapshotResponse{}, nil
+	}
+	if err != nil {
+		return nil, csierr.Status(err)
+	}
+	defer f.close()
+	entry, err := s.snapshots.Get(f.store(), id.UUID)
+	if errors.Is(err, journal.ErrNotFound) {
+		// Without the entry the source subvolume is unknown; the snapshot
+		// was deleted already.
+		return &csi.DeleteSnapshotResponse{}, nil
+	}
+	if err != nil {
+		return nil, csierr.Status(err)
+	}
+	releaseName, err := s.Lock("snapshot-name/" + entry.RequestName)
+	if err != nil {
+		return nil, err
+	}
+	defer releaseName()
+	gone, err := (refTracker{f.io}).remove(backingRefObject(snapshotID), nil, []string{snapshotID})
+	if err != nil {
+		return nil, csierr.Status(err)
+	}
+	if !gone {
+		klog.FromContext(ctx).V(2).Info("snapshot still backs volumes; it goes with the last of them", "snapshot", entry.ImageName)
+		return &csi.DeleteSnapshotResponse{}, nil
+	}
+	if err := s.removeSnapshotAndEntry(f, entry); err != nil {
+		return nil, csierr.Status(err)
+	}
+	return &csi.DeleteSnapshotResponse{}, nil
+}
