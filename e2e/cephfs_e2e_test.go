@@ -1,0 +1,334 @@
+//go:build e2e
+
+package e2e
+
+import (
+	"bytes"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"os"
+	"path"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/ceph/go-ceph/cephfs"
+	fsadmin "github.com/ceph/go-ceph/cephfs/admin"
+	"github.com/ceph/go-ceph/rados"
+
+	"github.com/leanceph/cephcsi/internal/testutil"
+)
+
+const (
+	cephfsDriver   = "cephfs.csi.ceph.com"
+	fsName         = "myfs"
+	fsMetadataPool = "myfs-metadata"
+	subvolumeGroup = "csi"
+)
+
+// TestCephFS runs the same flows as TestRBD on CephFS subvolumes. It is
+// skipped, saying so, while the driver binary does not serve --type=cephfs.
+func TestCephFS(t *testing.T) {
+	e := theEnv
+	c := testutil.RequireCluster(t)
+	pod, err := startControllerPod(t, e, c, "cephfs")
+	if errors.Is(err, errNotServed) {
+		t.Skipf("CephFS flows not run: _output/cephcsi does not serve --type=cephfs yet (%v)", err)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("cephfs: all %d sidecars hold their leases after %s", len(pod.sidecars), ms(pod.waitLeaders(t, e)))
+	pod.checkLiveness(t)
+
+	fsa := fsadmin.NewFromConn(c.Admin())
+	journal := c.IOContext(t, fsMetadataPool)
+	journal.SetNamespace("csi")
+	files := mountFS(t, c)
+
+	ns := "e2e-cephfs"
+	e.mustKubectl(t, nil, "create", "namespace", ns)
+	cleanupOnFailure(t, e, ns)
+	adminKey, userKey := c.Var("CEPH_FS_PROVISIONER_KEY"), c.Var("CEPH_FS_NODE_KEY")
+	applyExample(t, e, "deploy/cephfs/secret.yaml", "<admin-id>", c.Var("CEPH_FS_PROVISIONER_ID"), "<admin-key>", adminKey,
+		"<user-id>", c.Var("CEPH_FS_NODE_ID"), "<user-key>", userKey)
+	applyExample(t, e, "deploy/cephfs/storageclass.yaml", "<cluster-id>", c.ClusterID, "<fs-name>", fsName)
+	applyExample(t, e, "deploy/cephfs/storageclass.yaml", "<cluster-id>", c.ClusterID, "<fs-name>", fsName,
+		"name: csi-cephfs-sc", "name: csi-cephfs-sc-retain", "reclaimPolicy: Delete", "reclaimPolicy: Retain")
+	applyExample(t, e, "deploy/cephfs/snapshotclass.yaml", "<cluster-id>", c.ClusterID)
+	applyExample(t, e, "deploy/cephfs/snapshotclass.yaml", "<cluster-id>", c.ClusterID,
+		"name: csi-cephfsplugin-snapclass", "name: csi-cephfsplugin-snapclass-retain", "deletionPolicy: Delete", "deletionPolicy: Retain")
+	const sc, vsc, rwx = "csi-cephfs-sc", "csi-cephfsplugin-snapclass", "ReadWriteMany"
+	var ours []string
+
+	// 1. PVC -> Bound; the subvolume with its quota and journal entries.
+	d := provision(t, e, ns, "src", sc, "1Gi", rwx, nil)
+	t.Logf("cephfs timing: PVC Bound in %s", ms(d))
+	src := checkSubvolume(t, e, c, fsa, journal, ns, "src", gib)
+	ours = append(ours, src.id.UUID)
+	payload := make([]byte, 128<<10)
+	_, _ = rand.Read(payload)
+	writeFile(t, files, path.Join(src.attrs["subvolumePath"], "e2e-data"), payload)
+
+	// 2. VolumeSnapshot -> a subvolume snapshot of the source.
+	d = snapshot(t, e, ns, "snap", vsc, "src")
+	t.Logf("cephfs timing: snapshot ready in %s", ms(d))
+	sn := readySnapshot(t, e, ns, "snap", cephfsDriver)
+	ours = append(ours, sn.id.UUID)
+	snapName := "csi-snap-" + sn.id.UUID
+	if sn.restoreSize != "1Gi" {
+		t.Errorf("restoreSize %q, want 1Gi", sn.restoreSize)
+	}
+	if snaps := subvolumeSnaps(t, fsa, src.attrs["subvolumeName"]); !slices.Contains(snaps, snapName) {
+		t.Errorf("subvolume %s has snapshots %v, want %s", src.attrs["subvolumeName"], snaps, snapName)
+	}
+	if got := omap(t, journal, "csi.snaps.default")["csi.snap.snapshot-"+sn.uid]; got != sn.id.UUID {
+		t.Errorf("journal: csi.snap.snapshot-%s -> %q, want %s", sn.uid, got, sn.id.UUID)
+	}
+	if j := omap(t, journal, "csi.snap."+sn.id.UUID); j["csi.imagename"] != snapName || j["csi.source"] != src.attrs["subvolumeName"] {
+		t.Errorf("journal csi.snap.%s = %v", sn.id.UUID, j)
+	}
+
+	// 3. Restore (a subvolume clone; Bound once the copy is complete).
+	d = provision(t, e, ns, "restore", sc, "1Gi", rwx, fromSnapshot("snap"))
+	t.Logf("cephfs timing: restore Bound in %s", ms(d))
+	d = provision(t, e, ns, "restore-big", sc, "2Gi", rwx, fromSnapshot("snap"))
+	t.Logf("cephfs timing: restore into 2Gi Bound in %s", ms(d))
+	for name, size := range map[string]int64{"restore": gib, "restore-big": 2 * gib} {
+		v := checkSubvolume(t, e, c, fsa, journal, ns, name, size)
+		ours = append(ours, v.id.UUID)
+		if got := readFile(t, files, path.Join(v.attrs["subvolumePath"], "e2e-data"), len(payload)); !bytes.Equal(got, payload) {
+			t.Errorf("%s does not hold the file written before the snapshot", name)
+		}
+	}
+
+	// 4. PVC from PVC; the temporary snapshot on the source goes away.
+	d = provision(t, e, ns, "clone", sc, "1Gi", rwx, fromPVC("src"))
+	t.Logf("cephfs timing: clone Bound in %s", ms(d))
+	clone := checkSubvolume(t, e, c, fsa, journal, ns, "clone", gib)
+	ours = append(ours, clone.id.UUID)
+	if got := readFile(t, files, path.Join(clone.attrs["subvolumePath"], "e2e-data"), len(payload)); !bytes.Equal(got, payload) {
+		t.Error("clone does not hold the source's file")
+	}
+	eventually(t, 30*time.Second, func() string {
+		if snaps := subvolumeSnaps(t, fsa, src.attrs["subvolumeName"]); !slices.Equal(snaps, []string{snapName}) {
+			return fmt.Sprintf("source subvolume keeps snapshots %v, want only %s", snaps, snapName)
+		}
+		return ""
+	})
+
+	// 5. Expansion: the quota grows; no node step for CephFS, so the PVC
+	// reports the new size at once.
+	begin := time.Now()
+	patch(t, e, `{"spec":{"resources":{"requests":{"storage":"2Gi"}}}}`, "pvc/src", "-n", ns)
+	e.wait(t, 2*time.Minute, "--for=jsonpath={.spec.capacity.storage}=2Gi", "pv/"+src.pv)
+	e.wait(t, 2*time.Minute, "-n", ns, "--for=jsonpath={.status.capacity.storage}=2Gi", "pvc/src")
+	t.Logf("cephfs timing: PV and PVC expanded in %s", ms(time.Since(begin)))
+	if q := quota(t, fsa, src.attrs["subvolumeName"]); q != 2*gib {
+		t.Errorf("expanded quota %d, want %d", q, 2*gib)
+	}
+
+	// 6a. Retain.
+	snapshot(t, e, ns, "snap-retain", vsc+"-retain", "src")
+	kept := readySnapshot(t, e, ns, "snap-retain", cephfsDriver)
+	ours = append(ours, kept.id.UUID)
+	deleteAndWait(t, e, "-n", ns, "volumesnapshot/snap-retain")
+	if !e.exists(t, "volumesnapshotcontent/"+kept.content) {
+		t.Errorf("VolumeSnapshotContent %s went with its Retain snapshot", kept.content)
+	}
+	if !slices.Contains(subvolumeSnaps(t, fsa, src.attrs["subvolumeName"]), "csi-snap-"+kept.id.UUID) {
+		t.Errorf("csi-snap-%s went with its Retain snapshot", kept.id.UUID)
+	}
+	provision(t, e, ns, "keep", sc+"-retain", "1Gi", rwx, nil)
+	keep := checkSubvolume(t, e, c, fsa, journal, ns, "keep", gib)
+	ours = append(ours, keep.id.UUID)
+	deleteAndWait(t, e, "-n", ns, "pvc/keep")
+	e.wait(t, time.Minute, "--for=jsonpath={.status.phase}=Released", "pv/"+keep.pv)
+	if !slices.Contains(subvolumes(t, fsa), keep.attrs["subvolumeName"]) {
+		t.Errorf("%s went with its PVC under reclaimPolicy Retain", keep.attrs["subvolumeName"])
+	}
+	patch(t, e, `{"spec":{"deletionPolicy":"Delete"}}`, "volumesnapshotcontent/"+kept.content)
+	deleteAndWait(t, e, "volumesnapshotcontent/"+kept.content)
+	patch(t, e, `{"spec":{"persistentVolumeReclaimPolicy":"Delete"}}`, "pv/"+keep.pv)
+	e.wait(t, 2*time.Minute, "--for=delete", "pv/"+keep.pv)
+
+	// 6b. Delete everything, the snapshot first.
+	deleteAndWait(t, e, "-n", ns, "volumesnapshot/snap")
+	if e.exists(t, "volumesnapshotcontent/"+sn.content) {
+		t.Errorf("VolumeSnapshotContent %s stays after its snapshot was deleted", sn.content)
+	}
+	var pvs []string
+	for _, name := range []string{"clone", "restore", "restore-big", "src"} {
+		pvs = append(pvs, "pv/"+e.getJSON(t, "pvc", name, "-n", ns).str("spec.volumeName"))
+	}
+	begin = time.Now()
+	deleteAndWait(t, e, "-n", ns, "pvc/clone", "pvc/restore", "pvc/restore-big", "pvc/src")
+	e.wait(t, 3*time.Minute, append([]string{"--for=delete"}, pvs...)...)
+	t.Logf("cephfs timing: 4 PVCs and their PVs deleted in %s", ms(time.Since(begin)))
+	eventually(t, 2*time.Minute, func() string {
+		if left := cephfsLeftovers(t, fsa, journal, ours...); len(left) > 0 {
+			return fmt.Sprintf("left on Ceph: %v", left)
+		}
+		return ""
+	})
+	pod.checkRunning(t)
+	pod.checkRBAC(t)
+	checkNoSecretsInLogs(t, e, adminKey, userKey)
+}
+
+// checkSubvolume checks a Bound PVC's PV and its subvolume on Ceph.
+func checkSubvolume(t *testing.T, e *env, c *testutil.Cluster, fsa *fsadmin.FSAdmin, journal *rados.IOContext,
+	ns, pvc string, size int64) volume {
+	t.Helper()
+	v := boundVolume(t, e, ns, pvc, cephfsDriver)
+	name := "csi-vol-" + v.id.UUID
+	for k, w := range map[string]string{"clusterID": c.ClusterID, "fsName": fsName, "subvolumeName": name} {
+		if got := v.attrs[k]; got != w {
+			t.Errorf("PV %s: volumeAttributes[%s] = %q, want %q", v.pv, k, got, w)
+		}
+	}
+	info, err := fsa.SubVolumeInfo(fsName, subvolumeGroup, name)
+	if err != nil {
+		t.Fatalf("PV %s: subvolume %s/%s/%s: %v", v.pv, fsName, subvolumeGroup, name, err)
+	}
+	if v.attrs["subvolumePath"] != info.Path {
+		t.Errorf("PV %s: subvolumePath %q, Ceph says %q", v.pv, v.attrs["subvolumePath"], info.Path)
+	}
+	if q, ok := info.BytesQuota.(fsadmin.ByteCount); !ok || int64(q) != size {
+		t.Errorf("PV %s: subvolume quota %v, want %d", v.pv, info.BytesQuota, size)
+	}
+	if got := omap(t, journal, "csi.volumes.default")["csi.volume."+v.pv]; got != v.id.UUID {
+		t.Errorf("journal: csi.volume.%s -> %q, want %s", v.pv, got, v.id.UUID)
+	}
+	if j := omap(t, journal, "csi.volume."+v.id.UUID); j["csi.imagename"] != name || j["csi.volname"] != v.pv {
+		t.Errorf("journal csi.volume.%s = %v", v.id.UUID, j)
+	}
+	return v
+}
+
+func subvolumes(t testing.TB, fsa *fsadmin.FSAdmin) []string {
+	t.Helper()
+	names, err := fsa.ListSubVolumes(fsName, subvolumeGroup)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return names
+}
+
+func subvolumeSnaps(t testing.TB, fsa *fsadmin.FSAdmin, sub string) []string {
+	t.Helper()
+	snaps, err := fsa.ListSubVolumeSnapshots(fsName, subvolumeGroup, sub)
+	if err != nil {
+		t.Fatalf("snapshots of %s: %v", sub, err)
+	}
+	return snaps
+}
+
+func quota(t testing.TB, fsa *fsadmin.FSAdmin, sub string) int64 {
+	t.Helper()
+	info, err := fsa.SubVolumeInfo(fsName, subvolumeGroup, sub)
+	if err != nil {
+		t.Fatal(err)
+	}
+	q, ok := info.BytesQuota.(fsadmin.ByteCount)
+	if !ok {
+		return -1
+	}
+	return int64(q)
+}
+
+// mountFS mounts the filesystem in-process (libcephfs, as admin) to write
+// and read files in subvolumes.
+func mountFS(t testing.TB, c *testutil.Cluster) *cephfs.MountInfo {
+	t.Helper()
+	m, err := cephfs.CreateMountWithId("admin")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := m.ReadConfigFile(c.Conf); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.SetConfigOption("keyring", c.Var("CEPH_ADMIN_KEYRING")); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.SelectFilesystem(fsName); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Mount(); err != nil {
+		t.Fatalf("mount %s as admin: %v", fsName, err)
+	}
+	t.Cleanup(func() {
+		_ = m.Unmount()
+		_ = m.Release()
+	})
+	return m
+}
+
+func writeFile(t testing.TB, m *cephfs.MountInfo, p string, data []byte) {
+	t.Helper()
+	f, err := m.Open(p, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o644)
+	if err != nil {
+		t.Fatalf("create %s: %v", p, err)
+	}
+	if _, err := f.WriteAt(data, 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Fsync(cephfs.SyncAll); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func readFile(t testing.TB, m *cephfs.MountInfo, p string, n int) []byte {
+	t.Helper()
+	f, err := m.Open(p, os.O_RDONLY, 0)
+	if err != nil {
+		t.Fatalf("open %s: %v", p, err)
+	}
+	defer f.Close()
+	buf := make([]byte, n)
+	got, err := f.ReadAt(buf, 0)
+	if err != nil {
+		t.Fatalf("read %s: %v", p, err)
+	}
+	return buf[:got]
+}
+
+// cephfsLeftovers lists subvolumes, journal objects and journal keys that
+// carry one of the UUIDs.
+func cephfsLeftovers(t testing.TB, fsa *fsadmin.FSAdmin, journal *rados.IOContext, uuids ...string) []string {
+	t.Helper()
+	ours := func(s string) bool {
+		for _, u := range uuids {
+			if strings.Contains(s, u) {
+				return true
+			}
+		}
+		return false
+	}
+	var left []string
+	for _, n := range subvolumes(t, fsa) {
+		if ours(n) {
+			left = append(left, "subvolume "+n)
+		}
+	}
+	if err := journal.ListObjects(func(oid string) {
+		if ours(oid) {
+			left = append(left, "object "+oid)
+		}
+	}); err != nil {
+		t.Fatal(err)
+	}
+	for _, dir := range []string{"csi.volumes.default", "csi.snaps.default"} {
+		for k, v := range omap(t, journal, dir) {
+			if ours(v) {
+				left = append(left, "journal "+dir+": "+k)
+			}
+		}
+	}
+	return left
+}
