@@ -10,7 +10,7 @@ LDFLAGS   := -X github.com/leanceph/cephcsi/internal/server.Version=$(VERSION)
 # The test cluster lives here unless CEPHCSI_CLUSTER_DIR says otherwise.
 export CEPHCSI_CLUSTER_DIR ?= $(OUT)/ceph
 
-.PHONY: all build deps test unit integration sanity bench demo lint cluster-start cluster-stop cluster-purge clean
+.PHONY: all build deps test unit integration sanity e2e bench demo lint cluster-start cluster-stop cluster-purge clean
 
 all: build
 
@@ -24,7 +24,7 @@ build: deps
 # cluster (started on demand), then the conformance and end-to-end suites.
 test: deps
 	@start=$$(date +%s); \
-	$(MAKE) --no-print-directory unit integration sanity && \
+	$(MAKE) --no-print-directory unit integration sanity e2e && \
 	echo "make test: all suites passed in $$(( $$(date +%s) - start )) s"
 
 unit:
@@ -38,6 +38,15 @@ integration: build
 # (_output/ceph-sanity, port 16789) that must be empty afterwards.
 sanity: build
 	scripts/sanity.sh all
+
+# End to end on a local Kubernetes control plane with the real CSI sidecars
+# under the RBAC of deploy/, plus the chart checks. The Kubernetes programs are
+# built from the Go module proxy once (about 30 minutes cold) and cached in
+# ~/.cache/cephcsi-e2e (E2E_CACHE). See e2e/.
+e2e: build
+	e2e/build-tools.sh
+	$(GO) vet -tags $(TAGS),e2e ./e2e/
+	$(GO) test -tags $(TAGS),e2e -count=1 -v -timeout 45m ./e2e/
 
 bench: build
 	$(GO) test -tags $(TAGS),integration -count=1 -run '^$$' -bench . -benchtime 1x -timeout 30m ./internal/bench/

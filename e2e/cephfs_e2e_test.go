@@ -50,7 +50,6 @@ func TestCephFS(t *testing.T) {
 
 	ns := "e2e-cephfs"
 	e.mustKubectl(t, nil, "create", "namespace", ns)
-	cleanupOnFailure(t, e, ns)
 	adminKey, userKey := c.Var("CEPH_FS_PROVISIONER_KEY"), c.Var("CEPH_FS_NODE_KEY")
 	applyExample(t, e, "deploy/cephfs/secret.yaml", "<admin-id>", c.Var("CEPH_FS_PROVISIONER_ID"), "<admin-key>", adminKey,
 		"<user-id>", c.Var("CEPH_FS_NODE_ID"), "<user-key>", userKey)
@@ -61,6 +60,7 @@ func TestCephFS(t *testing.T) {
 	applyExample(t, e, "deploy/cephfs/snapshotclass.yaml", "<cluster-id>", c.ClusterID,
 		"name: csi-cephfsplugin-snapclass", "name: csi-cephfsplugin-snapclass-retain", "deletionPolicy: Delete", "deletionPolicy: Retain")
 	const sc, vsc, rwx = "csi-cephfs-sc", "csi-cephfsplugin-snapclass", "ReadWriteMany"
+	cleanupOnFailure(t, e, ns)
 	var ours []string
 
 	// 1. PVC -> Bound; the subvolume with its quota and journal entries.

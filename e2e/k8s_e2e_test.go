@@ -32,6 +32,14 @@ func applyExample(t testing.TB, e *env, rel string, pairs ...string) {
 		text = strings.ReplaceAll(text, pairs[i], pairs[i+1])
 	}
 	e.mustKubectl(t, []byte(text), "apply", "-f", "-")
+	// Gone at the end, so that later tests (the dry runs of the examples)
+	// find a clean API server. Registered before cleanupOnFailure, so it
+	// runs after it: deleting volumes needs the secret.
+	t.Cleanup(func() {
+		if out, err := e.kubectl([]byte(text), "delete", "--ignore-not-found", "-f", "-"); err != nil {
+			t.Logf("delete %s: %v\n%s", rel, err, out)
+		}
+	})
 }
 
 // source is a PVC's dataSource.
@@ -181,8 +189,9 @@ func eventually(t testing.TB, timeout time.Duration, cond func() string) {
 
 func ms(d time.Duration) string { return d.Round(time.Millisecond).String() }
 
-// cleanupOnFailure, registered after the controller pod started (so it runs
-// while the driver and sidecars still do), deletes what a failed test left
+// cleanupOnFailure, registered after the controller pod started and the
+// examples were applied (so it runs while the driver, the sidecars and the
+// secrets are still there), deletes what a failed test left
 // in ns through the driver: the Ceph cluster is shared and must not keep
 // our images or subvolumes. Retained objects are handed back to Delete.
 func cleanupOnFailure(t *testing.T, e *env, ns string) {

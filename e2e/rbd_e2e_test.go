@@ -38,7 +38,6 @@ func TestRBD(t *testing.T) {
 
 	ns := "e2e-rbd"
 	e.mustKubectl(t, nil, "create", "namespace", ns)
-	cleanupOnFailure(t, e, ns)
 	provKey := c.Var("CEPH_RBD_PROVISIONER_KEY")
 	applyExample(t, e, "deploy/rbd/secret.yaml", "<user-id>", c.Var("CEPH_RBD_PROVISIONER_ID"), "<user-key>", provKey)
 	applyExample(t, e, "deploy/rbd/storageclass.yaml", "<cluster-id>", c.ClusterID, "<pool>", rbdPool)
@@ -48,6 +47,7 @@ func TestRBD(t *testing.T) {
 	applyExample(t, e, "deploy/rbd/snapshotclass.yaml", "<cluster-id>", c.ClusterID,
 		"name: csi-rbdplugin-snapclass", "name: csi-rbdplugin-snapclass-retain", "deletionPolicy: Delete", "deletionPolicy: Retain")
 	const sc, vsc, rwo = "csi-rbd-sc", "csi-rbdplugin-snapclass", "ReadWriteOnce"
+	cleanupOnFailure(t, e, ns)
 
 	// Every UUID this test makes, for the leak check at the end.
 	var ours []string
