@@ -74,6 +74,9 @@ func (s *ControllerServer) CreateSnapshot(ctx context.Context, req *csi.CreateSn
 	} else if entry.Source != ref.name {
 		return nil, status.Errorf(codes.AlreadyExists, "snapshot %q exists for source subvolume %s, not %s", name, entry.Source, ref.name)
 	}
+	// Creating an existing subvolume snapshot succeeds (or, on some
+	// releases, is EEXIST): a repeated request repeats it harmlessly.
+	created := time.Now()
 	err = f.admin.CreateSubVolumeSnapshot(f.fs.Name, f.group, ref.name, entry.ImageName)
 	if err != nil && !csierr.IsErrno(err, syscall.EEXIST) {
 		if fresh {
@@ -83,11 +86,13 @@ func (s *ControllerServer) CreateSnapshot(ctx context.Context, req *csi.CreateSn
 		}
 		return nil, csierr.Status(err)
 	}
-	created := time.Now()
-	if sinfo, err := f.admin.SubVolumeSnapshotInfo(f.fs.Name, f.group, ref.name, entry.ImageName); err == nil {
+	if !fresh {
+		// An earlier call may have made it: report when it really was.
+		sinfo, err := f.admin.SubVolumeSnapshotInfo(f.fs.Name, f.group, ref.name, entry.ImageName)
+		if err != nil {
+			return nil, csierr.Status(err)
+		}
 		created = sinfo.CreatedAt.Time
-	} else {
-		return nil, csierr.Status(err)
 	}
 	id, err := volid.ID{ClusterID: ref.id.ClusterID, LocationID: f.fs.ID, UUID: entry.UUID}.Encode()
 	if err != nil {

@@ -63,6 +63,9 @@ func TestSnapshotRestoreAndCloneKeepFiles(t *testing.T) {
 	if again.GetSnapshotId() != snap.GetSnapshotId() {
 		t.Errorf("retried CreateSnapshot = %s, want %s", again.GetSnapshotId(), snap.GetSnapshotId())
 	}
+	if d := again.GetCreationTime().AsTime().Sub(snap.GetCreationTime().AsTime()); d < -2*time.Second || d > 2*time.Second {
+		t.Errorf("retried CreateSnapshot reports creation at %v, the first %v", again.GetCreationTime().AsTime(), snap.GetCreationTime().AsTime())
+	}
 
 	after := []byte("written after the snapshot")
 	writeFile(t, target+"/after.txt", after)
