@@ -4,7 +4,7 @@
 # development libraries for cgo, and the filesystem tools the node service runs.
 set -euo pipefail
 packages=(ceph-mon ceph-mgr ceph-osd ceph-mds ceph-common ceph-fuse rbd-fuse rbd-nbd
-	librados-dev librbd-dev libcephfs-dev e2fsprogs xfsprogs fuse3 util-linux uuid-runtime
+	librados-dev librbd-dev libcephfs-dev e2fsprogs xfsprogs fuse3 util-linux uuid-runtime jq
 	${EXTRA_PACKAGES:-})
 need=()
 for p in "${packages[@]}"; do
