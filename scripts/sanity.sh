@@ -205,6 +205,11 @@ pick_mounters() {
 	fi
 }
 
+# csi-sanity does not retry an Aborted CreateVolume, so a CephFS restore or
+# clone must be ready within the call: the driver waits this long for the
+# copy (a few hundred ms here) instead of answering Aborted at once.
+clone_wait=${SANITY_CLONE_WAIT:-60s}
+
 driver_pid=
 tmp=
 cleanup() {
@@ -255,7 +260,7 @@ run_suite() {
 	"$out/cephcsi" --type="$type" --controllerserver --nodeserver --nodeid=sanity \
 		--endpoint="unix://$sock" --configpath="$cluster/config.json" \
 		--pluginpath="$tmp/plugins" --stagingpath="$tmp/kubelet-staging" \
-		--v=2 >"$driver_log" 2>&1 &
+		--clonewait="$clone_wait" --v=2 >"$driver_log" 2>&1 &
 	driver_pid=$!
 	local end=$((SECONDS + 30))
 	until [[ -S "$sock" ]]; do
@@ -306,9 +311,14 @@ run_suite() {
 		fi
 	done
 
-	local leaks
+	# A FUSE daemon exits a moment after its filesystem is unmounted: give
+	# the last ones a few seconds before calling them leaks.
+	local leaks tries=0
+	while leaks=$(node_leftovers "$tmp" "$names") && [[ -n "$leaks" ]] && ((tries++ < 20)); do
+		sleep 0.25
+	done
 	leaks=$(
-		node_leftovers "$tmp" "$names"
+		[[ -z "$leaks" ]] || echo "$leaks"
 		cluster_leftovers
 	)
 	if [[ -n "$leaks" ]]; then

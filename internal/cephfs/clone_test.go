@@ -1,18 +1,22 @@
 package cephfs
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"slices"
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/ceph/go-ceph/cephfs/admin"
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/leanceph/cephcsi/internal/common"
+	"github.com/leanceph/cephcsi/internal/config"
 	"github.com/leanceph/cephcsi/internal/journal"
 )
 
@@ -29,6 +33,9 @@ type fakeAdmin struct {
 	errs  map[string][]error
 	info  *admin.SubVolumeInfo
 	clone *admin.CloneStatus
+	// states, when set, are answered by successive CloneStatus calls
+	// before clone.
+	states []admin.CloneState
 }
 
 func (f *fakeAdmin) call(name string, args ...any) error {
@@ -76,6 +83,11 @@ func (f *fakeAdmin) CloneSubVolumeSnapshot(volume, group, subvolume, snapshot, n
 func (f *fakeAdmin) CloneStatus(volume, group, clone string) (*admin.CloneStatus, error) {
 	if err := f.call("CloneStatus", clone); err != nil {
 		return nil, err
+	}
+	if len(f.states) > 0 {
+		st := &admin.CloneStatus{State: f.states[0]}
+		f.states = f.states[1:]
+		return st, nil
 	}
 	return f.clone, nil
 }
@@ -197,7 +209,7 @@ func TestRemoveSnapshotWithPendingClones(t *testing.T) {
 }
 
 func TestProvisionSubvolumeClonePaths(t *testing.T) {
-	s := &ControllerServer{}
+	s := &ControllerServer{Deps: &common.Deps{Options: &config.Options{}}}
 	entry := &journal.Entry{RequestName: "pvc", ImageName: "csi-vol-1"}
 	r := &csi.CapacityRange{RequiredBytes: 4 << 20}
 
@@ -205,7 +217,7 @@ func TestProvisionSubvolumeClonePaths(t *testing.T) {
 	a := &fakeAdmin{clone: &admin.CloneStatus{State: admin.ClonePending}}
 	f := fakeFS(a)
 	a.errs["SubVolumeInfo"] = []error{cephErr(syscall.ENOENT)}
-	_, started, err := s.provisionSubvolume(f, entry, "", r, 4<<20, snapSrc())
+	_, started, err := s.provisionSubvolume(context.Background(), f, entry, "", r, 4<<20, snapSrc())
 	if status.Code(err) != codes.Aborted || !started {
 		t.Errorf("fresh clone: started %v, %v; want Aborted", started, err)
 	}
@@ -216,7 +228,7 @@ func TestProvisionSubvolumeClonePaths(t *testing.T) {
 		info: &admin.SubVolumeInfo{Type: "clone", State: admin.StateComplete, Path: "/volumes/csi/csi-vol-1/u", BytesQuota: admin.ByteCount(1 << 20)}}
 	f = fakeFS(a)
 	a.errs["SubVolumeInfo"] = []error{cephErr(syscall.EAGAIN)} // not complete at the first look
-	res, started, err := s.provisionSubvolume(f, entry, "", r, 4<<20, &contentSource{volume: "csi-vol-src", size: 1 << 20})
+	res, started, err := s.provisionSubvolume(context.Background(), f, entry, "", r, 4<<20, &contentSource{volume: "csi-vol-src", size: 1 << 20})
 	if err != nil || started || res.size != 4<<20 || res.path != "/volumes/csi/csi-vol-1/u" {
 		t.Fatalf("completed clone = %+v, started %v, %v", res, started, err)
 	}
@@ -229,7 +241,7 @@ func TestProvisionSubvolumeClonePaths(t *testing.T) {
 	// A plain subvolume under the name does not match a request with a source.
 	a = &fakeAdmin{info: &admin.SubVolumeInfo{Type: "subvolume", State: admin.StateComplete, BytesQuota: admin.ByteCount(4 << 20)}}
 	f = fakeFS(a)
-	if _, _, err := s.provisionSubvolume(f, entry, "", r, 4<<20, snapSrc()); status.Code(err) != codes.AlreadyExists {
+	if _, _, err := s.provisionSubvolume(context.Background(), f, entry, "", r, 4<<20, snapSrc()); status.Code(err) != codes.AlreadyExists {
 		t.Errorf("source mismatch: %v, want AlreadyExists", err)
 	}
 
@@ -237,7 +249,42 @@ func TestProvisionSubvolumeClonePaths(t *testing.T) {
 	a = &fakeAdmin{clone: &admin.CloneStatus{State: admin.CloneFailed}}
 	f = fakeFS(a)
 	a.errs["SubVolumeInfo"] = []error{cephErr(syscall.EAGAIN)}
-	if _, _, err := s.provisionSubvolume(f, entry, "", r, 4<<20, snapSrc()); !errors.Is(err, errCloneFailed) {
+	if _, _, err := s.provisionSubvolume(context.Background(), f, entry, "", r, 4<<20, snapSrc()); !errors.Is(err, errCloneFailed) {
 		t.Errorf("failed clone: %v, want errCloneFailed", err)
+	}
+}
+
+// With --clonewait a short copy finishes inside the call; without it, or
+// past it, the call answers Aborted after one look.
+func TestAwaitCloneWithinCloneWait(t *testing.T) {
+	entry := &journal.Entry{RequestName: "pvc", ImageName: "csi-vol-1"}
+	copying := []admin.CloneState{admin.ClonePending, admin.CloneInProgress, admin.CloneInProgress}
+	complete := &admin.CloneStatus{State: admin.CloneComplete}
+
+	waiting := &ControllerServer{Deps: &common.Deps{Options: &config.Options{CloneWait: 5 * time.Second}}}
+	a := &fakeAdmin{states: slices.Clone(copying), clone: complete}
+	if err := waiting.awaitClone(context.Background(), fakeFS(a), entry, snapSrc()); err != nil {
+		t.Errorf("copy finishing within --clonewait: %v", err)
+	}
+	if n := len(a.calls); n != 4 {
+		t.Errorf("%d clone status reads, want 4 (three while copying, one complete)", n)
+	}
+
+	atOnce := &ControllerServer{Deps: &common.Deps{Options: &config.Options{}}}
+	a = &fakeAdmin{states: slices.Clone(copying), clone: complete}
+	if err := atOnce.awaitClone(context.Background(), fakeFS(a), entry, snapSrc()); status.Code(err) != codes.Aborted || len(a.calls) != 1 {
+		t.Errorf("without --clonewait: %v after %d reads, want Aborted after 1", err, len(a.calls))
+	}
+
+	// The call's own deadline bounds the wait too.
+	a = &fakeAdmin{clone: &admin.CloneStatus{State: admin.CloneInProgress}}
+	ctx, cancel := context.WithTimeout(context.Background(), 1200*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	if err := waiting.awaitClone(ctx, fakeFS(a), entry, snapSrc()); status.Code(err) != codes.Aborted {
+		t.Errorf("copy outlasting the deadline: %v, want Aborted", err)
+	}
+	if d := time.Since(start); d > time.Second {
+		t.Errorf("waited %v with a 1.2 s deadline, want the answer a second before it", d)
 	}
 }

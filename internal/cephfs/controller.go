@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"path"
 	"syscall"
+	"time"
 
 	"github.com/ceph/go-ceph/cephfs/admin"
 	"github.com/container-storage-interface/spec/lib/go/csi"
@@ -160,7 +161,7 @@ func (s *ControllerServer) CreateVolume(ctx context.Context, req *csi.CreateVolu
 	if params.BackingSnapshot {
 		res, err = s.provisionBacking(f, volumeID, src)
 	} else {
-		res, started, err = s.provisionSubvolume(f, entry, params.Pool, req.GetCapacityRange(), size, src)
+		res, started, err = s.provisionSubvolume(ctx, f, entry, params.Pool, req.GetCapacityRange(), size, src)
 	}
 	if err != nil {
 		// A running clone is kept for the retry; a volume an earlier call
@@ -201,7 +202,7 @@ func fits(have int64, r *csi.CapacityRange) bool {
 
 // provisionSubvolume makes the subvolume of entry, or checks and finishes the
 // one an earlier call made. started says whether this call started it.
-func (s *ControllerServer) provisionSubvolume(f *fsConn, entry *journal.Entry, pool string, r *csi.CapacityRange, size int64,
+func (s *ControllerServer) provisionSubvolume(ctx context.Context, f *fsConn, entry *journal.Entry, pool string, r *csi.CapacityRange, size int64,
 	src *contentSource) (res *provisioned, started bool, err error) {
 	name := entry.ImageName
 	info, err := f.admin.SubVolumeInfo(f.fs.Name, f.group, name)
@@ -235,16 +236,7 @@ func (s *ControllerServer) provisionSubvolume(f *fsConn, entry *journal.Entry, p
 		return nil, false, status.Errorf(codes.AlreadyExists, "volume %q exists as a %s, which does not match this request's content source", entry.RequestName, info.Type)
 	}
 	if src != nil && info == nil {
-		st, err := f.admin.CloneStatus(f.fs.Name, f.group, name)
-		if err != nil {
-			return nil, started, fmt.Errorf("reading the clone status of %s: %w", name, err)
-		}
-		sub, snap := src.origin(name)
-		if st.Source.SubVolume != "" && (st.Source.SubVolume != sub || st.Source.Snapshot != snap) {
-			return nil, started, status.Errorf(codes.AlreadyExists, "volume %q is being cloned from %s@%s, not %s@%s",
-				entry.RequestName, st.Source.SubVolume, st.Source.Snapshot, sub, snap)
-		}
-		if err := cloneProgress(name, st); err != nil {
+		if err := s.awaitClone(ctx, f, entry, src); err != nil {
 			return nil, started, err
 		}
 		if info, err = f.subvolumeInfo(name); err != nil {
@@ -270,6 +262,40 @@ func (s *ControllerServer) provisionSubvolume(f *fsConn, entry *journal.Entry, p
 		return nil, started, status.Errorf(codes.AlreadyExists, "volume %q exists with size %d, which does not fit the requested capacity range", entry.RequestName, have)
 	}
 	return &provisioned{path: info.Path, size: have}, started, nil
+}
+
+// clonePollInterval is how often a clone's state is read while waiting.
+const clonePollInterval = 50 * time.Millisecond
+
+// awaitClone reads the state of the clone of entry until it is complete,
+// for at most --clonewait (and never past the call's deadline); a copy
+// still running then is Aborted, for the caller to retry.
+func (s *ControllerServer) awaitClone(ctx context.Context, f *fsConn, entry *journal.Entry, src *contentSource) error {
+	name := entry.ImageName
+	sub, snap := src.origin(name)
+	deadline := time.Now().Add(s.Options.CloneWait)
+	if d, ok := ctx.Deadline(); ok && d.Add(-time.Second).Before(deadline) {
+		deadline = d.Add(-time.Second)
+	}
+	for {
+		st, err := f.admin.CloneStatus(f.fs.Name, f.group, name)
+		if err != nil {
+			return fmt.Errorf("reading the clone status of %s: %w", name, err)
+		}
+		if st.Source.SubVolume != "" && (st.Source.SubVolume != sub || st.Source.Snapshot != snap) {
+			return status.Errorf(codes.AlreadyExists, "volume %q is being cloned from %s@%s, not %s@%s",
+				entry.RequestName, st.Source.SubVolume, st.Source.Snapshot, sub, snap)
+		}
+		err = cloneProgress(name, st)
+		if status.Code(err) != codes.Aborted || time.Now().Add(clonePollInterval).After(deadline) {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(clonePollInterval):
+		}
+	}
 }
 
 // createSubvolume makes an empty subvolume with a quota, creating the

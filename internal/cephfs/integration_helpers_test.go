@@ -94,14 +94,19 @@ type env struct {
 	tempDirs  []string
 }
 
-func newEnv(t *testing.T) *env {
+func newEnv(t *testing.T, tweaks ...func(*config.Options)) *env {
 	c := testutil.RequireCluster(t)
 	pluginDir, err := os.MkdirTemp("", "cfs-plugin")
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(pluginDir) })
-	d := testutil.StartDriver(t, c, "cephfs", func(o *config.Options) { o.PluginPath = pluginDir })
+	d := testutil.StartDriver(t, c, "cephfs", func(o *config.Options) {
+		o.PluginPath = pluginDir
+		for _, tweak := range tweaks {
+			tweak(o)
+		}
+	})
 	waitReady(t, d)
 	meta := c.IOContext(t, metadataPool)
 	meta.SetNamespace(journalNS)

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
@@ -68,6 +69,8 @@ type stagedVolume struct {
 	// SnapshotDir is set for a snapshot-backed volume: the directory below
 	// Root bind-mounted over the staging path.
 	SnapshotDir string `json:"snapshotDir,omitempty"`
+	// Targets are the paths the volume is published at.
+	Targets []string `json:"targets,omitempty"`
 }
 
 // stageRequest is a NodeStageVolume request decoded.
@@ -369,7 +372,8 @@ func (n *NodeServer) NodePublishVolume(ctx context.Context, req *csi.NodePublish
 	if err := common.ValidateCapabilities([]*csi.VolumeCapability{vcap}, true); err != nil {
 		return nil, err
 	}
-	release, err := n.Lock("publish/" + target)
+	// One lock per volume: the record of its targets is read and rewritten.
+	release, err := n.Lock("publish/" + volumeID)
 	if err != nil {
 		return nil, err
 	}
@@ -381,9 +385,23 @@ func (n *NodeServer) NodePublishVolume(ctx context.Context, req *csi.NodePublish
 	if !staged {
 		return nil, status.Errorf(codes.FailedPrecondition, "volume %s is not staged at %s", volumeID, staging)
 	}
+	var rec stagedVolume
+	recorded, err := n.state.Load(volumeID, &rec)
+	if err != nil {
+		return nil, status.Errorf(codes.Internal, "reading the staged volume's record: %v", err)
+	}
+	if err := n.publisher.CheckSingleWriter(volumeID, vcap, rec.Targets, target); err != nil {
+		return nil, err
+	}
 	readOnly := req.GetReadonly() || readOnlyModes([]*csi.VolumeCapability{vcap})
 	if err := n.publisher.BindDir(staging, target, readOnly, vcap.GetMount().GetMountFlags()); err != nil {
 		return nil, err
+	}
+	if recorded && !slices.Contains(rec.Targets, target) {
+		rec.Targets = append(rec.Targets, target)
+		if err := n.state.Save(volumeID, rec); err != nil {
+			return nil, status.Errorf(codes.Internal, "recording the published target: %v", err)
+		}
 	}
 	return &csi.NodePublishVolumeResponse{}, nil
 }
@@ -394,13 +412,24 @@ func (n *NodeServer) NodeUnpublishVolume(ctx context.Context, req *csi.NodeUnpub
 	if err := nodeutil.Require([2]string{"volume_id", volumeID}, [2]string{"target_path", target}); err != nil {
 		return nil, err
 	}
-	release, err := n.Lock("publish/" + target)
+	release, err := n.Lock("publish/" + volumeID)
 	if err != nil {
 		return nil, err
 	}
 	defer release()
 	if err := n.publisher.Unpublish(target); err != nil {
 		return nil, err
+	}
+	var rec stagedVolume
+	recorded, err := n.state.Load(volumeID, &rec)
+	if err != nil {
+		return nil, status.Errorf(codes.Internal, "reading the staged volume's record: %v", err)
+	}
+	if i := slices.Index(rec.Targets, target); recorded && i >= 0 {
+		rec.Targets = slices.Delete(rec.Targets, i, i+1)
+		if err := n.state.Save(volumeID, rec); err != nil {
+			return nil, status.Errorf(codes.Internal, "forgetting the published target: %v", err)
+		}
 	}
 	return &csi.NodeUnpublishVolumeResponse{}, nil
 }

@@ -342,3 +342,44 @@ func pidsServing(mountpoint string) []string {
 	}
 	return out
 }
+
+// A SINGLE_NODE_SINGLE_WRITER volume is published at one target at a time;
+// once that target is unpublished another may take it.
+func TestSingleWriterPublishedOnce(t *testing.T) {
+	e := newEnv(t)
+	vcap := &csi.VolumeCapability{AccessType: &csi.VolumeCapability_Mount{Mount: &csi.VolumeCapability_MountVolume{}},
+		AccessMode: &csi.VolumeCapability_AccessMode{Mode: csi.VolumeCapability_AccessMode_SINGLE_NODE_SINGLE_WRITER}}
+	vol, _ := e.createVolume(&csi.CreateVolumeRequest{Name: uniqueName("single"), CapacityRange: size(8 << 20),
+		VolumeCapabilities: []*csi.VolumeCapability{vcap}, Parameters: params(e.c)})
+	staging := e.mountDir("stage")
+	if _, err := e.d.Node.NodeStageVolume(e.ctx, &csi.NodeStageVolumeRequest{VolumeId: vol.GetVolumeId(),
+		StagingTargetPath: staging, VolumeCapability: vcap, VolumeContext: vol.GetVolumeContext(),
+		Secrets: e.c.CephFSNodeSecrets()}); err != nil {
+		t.Fatal(err)
+	}
+	publish := func(target string) error {
+		_, err := e.d.Node.NodePublishVolume(e.ctx, &csi.NodePublishVolumeRequest{VolumeId: vol.GetVolumeId(),
+			StagingTargetPath: staging, TargetPath: target, VolumeCapability: vcap, VolumeContext: vol.GetVolumeContext()})
+		return err
+	}
+	first, second := e.mountDir("first"), e.mountDir("second")
+	if err := publish(first); err != nil {
+		t.Fatal(err)
+	}
+	if err := publish(first); err != nil {
+		t.Errorf("publishing again at the same target: %v", err)
+	}
+	if err := publish(second); status.Code(err) != codes.FailedPrecondition {
+		t.Errorf("second target while the first is published: %v, want FailedPrecondition", err)
+	}
+	if isMounted(second) {
+		t.Error("the refused target was mounted")
+	}
+	e.unpublish(e.d, vol, first)
+	if err := publish(second); err != nil {
+		t.Errorf("second target after the first was unpublished: %v", err)
+	}
+	e.unpublish(e.d, vol, second)
+	e.unstage(e.d, vol, staging)
+	e.deleteVolume(vol.GetVolumeId())
+}

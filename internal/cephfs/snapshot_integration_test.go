@@ -15,6 +15,8 @@ import (
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+
+	"github.com/leanceph/cephcsi/internal/config"
 )
 
 func randomBytes(t *testing.T, n int) []byte {
@@ -371,4 +373,40 @@ func TestBackingSnapshotVolume(t *testing.T) {
 	if left := e.leftovers(); len(left) > 0 {
 		t.Errorf("left after deleting everything: %v", left)
 	}
+}
+
+// TestCloneWaitAnswersOnceCopied: with --clonewait a short restore or PVC
+// clone is ready on the first CreateVolume, with the source's files.
+func TestCloneWaitAnswersOnceCopied(t *testing.T) {
+	e := newEnv(t, func(o *config.Options) { o.CloneWait = 30 * time.Second })
+	src, _ := e.createVolume(&csi.CreateVolumeRequest{Name: uniqueName("src"), CapacityRange: size(16 << 20),
+		VolumeCapabilities: rwo(), Parameters: params(e.c)})
+	staging, target := e.mounted(src, rwo()[0])
+	data := randomBytes(t, 1<<20)
+	writeFile(t, target+"/data.bin", data)
+	e.release(src, staging, target)
+	snap := e.snapshot(uniqueName("snap"), src.GetVolumeId())
+
+	for _, source := range []*csi.VolumeContentSource{snapSource(snap.GetSnapshotId()), volSource(src.GetVolumeId())} {
+		name := uniqueName("waited")
+		e.track(&e.names, name)
+		start := time.Now()
+		resp, err := e.d.Controller.CreateVolume(e.ctx, &csi.CreateVolumeRequest{Name: name, CapacityRange: size(16 << 20),
+			VolumeCapabilities: rwo(), Parameters: params(e.c), VolumeContentSource: source, Secrets: e.secrets})
+		if err != nil {
+			t.Fatalf("CreateVolume from %v with --clonewait: %v, want success on the first call", source, err)
+		}
+		e.adopt(resp.GetVolume().GetVolumeId())
+		t.Logf("CreateVolume from %T answered in %v", source.GetType(), time.Since(start))
+		vol := resp.GetVolume()
+		if st := e.cloneState(vol.GetVolumeContext()["subvolumeName"]); st != admin.CloneComplete {
+			t.Errorf("clone state = %s, want complete", st)
+		}
+		staging, target := e.mounted(vol, rwo()[0])
+		mustEqual(t, "data.bin in the copy", readFile(t, target+"/data.bin"), data)
+		e.release(vol, staging, target)
+		e.deleteVolume(vol.GetVolumeId())
+	}
+	e.deleteSnapshot(snap.GetSnapshotId())
+	e.deleteVolume(src.GetVolumeId())
 }

@@ -38,6 +38,9 @@ type Options struct {
 	MaxSnapsOnImage  uint
 	MinSnapsOnImage  uint
 	SkipForceFlatten bool
+	// CloneWait is how long CreateVolume waits for a CephFS clone to finish
+	// before answering Aborted.
+	CloneWait time.Duration
 
 	fs *flag.FlagSet
 	// used lists the flags this driver acts on; the rest are accepted only.
@@ -78,6 +81,7 @@ func (o *Options) Register(fs *flag.FlagSet) {
 	fs.UintVar(&o.MaxSnapsOnImage, use("maxsnapshotsonimage"), 450, "snapshots on an image at which its clones are flattened before a new one")
 	fs.UintVar(&o.MinSnapsOnImage, use("minsnapshotsonimage"), 250, "snapshots on an image past which new clones are flattened in the background")
 	fs.BoolVar(&o.SkipForceFlatten, use("skipforceflatten"), false, "do not flatten when the kernel lacks deep-flatten support")
+	fs.DurationVar(&o.CloneWait, use("clonewait"), 0, "how long a CephFS CreateVolume from a snapshot or volume waits for the copy before answering Aborted (0: at once)")
 
 	// Accepted for compatibility with the manifests that run ceph-csi; unused.
 	for _, name := range []string{"enableprofiling", "setmetadata", "enable-read-affinity", "forcecephkernelclient", "enablegrpcmetrics"} {

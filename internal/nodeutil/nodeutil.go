@@ -77,6 +77,25 @@ func (p *Publisher) bind(source, target string, readOnly bool, flags []string) e
 	return nil
 }
 
+// CheckSingleWriter refuses to publish a SINGLE_NODE_SINGLE_WRITER volume at
+// target while one of the other recorded targets is still mounted: the mode
+// promises one writer, and kubelet relies on the plugin to keep it.
+func (p *Publisher) CheckSingleWriter(volumeID string, vcap *csi.VolumeCapability, targets []string, target string) error {
+	if vcap.GetAccessMode().GetMode() != csi.VolumeCapability_AccessMode_SINGLE_NODE_SINGLE_WRITER {
+		return nil
+	}
+	for _, other := range targets {
+		if other == target {
+			continue
+		}
+		if mounted, _ := p.IsMountPoint(other); mounted {
+			return status.Errorf(codes.FailedPrecondition,
+				"volume %s has access mode SINGLE_NODE_SINGLE_WRITER and is already published at %s", volumeID, other)
+		}
+	}
+	return nil
+}
+
 // Unpublish unmounts target and removes it; a target that is already gone
 // is fine.
 func (p *Publisher) Unpublish(target string) error {

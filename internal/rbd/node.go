@@ -428,15 +428,8 @@ func (s *NodeServer) NodePublishVolume(ctx context.Context, req *csi.NodePublish
 	if err != nil {
 		return nil, status.Errorf(codes.Internal, "reading node state of %s: %v", volID, err)
 	}
-	if staged && vcap.GetAccessMode().GetMode() == csi.VolumeCapability_AccessMode_SINGLE_NODE_SINGLE_WRITER {
-		for _, other := range rec.Targets {
-			if other == target {
-				continue
-			}
-			if mounted, _ := s.publisher.IsMountPoint(other); mounted {
-				return nil, status.Errorf(codes.FailedPrecondition, "volume %s has access mode SINGLE_NODE_SINGLE_WRITER and is already published at %s", volID, other)
-			}
-		}
+	if err := s.publisher.CheckSingleWriter(volID, vcap, rec.Targets, target); err != nil {
+		return nil, err
 	}
 	if vcap.GetBlock() != nil {
 		if !staged || rec.Device == "" || !rec.Block {
