@@ -16,12 +16,14 @@ import (
 )
 
 // The key reaches ceph-fuse and mount.ceph through an anonymous memory file
-// (memfd) handed over as file descriptor 3 and named as /dev/fd/3 in the
-// `keyfile`/`secretfile` option. It is never written to a filesystem, never
-// appears on a command line or in the environment, and disappears with the
-// last process holding it. (A pipe does not work: ceph-fuse sizes the key
-// file with fstat before reading it.)
-const keyFD = "/dev/fd/3"
+// (memfd) handed over as file descriptor 3 and named as /proc/self/fd/3 in
+// the `keyfile`/`secretfile` option. It is never written to a filesystem,
+// never appears on a command line or in the environment, and disappears with
+// the last process holding it. (A pipe does not work: ceph-fuse sizes the key
+// file with fstat before reading it.) Not /dev/fd/3: /dev/fd is a symlink
+// that systemd or a container runtime creates, not the kernel's devtmpfs, so
+// a node whose /dev lacks it could not mount with the kernel client.
+const keyFD = "/proc/self/fd/3"
 
 // mountTimeout bounds one mount or unmount helper run.
 const mountTimeout = 2 * time.Minute

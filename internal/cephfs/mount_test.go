@@ -29,7 +29,7 @@ func TestFuseArgs(t *testing.T) {
 		t.Fatal("the key is on the ceph-fuse command line")
 	}
 	for _, want := range []string{"/staging -c /dev/null", "-m 10.0.0.1:6789,10.0.0.2:6789", "--id csi-cephfs-node",
-		"--keyfile /dev/fd/3", "--client_fs=myfs", "-r /volumes/csi/v/uuid", "-o noatime,debug"} {
+		"--keyfile /proc/self/fd/3", "--client_fs=myfs", "-r /volumes/csi/v/uuid", "-o noatime,debug"} {
 		if !strings.Contains(joined, want) {
 			t.Errorf("ceph-fuse args %q lack %q", joined, want)
 		}
@@ -47,7 +47,7 @@ func TestKernelArgs(t *testing.T) {
 		t.Fatal("the key is on the mount.ceph command line")
 	}
 	want := []string{"10.0.0.1:6789,10.0.0.2:6789:/volumes/csi/v/uuid", "/staging", "-o",
-		"name=csi-cephfs-node,secretfile=/dev/fd/3,mds_namespace=myfs,noatime,debug"}
+		"name=csi-cephfs-node,secretfile=/proc/self/fd/3,mds_namespace=myfs,noatime,debug"}
 	if !slices.Equal(args, want) {
 		t.Errorf("mount.ceph args = %q, want %q", args, want)
 	}
@@ -56,7 +56,7 @@ func TestKernelArgs(t *testing.T) {
 // TestRunWithKeyPassesKeyOnFD3 runs a helper that prints what it finds on
 // file descriptor 3 and fails: the key arrived, and the error shows it masked.
 func TestRunWithKeyPassesKeyOnFD3(t *testing.T) {
-	err := runWithKey(context.Background(), testKey, "sh", "-c", `printf 'size %s: ' "$(stat -L -c %s /dev/fd/3)"; cat /dev/fd/3; exit 3`)
+	err := runWithKey(context.Background(), testKey, "sh", "-c", `printf 'size %s: ' "$(stat -L -c %s `+keyFD+`)"; cat `+keyFD+`; exit 3`)
 	if err == nil {
 		t.Fatal("a failing helper reported success")
 	}
@@ -67,7 +67,7 @@ func TestRunWithKeyPassesKeyOnFD3(t *testing.T) {
 	if !strings.Contains(msg, "size 40: <key>") {
 		t.Errorf("the helper did not read the 40-byte key from fd 3: %s", msg)
 	}
-	if err := runWithKey(context.Background(), testKey, "sh", "-c", "test -r /dev/fd/3"); err != nil {
+	if err := runWithKey(context.Background(), testKey, "sh", "-c", "test -r "+keyFD); err != nil {
 		t.Errorf("a succeeding helper: %v", err)
 	}
 }
