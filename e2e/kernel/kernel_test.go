@@ -1,0 +1,208 @@
+//go:build kernel
+
+// Package kernel tests the node paths that need a real Linux kernel with the
+// rbd, nbd and ceph modules (krbd, rbd-nbd, the CephFS kernel client), which
+// this host lacks. The node plugin is the real cephcsi binary running in a
+// QEMU guest with Debian's stock kernel, serving CSI on TCP; the controller
+// runs in this process; the cluster is a private one reachable from both.
+// `make test-kernel` prepares all of it (scripts/kernel-test.sh) and runs
+// this test inside the network namespace. See docs/kernel-tests.md.
+package kernel
+
+import (
+	"encoding/base64"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/container-storage-interface/spec/lib/go/csi"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/leanceph/cephcsi/internal/testutil"
+)
+
+// Ports the node plugins listen on in the guest.
+const (
+	rbdPort    = 9101
+	cephfsPort = 9102
+)
+
+// env is what every case uses: the guest, the cluster, the in-process
+// controllers and the node services in the guest.
+type env struct {
+	g         *guest
+	c         *testutil.Cluster
+	rbdCtl    csi.ControllerClient
+	fsCtl     csi.ControllerClient
+	rbdNode   csi.NodeClient
+	fsNode    csi.NodeClient
+	guestAddr string
+	// keys are every cephx key of the cluster's CSI users.
+	keys []string
+}
+
+func getenv(name, def string) string {
+	if v := os.Getenv(name); v != "" {
+		return v
+	}
+	return def
+}
+
+// setup connects to the guest (booted by scripts/kernel-test.sh), starts the
+// node plugins in it and the controllers here.
+func setup(t *testing.T) *env {
+	t.Helper()
+	repo := testutil.RepoRoot()
+	// The cluster the guest can reach: in the test's network namespace,
+	// not the shared one on 127.0.0.1.
+	clusterDir := getenv("KT_CLUSTER_DIR", filepath.Join(repo, "_output", "ceph-kernel"))
+	t.Setenv("CEPHCSI_CLUSTER_DIR", clusterDir)
+	c := testutil.RequireCluster(t)
+	hostAddr := getenv("KT_HOST_ADDR", "10.99.1.1")
+	if !strings.HasPrefix(c.Monitors, hostAddr+":") {
+		t.Fatalf("cluster %s has monitors %s, not on %s where the guest reaches it", clusterDir, c.Monitors, hostAddr)
+	}
+	sock := getenv("KT_AGENT_SOCK", filepath.Join(repo, "_output", "kernel-guest", "agent.sock"))
+	g, err := dialGuest(sock)
+	if err != nil {
+		t.Fatalf("no guest (run make test-kernel or scripts/kernel-test.sh): %v", err)
+	}
+	t.Cleanup(g.close)
+	e := &env{g: g, c: c, guestAddr: getenv("KT_GUEST_ADDR", "10.99.1.2")}
+	for _, k := range []string{"CEPH_RBD_PROVISIONER_KEY", "CEPH_RBD_NODE_KEY", "CEPH_FS_PROVISIONER_KEY", "CEPH_FS_NODE_KEY"} {
+		if v := c.Var(k); v != "" {
+			e.keys = append(e.keys, v)
+		}
+	}
+	if len(e.keys) != 4 {
+		t.Fatalf("cluster env has %d of the 4 CSI keys", len(e.keys))
+	}
+	kver := strings.TrimSpace(g.sh(t, "uname -r"))
+	t.Logf("guest kernel %s", kver)
+
+	binary := getenv("KT_CEPHCSI", filepath.Join(repo, "_output", "cephcsi"))
+	step(t, "start node plugins in the guest", func() {
+		e.rbdNode = e.startNodePlugin(t, binary, "rbd", rbdPort)
+		e.fsNode = e.startNodePlugin(t, binary, "cephfs", cephfsPort)
+	})
+	step(t, "start controllers on the host", func() {
+		e.rbdCtl = testutil.StartDriver(t, c, "rbd", nil).Controller
+		e.fsCtl = testutil.StartDriver(t, c, "cephfs", nil).Controller
+	})
+	return e
+}
+
+// startNodePlugin runs `cephcsi --type=kind --nodeserver` in the guest on
+// TCP and waits until it answers.
+func (e *env) startNodePlugin(t *testing.T, binary, kind string, port int) csi.NodeClient {
+	t.Helper()
+	logFile := "/run/kt/cephcsi-" + kind + ".log"
+	pid := strings.TrimSpace(e.g.sh(t, fmt.Sprintf(
+		"mkdir -p /run/kt && setsid %s --type=%s --nodeserver --nodeid=kt-guest --endpoint=tcp://%s:%d --configpath=%s --v=5 >%s 2>&1 </dev/null & echo $!",
+		quote(binary), kind, e.guestAddr, port, quote(e.c.ConfigJSON), logFile)))
+	t.Cleanup(func() {
+		e.g.try(t, "kill "+pid+"; for i in $(seq 50); do kill -0 "+pid+" 2>/dev/null || exit 0; sleep 0.1; done; kill -9 "+pid)
+		if t.Failed() {
+			out, _ := e.g.try(t, "tail -40 "+logFile)
+			t.Logf("%s node plugin log (tail):\n%s", kind, out)
+		}
+	})
+	conn, err := grpc.NewClient(fmt.Sprintf("%s:%d", e.guestAddr, port), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	node := csi.NewNodeClient(conn)
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		info, err := node.NodeGetInfo(ctxT(t), &csi.NodeGetInfoRequest{})
+		if err == nil {
+			if info.GetNodeId() != "kt-guest" {
+				t.Fatalf("%s node plugin says node ID %q", kind, info.GetNodeId())
+			}
+			return node
+		}
+		if _, rc := e.g.try(t, "kill -0 "+pid); rc != 0 {
+			out, _ := e.g.try(t, "cat "+logFile)
+			t.Fatalf("%s node plugin exited:\n%s", kind, out)
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s node plugin does not answer on %s:%d: %v", kind, e.guestAddr, port, err)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// Writable filesystems of the guest: the overlay's upper layer (everything
+// written to the root, /var/lib/kubelet included), the tmpfs mounts and
+// /dev. The host's root below the overlay is the host's, read-only.
+const guestWritable = "/.kt-rw /tmp /run /dev/shm /dev"
+
+// keyFindings lists files on the guest's writable filesystems that hold one
+// of the keys, are named like a keyring or key file, or have a keyring's
+// "key = " line.
+func (e *env) keyFindings(t testing.TB) string {
+	t.Helper()
+	// The keys travel base64-encoded so this command line does not match.
+	enc := base64.StdEncoding.EncodeToString([]byte(strings.Join(e.keys, "\n")))
+	out, _ := e.g.try(t, fmt.Sprintf(`
+for k in $(echo %s | base64 -d); do grep -rlF -D skip -e "$k" %s 2>/dev/null; done
+find %s -xdev \( -iname '*keyring*' -o -iname '*.key' -o -iname '*.secret' -o -iname 'secret*' \) -type f 2>/dev/null
+grep -rlE -D skip '^[[:space:]]*key[[:space:]]*=' %s 2>/dev/null
+true`, enc, guestWritable, guestWritable, guestWritable))
+	return strings.TrimSpace(out)
+}
+
+// assertNoKeyFiles fails the test when the guest has a key on disk.
+func (e *env) assertNoKeyFiles(t testing.TB) {
+	t.Helper()
+	step(t, "key-file check", func() {
+		if f := e.keyFindings(t); f != "" {
+			t.Errorf("key material on the guest's writable filesystems:\n%s", f)
+		}
+	})
+}
+
+// assertGuestClean checks that nothing is mapped or mounted in the guest.
+func (e *env) assertGuestClean(t testing.TB) {
+	t.Helper()
+	out := e.g.sh(t, `ls /sys/bus/rbd/devices
+for d in /sys/block/nbd*; do [ -e "$d/pid" ] && echo "$d connected (pid $(cat $d/pid))"; done
+grep -E ' (ceph|ext4|xfs) ' /proc/mounts
+true`)
+	if s := strings.TrimSpace(out); s != "" {
+		t.Errorf("the guest still has devices or mounts:\n%s", s)
+	}
+}
+
+// TestKernelNode runs the node service in the guest through every kernel
+// path, then checks that the guest is left clean.
+func TestKernelNode(t *testing.T) {
+	e := setup(t)
+	t.Run("key-check-finds-planted-key", e.testKeyCheckWorks)
+	t.Run("krbd-ext4", e.testKRBDFilesystem)
+	t.Run("krbd-block", e.testKRBDBlock)
+	t.Run("rbd-nbd-ext4", e.testNBDFilesystem)
+	t.Run("krbd-xfs-restore-from-snapshot", e.testRestoreFromSnapshot)
+	t.Run("cephfs-kernel", e.testCephFSKernel)
+	step(t, "guest left clean", func() { e.assertGuestClean(t) })
+	e.assertNoKeyFiles(t)
+}
+
+// testKeyCheckWorks shows that the key-file check finds a key written to the
+// guest's disk, so that its silence elsewhere means something.
+func (e *env) testKeyCheckWorks(t *testing.T) {
+	if f := e.keyFindings(t); f != "" {
+		t.Fatalf("key material in the guest before any volume was staged:\n%s", f)
+	}
+	enc := base64.StdEncoding.EncodeToString([]byte(e.keys[1]))
+	e.g.sh(t, "mkdir -p /var/lib/kt-probe && echo "+enc+" | base64 -d > /var/lib/kt-probe/blob")
+	defer e.g.sh(t, "rm -rf /var/lib/kt-probe")
+	if f := e.keyFindings(t); !strings.Contains(f, "/var/lib/kt-probe/blob") {
+		t.Fatalf("the check did not find a key planted in /var/lib/kt-probe/blob; it reported:\n%s", f)
+	}
+}
