@@ -40,6 +40,7 @@ type env struct {
 	fsCtl     csi.ControllerClient
 	rbdNode   csi.NodeClient
 	fsNode    csi.NodeClient
+	rbdPlugin *plugin
 	guestAddr string
 	// keys are every cephx key of the cluster's CSI users.
 	keys []string
@@ -86,8 +87,9 @@ func setup(t *testing.T) *env {
 
 	binary := getenv("KT_CEPHCSI", filepath.Join(repo, "_output", "cephcsi"))
 	step(t, "start node plugins in the guest", func() {
-		e.rbdNode = e.startNodePlugin(t, binary, "rbd", rbdPort)
-		e.fsNode = e.startNodePlugin(t, binary, "cephfs", cephfsPort)
+		e.rbdPlugin = e.startNodePlugin(t, binary, "rbd", rbdPort)
+		e.rbdNode = e.rbdPlugin.node
+		e.fsNode = e.startNodePlugin(t, binary, "cephfs", cephfsPort).node
 	})
 	step(t, "start controllers on the host", func() {
 		e.rbdCtl = testutil.StartDriver(t, c, "rbd", nil).Controller
@@ -96,45 +98,72 @@ func setup(t *testing.T) *env {
 	return e
 }
 
+// plugin is a node plugin process in the guest.
+type plugin struct {
+	e       *env
+	binary  string
+	kind    string
+	port    int
+	pid     string
+	logFile string
+	node    csi.NodeClient
+}
+
 // startNodePlugin runs `cephcsi --type=kind --nodeserver` in the guest on
-// TCP and waits until it answers.
-func (e *env) startNodePlugin(t *testing.T, binary, kind string, port int) csi.NodeClient {
+// TCP and waits until it answers. It is stopped when t ends.
+func (e *env) startNodePlugin(t *testing.T, binary, kind string, port int) *plugin {
 	t.Helper()
-	logFile := "/run/kt/cephcsi-" + kind + ".log"
-	pid := strings.TrimSpace(e.g.sh(t, fmt.Sprintf(
-		"mkdir -p /run/kt && setsid %s --type=%s --nodeserver --nodeid=kt-guest --endpoint=tcp://%s:%d --configpath=%s --v=5 >%s 2>&1 </dev/null & echo $!",
-		quote(binary), kind, e.guestAddr, port, quote(e.c.ConfigJSON), logFile)))
-	t.Cleanup(func() {
-		e.g.try(t, "kill "+pid+"; for i in $(seq 50); do kill -0 "+pid+" 2>/dev/null || exit 0; sleep 0.1; done; kill -9 "+pid)
-		if t.Failed() {
-			out, _ := e.g.try(t, "tail -40 "+logFile)
-			t.Logf("%s node plugin log (tail):\n%s", kind, out)
-		}
-	})
+	p := &plugin{e: e, binary: binary, kind: kind, port: port, logFile: "/run/kt/cephcsi-" + kind + ".log"}
 	conn, err := grpc.NewClient(fmt.Sprintf("%s:%d", e.guestAddr, port), grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { conn.Close() })
-	node := csi.NewNodeClient(conn)
+	p.node = csi.NewNodeClient(conn)
+	t.Cleanup(func() {
+		e.g.try(t, "kill "+p.pid+"; for i in $(seq 50); do kill -0 "+p.pid+" 2>/dev/null || exit 0; sleep 0.1; done; kill -9 "+p.pid)
+		if t.Failed() {
+			out, _ := e.g.try(t, "tail -40 "+p.logFile)
+			t.Logf("%s node plugin log (tail):\n%s", kind, out)
+		}
+	})
+	p.start(t)
+	return p
+}
+
+func (p *plugin) start(t *testing.T) {
+	t.Helper()
+	p.pid = strings.TrimSpace(p.e.g.sh(t, fmt.Sprintf(
+		"mkdir -p /run/kt && setsid %s --type=%s --nodeserver --nodeid=kt-guest --endpoint=tcp://%s:%d --configpath=%s --v=5 >>%s 2>&1 </dev/null & echo $!",
+		quote(p.binary), p.kind, p.e.guestAddr, p.port, quote(p.e.c.ConfigJSON), p.logFile)))
 	deadline := time.Now().Add(2 * time.Minute)
 	for {
-		info, err := node.NodeGetInfo(ctxT(t), &csi.NodeGetInfoRequest{})
+		info, err := p.node.NodeGetInfo(ctxT(t), &csi.NodeGetInfoRequest{})
 		if err == nil {
 			if info.GetNodeId() != "kt-guest" {
-				t.Fatalf("%s node plugin says node ID %q", kind, info.GetNodeId())
+				t.Fatalf("%s node plugin says node ID %q", p.kind, info.GetNodeId())
 			}
-			return node
+			return
 		}
-		if _, rc := e.g.try(t, "kill -0 "+pid); rc != 0 {
-			out, _ := e.g.try(t, "cat "+logFile)
-			t.Fatalf("%s node plugin exited:\n%s", kind, out)
+		if _, rc := p.e.g.try(t, "kill -0 "+p.pid); rc != 0 {
+			out, _ := p.e.g.try(t, "tail -40 "+p.logFile)
+			t.Fatalf("%s node plugin exited:\n%s", p.kind, out)
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("%s node plugin does not answer on %s:%d: %v", kind, e.guestAddr, port, err)
+			t.Fatalf("%s node plugin does not answer on %s:%d: %v", p.kind, p.e.guestAddr, p.port, err)
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
+}
+
+// crashAndRestart kills the plugin with SIGKILL (no chance to clean up) and
+// starts it again: what it staged must still be found and torn down.
+func (p *plugin) crashAndRestart(t *testing.T) {
+	t.Helper()
+	step(t, "SIGKILL and restart the node plugin", func() {
+		p.e.g.sh(t, "kill -9 "+p.pid+"; while kill -0 "+p.pid+" 2>/dev/null; do sleep 0.05; done")
+		p.start(t)
+	})
 }
 
 // Writable filesystems of the guest: the overlay's upper layer (everything
@@ -144,7 +173,8 @@ const guestWritable = "/.kt-rw /tmp /run /dev/shm /dev"
 
 // keyFindings lists files on the guest's writable filesystems that hold one
 // of the keys, are named like a keyring or key file, or have a keyring's
-// "key = " line.
+// "key = " line, and ceph keys left in the kernel's keyrings (krbd and
+// mount.ceph lend the key to the kernel for one request only).
 func (e *env) keyFindings(t testing.TB) string {
 	t.Helper()
 	// The keys travel base64-encoded so this command line does not match.
@@ -153,6 +183,7 @@ func (e *env) keyFindings(t testing.TB) string {
 for k in $(echo %s | base64 -d); do grep -rlF -D skip -e "$k" %s 2>/dev/null; done
 find %s -xdev \( -iname '*keyring*' -o -iname '*.key' -o -iname '*.secret' -o -iname 'secret*' \) -type f 2>/dev/null
 grep -rlE -D skip '^[[:space:]]*key[[:space:]]*=' %s 2>/dev/null
+awk '$8 == "ceph" { print "kernel keyring: " $0 }' /proc/keys
 true`, enc, guestWritable, guestWritable, guestWritable))
 	return strings.TrimSpace(out)
 }

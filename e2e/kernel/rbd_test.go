@@ -309,6 +309,11 @@ func (e *env) testKRBDFilesystem(t *testing.T) {
 		t.Fatalf("staging path holds %q, want ext4 on %s", fs, dev)
 	}
 	fsid := e.fsUUID(t, dev)
+	// A repeated stage (kubelet retries) changes nothing.
+	v.stage(t)
+	if n := strings.Count(e.g.sh(t, "ls /sys/bus/rbd/devices"), "\n"); n != 1 {
+		t.Fatalf("a repeated stage left %d rbd devices, want 1", n)
+	}
 	v.publish(t)
 	sum := e.writeData(t, v.target+"/data", 8)
 	u := v.stats(t)
@@ -374,6 +379,8 @@ func (e *env) testKRBDBlock(t *testing.T) {
 	if u := v.stats(t); u.GetTotal() != 64*mib {
 		t.Errorf("block stats total %d, want %d", u.GetTotal(), 64*mib)
 	}
+	// The kernel mapping outlives the plugin; the restarted plugin finds it.
+	e.rbdPlugin.crashAndRestart(t)
 	v.unpublish(t)
 	v.unstage(t)
 	if d := e.rbdDevice(t, image); d != "" {
@@ -427,6 +434,8 @@ func (e *env) testNBDFilesystem(t *testing.T) {
 	}
 	v.publish(t)
 	sum := e.writeData(t, v.target+"/data", 8)
+	// rbd-nbd daemons outlive the plugin; the restarted plugin finds them.
+	e.rbdPlugin.crashAndRestart(t)
 	v.unpublish(t)
 	v.unstage(t)
 	if d := e.nbdDevice(t, image); d != "" {
@@ -478,7 +487,8 @@ func (e *env) testRestoreFromSnapshot(t *testing.T) {
 	})
 	// Written after the snapshot: must not show in the restored volume.
 	e.writeData(t, src.target+"/after-snapshot", 1)
-	restored := e.createRBD(t, 320*mib, mountCap("xfs"), map[string]string{"mounter": "krbd", "csi.storage.k8s.io/fstype": "xfs"},
+	// Restored larger than the snapshot: stage grows the filesystem.
+	restored := e.createRBD(t, 400*mib, mountCap("xfs"), map[string]string{"mounter": "krbd", "csi.storage.k8s.io/fstype": "xfs"},
 		&csi.VolumeContentSource{Type: &csi.VolumeContentSource_Snapshot{Snapshot: &csi.VolumeContentSource_SnapshotSource{SnapshotId: snap.GetSnapshotId()}}})
 	restored.stage(t)
 	restored.publish(t)
@@ -487,6 +497,18 @@ func (e *env) testRestoreFromSnapshot(t *testing.T) {
 	}
 	if _, rc := e.g.try(t, "test -e "+quote(restored.target+"/after-snapshot")); rc == 0 {
 		t.Fatalf("the restored volume has a file written after the snapshot")
+	}
+	// df leaves out XFS's internal log (64 MiB here): compare with the
+	// source's filesystem instead of the image sizes.
+	srcSize, restoredSize := e.dfTotal(t, src.target), e.dfTotal(t, restored.target)
+	if restoredSize < srcSize+70*mib {
+		t.Fatalf("xfs restored into 400 MiB from a 320 MiB snapshot has %d bytes, the source %d: not grown at stage", restoredSize, srcSize)
+	}
+	if got := restored.expand(t, 512*mib); got < 512*mib {
+		t.Fatalf("NodeExpandVolume reports %d bytes, want at least %d", got, 512*mib)
+	}
+	if n := e.dfTotal(t, restored.target); n < restoredSize+100*mib {
+		t.Fatalf("xfs has %d bytes after expanding from 400 to 512 MiB (had %d)", n, restoredSize)
 	}
 	restored.unpublish(t)
 	restored.unstage(t)
