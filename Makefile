@@ -10,7 +10,7 @@ LDFLAGS   := -X github.com/leanceph/cephcsi/internal/server.Version=$(VERSION)
 # The test cluster lives here unless CEPHCSI_CLUSTER_DIR says otherwise.
 export CEPHCSI_CLUSTER_DIR ?= $(OUT)/ceph
 
-.PHONY: all build deps test unit integration sanity e2e bench demo lint cluster-start cluster-stop cluster-purge clean
+.PHONY: all build deps test unit integration sanity e2e test-kernel bench demo lint cluster-start cluster-stop cluster-purge clean
 
 all: build
 
@@ -24,7 +24,7 @@ build: deps
 # cluster (started on demand), then the conformance and end-to-end suites.
 test: deps
 	@start=$$(date +%s); \
-	$(MAKE) --no-print-directory unit integration sanity e2e && \
+	$(MAKE) --no-print-directory unit integration sanity e2e test-kernel && \
 	echo "make test: all suites passed in $$(( $$(date +%s) - start )) s"
 
 unit:
@@ -50,6 +50,14 @@ e2e: build
 	e2e/build-tools.sh
 	$(GO) vet -tags $(TAGS),e2e ./e2e/
 	$(GO) test -tags $(TAGS),e2e -count=1 -v -timeout 45m ./e2e/
+
+# The node paths that need kernel modules this host lacks (krbd, rbd-nbd,
+# the CephFS kernel client), in a QEMU guest running Debian's stock kernel,
+# against a private cluster in the network namespace cephcsi-kt. Kernel and
+# initramfs are cached in ~/.cache/cephcsi-kernel. See docs/kernel-tests.md.
+test-kernel: build
+	$(GO) vet -tags $(TAGS),kernel ./e2e/kernel/
+	GO=$(GO) scripts/kernel-test.sh
 
 bench: build
 	$(GO) test -tags $(TAGS),integration -count=1 -run '^$$' -bench . -benchtime 1x -timeout 30m ./internal/bench/

@@ -30,7 +30,7 @@ for m in $(cat /modules.load); do
 	modprobe "$m" || say "modprobe $m failed"
 done
 
-# Network: the host's end of the tap is KT_HOST_ADDR (kernel command line).
+# Network: the guest's address comes on the kernel command line (kt.addr=).
 for kv in $(cat /proc/cmdline); do
 	case "$kv" in
 	kt.addr=*) addr=${kv#kt.addr=} ;;

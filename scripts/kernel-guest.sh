@@ -2,6 +2,8 @@
 # A QEMU guest running Debian's stock kernel, for testing the node paths that
 # need kernel modules this host lacks (krbd, rbd-nbd, the CephFS kernel client).
 #
+#   scripts/kernel-guest.sh deps       install qemu, busybox-static, iproute2...
+#                                      when missing
 #   scripts/kernel-guest.sh prepare    fetch the kernel package, extract an
 #                                      uncompressed vmlinux and the modules,
 #                                      build the initramfs (cached)
@@ -160,10 +162,11 @@ build_initramfs() {
 	chmod 755 "$root/init"
 	printf '%s\n' "${modules[@]}" >"$root/modules.load"
 	# The closure of the wanted modules over modules.dep.
-	local dep="$kdir/modules/modules.dep" want=() m line f
+	local dep="$kdir/modules/modules.dep" want=() files=() m line f
 	for m in "${modules[@]}"; do
 		line=$(grep -E "/${m//_/[_-]}\.ko(\.[a-z]+)?:" "$dep" | head -1) || die "module $m not in $kver"
-		want+=(${line/:/})
+		read -ra files <<<"${line/:/}"
+		want+=("${files[@]}")
 	done
 	: >"$root/lib/modules/$kver/modules.dep"
 	for f in $(printf '%s\n' "${want[@]}" | sort -u); do
@@ -296,6 +299,7 @@ print_env() {
 }
 
 case "${1:-}" in
+deps) need_tools ;;
 prepare) prepare ;;
 net-up) net_up ;;
 net-down) net_down ;;
@@ -308,7 +312,7 @@ clean)
 status) qemu_pid >/dev/null ;;
 env) print_env ;;
 *)
-	sed -n '2,28p' "$0" | sed 's/^# \{0,1\}//'
+	sed -n '2,29p' "$0" | sed 's/^# \{0,1\}//'
 	exit 2
 	;;
 esac

@@ -67,6 +67,7 @@ teardown() {
 }
 
 start=$(now)
+timed "install missing packages" "$guest" deps
 timed "clean up earlier runs" teardown
 trap 'timed "tear down" teardown' EXIT
 
