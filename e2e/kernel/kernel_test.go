@@ -222,6 +222,16 @@ func TestKernelNode(t *testing.T) {
 	t.Run("cephfs-kernel", e.testCephFSKernel)
 	step(t, "guest left clean", func() { e.assertGuestClean(t) })
 	e.assertNoKeyFiles(t)
+	// krbd lends the key to the kernel's keyring for each map request; its
+	// fallback (the key inside the sysfs request) must not be needed here.
+	// Both messages are logged at --v=2; "image mapped" shows the log has them.
+	log := e.g.sh(t, "cat "+e.rbdPlugin.logFile)
+	if !strings.Contains(log, "image mapped") {
+		t.Errorf("the rbd node plugin's log has no \"image mapped\" line at --v=5")
+	}
+	if strings.Contains(log, "kernel keyring unavailable") {
+		t.Errorf("krbd passed the key in the map request instead of lending it to the kernel keyring")
+	}
 }
 
 // testKeyCheckWorks shows that the key-file check finds a key written to the
