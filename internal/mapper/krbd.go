@@ -37,9 +37,15 @@ func (ThreadKeyring) Add(desc string, payload []byte) (int, error) {
 	return unix.AddKey("ceph", desc, payload, unix.KEY_SPEC_THREAD_KEYRING)
 }
 
-// Remove implements KernelKeys.
+// Remove implements KernelKeys. Invalidating (unlike revoking) makes the
+// kernel drop the key and its payload at once, not after the keyring
+// garbage collector's delay (5 minutes by default); kernels before 3.5 only
+// revoke.
 func (ThreadKeyring) Remove(serial int) error {
-	_, err := unix.KeyctlInt(unix.KEYCTL_REVOKE, serial, 0, 0, 0)
+	_, err := unix.KeyctlInt(unix.KEYCTL_INVALIDATE, serial, 0, 0, 0)
+	if errors.Is(err, unix.EOPNOTSUPP) || errors.Is(err, unix.EINVAL) {
+		_, err = unix.KeyctlInt(unix.KEYCTL_REVOKE, serial, 0, 0, 0)
+	}
 	return err
 }
 
