@@ -515,3 +515,50 @@ func (e *env) testRestoreFromSnapshot(t *testing.T) {
 	src.unpublish(t)
 	src.unstage(t)
 }
+
+// testReadOnlyFromSnapshot: a snapshot of an unstaged ext4 volume restored
+// into a volume staged read-only (SINGLE_NODE_READER_ONLY: mapped ro,
+// mounted ro) shows the snapshot's data and refuses writes. (A snapshot of a
+// volume that was mounted when it was taken cannot be staged read-only: its
+// journal needs a replay, which needs write access; see
+// docs/kernel-tests.md.)
+func (e *env) testReadOnlyFromSnapshot(t *testing.T) {
+	src := e.createRBD(t, 128*mib, mountCap("ext4"), map[string]string{"mounter": "krbd"}, nil)
+	src.stage(t)
+	src.publish(t)
+	sum := e.writeData(t, src.target+"/data", 2)
+	src.unpublish(t)
+	src.unstage(t)
+	var snap *csi.Snapshot
+	step(t, "CreateSnapshot", func() {
+		resp, err := e.rbdCtl.CreateSnapshot(ctxT(t), &csi.CreateSnapshotRequest{SourceVolumeId: src.id(),
+			Name: "kt-snap-" + uuid.NewString(), Secrets: e.c.RBDSecrets(), Parameters: map[string]string{"clusterID": e.c.ClusterID}})
+		if err != nil {
+			t.Fatalf("CreateSnapshot: %v", err)
+		}
+		snap = resp.GetSnapshot()
+	})
+	t.Cleanup(func() {
+		if _, err := e.rbdCtl.DeleteSnapshot(ctxT(t), &csi.DeleteSnapshotRequest{SnapshotId: snap.GetSnapshotId(), Secrets: e.c.RBDSecrets()}); err != nil {
+			t.Errorf("DeleteSnapshot: %v", err)
+		}
+	})
+	rox := mountCap("ext4")
+	rox.AccessMode.Mode = csi.VolumeCapability_AccessMode_SINGLE_NODE_READER_ONLY
+	ro := e.createRBD(t, 128*mib, rox, map[string]string{"mounter": "krbd"},
+		&csi.VolumeContentSource{Type: &csi.VolumeContentSource_Snapshot{Snapshot: &csi.VolumeContentSource_SnapshotSource{SnapshotId: snap.GetSnapshotId()}}})
+	ro.stage(t)
+	dev := e.rbdDevice(t, ro.vol.GetVolumeContext()["imageName"])
+	if out := strings.TrimSpace(e.g.sh(t, "blockdev --getro "+dev)); out != "1" {
+		t.Errorf("a reader-only volume is mapped writable (%s: getro %s)", dev, out)
+	}
+	ro.publish(t)
+	if got := e.readSum(t, ro.target+"/data"); got != sum {
+		t.Fatalf("the read-only restored volume's data differs from the snapshot's")
+	}
+	if _, rc := e.g.try(t, "touch "+quote(ro.target+"/new")); rc == 0 {
+		t.Fatalf("a file could be created on a reader-only volume")
+	}
+	ro.unpublish(t)
+	ro.unstage(t)
+}
