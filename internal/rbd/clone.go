@@ -30,9 +30,18 @@ type contentSource struct {
 	// image is the source volume's image, for a volume source.
 	image string
 	size  int64
+	// img is the parent image, opened once while resolving the source and
+	// used for the depth checks and the clone (read-only for a snapshot,
+	// read-write for a volume, which gets a temporary snapshot).
+	img *rbd.Image
 }
 
-func (c *contentSource) close() { c.pc.close() }
+func (c *contentSource) close() {
+	if c.img != nil {
+		c.img.Close()
+	}
+	c.pc.close()
+}
 
 // parentImage is the image the new volume (or its -temp) is cloned from.
 func (c *contentSource) parentImage() string {
@@ -95,15 +104,21 @@ func (s *ControllerServer) openSnapshotSource(snapshotID string, creds cephconn.
 		}
 		return nil, csierr.Status(err)
 	}
-	info, err := snapshotInfo(pc, entry.ImageName)
+	c := &contentSource{pc: pc, clusterID: id.ClusterID, snapshot: entry}
+	c.img, err = rbd.OpenImageReadOnly(pc.io, entry.ImageName, rbd.NoSnapshot)
+	var info *snapInfo
+	if err == nil {
+		info, err = snapshotInfoOf(c.img)
+	}
 	if err != nil {
-		pc.close()
+		c.close()
 		if csierr.IsNotFound(err) {
 			return nil, notFound(err)
 		}
 		return nil, csierr.Status(err)
 	}
-	return &contentSource{pc: pc, clusterID: id.ClusterID, snapshot: entry, size: int64(info.Size)}, nil
+	c.size = int64(info.Size)
+	return c, nil
 }
 
 func (s *ControllerServer) openVolumeSource(volumeID string, creds cephconn.Credentials) (*contentSource, error) {
@@ -111,12 +126,18 @@ func (s *ControllerServer) openVolumeSource(volumeID string, creds cephconn.Cred
 	if err != nil {
 		return nil, notFoundVolume(volumeID, err)
 	}
-	size, err := imageSize(ref.pc.io, ref.image)
+	c := &contentSource{pc: ref.pc, clusterID: ref.id.ClusterID, image: ref.image}
+	c.img, err = rbd.OpenImage(ref.pc.io, ref.image, rbd.NoSnapshot)
+	var size uint64
+	if err == nil {
+		size, err = c.img.GetSize()
+	}
 	if err != nil {
-		ref.pc.close()
+		c.close()
 		return nil, notFoundVolume(volumeID, err)
 	}
-	return &contentSource{pc: ref.pc, clusterID: ref.id.ClusterID, image: ref.image, size: int64(size)}, nil
+	c.size = int64(size)
+	return c, nil
 }
 
 // matchesParentOf checks that an existing image was made from this source
@@ -198,12 +219,7 @@ func (s *ControllerServer) limitChildren(ctx context.Context, src *poolConn, par
 // restoreSnapshot clones the volume's image from the snapshot image.
 func (s *ControllerServer) restoreSnapshot(ctx context.Context, pc *poolConn, entry *journal.Entry, opts *rbd.ImageOptions, size int64, src *contentSource) error {
 	snapImage := src.snapshot.ImageName
-	parent, err := rbd.OpenImageReadOnly(src.pc.io, snapImage, rbd.NoSnapshot)
-	if err != nil {
-		return fmt.Errorf("opening snapshot image %s: %w", snapImage, err)
-	}
-	depth, err := s.limitDepth(ctx, src.pc, parent, 1)
-	parent.Close()
+	depth, err := s.limitDepth(ctx, src.pc, src.img, 1)
 	if err != nil {
 		return err
 	}
@@ -241,11 +257,7 @@ func (s *ControllerServer) finishClone(ctx context.Context, pc *poolConn, image 
 // snapshot dropped from the source, then <name>-temp@<name> -> <name>.
 func (s *ControllerServer) cloneVolume(ctx context.Context, pc *poolConn, entry *journal.Entry, opts *rbd.ImageOptions, size int64, src *contentSource) error {
 	temp := entry.ImageName + tempSuffix
-	parent, err := rbd.OpenImage(src.pc.io, src.image, rbd.NoSnapshot)
-	if err != nil {
-		return fmt.Errorf("opening source image %s: %w", src.image, err)
-	}
-	defer parent.Close()
+	parent := src.img
 	depth, err := s.limitDepth(ctx, src.pc, parent, 2)
 	if err != nil {
 		return err

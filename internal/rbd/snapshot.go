@@ -33,6 +33,12 @@ func snapshotInfo(pc *poolConn, image string) (*snapInfo, error) {
 		return nil, err
 	}
 	defer img.Close()
+	return snapshotInfoOf(img)
+}
+
+// snapshotInfoOf is snapshotInfo of an image already open.
+func snapshotInfoOf(img *rbd.Image) (*snapInfo, error) {
+	image := img.GetName()
 	snaps, err := img.GetSnapshotNames()
 	if err != nil {
 		return nil, err
