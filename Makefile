@@ -36,8 +36,6 @@ integration: build
 
 # csi-sanity against the real binary for RBD and CephFS, on a private cluster
 # (_output/ceph-sanity, port 16789) that must be empty afterwards.
-# make test runs only the RBD suites until CephFS passes: csi-sanity does not
-# retry the Aborted answer a CephFS restore or clone gives while Ceph copies.
 SANITY_SUITES ?= all
 sanity: build
 	scripts/sanity.sh $(SANITY_SUITES)
