@@ -5,6 +5,7 @@ package rbd_test
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"strings"
 	"sync"
 	"testing"
@@ -426,5 +427,112 @@ func TestConcurrentCreateSnapshotGivesOne(t *testing.T) {
 		e.deleteSnapshot(id)
 	}
 	e.deleteVolume(src.GetVolumeId())
+	e.assertClean(e.io)
+}
+
+// TestSnapshotCountLimitsAtDefaults drives a source image to the default
+// --minsnapshotsonimage (250) and --maxsnapshotsonimage (450) with plain
+// snapshots taken as admin: below the minimum a CSI snapshot keeps its
+// parent; at it the new snapshot image is flattened in the background; at
+// the maximum CreateSnapshot is Aborted while the existing clones are
+// flattened, and succeeds once they no longer hold snapshots on the source.
+func TestSnapshotCountLimitsAtDefaults(t *testing.T) {
+	var minSnaps, maxSnaps uint
+	e := newRBDEnv(t, func(o *config.Options) { minSnaps, maxSnaps = o.MinSnapsOnImage, o.MaxSnapsOnImage })
+	if minSnaps != 250 || maxSnaps != 450 {
+		t.Fatalf("the flag defaults are %d/%d, want 250/450", minSnaps, maxSnaps)
+	}
+	src := e.create(uniqueName("many"), 4<<20, nil)
+	srcImage := src.GetVolumeContext()["imageName"]
+	data := pattern(9, 8<<10)
+	writeImage(t, e.io, srcImage, data, 0)
+	img, err := rbd.OpenImage(e.io, srcImage, rbd.NoSnapshot)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer img.Close()
+	var pads []string
+	pad := func(total int) {
+		for len(pads) < total {
+			name := fmt.Sprintf("pad-%03d", len(pads))
+			if _, err := img.CreateSnapshot(name); err != nil {
+				t.Fatalf("snapshot %s: %v", name, err)
+			}
+			pads = append(pads, name)
+		}
+	}
+	dropPads := func(keep int) {
+		for len(pads) > keep {
+			name := pads[len(pads)-1]
+			if err := img.GetSnapshot(name).Remove(); err != nil {
+				t.Fatalf("removing snapshot %s: %v", name, err)
+			}
+			pads = pads[:len(pads)-1]
+		}
+	}
+	t.Cleanup(func() { dropPads(0) })
+	count := func() int {
+		names, err := img.GetSnapshotNames()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return len(names)
+	}
+	flattened := func(image string) bool {
+		deadline := time.Now().Add(time.Minute)
+		for parentOf(t, e.io, image) != "" {
+			if time.Now().After(deadline) {
+				return false
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+		return true
+	}
+	snapImage := func(s *csi.Snapshot) string { return "csi-snap-" + uuidOf(t, s.GetSnapshotId()) }
+
+	start := time.Now()
+	pad(249)
+	t.Logf("249 snapshots taken in %v", time.Since(start))
+	below := e.snapshot(uniqueName("below"), src.GetVolumeId())
+	if n := count(); n != 250 {
+		t.Fatalf("source carries %d snapshots, want 249 + 1 (the trashed one the snapshot image hangs from)", n)
+	}
+	atMin := e.snapshot(uniqueName("atmin"), src.GetVolumeId())
+	if !flattened(snapImage(atMin)) {
+		t.Errorf("%s, made with 250 snapshots on its source, was not flattened", snapImage(atMin))
+	}
+	if p := parentOf(t, e.io, snapImage(below)); !strings.HasPrefix(p, srcImage+"@") {
+		t.Errorf("%s, made below the minimum, has parent %q; want it kept on %s", snapImage(below), p, srcImage)
+	}
+
+	pad(449) // with the one still held by `below`: 450
+	if n := count(); n != 450 {
+		t.Fatalf("source carries %d snapshots, want 450", n)
+	}
+	req := &csi.CreateSnapshotRequest{Name: uniqueName("atmax"), SourceVolumeId: src.GetVolumeId(),
+		Parameters: map[string]string{"clusterID": e.c.ClusterID}, Secrets: e.c.RBDSecrets()}
+	if _, err := e.d.Controller.CreateSnapshot(e.ctx, req); status.Code(err) != codes.Aborted {
+		t.Fatalf("CreateSnapshot at 450 snapshots: %v, want Aborted", err)
+	}
+	if !flattened(snapImage(below)) {
+		t.Fatalf("%s was not flattened after the maximum was reached", snapImage(below))
+	}
+	resp, err := retryAborted(t, e.ctx, func() (*csi.CreateSnapshotResponse, error) { return e.d.Controller.CreateSnapshot(e.ctx, req) })
+	if err != nil {
+		t.Fatalf("CreateSnapshot once the clones were flattened: %v", err)
+	}
+	atMax := resp.GetSnapshot()
+	e.uuids = append(e.uuids, uuidOf(t, atMax.GetSnapshotId()))
+	for _, s := range []*csi.Snapshot{below, atMin, atMax} {
+		if got := readImage(t, e.io, snapImage(s), len(data), 0); !bytes.Equal(got, data) {
+			t.Errorf("%s does not hold the source's bytes", snapImage(s))
+		}
+	}
+	dropPads(0)
+	for _, s := range []*csi.Snapshot{below, atMin, atMax} {
+		e.deleteSnapshot(s.GetSnapshotId())
+	}
+	img.Close()
+	deleteWhenFlattened(e, src.GetVolumeId())
 	e.assertClean(e.io)
 }
