@@ -15,6 +15,8 @@ import (
 	"github.com/ceph/go-ceph/rbd"
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"github.com/google/uuid"
+
+	"github.com/leanceph/cephcsi/internal/testutil"
 )
 
 const mib = int64(1) << 20
@@ -30,20 +32,6 @@ type volume struct {
 	secrets map[string]string // node secrets
 	staging string
 	target  string
-}
-
-func mountCap(fsType string) *csi.VolumeCapability {
-	return &csi.VolumeCapability{
-		AccessType: &csi.VolumeCapability_Mount{Mount: &csi.VolumeCapability_MountVolume{FsType: fsType}},
-		AccessMode: &csi.VolumeCapability_AccessMode{Mode: csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER},
-	}
-}
-
-func blockCap() *csi.VolumeCapability {
-	return &csi.VolumeCapability{
-		AccessType: &csi.VolumeCapability_Block{Block: &csi.VolumeCapability_BlockVolume{}},
-		AccessMode: &csi.VolumeCapability_AccessMode{Mode: csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER},
-	}
 }
 
 // createRBD provisions an RBD volume through the controller; the test's
@@ -298,7 +286,7 @@ func (e *env) dfTotal(t *testing.T, p string) int64 {
 // testKRBDFilesystem: ext4 on krbd through stage, publish, write, unstage,
 // restage (no second mkfs), read back, stats and online expansion.
 func (e *env) testKRBDFilesystem(t *testing.T) {
-	v := e.createRBD(t, 128*mib, mountCap("ext4"), map[string]string{"mounter": "krbd"}, nil)
+	v := e.createRBD(t, 128*mib, testutil.FSCap("ext4"), map[string]string{"mounter": "krbd"}, nil)
 	image := v.vol.GetVolumeContext()["imageName"]
 	v.stage(t)
 	dev := e.rbdDevice(t, image)
@@ -363,7 +351,7 @@ func (e *env) testKRBDFilesystem(t *testing.T) {
 // testKRBDBlock: a raw block volume on krbd: the device is published as a
 // file, data written to it survives unstage and restage, and it grows.
 func (e *env) testKRBDBlock(t *testing.T) {
-	v := e.createRBD(t, 64*mib, blockCap(), map[string]string{"mounter": "krbd"}, nil)
+	v := e.createRBD(t, 64*mib, testutil.BlockCap(), map[string]string{"mounter": "krbd"}, nil)
 	image := v.vol.GetVolumeContext()["imageName"]
 	v.stage(t)
 	if e.rbdDevice(t, image) == "" {
@@ -422,7 +410,7 @@ func (e *env) testKRBDBlock(t *testing.T) {
 
 // testNBDFilesystem: ext4 on rbd-nbd, with the same round trip and growth.
 func (e *env) testNBDFilesystem(t *testing.T) {
-	v := e.createRBD(t, 128*mib, mountCap("ext4"), map[string]string{"mounter": "rbd-nbd"}, nil)
+	v := e.createRBD(t, 128*mib, testutil.FSCap("ext4"), map[string]string{"mounter": "rbd-nbd"}, nil)
 	image := v.vol.GetVolumeContext()["imageName"]
 	v.stage(t)
 	dev := e.nbdDevice(t, image)
@@ -462,18 +450,12 @@ func (e *env) testNBDFilesystem(t *testing.T) {
 // testRestoreFromSnapshot: xfs on krbd; a volume restored from a snapshot
 // shows the data written before the snapshot, while the source (same XFS
 // UUID) is still mounted next to it.
-func (e *env) testRestoreFromSnapshot(t *testing.T) {
-	// mkfs.xfs refuses filesystems under 300 MB.
-	src := e.createRBD(t, 320*mib, mountCap("xfs"), map[string]string{"mounter": "krbd", "csi.storage.k8s.io/fstype": "xfs"}, nil)
-	src.stage(t)
-	if fs := e.mountOf(t, src.staging); fs != "xfs" {
-		t.Fatalf("staging path holds %q, want xfs", fs)
-	}
-	src.publish(t)
-	sum := e.writeData(t, src.target+"/before-snapshot", 4)
+// snapshotOf takes a CSI snapshot of v, deleted when the test ends.
+func (e *env) snapshotOf(t *testing.T, v *volume) *csi.Snapshot {
+	t.Helper()
 	var snap *csi.Snapshot
 	step(t, "CreateSnapshot", func() {
-		resp, err := e.rbdCtl.CreateSnapshot(ctxT(t), &csi.CreateSnapshotRequest{SourceVolumeId: src.id(),
+		resp, err := e.rbdCtl.CreateSnapshot(ctxT(t), &csi.CreateSnapshotRequest{SourceVolumeId: v.id(),
 			Name: "kt-snap-" + uuid.NewString(), Secrets: e.c.RBDSecrets(), Parameters: map[string]string{"clusterID": e.c.ClusterID}})
 		if err != nil {
 			t.Fatalf("CreateSnapshot: %v", err)
@@ -485,10 +467,23 @@ func (e *env) testRestoreFromSnapshot(t *testing.T) {
 			t.Errorf("DeleteSnapshot: %v", err)
 		}
 	})
+	return snap
+}
+
+func (e *env) testRestoreFromSnapshot(t *testing.T) {
+	// mkfs.xfs refuses filesystems under 300 MB.
+	src := e.createRBD(t, 320*mib, testutil.FSCap("xfs"), map[string]string{"mounter": "krbd", "csi.storage.k8s.io/fstype": "xfs"}, nil)
+	src.stage(t)
+	if fs := e.mountOf(t, src.staging); fs != "xfs" {
+		t.Fatalf("staging path holds %q, want xfs", fs)
+	}
+	src.publish(t)
+	sum := e.writeData(t, src.target+"/before-snapshot", 4)
+	snap := e.snapshotOf(t, src)
 	// Written after the snapshot: must not show in the restored volume.
 	e.writeData(t, src.target+"/after-snapshot", 1)
 	// Restored larger than the snapshot: stage grows the filesystem.
-	restored := e.createRBD(t, 400*mib, mountCap("xfs"), map[string]string{"mounter": "krbd", "csi.storage.k8s.io/fstype": "xfs"},
+	restored := e.createRBD(t, 400*mib, testutil.FSCap("xfs"), map[string]string{"mounter": "krbd", "csi.storage.k8s.io/fstype": "xfs"},
 		&csi.VolumeContentSource{Type: &csi.VolumeContentSource_Snapshot{Snapshot: &csi.VolumeContentSource_SnapshotSource{SnapshotId: snap.GetSnapshotId()}}})
 	restored.stage(t)
 	restored.publish(t)
@@ -523,27 +518,14 @@ func (e *env) testRestoreFromSnapshot(t *testing.T) {
 // journal needs a replay, which needs write access; see
 // docs/kernel-tests.md.)
 func (e *env) testReadOnlyFromSnapshot(t *testing.T) {
-	src := e.createRBD(t, 128*mib, mountCap("ext4"), map[string]string{"mounter": "krbd"}, nil)
+	src := e.createRBD(t, 128*mib, testutil.FSCap("ext4"), map[string]string{"mounter": "krbd"}, nil)
 	src.stage(t)
 	src.publish(t)
 	sum := e.writeData(t, src.target+"/data", 2)
 	src.unpublish(t)
 	src.unstage(t)
-	var snap *csi.Snapshot
-	step(t, "CreateSnapshot", func() {
-		resp, err := e.rbdCtl.CreateSnapshot(ctxT(t), &csi.CreateSnapshotRequest{SourceVolumeId: src.id(),
-			Name: "kt-snap-" + uuid.NewString(), Secrets: e.c.RBDSecrets(), Parameters: map[string]string{"clusterID": e.c.ClusterID}})
-		if err != nil {
-			t.Fatalf("CreateSnapshot: %v", err)
-		}
-		snap = resp.GetSnapshot()
-	})
-	t.Cleanup(func() {
-		if _, err := e.rbdCtl.DeleteSnapshot(ctxT(t), &csi.DeleteSnapshotRequest{SnapshotId: snap.GetSnapshotId(), Secrets: e.c.RBDSecrets()}); err != nil {
-			t.Errorf("DeleteSnapshot: %v", err)
-		}
-	})
-	rox := mountCap("ext4")
+	snap := e.snapshotOf(t, src)
+	rox := testutil.FSCap("ext4")
 	rox.AccessMode.Mode = csi.VolumeCapability_AccessMode_SINGLE_NODE_READER_ONLY
 	ro := e.createRBD(t, 128*mib, rox, map[string]string{"mounter": "krbd"},
 		&csi.VolumeContentSource{Type: &csi.VolumeContentSource_Snapshot{Snapshot: &csi.VolumeContentSource_SnapshotSource{SnapshotId: snap.GetSnapshotId()}}})

@@ -219,20 +219,6 @@ func createVolumeReq(t *testing.T, e *nodeEnv, ctl csi.ControllerClient, req *cs
 	return vol
 }
 
-func fsCap(fsType string) *csi.VolumeCapability {
-	return &csi.VolumeCapability{
-		AccessType: &csi.VolumeCapability_Mount{Mount: &csi.VolumeCapability_MountVolume{FsType: fsType}},
-		AccessMode: &csi.VolumeCapability_AccessMode{Mode: csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER},
-	}
-}
-
-func blockCap() *csi.VolumeCapability {
-	return &csi.VolumeCapability{
-		AccessType: &csi.VolumeCapability_Block{Block: &csi.VolumeCapability_BlockVolume{}},
-		AccessMode: &csi.VolumeCapability_AccessMode{Mode: csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER},
-	}
-}
-
 // stageReq builds the NodeStageVolume kubelet would send for vol.
 func stageReq(c *testutil.Cluster, vol *csi.Volume, staging string, vcap *csi.VolumeCapability) *csi.NodeStageVolumeRequest {
 	return &csi.NodeStageVolumeRequest{VolumeId: vol.GetVolumeId(), StagingTargetPath: staging, VolumeCapability: vcap,
@@ -461,7 +447,7 @@ func TestNodeStagePublishWriteUnstageRestage(t *testing.T) {
 	image := vol.GetVolumeContext()["imageName"]
 	staging := filepath.Join(e.work, "staging")
 	target := filepath.Join(e.work, "pod", "mount")
-	vcap := fsCap("")
+	vcap := testutil.FSCap("")
 
 	stage(t, e.d.Node, e.c, vol, staging, vcap)
 	// Staging again is fine and keeps the same device.
@@ -567,7 +553,7 @@ func TestNodeStagePublishWriteUnstageRestage(t *testing.T) {
 
 	// Asked to stage the ext4 volume as xfs, the node refuses instead of
 	// reformatting it, and leaves nothing mapped.
-	_, err = e.d.Node.NodeStageVolume(ctx, stageReq(e.c, vol, staging, fsCap("xfs")))
+	_, err = e.d.Node.NodeStageVolume(ctx, stageReq(e.c, vol, staging, testutil.FSCap("xfs")))
 	if status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), "holds ext4") {
 		t.Errorf("staging an ext4 volume as xfs: %v, want FailedPrecondition (holds ext4)", err)
 	}
@@ -584,7 +570,7 @@ func TestNodeBlockVolumeWriteRead(t *testing.T) {
 	image := vol.GetVolumeContext()["imageName"]
 	staging := filepath.Join(e.work, "staging")
 	target := filepath.Join(e.work, "pod", "dev")
-	vcap := blockCap()
+	vcap := testutil.BlockCap()
 
 	stage(t, e.d.Node, e.c, vol, staging, vcap)
 	if isMounted(t, staging) {
@@ -692,7 +678,7 @@ func TestNodeExpandXFSOnline(t *testing.T) {
 	vol := createFuseVolume(t, e, e.d.Controller, 320<<20, "xfs")
 	staging := filepath.Join(e.work, "staging")
 	target := filepath.Join(e.work, "pod", "mount")
-	vcap := fsCap("xfs")
+	vcap := testutil.FSCap("xfs")
 	stage(t, e.d.Node, e.c, vol, staging, vcap)
 	mi := mountAt(t, staging)
 	if mi.FsType != "xfs" || blkidType(t, mi.Source) != "xfs" {
@@ -738,7 +724,7 @@ func TestNodeExpandExt4(t *testing.T) {
 	vol := createFuseVolume(t, e, e.d.Controller, 64<<20, "ext4")
 	staging := filepath.Join(e.work, "staging")
 	target := filepath.Join(e.work, "pod", "mount")
-	vcap := fsCap("ext4")
+	vcap := testutil.FSCap("ext4")
 	stage(t, e.d.Node, e.c, vol, staging, vcap)
 	publish(t, e.d.Node, vol, staging, target, vcap, false)
 	writeFileSync(t, filepath.Join(target, "keep.txt"), []byte("ext4 data"))
@@ -792,7 +778,7 @@ func TestNodeRestoreFromSnapshotMounts(t *testing.T) {
 	src := createFuseVolume(t, e, e.d.Controller, 64<<20, "")
 	staging := filepath.Join(e.work, "staging")
 	target := filepath.Join(e.work, "pod", "mount")
-	vcap := fsCap("")
+	vcap := testutil.FSCap("")
 	stage(t, e.d.Node, e.c, src, staging, vcap)
 	publish(t, e.d.Node, src, staging, target, vcap, false)
 	content := "before the snapshot " + src.GetVolumeId()
@@ -849,7 +835,7 @@ func TestNodeErrorsOnThisKernelAndBadInput(t *testing.T) {
 	staging := filepath.Join(e.work, "staging")
 	key := e.c.RBDNodeSecrets()["userKey"]
 	withContext := func(kv ...string) *csi.NodeStageVolumeRequest {
-		req := stageReq(e.c, vol, staging, fsCap(""))
+		req := stageReq(e.c, vol, staging, testutil.FSCap(""))
 		vc := map[string]string{}
 		for k, v := range vol.GetVolumeContext() {
 			vc[k] = v
@@ -888,12 +874,12 @@ func TestNodeErrorsOnThisKernelAndBadInput(t *testing.T) {
 			t.Errorf("%s: the error shows the key", tc.name)
 		}
 	}
-	noSecrets := stageReq(e.c, vol, staging, fsCap(""))
+	noSecrets := stageReq(e.c, vol, staging, testutil.FSCap(""))
 	noSecrets.Secrets = nil
 	if _, err := e.d.Node.NodeStageVolume(ctx, noSecrets); status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), "userID") {
 		t.Errorf("stage without secrets: %v", err)
 	}
-	badFs := stageReq(e.c, vol, staging, fsCap("btrfs"))
+	badFs := stageReq(e.c, vol, staging, testutil.FSCap("btrfs"))
 	if _, err := e.d.Node.NodeStageVolume(ctx, badFs); status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), "fs_type") {
 		t.Errorf("stage as btrfs: %v", err)
 	}
@@ -910,7 +896,7 @@ func TestNodeErrorsOnThisKernelAndBadInput(t *testing.T) {
 		t.Errorf("stats of a missing path: %v, want NotFound", err)
 	}
 	if _, err := e.d.Node.NodePublishVolume(ctx, &csi.NodePublishVolumeRequest{VolumeId: vol.GetVolumeId(), StagingTargetPath: staging,
-		TargetPath: filepath.Join(e.work, "t"), VolumeCapability: fsCap("")}); status.Code(err) != codes.FailedPrecondition {
+		TargetPath: filepath.Join(e.work, "t"), VolumeCapability: testutil.FSCap("")}); status.Code(err) != codes.FailedPrecondition {
 		t.Errorf("publish of an unstaged volume: %v, want FailedPrecondition", err)
 	}
 }
@@ -986,7 +972,7 @@ func TestNodeRestartWithRealBinary(t *testing.T) {
 	vol := createFuseVolume(t, e, ctl, 64<<20, "")
 	staging := filepath.Join(work, "staging")
 	target := filepath.Join(work, "pod", "mount")
-	vcap := fsCap("")
+	vcap := testutil.FSCap("")
 	ctx := ctxT(t)
 	if _, err := node.NodeStageVolume(ctx, stageReq(c, vol, staging, vcap)); err != nil {
 		t.Fatalf("NodeStageVolume: %v", err)
@@ -1068,7 +1054,7 @@ func TestNodeRbdFuseDeathIsReportedAndCleanedUp(t *testing.T) {
 	ctx := ctxT(t)
 	vol := createFuseVolume(t, e, e.d.Controller, 32<<20, "")
 	staging := filepath.Join(e.work, "staging")
-	vcap := fsCap("")
+	vcap := testutil.FSCap("")
 	stage(t, e.d.Node, e.c, vol, staging, vcap)
 	procs := rbdFuseProcs(t, e.pluginDir)
 	if len(procs) != 1 {
