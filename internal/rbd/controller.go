@@ -195,7 +195,7 @@ func (s *ControllerServer) createImage(ctx context.Context, pc *poolConn, entry 
 // undoCreate removes what a failed CreateVolume made, so nothing leaks.
 func (s *ControllerServer) undoCreate(ctx context.Context, pc *poolConn, entry *journal.Entry) {
 	logger := klog.FromContext(ctx)
-	if err := removeVolumeImages(pc, entry.ImageName); err != nil {
+	if err := removeVolumeImages(pc, entry.ImageName, false); err != nil {
 		logger.Error(err, "cleaning up after a failed create", "image", entry.ImageName)
 		return // keep the journal entry so a retry or delete can finish
 	}
@@ -291,10 +291,7 @@ func (s *ControllerServer) DeleteVolume(ctx context.Context, req *csi.DeleteVolu
 		}
 		defer releaseName()
 	}
-	if err := ensureUnused(ref.pc, ref.image); err != nil {
-		return nil, err
-	}
-	if err := removeVolumeImages(ref.pc, ref.image); err != nil {
+	if err := removeVolumeImages(ref.pc, ref.image, true); err != nil {
 		return nil, csierr.Status(err)
 	}
 	if ref.entry != nil {
@@ -303,27 +300,6 @@ func (s *ControllerServer) DeleteVolume(ctx context.Context, req *csi.DeleteVolu
 		}
 	}
 	return &csi.DeleteVolumeResponse{}, nil
-}
-
-// ensureUnused refuses to delete an image that a node still has mapped.
-func ensureUnused(pc *poolConn, image string) error {
-	img, err := rbd.OpenImageReadOnly(pc.io, image, rbd.NoSnapshot)
-	if csierr.IsNotFound(err) {
-		return nil
-	}
-	if err != nil {
-		return csierr.Status(fmt.Errorf("opening image %s: %w", image, err))
-	}
-	defer img.Close()
-	watchers, err := img.ListWatchers()
-	if err != nil {
-		return csierr.Status(fmt.Errorf("listing watchers of %s: %w", image, err))
-	}
-	if len(watchers) > 0 {
-		return status.Errorf(codes.FailedPrecondition, "image %s/%s is in use by %d client(s) (first: %s); unmap it first",
-			pc.name, image, len(watchers), watchers[0].Addr)
-	}
-	return nil
 }
 
 // ControllerExpandVolume implements csi.ControllerServer.

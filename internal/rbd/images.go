@@ -8,6 +8,8 @@ import (
 	"github.com/ceph/go-ceph/rados"
 	"github.com/ceph/go-ceph/rbd"
 	"github.com/ceph/go-ceph/rbd/admin"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/leanceph/cephcsi/internal/csierr"
 )
@@ -86,32 +88,36 @@ func queueFlatten(pc *poolConn, image string) error {
 // removeImage deletes an image with its snapshots. Snapshots that clones
 // still depend on move to the trash namespace, and then the image itself
 // moves to the RBD trash, from which purgeTrash removes it once its last
-// child is gone.
-func removeImage(pc *poolConn, name string) error {
-	img, err := rbd.OpenImage(pc.io, name, rbd.NoSnapshot)
+// child is gone. With refuseWatched an image a client still has open (a
+// node's mapping) is kept: FailedPrecondition.
+//
+// The image is opened read-only (a read-only open adds no watcher of its
+// own); only an image with user snapshots to remove is opened again to
+// write, which our volumes, whose snapshots live in the trash namespace,
+// never need.
+func removeImage(pc *poolConn, name string, refuseWatched bool) error {
+	img, err := rbd.OpenImageReadOnly(pc.io, name, rbd.NoSnapshot)
 	if csierr.IsNotFound(err) {
 		return nil
 	}
 	if err != nil {
 		return fmt.Errorf("opening image %s: %w", name, err)
 	}
-	snaps, err := img.GetSnapshotNames()
+	if refuseWatched {
+		err = refuseIfWatched(pc, img)
+	}
+	var userSnaps []string
 	if err == nil {
-		for _, sn := range snaps {
-			// Snapshots already in the trash namespace go away with their
-			// last clone; only user snapshots are ours to remove.
-			if ns, nerr := img.GetSnapNamespaceType(sn.Id); nerr != nil || ns != rbd.SnapNamespaceTypeUser {
-				continue
-			}
-			if rerr := img.GetSnapshot(sn.Name).Remove(); rerr != nil && !csierr.IsNotFound(rerr) {
-				err = fmt.Errorf("removing snapshot %s@%s: %w", name, sn.Name, rerr)
-				break
-			}
-		}
+		userSnaps, err = userSnapshots(img)
 	}
 	img.Close()
 	if err != nil {
 		return err
+	}
+	if len(userSnaps) > 0 {
+		if err := removeSnapshots(pc, name, userSnaps); err != nil {
+			return err
+		}
 	}
 	err = rbd.RemoveImage(pc.io, name)
 	switch {
@@ -128,13 +134,62 @@ func removeImage(pc *poolConn, name string) error {
 	}
 }
 
+// refuseIfWatched is FailedPrecondition when a client has img open.
+func refuseIfWatched(pc *poolConn, img *rbd.Image) error {
+	watchers, err := img.ListWatchers()
+	if err != nil {
+		return fmt.Errorf("listing watchers of %s: %w", img.GetName(), err)
+	}
+	if len(watchers) > 0 {
+		return status.Errorf(codes.FailedPrecondition, "image %s/%s is in use by %d client(s) (first: %s); unmap it first",
+			pc.name, img.GetName(), len(watchers), watchers[0].Addr)
+	}
+	return nil
+}
+
+// userSnapshots names the snapshots of img in the user namespace; those in
+// the trash namespace go away with their last clone.
+func userSnapshots(img *rbd.Image) ([]string, error) {
+	snaps, err := img.GetSnapshotNames()
+	if err != nil {
+		return nil, fmt.Errorf("listing the snapshots of %s: %w", img.GetName(), err)
+	}
+	var names []string
+	for _, sn := range snaps {
+		if ns, err := img.GetSnapNamespaceType(sn.Id); err == nil && ns == rbd.SnapNamespaceTypeUser {
+			names = append(names, sn.Name)
+		}
+	}
+	return names, nil
+}
+
+// removeSnapshots removes the named snapshots of an image; missing ones are
+// fine.
+func removeSnapshots(pc *poolConn, name string, snaps []string) error {
+	img, err := rbd.OpenImage(pc.io, name, rbd.NoSnapshot)
+	if csierr.IsNotFound(err) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("opening image %s: %w", name, err)
+	}
+	defer img.Close()
+	for _, sn := range snaps {
+		if err := img.GetSnapshot(sn).Remove(); err != nil && !csierr.IsNotFound(err) {
+			return fmt.Errorf("removing snapshot %s@%s: %w", name, sn, err)
+		}
+	}
+	return nil
+}
+
 // removeVolumeImages removes a volume's image and its -temp intermediate,
-// then purges whatever in the trash no longer has children.
-func removeVolumeImages(pc *poolConn, name string) error {
-	if err := removeImage(pc, name); err != nil {
+// then purges whatever in the trash no longer has children. With
+// refuseWatched a volume image a node still has mapped is kept.
+func removeVolumeImages(pc *poolConn, name string, refuseWatched bool) error {
+	if err := removeImage(pc, name, refuseWatched); err != nil {
 		return err
 	}
-	if err := removeImage(pc, name+tempSuffix); err != nil {
+	if err := removeImage(pc, name+tempSuffix, false); err != nil {
 		return err
 	}
 	purgeTrash(pc.io)

@@ -107,7 +107,7 @@ func (s *ControllerServer) CreateSnapshot(ctx context.Context, req *csi.CreateSn
 	}
 	info, err := s.snapshotImage(ctx, ref, entry)
 	if err != nil {
-		if rerr := removeImage(ref.pc, entry.ImageName); rerr != nil {
+		if rerr := removeImage(ref.pc, entry.ImageName, false); rerr != nil {
 			klog.FromContext(ctx).Error(rerr, "cleaning up after a failed snapshot", "image", entry.ImageName)
 		} else if rerr := s.snapshots.Release(store, entry); rerr != nil {
 			klog.FromContext(ctx).Error(rerr, "cleaning up the journal after a failed snapshot", "uuid", entry.UUID)
@@ -238,7 +238,7 @@ func (s *ControllerServer) DeleteSnapshot(ctx context.Context, req *csi.DeleteSn
 	}
 	// Volumes restored from the snapshot keep working: the image goes to the
 	// trash until its last clone is gone.
-	if err := removeImage(pc, entry.ImageName); err != nil {
+	if err := removeImage(pc, entry.ImageName, false); err != nil {
 		return nil, csierr.Status(err)
 	}
 	if err := s.snapshots.Release(pc.store(), entry); err != nil {
