@@ -53,6 +53,11 @@ mount -t devpts devpts /newroot/dev/pts
 mount -t tmpfs -o mode=1777 shm /newroot/dev/shm
 mount -t tmpfs -o mode=1777 tmp /newroot/tmp
 mount -t tmpfs -o mode=0755 run /newroot/run
+# The repository's _output (driver binary, test cluster's config.json) at a
+# fixed path: the checkout may live under /tmp, which the guest covers with
+# its own tmpfs.
+mkdir -p /newroot/kt-output
+mount -t 9p -o trans=virtio,version=9p2000.L,ro,cache=loose,msize=512000 ktout /newroot/kt-output || say "9p mount of ktout failed"
 # The overlay's writable layer, visible to checks that search what the guest
 # wrote to disk-like filesystems.
 mkdir -p /newroot/.kt-rw

@@ -256,6 +256,7 @@ boot() {
 		-netdev "tap,id=n0,ifname=$tap,script=no,downscript=no" \
 		-device virtio-net-pci,netdev=n0 \
 		-virtfs local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap \
+		-virtfs "local,path=$repo/_output,mount_tag=ktout,security_model=none,readonly=on,multidevs=remap" \
 		-device virtio-serial-pci \
 		-chardev "socket,id=agent,path=$state/agent.sock,server=on,wait=off" \
 		-device virtserialport,chardev=agent,name=kt.agent \

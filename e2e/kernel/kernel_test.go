@@ -13,6 +13,7 @@ import (
 	"encoding/base64"
 	"fmt"
 	"os"
+	"path"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -42,6 +43,8 @@ type env struct {
 	fsNode    csi.NodeClient
 	rbdPlugin *plugin
 	guestAddr string
+	// hostOutput is the repository's _output directory on the host.
+	hostOutput string
 	// keys are every cephx key of the cluster's CSI users.
 	keys []string
 }
@@ -51,6 +54,20 @@ func getenv(name, def string) string {
 		return v
 	}
 	return def
+}
+
+// guestOutput is where the guest mounts the repository's _output
+// (scripts/kernel-guest-init.sh).
+const guestOutput = "/kt-output"
+
+// guestPath is the guest's path of a host file: files below _output are
+// reached through their own share, since the checkout may sit below a
+// directory the guest covers (its /tmp is a tmpfs of its own).
+func (e *env) guestPath(host string) string {
+	if rel, err := filepath.Rel(e.hostOutput, host); err == nil && !strings.HasPrefix(rel, "..") {
+		return path.Join(guestOutput, rel)
+	}
+	return host
 }
 
 // setup connects to the guest (booted by scripts/kernel-test.sh), starts the
@@ -73,7 +90,7 @@ func setup(t *testing.T) *env {
 		t.Fatalf("no guest (run make test-kernel or scripts/kernel-test.sh): %v", err)
 	}
 	t.Cleanup(g.close)
-	e := &env{g: g, c: c, guestAddr: getenv("KT_GUEST_ADDR", "10.99.1.2")}
+	e := &env{g: g, c: c, guestAddr: getenv("KT_GUEST_ADDR", "10.99.1.2"), hostOutput: filepath.Join(repo, "_output")}
 	for _, k := range []string{"CEPH_RBD_PROVISIONER_KEY", "CEPH_RBD_NODE_KEY", "CEPH_FS_PROVISIONER_KEY", "CEPH_FS_NODE_KEY"} {
 		if v := c.Var(k); v != "" {
 			e.keys = append(e.keys, v)
@@ -135,7 +152,7 @@ func (p *plugin) start(t *testing.T) {
 	t.Helper()
 	p.pid = strings.TrimSpace(p.e.g.sh(t, fmt.Sprintf(
 		"mkdir -p /run/kt && setsid %s --type=%s --nodeserver --nodeid=kt-guest --endpoint=tcp://%s:%d --configpath=%s --v=5 >>%s 2>&1 </dev/null & echo $!",
-		quote(p.binary), p.kind, p.e.guestAddr, p.port, quote(p.e.c.ConfigJSON), p.logFile)))
+		quote(p.e.guestPath(p.binary)), p.kind, p.e.guestAddr, p.port, quote(p.e.guestPath(p.e.c.ConfigJSON)), p.logFile)))
 	deadline := time.Now().Add(2 * time.Minute)
 	for {
 		info, err := p.node.NodeGetInfo(ctxT(t), &csi.NodeGetInfoRequest{})
