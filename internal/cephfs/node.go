@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"slices"
 	"strings"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
@@ -69,8 +68,7 @@ type stagedVolume struct {
 	// SnapshotDir is set for a snapshot-backed volume: the directory below
 	// Root bind-mounted over the staging path.
 	SnapshotDir string `json:"snapshotDir,omitempty"`
-	// Targets are the paths the volume is published at.
-	Targets []string `json:"targets,omitempty"`
+	nodeutil.Published
 }
 
 // stageRequest is a NodeStageVolume request decoded.
@@ -390,17 +388,16 @@ func (n *NodeServer) NodePublishVolume(ctx context.Context, req *csi.NodePublish
 	if err != nil {
 		return nil, status.Errorf(codes.Internal, "reading the staged volume's record: %v", err)
 	}
-	if err := n.publisher.CheckSingleWriter(volumeID, vcap, rec.Targets, target); err != nil {
+	if err := n.publisher.CheckSingleWriter(volumeID, vcap, &rec.Published, target); err != nil {
 		return nil, err
 	}
 	readOnly := req.GetReadonly() || readOnlyModes([]*csi.VolumeCapability{vcap})
 	if err := n.publisher.BindDir(staging, target, readOnly, vcap.GetMount().GetMountFlags()); err != nil {
 		return nil, err
 	}
-	if recorded && !slices.Contains(rec.Targets, target) {
-		rec.Targets = append(rec.Targets, target)
-		if err := n.state.Save(volumeID, rec); err != nil {
-			return nil, status.Errorf(codes.Internal, "recording the published target: %v", err)
+	if recorded {
+		if err := n.state.AddTarget(volumeID, &rec, target); err != nil {
+			return nil, err
 		}
 	}
 	return &csi.NodePublishVolumeResponse{}, nil
@@ -420,16 +417,8 @@ func (n *NodeServer) NodeUnpublishVolume(ctx context.Context, req *csi.NodeUnpub
 	if err := n.publisher.Unpublish(target); err != nil {
 		return nil, err
 	}
-	var rec stagedVolume
-	recorded, err := n.state.Load(volumeID, &rec)
-	if err != nil {
-		return nil, status.Errorf(codes.Internal, "reading the staged volume's record: %v", err)
-	}
-	if i := slices.Index(rec.Targets, target); recorded && i >= 0 {
-		rec.Targets = slices.Delete(rec.Targets, i, i+1)
-		if err := n.state.Save(volumeID, rec); err != nil {
-			return nil, status.Errorf(codes.Internal, "forgetting the published target: %v", err)
-		}
+	if err := n.state.ForgetTarget(volumeID, &stagedVolume{}, target); err != nil {
+		return nil, err
 	}
 	return &csi.NodeUnpublishVolumeResponse{}, nil
 }

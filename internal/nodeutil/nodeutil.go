@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"golang.org/x/sys/unix"
@@ -77,14 +78,25 @@ func (p *Publisher) bind(source, target string, readOnly bool, flags []string) e
 	return nil
 }
 
+// Published is embedded in a staged volume's node record: the paths the
+// volume is published at.
+type Published struct {
+	Targets []string `json:"targets,omitempty"`
+}
+
+func (p *Published) published() *Published { return p }
+
+// publishedRecord is a node record that embeds Published.
+type publishedRecord interface{ published() *Published }
+
 // CheckSingleWriter refuses to publish a SINGLE_NODE_SINGLE_WRITER volume at
 // target while one of the other recorded targets is still mounted: the mode
 // promises one writer, and kubelet relies on the plugin to keep it.
-func (p *Publisher) CheckSingleWriter(volumeID string, vcap *csi.VolumeCapability, targets []string, target string) error {
+func (p *Publisher) CheckSingleWriter(volumeID string, vcap *csi.VolumeCapability, rec *Published, target string) error {
 	if vcap.GetAccessMode().GetMode() != csi.VolumeCapability_AccessMode_SINGLE_NODE_SINGLE_WRITER {
 		return nil
 	}
-	for _, other := range targets {
+	for _, other := range rec.Targets {
 		if other == target {
 			continue
 		}
@@ -163,6 +175,39 @@ func (s StateStore) Save(volumeID string, v any) error {
 		return err
 	}
 	return os.Rename(tmp, s.path(volumeID))
+}
+
+// AddTarget adds target to rec, the record of volumeID already loaded, and
+// saves it unless it holds target already.
+func (s StateStore) AddTarget(volumeID string, rec publishedRecord, target string) error {
+	p := rec.published()
+	if slices.Contains(p.Targets, target) {
+		return nil
+	}
+	p.Targets = append(p.Targets, target)
+	if err := s.Save(volumeID, rec); err != nil {
+		return status.Errorf(codes.Internal, "recording target %s of %s: %v", target, volumeID, err)
+	}
+	return nil
+}
+
+// ForgetTarget loads the record of volumeID into rec and drops target from
+// it; a volume without a record (or without that target) is left alone.
+func (s StateStore) ForgetTarget(volumeID string, rec publishedRecord, target string) error {
+	ok, err := s.Load(volumeID, rec)
+	if err != nil {
+		return status.Errorf(codes.Internal, "reading node state of %s: %v", volumeID, err)
+	}
+	p := rec.published()
+	i := slices.Index(p.Targets, target)
+	if !ok || i < 0 {
+		return nil
+	}
+	p.Targets = slices.Delete(p.Targets, i, i+1)
+	if err := s.Save(volumeID, rec); err != nil {
+		return status.Errorf(codes.Internal, "forgetting target %s of %s: %v", target, volumeID, err)
+	}
+	return nil
 }
 
 // Load reads the record of volumeID into v; ok is false when there is none.

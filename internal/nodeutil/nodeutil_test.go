@@ -1,6 +1,7 @@
 package nodeutil
 
 import (
+	"slices"
 	"testing"
 
 	"google.golang.org/grpc/codes"
@@ -81,5 +82,42 @@ func TestFilesystemStats(t *testing.T) {
 	}
 	if _, err := FilesystemStats("/nonexistent/path"); status.Code(err) != codes.NotFound {
 		t.Fatalf("missing path: %v", err)
+	}
+}
+
+// testRecord is a node record as the drivers keep them.
+type testRecord struct {
+	Device string `json:"device"`
+	Published
+}
+
+func TestTargetsRecordedAndForgotten(t *testing.T) {
+	s := StateStore{Dir: t.TempDir()}
+	rec := &testRecord{Device: "/dev/x"}
+	if err := s.Save("vol", rec); err != nil {
+		t.Fatal(err)
+	}
+	for _, target := range []string{"/a", "/b", "/a"} {
+		if err := s.AddTarget("vol", rec, target); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var got testRecord
+	if _, err := s.Load("vol", &got); err != nil || !slices.Equal(got.Targets, []string{"/a", "/b"}) || got.Device != "/dev/x" {
+		t.Fatalf("after adding /a, /b, /a: %+v, %v; want targets [/a /b] and the device kept", got, err)
+	}
+	if err := s.ForgetTarget("vol", &testRecord{}, "/a"); err != nil {
+		t.Fatal(err)
+	}
+	got = testRecord{}
+	if _, err := s.Load("vol", &got); err != nil || !slices.Equal(got.Targets, []string{"/b"}) || got.Device != "/dev/x" {
+		t.Fatalf("after forgetting /a: %+v, %v", got, err)
+	}
+	// A volume without a record stays without one.
+	if err := s.ForgetTarget("other", &testRecord{}, "/a"); err != nil {
+		t.Fatal(err)
+	}
+	if ok, _ := s.Load("other", &testRecord{}); ok {
+		t.Error("forgetting a target wrote a record for an unstaged volume")
 	}
 }

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"slices"
 	"strings"
 	"time"
 
@@ -93,8 +92,7 @@ type stageRecord struct {
 	FsType       string `json:"fsType,omitempty"`
 	ReadOnly     bool   `json:"readOnly,omitempty"`
 	UnmapOptions string `json:"unmapOptions,omitempty"`
-	// Targets are the paths the volume is published at.
-	Targets []string `json:"targets,omitempty"`
+	nodeutil.Published
 }
 
 func (r *stageRecord) spec() mapper.Spec {
@@ -428,7 +426,7 @@ func (s *NodeServer) NodePublishVolume(ctx context.Context, req *csi.NodePublish
 	if err != nil {
 		return nil, status.Errorf(codes.Internal, "reading node state of %s: %v", volID, err)
 	}
-	if err := s.publisher.CheckSingleWriter(volID, vcap, rec.Targets, target); err != nil {
+	if err := s.publisher.CheckSingleWriter(volID, vcap, &rec.Published, target); err != nil {
 		return nil, err
 	}
 	if vcap.GetBlock() != nil {
@@ -453,10 +451,9 @@ func (s *NodeServer) NodePublishVolume(ctx context.Context, req *csi.NodePublish
 			return nil, err
 		}
 	}
-	if staged && !slices.Contains(rec.Targets, target) {
-		rec.Targets = append(rec.Targets, target)
-		if err := s.state.Save(volID, &rec); err != nil {
-			return nil, status.Errorf(codes.Internal, "saving node state of %s: %v", volID, err)
+	if staged {
+		if err := s.state.AddTarget(volID, &rec, target); err != nil {
+			return nil, err
 		}
 	}
 	return &csi.NodePublishVolumeResponse{}, nil
@@ -476,16 +473,8 @@ func (s *NodeServer) NodeUnpublishVolume(ctx context.Context, req *csi.NodeUnpub
 	if err := s.publisher.Unpublish(target); err != nil {
 		return nil, err
 	}
-	var rec stageRecord
-	staged, err := s.state.Load(volID, &rec)
-	if err != nil {
-		return nil, status.Errorf(codes.Internal, "reading node state of %s: %v", volID, err)
-	}
-	if i := slices.Index(rec.Targets, target); staged && i >= 0 {
-		rec.Targets = slices.Delete(rec.Targets, i, i+1)
-		if err := s.state.Save(volID, &rec); err != nil {
-			return nil, status.Errorf(codes.Internal, "saving node state of %s: %v", volID, err)
-		}
+	if err := s.state.ForgetTarget(volID, &stageRecord{}, target); err != nil {
+		return nil, err
 	}
 	return &csi.NodeUnpublishVolumeResponse{}, nil
 }
