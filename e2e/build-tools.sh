@@ -41,12 +41,19 @@ k8s_ldflags="-X k8s.io/component-base/version.gitVersion=$KUBERNETES_VERSION
  -X k8s.io/client-go/pkg/version.gitMajor=1 -X k8s.io/client-go/pkg/version.gitMinor=$k8s_minor
  -X k8s.io/component-base/version.gitTreeState=clean -X k8s.io/client-go/pkg/version.gitTreeState=clean"
 
+kubelet_minor=${KUBELET_VERSION#v1.}
+kubelet_minor=${kubelet_minor%%.*}
+kubelet_ldflags="-X k8s.io/component-base/version.gitVersion=$KUBELET_VERSION
+ -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=$kubelet_minor
+ -X k8s.io/component-base/version.gitTreeState=clean"
+
 # name|module|version|package|version for in-tree replaces|extra ldflags
 tools=(
 	"etcd|go.etcd.io/etcd/server/v3|$ETCD_VERSION|go.etcd.io/etcd/server/v3|$ETCD_VERSION|"
 	"kube-apiserver|k8s.io/kubernetes|$KUBERNETES_VERSION|k8s.io/kubernetes/cmd/kube-apiserver|v0.${KUBERNETES_VERSION#v1.}|$k8s_ldflags"
 	"kube-controller-manager|k8s.io/kubernetes|$KUBERNETES_VERSION|k8s.io/kubernetes/cmd/kube-controller-manager|v0.${KUBERNETES_VERSION#v1.}|$k8s_ldflags"
 	"kubectl|k8s.io/kubernetes|$KUBERNETES_VERSION|k8s.io/kubernetes/cmd/kubectl|v0.${KUBERNETES_VERSION#v1.}|$k8s_ldflags"
+	"kubelet|k8s.io/kubernetes|$KUBELET_VERSION|k8s.io/kubernetes/cmd/kubelet|v0.${KUBELET_VERSION#v1.}|$kubelet_ldflags"
 	"helm|helm.sh/helm/v3|$HELM_VERSION|helm.sh/helm/v3/cmd/helm||-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION"
 	"csi-provisioner|github.com/kubernetes-csi/external-provisioner/v6|$CSI_PROVISIONER_VERSION|github.com/kubernetes-csi/external-provisioner/v6/cmd/csi-provisioner|$CSI_PROVISIONER_VERSION|-X main.version=$CSI_PROVISIONER_VERSION"
 	"csi-attacher|github.com/kubernetes-csi/external-attacher/v4|$CSI_ATTACHER_VERSION|github.com/kubernetes-csi/external-attacher/v4/cmd/csi-attacher|$CSI_ATTACHER_VERSION|-X main.version=$CSI_ATTACHER_VERSION"

@@ -7,6 +7,8 @@
 #   scripts/ceph-cluster.sh purge  DIR   stop, then remove DIR
 #   scripts/ceph-cluster.sh env    DIR   print shell variables describing the cluster
 #
+# Run it through scripts/in-root for the Ceph release of build.env.
+#
 # The cluster has one mon, one mgr, one bluestore OSD on a sparse file and one
 # MDS, all on 127.0.0.1 with cephx. It provides the pools `rbd` and `rbd2`
 # (RBD-initialised), the CephFS `myfs`, restricted cephx users shaped like the
@@ -42,11 +44,28 @@ die() {
 }
 ceph_() { timeout 60 ceph --conf "$conf" --name client.admin "$@"; }
 
-install_packages() { "$(dirname "$0")/install-deps.sh"; }
+# The daemons are whichever Ceph this runs with: the project's root through
+# scripts/in-root (the Tentacle release the driver is built for, or
+# IN_ROOT=reef), or the host's own packages (scripts/install-deps.sh pacific).
+need_daemons() {
+	command -v ceph-mon >/dev/null ||
+		die "no Ceph daemons here: run this through scripts/in-root (or install the host's with scripts/install-deps.sh pacific)"
+}
 
 pid_alive() { [[ -f "$1" ]] && kill -0 "$(cat "$1")" 2>/dev/null; }
 
 running() { pid_alive "$dir/run/mon.pid"; }
+
+# osd_class_dir: Debian sid's Ceph 20.2.4 has a relative default
+# ("lib/x86_64-linux-gnu/rados-classes"), which the OSD resolves against its
+# working directory: without an absolute path it loads no object class and
+# RBD and the mgr's database fail with "Operation not supported".
+class_dir() {
+	local d
+	d=$(ceph-conf -c /dev/null --show-config-value osd_class_dir 2>/dev/null || true)
+	[[ $d == /* ]] || d=/usr/$d
+	echo "$d"
+}
 
 write_conf() {
 	local fsid=$1
@@ -90,6 +109,7 @@ keyring = $dir/mgr/keyring
 
 [osd]
 osd_data = $dir/osd
+osd_class_dir = $(class_dir)
 keyring = $dir/osd/keyring
 osd_objectstore = bluestore
 bluestore_block_size = 21474836480
@@ -245,7 +265,7 @@ start)
 	if running && health_ok; then
 		exit 0
 	fi
-	install_packages
+	need_daemons
 	start=$SECONDS
 	if [[ -f "$dir/mon/store.db/CURRENT" && -f "$dir/config.json" ]]; then
 		stop_daemons

@@ -909,7 +909,7 @@ func TestNodeRestartWithRealBinary(t *testing.T) {
 	c := testutil.RequireCluster(t)
 	started := time.Now()
 	bin := filepath.Join(t.TempDir(), "cephcsi")
-	build := exec.Command("go", "build", "-tags", "pacific", "-o", bin, "./cmd/cephcsi")
+	build := exec.Command("go", "build", "-o", bin, "./cmd/cephcsi")
 	build.Dir = testutil.RepoRoot()
 	if out, err := build.CombinedOutput(); err != nil {
 		t.Fatalf("building cephcsi: %v\n%s", err, out)
