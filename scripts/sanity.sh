@@ -23,7 +23,7 @@ repo=$PWD
 . "$repo/build.env"
 out=$repo/_output
 cluster=$out/ceph-sanity
-sanity_port=16789
+sanity_port=${SANITY_MON_PORT:-16789}
 logs=$out/sanity
 sanity_bin=$out/bin/csi-sanity
 go=${GO:-go}
