@@ -11,9 +11,12 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/ceph/go-ceph/rados"
+
+	"github.com/leanceph/cephcsi/internal/csierr"
 )
 
 // ErrMissingCredentials is returned when a request carries no usable secret.
@@ -96,7 +99,7 @@ func (c *Conn) Release() {
 // Get returns a connected client for monitors and creds.
 func (p *Pool) Get(monitors []string, creds Credentials) (*Conn, error) {
 	if creds.ID == "" || creds.Key == "" {
-		return nil, ErrMissingCredentials
+		return nil, csierr.Errorf(csierr.ErrInvalid, "%w", ErrMissingCredentials)
 	}
 	key := cacheKey{monitors: strings.Join(monitors, ","), id: creds.ID, keyHash: sha256.Sum256([]byte(creds.Key))}
 	p.mu.Lock()
@@ -128,10 +131,25 @@ func (p *Pool) Get(monitors []string, creds Credentials) (*Conn, error) {
 // ErrConnect wraps failures to reach or authenticate with the cluster.
 var ErrConnect = errors.New("cannot connect to the Ceph cluster")
 
+// connectError classifies a failed connect: a key the monitors refuse is
+// ErrPermission and a key librados cannot parse ErrInvalid (configuration
+// errors the user must see at once, not retry), anything else
+// ErrUnavailable.
+func connectError(creds Credentials, monitors string, err error) error {
+	kind := csierr.ErrUnavailable
+	switch {
+	case csierr.IsErrno(err, syscall.EACCES), csierr.IsErrno(err, syscall.EPERM):
+		kind = csierr.ErrPermission
+	case csierr.IsErrno(err, syscall.EINVAL):
+		kind = csierr.ErrInvalid
+	}
+	return csierr.Errorf(kind, "%w as %s via %s: %v", ErrConnect, creds, monitors, err)
+}
+
 func connect(monitors string, creds Credentials, timeout time.Duration) (*rados.Conn, error) {
 	conn, err := rados.NewConnWithUser(creds.ID)
 	if err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrConnect, err)
+		return nil, csierr.Errorf(csierr.ErrInvalid, "%w: %v", ErrConnect, err)
 	}
 	secs := fmt.Sprintf("%d", int(timeout.Seconds()))
 	opts := [][2]string{
@@ -149,12 +167,12 @@ func connect(monitors string, creds Credentials, timeout time.Duration) (*rados.
 		if err := conn.SetConfigOption(o[0], o[1]); err != nil {
 			conn.Shutdown()
 			// Never echo o[1]: it may be the key.
-			return nil, fmt.Errorf("%w: setting %s: %v", ErrConnect, o[0], err)
+			return nil, csierr.Errorf(csierr.ErrInvalid, "%w: setting %s: %v", ErrConnect, o[0], err)
 		}
 	}
 	if err := conn.Connect(); err != nil {
 		conn.Shutdown()
-		return nil, fmt.Errorf("%w as %s via %s: %v", ErrConnect, creds, monitors, err)
+		return nil, connectError(creds, monitors, err)
 	}
 	return conn, nil
 }

@@ -8,8 +8,6 @@ import (
 
 	"github.com/ceph/go-ceph/cephfs/admin"
 	"github.com/container-storage-interface/spec/lib/go/csi"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 	"k8s.io/klog/v2"
 
 	"github.com/leanceph/cephcsi/internal/csierr"
@@ -63,22 +61,22 @@ func (s *ControllerServer) resolveSource(f *fsConn, src *csi.VolumeContentSource
 	case src.GetVolume() != nil:
 		field, id, kind = "volume_content_source.volume.volume_id", src.GetVolume().GetVolumeId(), "volume"
 	default:
-		return nil, status.Error(codes.InvalidArgument, "volume_content_source: unsupported type")
+		return nil, csierr.Errorf(csierr.ErrInvalid, "volume_content_source: unsupported type")
 	}
 	if id == "" {
-		return nil, status.Errorf(codes.InvalidArgument, "%s is required", field)
+		return nil, csierr.Errorf(csierr.ErrInvalid, "%s is required", field)
 	}
 	decoded, err := volid.Decode(id)
 	if err != nil {
-		return nil, status.Errorf(codes.NotFound, "source %s %q not found: %v", kind, id, err)
+		return nil, csierr.Errorf(csierr.ErrNotFound, "source %s %q not found: %v", kind, id, err)
 	}
 	if decoded.ClusterID != clusterID || decoded.LocationID != f.fs.ID {
-		return nil, status.Errorf(codes.InvalidArgument, "source %s %q is not in filesystem %s of cluster %q", kind, id, f.fs.Name, clusterID)
+		return nil, csierr.Errorf(csierr.ErrInvalid, "source %s %q is not in filesystem %s of cluster %q", kind, id, f.fs.Name, clusterID)
 	}
 	if kind == "snapshot" {
 		c, err := s.findBackingSnapshot(f, id)
 		if err != nil {
-			return nil, status.Errorf(codes.NotFound, "source snapshot %q not found: %v", id, err)
+			return nil, csierr.Errorf(csierr.ErrNotFound, "source snapshot %q not found: %v", id, err)
 		}
 		return c, nil
 	}
@@ -87,7 +85,7 @@ func (s *ControllerServer) resolveSource(f *fsConn, src *csi.VolumeContentSource
 	switch {
 	case err == nil:
 		if entry.BackingSnapshotID != "" {
-			return nil, status.Errorf(codes.InvalidArgument, "source volume %q is snapshot-backed; clone its snapshot instead", id)
+			return nil, csierr.Errorf(csierr.ErrInvalid, "source volume %q is snapshot-backed; clone its snapshot instead", id)
 		}
 		name = entry.ImageName
 	case !errors.Is(err, journal.ErrNotFound):
@@ -96,9 +94,9 @@ func (s *ControllerServer) resolveSource(f *fsConn, src *csi.VolumeContentSource
 	info, err := f.admin.SubVolumeInfo(f.fs.Name, f.group, name)
 	switch {
 	case csierr.IsNotFound(err) || (err == nil && info.State == admin.StateSnapRetained):
-		return nil, status.Errorf(codes.NotFound, "source volume %q not found", id)
+		return nil, csierr.Errorf(csierr.ErrNotFound, "source volume %q not found", id)
 	case csierr.IsErrno(err, syscall.EAGAIN):
-		return nil, status.Errorf(codes.Aborted, "source volume %q is still being populated; retry later", id)
+		return nil, csierr.Errorf(csierr.ErrInProgress, "source volume %q is still being populated; retry later", id)
 	case err != nil:
 		return nil, csierr.Status(fmt.Errorf("reading source subvolume %s: %w", name, err))
 	}
@@ -147,9 +145,9 @@ func startClone(f *fsConn, name, pool string, src *contentSource) error {
 	case err == nil, csierr.IsErrno(err, syscall.EEXIST):
 		return nil
 	case csierr.IsErrno(err, syscall.EAGAIN):
-		return status.Errorf(codes.ResourceExhausted, "cannot start cloning %s@%s now (the cloner is busy): %v; retry later", sub, snap, err)
+		return csierr.Errorf(csierr.ErrExhausted, "cannot start cloning %s@%s now (the cloner is busy): %v; retry later", sub, snap, err)
 	case csierr.IsNotFound(err):
-		return status.Errorf(codes.NotFound, "clone source %s@%s not found: %v", sub, snap, err)
+		return csierr.Errorf(csierr.ErrNotFound, "clone source %s@%s not found: %v", sub, snap, err)
 	}
 	return fmt.Errorf("cloning %s@%s into %s: %w", sub, snap, name, err)
 }
@@ -165,7 +163,7 @@ func cloneProgress(name string, st *admin.CloneStatus) error {
 		if p := st.ProgressReport.PercentageCloned; p != "" {
 			progress = ", " + p + " copied"
 		}
-		return status.Errorf(codes.Aborted, "volume %s is still being copied from its source (%s%s); retry later", name, st.State, progress)
+		return csierr.Errorf(csierr.ErrInProgress, "volume %s is still being copied from its source (%s%s); retry later", name, st.State, progress)
 	case admin.CloneFailed, admin.CloneState(admin.StateCanceled):
 		detail := ""
 		if fl := st.GetFailure(); fl != nil {
@@ -184,7 +182,7 @@ func (s *ControllerServer) provisionBacking(f *fsConn, volumeID string, src *con
 	}
 	if _, err := f.admin.SubVolumeSnapshotInfo(f.fs.Name, f.group, src.snapshot.Source, src.snapshot.ImageName); err != nil {
 		if csierr.IsNotFound(err) {
-			return nil, status.Errorf(codes.NotFound, "snapshot %s was deleted", src.snapshot.ImageName)
+			return nil, csierr.Errorf(csierr.ErrNotFound, "snapshot %s was deleted", src.snapshot.ImageName)
 		}
 		return nil, err
 	}

@@ -13,11 +13,11 @@ import (
 	"github.com/ceph/go-ceph/cephfs/admin"
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 
-	"github.com/leanceph/cephcsi/internal/common"
 	"github.com/leanceph/cephcsi/internal/config"
+	"github.com/leanceph/cephcsi/internal/csierr"
 	"github.com/leanceph/cephcsi/internal/journal"
+	"github.com/leanceph/cephcsi/internal/service"
 )
 
 // cephErr is an error with a Ceph errno, as go-ceph returns them.
@@ -117,7 +117,7 @@ func TestStartCloneErrors(t *testing.T) {
 		a := &fakeAdmin{}
 		f := fakeFS(a)
 		a.errs["CloneSubVolumeSnapshot"] = []error{tc.err}
-		if err := startClone(f, "csi-vol-new", "", snapSrc()); status.Code(err) != tc.code {
+		if err := startClone(f, "csi-vol-new", "", snapSrc()); csierr.Code(err) != tc.code {
 			t.Errorf("clone failing with %v: %v, want %s", tc.err, err, tc.code)
 		}
 	}
@@ -144,7 +144,7 @@ func TestStartCloneFromVolumeUsesATemporarySnapshot(t *testing.T) {
 
 func TestCloneProgress(t *testing.T) {
 	for state, code := range map[admin.CloneState]codes.Code{admin.ClonePending: codes.Aborted, admin.CloneInProgress: codes.Aborted} {
-		if err := cloneProgress("v", &admin.CloneStatus{State: state}); status.Code(err) != code {
+		if err := cloneProgress("v", &admin.CloneStatus{State: state}); csierr.Code(err) != code {
 			t.Errorf("%s: %v, want %s", state, err, code)
 		}
 	}
@@ -199,7 +199,7 @@ func TestRemoveSnapshotWithPendingClones(t *testing.T) {
 	a := &fakeAdmin{}
 	f := fakeFS(a)
 	a.errs["RemoveSubVolumeSnapshot"] = []error{cephErr(syscall.EAGAIN)}
-	if err := f.removeSnapshot("v", "s"); status.Code(err) != codes.FailedPrecondition {
+	if err := f.removeSnapshot("v", "s"); csierr.Code(err) != codes.FailedPrecondition {
 		t.Errorf("snapshot with pending clones: %v, want FailedPrecondition", err)
 	}
 	a.errs["RemoveSubVolumeSnapshot"] = []error{cephErr(syscall.ENOENT)}
@@ -209,7 +209,7 @@ func TestRemoveSnapshotWithPendingClones(t *testing.T) {
 }
 
 func TestProvisionSubvolumeClonePaths(t *testing.T) {
-	s := &ControllerServer{Deps: &common.Deps{Options: &config.Options{}}}
+	s := &ControllerServer{Deps: &service.Deps{Options: &config.Options{}}}
 	entry := &journal.Entry{RequestName: "pvc", ImageName: "csi-vol-1"}
 	r := &csi.CapacityRange{RequiredBytes: 4 << 20}
 
@@ -218,7 +218,7 @@ func TestProvisionSubvolumeClonePaths(t *testing.T) {
 	f := fakeFS(a)
 	a.errs["SubVolumeInfo"] = []error{cephErr(syscall.ENOENT)}
 	_, started, err := s.provisionSubvolume(context.Background(), f, entry, "", r, 4<<20, snapSrc())
-	if status.Code(err) != codes.Aborted || !started {
+	if csierr.Code(err) != codes.Aborted || !started {
 		t.Errorf("fresh clone: started %v, %v; want Aborted", started, err)
 	}
 
@@ -241,7 +241,7 @@ func TestProvisionSubvolumeClonePaths(t *testing.T) {
 	// A plain subvolume under the name does not match a request with a source.
 	a = &fakeAdmin{info: &admin.SubVolumeInfo{Type: "subvolume", State: admin.StateComplete, BytesQuota: admin.ByteCount(4 << 20)}}
 	f = fakeFS(a)
-	if _, _, err := s.provisionSubvolume(context.Background(), f, entry, "", r, 4<<20, snapSrc()); status.Code(err) != codes.AlreadyExists {
+	if _, _, err := s.provisionSubvolume(context.Background(), f, entry, "", r, 4<<20, snapSrc()); csierr.Code(err) != codes.AlreadyExists {
 		t.Errorf("source mismatch: %v, want AlreadyExists", err)
 	}
 
@@ -261,7 +261,7 @@ func TestAwaitCloneWithinCloneWait(t *testing.T) {
 	copying := []admin.CloneState{admin.ClonePending, admin.CloneInProgress, admin.CloneInProgress}
 	complete := &admin.CloneStatus{State: admin.CloneComplete}
 
-	waiting := &ControllerServer{Deps: &common.Deps{Options: &config.Options{CloneWait: 5 * time.Second}}}
+	waiting := &ControllerServer{Deps: &service.Deps{Options: &config.Options{CloneWait: 5 * time.Second}}}
 	a := &fakeAdmin{states: slices.Clone(copying), clone: complete}
 	if err := waiting.awaitClone(context.Background(), fakeFS(a), entry, snapSrc()); err != nil {
 		t.Errorf("copy finishing within --clonewait: %v", err)
@@ -270,9 +270,9 @@ func TestAwaitCloneWithinCloneWait(t *testing.T) {
 		t.Errorf("%d clone status reads, want 4 (three while copying, one complete)", n)
 	}
 
-	atOnce := &ControllerServer{Deps: &common.Deps{Options: &config.Options{}}}
+	atOnce := &ControllerServer{Deps: &service.Deps{Options: &config.Options{}}}
 	a = &fakeAdmin{states: slices.Clone(copying), clone: complete}
-	if err := atOnce.awaitClone(context.Background(), fakeFS(a), entry, snapSrc()); status.Code(err) != codes.Aborted || len(a.calls) != 1 {
+	if err := atOnce.awaitClone(context.Background(), fakeFS(a), entry, snapSrc()); csierr.Code(err) != codes.Aborted || len(a.calls) != 1 {
 		t.Errorf("without --clonewait: %v after %d reads, want Aborted after 1", err, len(a.calls))
 	}
 
@@ -281,7 +281,7 @@ func TestAwaitCloneWithinCloneWait(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 1200*time.Millisecond)
 	defer cancel()
 	start := time.Now()
-	if err := waiting.awaitClone(ctx, fakeFS(a), entry, snapSrc()); status.Code(err) != codes.Aborted {
+	if err := waiting.awaitClone(ctx, fakeFS(a), entry, snapSrc()); csierr.Code(err) != codes.Aborted {
 		t.Errorf("copy outlasting the deadline: %v, want Aborted", err)
 	}
 	if d := time.Since(start); d > time.Second {

@@ -12,14 +12,14 @@ import (
 
 	"github.com/ceph/go-ceph/cephfs/admin"
 	"github.com/container-storage-interface/spec/lib/go/csi"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 	"k8s.io/klog/v2"
 
 	"github.com/leanceph/cephcsi/internal/cephconn"
-	"github.com/leanceph/cephcsi/internal/common"
 	"github.com/leanceph/cephcsi/internal/csierr"
 	"github.com/leanceph/cephcsi/internal/journal"
+	"github.com/leanceph/cephcsi/internal/locks"
+	"github.com/leanceph/cephcsi/internal/request"
+	"github.com/leanceph/cephcsi/internal/service"
 	"github.com/leanceph/cephcsi/internal/volid"
 )
 
@@ -30,13 +30,13 @@ const subvolumeMode = 0o777
 // ControllerServer serves the CSI controller service for CephFS.
 type ControllerServer struct {
 	csi.UnimplementedControllerServer
-	*common.Deps
+	*service.Deps
 	volumes   *journal.Journal
 	snapshots *journal.Journal
 }
 
 // NewControllerServer returns a controller that uses d.
-func NewControllerServer(d *common.Deps) *ControllerServer {
+func NewControllerServer(d *service.Deps) *ControllerServer {
 	return &ControllerServer{Deps: d,
 		volumes:   journal.Volumes(d.Options.InstanceID),
 		snapshots: journal.Snapshots(d.Options.InstanceID)}
@@ -45,7 +45,7 @@ func NewControllerServer(d *common.Deps) *ControllerServer {
 // provisionerCredentials picks adminID/adminKey, or userID/userKey when the
 // admin pair is absent.
 func provisionerCredentials(secrets map[string]string) (cephconn.Credentials, error) {
-	return common.Credentials(secrets, common.AdminSecret, common.UserSecret)
+	return request.Credentials(secrets, request.AdminSecret, request.UserSecret)
 }
 
 // ControllerGetCapabilities implements csi.ControllerServer.
@@ -64,18 +64,6 @@ func (s *ControllerServer) ControllerGetCapabilities(context.Context, *csi.Contr
 	return &csi.ControllerGetCapabilitiesResponse{Capabilities: caps}, nil
 }
 
-// readOnlyModes reports whether every capability asks for a reader-only mode.
-func readOnlyModes(caps []*csi.VolumeCapability) bool {
-	for _, c := range caps {
-		switch c.GetAccessMode().GetMode() {
-		case csi.VolumeCapability_AccessMode_SINGLE_NODE_READER_ONLY, csi.VolumeCapability_AccessMode_MULTI_NODE_READER_ONLY:
-		default:
-			return false
-		}
-	}
-	return true
-}
-
 // provisioned is where a volume's data lives and how big it is.
 type provisioned struct {
 	path string // subvolumePath for the volume context
@@ -86,37 +74,32 @@ type provisioned struct {
 func (s *ControllerServer) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequest) (*csi.CreateVolumeResponse, error) {
 	name := req.GetName()
 	if name == "" {
-		return nil, status.Error(codes.InvalidArgument, "name is required")
+		return nil, csierr.Errorf(csierr.ErrInvalid, "name is required")
 	}
-	if err := common.ValidateCapabilities(req.GetVolumeCapabilities(), true); err != nil {
+	if err := request.ValidateCapabilities(req.GetVolumeCapabilities(), true); err != nil {
 		return nil, err
 	}
 	params, err := parseVolumeParams(req.GetParameters())
 	if err != nil {
 		return nil, err
 	}
-	size, err := common.RoundedSize(req.GetCapacityRange())
+	size, err := request.RoundedSize(req.GetCapacityRange())
 	if err != nil {
 		return nil, err
 	}
 	if params.BackingSnapshot {
 		if req.GetVolumeContentSource().GetSnapshot() == nil {
-			return nil, invalidParam("backingSnapshot", "needs a snapshot as volume_content_source")
+			return nil, csierr.Param("backingSnapshot", "needs a snapshot as volume_content_source")
 		}
-		if !readOnlyModes(req.GetVolumeCapabilities()) {
-			return nil, status.Error(codes.InvalidArgument,
-				"volume_capabilities: a snapshot-backed volume is read-only; use SINGLE_NODE_READER_ONLY or MULTI_NODE_READER_ONLY")
+		if !request.ReadOnlyModes(req.GetVolumeCapabilities()) {
+			return nil, csierr.Field("volume_capabilities",
+				"must be reader-only for a snapshot-backed volume; use SINGLE_NODE_READER_ONLY or MULTI_NODE_READER_ONLY")
 		}
 	}
 	creds, err := provisionerCredentials(req.GetSecrets())
 	if err != nil {
 		return nil, err
 	}
-	release, err := s.Lock("volume-name/" + name)
-	if err != nil {
-		return nil, err
-	}
-	defer release()
 
 	f, err := openFSByName(s.Deps, params.ClusterID, params.FsName, creds)
 	if err != nil {
@@ -124,14 +107,14 @@ func (s *ControllerServer) CreateVolume(ctx context.Context, req *csi.CreateVolu
 	}
 	defer f.close()
 	if params.Pool != "" && !f.fs.hasDataPool(params.Pool) {
-		return nil, invalidParam("pool", "%q is not a data pool of filesystem %s (%v)", params.Pool, f.fs.Name, f.fs.DataPools)
+		return nil, csierr.Param("pool", "%q is not a data pool of filesystem %s (%v)", params.Pool, f.fs.Name, f.fs.DataPools)
 	}
 	src, err := s.resolveSource(f, req.GetVolumeContentSource(), params.ClusterID)
 	if err != nil {
 		return nil, err
 	}
 	if src != nil && !params.BackingSnapshot && src.size > size {
-		return nil, status.Errorf(codes.OutOfRange, "requested size %d is smaller than the source's %d", size, src.size)
+		return nil, csierr.Errorf(csierr.ErrOutOfRange, "requested size %d is smaller than the source's %d", size, src.size)
 	}
 	backingID := ""
 	if params.BackingSnapshot {
@@ -149,11 +132,11 @@ func (s *ControllerServer) CreateVolume(ctx context.Context, req *csi.CreateVolu
 			return nil, csierr.Status(err)
 		}
 	} else if entry.BackingSnapshotID != backingID {
-		return nil, status.Errorf(codes.AlreadyExists, "volume %q exists with backing snapshot %q, not %q", name, entry.BackingSnapshotID, backingID)
+		return nil, csierr.Errorf(csierr.ErrExists, "volume %q exists with backing snapshot %q, not %q", name, entry.BackingSnapshotID, backingID)
 	}
 	volumeID, err := volid.ID{ClusterID: params.ClusterID, LocationID: f.fs.ID, UUID: entry.UUID}.Encode()
 	if err != nil {
-		return nil, status.Errorf(codes.InvalidArgument, "clusterID %q: %v", params.ClusterID, err)
+		return nil, csierr.Errorf(csierr.ErrInvalid, "clusterID %q: %v", params.ClusterID, err)
 	}
 
 	var res *provisioned
@@ -166,12 +149,12 @@ func (s *ControllerServer) CreateVolume(ctx context.Context, req *csi.CreateVolu
 	if err != nil {
 		// A running clone is kept for the retry; a volume an earlier call
 		// made is kept unless its clone failed.
-		if status.Code(err) != codes.Aborted && (fresh || started || errors.Is(err, errCloneFailed)) {
+		if !errors.Is(err, csierr.ErrInProgress) && (fresh || started || errors.Is(err, errCloneFailed)) {
 			s.undoCreate(ctx, f, entry, volumeID, src)
 		}
 		return nil, csierr.Status(err)
 	}
-	vc := common.PassThrough(req.GetParameters())
+	vc := request.PassThrough(req.GetParameters())
 	vc["clusterID"] = params.ClusterID
 	vc["fsName"] = f.fs.Name
 	vc["subvolumeName"] = entry.ImageName
@@ -190,7 +173,7 @@ func (s *ControllerServer) CreateVolume(ctx context.Context, req *csi.CreateVolu
 
 // fits reports whether an existing volume of size have satisfies r.
 func fits(have int64, r *csi.CapacityRange) bool {
-	want, err := common.RoundedSize(r)
+	want, err := request.RoundedSize(r)
 	if err != nil {
 		return false
 	}
@@ -226,14 +209,14 @@ func (s *ControllerServer) provisionSubvolume(ctx context.Context, f *fsConn, en
 		// Only a clone that has not completed refuses `subvolume info`.
 		info = nil
 		if src == nil {
-			return nil, false, status.Errorf(codes.AlreadyExists, "volume %q exists as a clone, without a content source in this request", entry.RequestName)
+			return nil, false, csierr.Errorf(csierr.ErrExists, "volume %q exists as a clone, without a content source in this request", entry.RequestName)
 		}
 	case err != nil:
 		return nil, false, fmt.Errorf("reading subvolume %s: %w", name, err)
 	case info.State == admin.StateSnapRetained:
 		return nil, false, fmt.Errorf("subvolume %s of volume %q was deleted; only its snapshots remain", name, entry.RequestName)
 	case (info.Type == "clone") != (src != nil):
-		return nil, false, status.Errorf(codes.AlreadyExists, "volume %q exists as a %s, which does not match this request's content source", entry.RequestName, info.Type)
+		return nil, false, csierr.Errorf(csierr.ErrExists, "volume %q exists as a %s, which does not match this request's content source", entry.RequestName, info.Type)
 	}
 	if src != nil && info == nil {
 		if err := s.awaitClone(ctx, f, entry, src); err != nil {
@@ -259,7 +242,7 @@ func (s *ControllerServer) provisionSubvolume(ctx context.Context, f *fsConn, en
 		}
 	}
 	if !fits(have, r) {
-		return nil, started, status.Errorf(codes.AlreadyExists, "volume %q exists with size %d, which does not fit the requested capacity range", entry.RequestName, have)
+		return nil, started, csierr.Errorf(csierr.ErrExists, "volume %q exists with size %d, which does not fit the requested capacity range", entry.RequestName, have)
 	}
 	return &provisioned{path: info.Path, size: have}, started, nil
 }
@@ -283,11 +266,11 @@ func (s *ControllerServer) awaitClone(ctx context.Context, f *fsConn, entry *jou
 			return fmt.Errorf("reading the clone status of %s: %w", name, err)
 		}
 		if st.Source.SubVolume != "" && (st.Source.SubVolume != sub || st.Source.Snapshot != snap) {
-			return status.Errorf(codes.AlreadyExists, "volume %q is being cloned from %s@%s, not %s@%s",
+			return csierr.Errorf(csierr.ErrExists, "volume %q is being cloned from %s@%s, not %s@%s",
 				entry.RequestName, st.Source.SubVolume, st.Source.Snapshot, sub, snap)
 		}
 		err = cloneProgress(name, st)
-		if status.Code(err) != codes.Aborted || time.Now().Add(clonePollInterval).After(deadline) {
+		if !errors.Is(err, csierr.ErrInProgress) || time.Now().Add(clonePollInterval).After(deadline) {
 			return err
 		}
 		select {
@@ -323,7 +306,7 @@ func (f *fsConn) removeSnapshot(subvolume, snapshot string) error {
 	case err == nil, csierr.IsNotFound(err):
 		return nil
 	case csierr.IsErrno(err, syscall.EAGAIN):
-		return status.Errorf(codes.FailedPrecondition, "snapshot %s of %s still has clones copying from it; retry when they are done: %v",
+		return csierr.Errorf(csierr.ErrPrecondition, "snapshot %s of %s still has clones copying from it; retry when they are done: %v",
 			snapshot, subvolume, err)
 	}
 	return fmt.Errorf("removing snapshot %s of %s: %w", snapshot, subvolume, err)
@@ -425,7 +408,7 @@ func (s *ControllerServer) findVolume(volumeID string, creds cephconn.Credential
 // notFoundVolume maps lookup failures of an existing-volume call to NotFound.
 func notFoundVolume(volumeID string, err error) error {
 	if errors.Is(err, volid.ErrMalformed) || errors.Is(err, errFSNotFound) || csierr.IsNotFound(err) {
-		return status.Errorf(codes.NotFound, "volume %q not found: %v", volumeID, err)
+		return csierr.Errorf(csierr.ErrNotFound, "volume %q not found: %v", volumeID, err)
 	}
 	return csierr.Status(err)
 }
@@ -434,17 +417,12 @@ func notFoundVolume(volumeID string, err error) error {
 func (s *ControllerServer) DeleteVolume(ctx context.Context, req *csi.DeleteVolumeRequest) (*csi.DeleteVolumeResponse, error) {
 	volumeID := req.GetVolumeId()
 	if volumeID == "" {
-		return nil, status.Error(codes.InvalidArgument, "volume_id is required")
+		return nil, csierr.Errorf(csierr.ErrInvalid, "volume_id is required")
 	}
 	creds, err := provisionerCredentials(req.GetSecrets())
 	if err != nil {
 		return nil, err
 	}
-	release, err := s.Lock("volume-id/" + volumeID)
-	if err != nil {
-		return nil, err
-	}
-	defer release()
 	ref, err := s.findVolume(volumeID, creds)
 	switch {
 	case errors.Is(err, volid.ErrMalformed), errors.Is(err, errFSNotFound):
@@ -457,7 +435,7 @@ func (s *ControllerServer) DeleteVolume(ctx context.Context, req *csi.DeleteVolu
 	defer f.close()
 	if ref.entry != nil {
 		// A concurrent CreateVolume of the same name must not see it half-deleted.
-		releaseName, err := s.Lock("volume-name/" + ref.entry.RequestName)
+		releaseName, err := s.Lock(locks.VolumeName(ref.entry.RequestName))
 		if err != nil {
 			return nil, err
 		}
@@ -491,12 +469,12 @@ func (s *ControllerServer) DeleteVolume(ctx context.Context, req *csi.DeleteVolu
 // size; nothing is left for the node to do.
 func (s *ControllerServer) ControllerExpandVolume(ctx context.Context, req *csi.ControllerExpandVolumeRequest) (*csi.ControllerExpandVolumeResponse, error) {
 	if req.GetVolumeId() == "" {
-		return nil, status.Error(codes.InvalidArgument, "volume_id is required")
+		return nil, csierr.Errorf(csierr.ErrInvalid, "volume_id is required")
 	}
 	if req.GetCapacityRange() == nil {
-		return nil, status.Error(codes.InvalidArgument, "capacity_range is required")
+		return nil, csierr.Errorf(csierr.ErrInvalid, "capacity_range is required")
 	}
-	size, err := common.RoundedSize(req.GetCapacityRange())
+	size, err := request.RoundedSize(req.GetCapacityRange())
 	if err != nil {
 		return nil, err
 	}
@@ -504,18 +482,13 @@ func (s *ControllerServer) ControllerExpandVolume(ctx context.Context, req *csi.
 	if err != nil {
 		return nil, err
 	}
-	release, err := s.Lock("volume-id/" + req.GetVolumeId())
-	if err != nil {
-		return nil, err
-	}
-	defer release()
 	ref, err := s.findVolume(req.GetVolumeId(), creds)
 	if err != nil {
 		return nil, notFoundVolume(req.GetVolumeId(), err)
 	}
 	defer ref.f.close()
 	if ref.backing() {
-		return nil, status.Errorf(codes.InvalidArgument, "volume %q is a read-only snapshot-backed volume and cannot be expanded", req.GetVolumeId())
+		return nil, csierr.Errorf(csierr.ErrInvalid, "volume %q is a read-only snapshot-backed volume and cannot be expanded", req.GetVolumeId())
 	}
 	info, err := ref.f.subvolumeInfo(ref.name)
 	if err != nil {
@@ -534,10 +507,10 @@ func (s *ControllerServer) ControllerExpandVolume(ctx context.Context, req *csi.
 // ValidateVolumeCapabilities implements csi.ControllerServer.
 func (s *ControllerServer) ValidateVolumeCapabilities(ctx context.Context, req *csi.ValidateVolumeCapabilitiesRequest) (*csi.ValidateVolumeCapabilitiesResponse, error) {
 	if req.GetVolumeId() == "" {
-		return nil, status.Error(codes.InvalidArgument, "volume_id is required")
+		return nil, csierr.Errorf(csierr.ErrInvalid, "volume_id is required")
 	}
 	if len(req.GetVolumeCapabilities()) == 0 {
-		return nil, status.Error(codes.InvalidArgument, "volume_capabilities is required")
+		return nil, csierr.Errorf(csierr.ErrInvalid, "volume_capabilities is required")
 	}
 	creds, err := provisionerCredentials(req.GetSecrets())
 	if err != nil {
@@ -552,14 +525,14 @@ func (s *ControllerServer) ValidateVolumeCapabilities(ctx context.Context, req *
 		if _, err := s.findBackingSnapshot(ref.f, ref.entry.BackingSnapshotID); err != nil {
 			return nil, notFoundVolume(req.GetVolumeId(), err)
 		}
-		if !readOnlyModes(req.GetVolumeCapabilities()) {
+		if !request.ReadOnlyModes(req.GetVolumeCapabilities()) {
 			return &csi.ValidateVolumeCapabilitiesResponse{Message: "a snapshot-backed volume supports reader-only access modes only"}, nil
 		}
 	} else if _, err := ref.f.subvolumeInfo(ref.name); err != nil {
 		return nil, notFoundVolume(req.GetVolumeId(), err)
 	}
-	if err := common.ValidateCapabilities(req.GetVolumeCapabilities(), true); err != nil {
-		return &csi.ValidateVolumeCapabilitiesResponse{Message: status.Convert(err).Message()}, nil
+	if err := request.ValidateCapabilities(req.GetVolumeCapabilities(), true); err != nil {
+		return &csi.ValidateVolumeCapabilitiesResponse{Message: err.Error()}, nil
 	}
 	return &csi.ValidateVolumeCapabilitiesResponse{Confirmed: &csi.ValidateVolumeCapabilitiesResponse_Confirmed{
 		VolumeContext:      req.GetVolumeContext(),

@@ -7,14 +7,12 @@ import (
 
 	"github.com/ceph/go-ceph/cephfs/admin"
 	"github.com/ceph/go-ceph/rados"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 
 	"github.com/leanceph/cephcsi/internal/cephconn"
-	"github.com/leanceph/cephcsi/internal/common"
 	"github.com/leanceph/cephcsi/internal/config"
 	"github.com/leanceph/cephcsi/internal/csierr"
 	"github.com/leanceph/cephcsi/internal/journal"
+	"github.com/leanceph/cephcsi/internal/service"
 )
 
 // fsAdmin is the part of go-ceph's FSAdmin (the mgr "volumes" module) the
@@ -118,7 +116,7 @@ func (f *fsConn) store() journal.Store { return journal.RadosStore{IO: f.io} }
 
 // journalNamespace is the RADOS namespace of the CephFS journal: config.json's
 // cephFS.radosNamespace, else --radosnamespacecephfs.
-func journalNamespace(d *common.Deps, cl *config.Cluster) string {
+func journalNamespace(d *service.Deps, cl *config.Cluster) string {
 	if cl.CephFS.RadosNamespace != "" {
 		return cl.CephFS.RadosNamespace
 	}
@@ -127,7 +125,7 @@ func journalNamespace(d *common.Deps, cl *config.Cluster) string {
 
 // openFS connects to clusterID and opens the filesystem named fsName (or with
 // ID fsID when fsName is empty). A missing filesystem is errFSNotFound.
-func openFS(d *common.Deps, clusterID, fsName string, fsID int64, creds cephconn.Credentials) (*fsConn, error) {
+func openFS(d *service.Deps, clusterID, fsName string, fsID int64, creds cephconn.Credentials) (*fsConn, error) {
 	cl, conn, err := d.Connect(clusterID, creds)
 	if err != nil {
 		return nil, err
@@ -149,10 +147,10 @@ func openFS(d *common.Deps, clusterID, fsName string, fsID int64, creds cephconn
 
 // openFSByName is openFS for a StorageClass's fsName; a missing filesystem
 // is InvalidArgument naming the parameter.
-func openFSByName(d *common.Deps, clusterID, fsName string, creds cephconn.Credentials) (*fsConn, error) {
+func openFSByName(d *service.Deps, clusterID, fsName string, creds cephconn.Credentials) (*fsConn, error) {
 	f, err := openFS(d, clusterID, fsName, 0, creds)
 	if errors.Is(err, errFSNotFound) {
-		return nil, invalidParam("fsName", "no filesystem %q in cluster %q", fsName, clusterID)
+		return nil, csierr.Param("fsName", "no filesystem %q in cluster %q", fsName, clusterID)
 	}
 	if err != nil {
 		return nil, csierr.Status(err)
@@ -192,8 +190,4 @@ func quotaBytes(info *admin.SubVolumeInfo) int64 {
 		return int64(q)
 	}
 	return 0
-}
-
-func invalidParam(name, format string, args ...any) error {
-	return status.Errorf(codes.InvalidArgument, "parameter %q: %s", name, fmt.Sprintf(format, args...))
 }

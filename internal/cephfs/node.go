@@ -10,30 +10,29 @@ import (
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"golang.org/x/sys/unix"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 	"k8s.io/klog/v2"
 	mount "k8s.io/mount-utils"
 
 	"github.com/leanceph/cephcsi/internal/cephconn"
-	"github.com/leanceph/cephcsi/internal/common"
 	"github.com/leanceph/cephcsi/internal/csierr"
 	"github.com/leanceph/cephcsi/internal/journal"
 	"github.com/leanceph/cephcsi/internal/nodeutil"
+	"github.com/leanceph/cephcsi/internal/request"
+	"github.com/leanceph/cephcsi/internal/service"
 	"github.com/leanceph/cephcsi/internal/volid"
 )
 
 // NodeServer serves the CSI node service for CephFS.
 type NodeServer struct {
 	csi.UnimplementedNodeServer
-	*common.Deps
+	*service.Deps
 	mounter   mount.Interface
 	publisher *nodeutil.Publisher
 	state     nodeutil.StateStore
 }
 
 // NewNodeServer returns the node service.
-func NewNodeServer(d *common.Deps) (*NodeServer, error) {
+func NewNodeServer(d *service.Deps) (*NodeServer, error) {
 	m := mount.New("")
 	return &NodeServer{Deps: d, mounter: m, publisher: &nodeutil.Publisher{Mounter: m},
 		state: nodeutil.StateStore{Dir: filepath.Join(d.Options.PluginPath, d.Options.DriverName, "cephfs-staged")}}, nil
@@ -89,32 +88,27 @@ func (n *NodeServer) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolu
 	}
 	vcap := req.GetVolumeCapability()
 	if vcap == nil {
-		return nil, status.Error(codes.InvalidArgument, "volume_capability is required")
+		return nil, csierr.Errorf(csierr.ErrInvalid, "volume_capability is required")
 	}
-	if err := common.ValidateCapabilities([]*csi.VolumeCapability{vcap}, true); err != nil {
+	if err := request.ValidateCapability("volume_capability", vcap, true); err != nil {
 		return nil, err
 	}
-	release, err := n.Lock("stage/" + volumeID)
-	if err != nil {
-		return nil, err
-	}
-	defer release()
 	sr, err := n.decodeStage(req)
 	if err != nil {
 		return nil, err
 	}
-	if sr.backingSnapshotID != "" && !readOnlyModes([]*csi.VolumeCapability{vcap}) {
-		return nil, status.Error(codes.InvalidArgument, "volume_capability: a snapshot-backed volume supports reader-only access modes only")
+	if sr.backingSnapshotID != "" && !request.ReadOnlyModes([]*csi.VolumeCapability{vcap}) {
+		return nil, csierr.Errorf(csierr.ErrInvalid, "volume_capability: a snapshot-backed volume supports reader-only access modes only")
 	}
 	mounted, err := n.publisher.IsMountPoint(staging)
 	if err != nil {
-		return nil, status.Errorf(codes.Internal, "checking %s: %v", staging, err)
+		return nil, fmt.Errorf("checking %s: %v", staging, err)
 	}
 	if mounted {
 		return &csi.NodeStageVolumeResponse{}, nil
 	}
 	if err := os.MkdirAll(staging, 0o750); err != nil {
-		return nil, status.Errorf(codes.Internal, "creating staging path %s: %v", staging, err)
+		return nil, fmt.Errorf("creating staging path %s: %v", staging, err)
 	}
 	sr.spec.Target = staging
 	if sr.mounter == mounterFuse {
@@ -123,7 +117,7 @@ func (n *NodeServer) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolu
 		err = mountKernel(ctx, sr.spec)
 	}
 	if err != nil {
-		return nil, status.Errorf(codes.Internal, "mounting %s:%s with the %s client: %v", sr.spec.FsName, sr.spec.Root, sr.mounter, err)
+		return nil, fmt.Errorf("mounting %s:%s with the %s client: %v", sr.spec.FsName, sr.spec.Root, sr.mounter, err)
 	}
 	rec := stagedVolume{StagingPath: staging, Mounter: sr.mounter, FsName: sr.spec.FsName, Root: sr.spec.Root}
 	if sr.backingSnapshotID != "" {
@@ -134,7 +128,7 @@ func (n *NodeServer) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolu
 	}
 	if err := n.state.Save(volumeID, rec); err != nil {
 		n.unmountAll(ctx, staging)
-		return nil, status.Errorf(codes.Internal, "recording the staged volume: %v", err)
+		return nil, fmt.Errorf("recording the staged volume: %v", err)
 	}
 	return &csi.NodeStageVolumeResponse{}, nil
 }
@@ -146,20 +140,20 @@ func (n *NodeServer) decodeStage(req *csi.NodeStageVolumeRequest) (*stageRequest
 	static := vc["staticVolume"] == "true"
 	sr := &stageRequest{clusterID: vc["clusterID"], subvolumeName: vc["subvolumeName"], backingSnapshotID: vc["backingSnapshotID"]}
 	if sr.clusterID == "" {
-		return nil, status.Error(codes.InvalidArgument, "volume_context: clusterID is required")
+		return nil, csierr.Errorf(csierr.ErrInvalid, "volume_context: clusterID is required")
 	}
 	cl, err := n.Clusters.Get(sr.clusterID)
 	if err != nil {
-		return nil, status.Errorf(codes.InvalidArgument, "volume_context: clusterID %q: %v", sr.clusterID, err)
+		return nil, csierr.Errorf(csierr.ErrInvalid, "volume_context: clusterID %q: %v", sr.clusterID, err)
 	}
 	// Dynamically provisioned volumes mount with the admin pair when the
 	// node secret has one (as ceph-csi does), pre-provisioned ones with the
 	// user pair.
-	pairs := [][2]string{common.AdminSecret, common.UserSecret}
+	pairs := [][2]string{request.AdminSecret, request.UserSecret}
 	if static {
-		pairs = [][2]string{common.UserSecret, common.AdminSecret}
+		pairs = [][2]string{request.UserSecret, request.AdminSecret}
 	}
-	creds, err := common.Credentials(req.GetSecrets(), pairs...)
+	creds, err := request.Credentials(req.GetSecrets(), pairs...)
 	if err != nil {
 		return nil, err
 	}
@@ -170,7 +164,7 @@ func (n *NodeServer) decodeStage(req *csi.NodeStageVolumeRequest) (*stageRequest
 		sr.spec.Root = vc["subvolumePath"]
 	}
 	if sr.spec.FsName == "" {
-		return nil, status.Error(codes.InvalidArgument, "volume_context: fsName is required")
+		return nil, csierr.Errorf(csierr.ErrInvalid, "volume_context: fsName is required")
 	}
 	backing := vc["backingSnapshot"] == "true" || sr.backingSnapshotID != ""
 	if backing && sr.backingSnapshotID == "" {
@@ -185,7 +179,7 @@ func (n *NodeServer) decodeStage(req *csi.NodeStageVolumeRequest) (*stageRequest
 		}
 	}
 	if sr.spec.Root == "" {
-		return nil, status.Error(codes.InvalidArgument, "volume_context: subvolumePath (or rootPath for a static volume) is required")
+		return nil, csierr.Errorf(csierr.ErrInvalid, "volume_context: subvolumePath (or rootPath for a static volume) is required")
 	}
 	sr.mounter = vc["mounter"]
 	if err := validMounter(sr.mounter); err != nil {
@@ -219,7 +213,7 @@ func (n *NodeServer) decodeStage(req *csi.NodeStageVolumeRequest) (*stageRequest
 func (n *NodeServer) subvolumePath(volumeID, fsName, subvolume string, creds cephconn.Credentials) (string, error) {
 	id, err := volid.Decode(volumeID)
 	if err != nil {
-		return "", status.Errorf(codes.InvalidArgument, "volume_context lacks subvolumePath and volume_id is not ours: %v", err)
+		return "", csierr.Errorf(csierr.ErrInvalid, "volume_context lacks subvolumePath and volume_id is not ours: %v", err)
 	}
 	f, err := openFS(n.Deps, id.ClusterID, fsName, 0, creds)
 	if err != nil {
@@ -238,7 +232,7 @@ func (n *NodeServer) subvolumePath(volumeID, fsName, subvolume string, creds cep
 func (n *NodeServer) backingSnapshotFromJournal(volumeID string, creds cephconn.Credentials) (string, error) {
 	id, err := volid.Decode(volumeID)
 	if err != nil {
-		return "", status.Errorf(codes.InvalidArgument, "volume_context lacks backingSnapshotID and volume_id is not ours: %v", err)
+		return "", csierr.Errorf(csierr.ErrInvalid, "volume_context lacks backingSnapshotID and volume_id is not ours: %v", err)
 	}
 	f, err := openFS(n.Deps, id.ClusterID, "", id.LocationID, creds)
 	if err != nil {
@@ -250,7 +244,7 @@ func (n *NodeServer) backingSnapshotFromJournal(volumeID string, creds cephconn.
 		return "", csierr.Status(fmt.Errorf("reading the journal of volume %s: %w", volumeID, err))
 	}
 	if entry.BackingSnapshotID == "" {
-		return "", status.Errorf(codes.InvalidArgument, "volume %s is not snapshot-backed", volumeID)
+		return "", csierr.Errorf(csierr.ErrInvalid, "volume %s is not snapshot-backed", volumeID)
 	}
 	return entry.BackingSnapshotID, nil
 }
@@ -260,19 +254,19 @@ func (n *NodeServer) backingSnapshotFromJournal(volumeID string, creds cephconn.
 func (n *NodeServer) bindSnapshot(staging, snapshotID string) (string, error) {
 	id, err := volid.Decode(snapshotID)
 	if err != nil {
-		return "", status.Errorf(codes.InvalidArgument, "backingSnapshotID %q: %v", snapshotID, err)
+		return "", csierr.Errorf(csierr.ErrInvalid, "backingSnapshotID %q: %v", snapshotID, err)
 	}
 	rel, err := snapshotDataDir(staging, id.UUID)
 	if err != nil {
-		return "", status.Errorf(codes.NotFound, "snapshot %s: %v", snapshotID, err)
+		return "", csierr.Errorf(csierr.ErrNotFound, "snapshot %s: %v", snapshotID, err)
 	}
 	// Two system calls, not mount(8): once the bind covers staging, the
 	// source path (below staging) no longer resolves for a remount by path.
 	if err := unix.Mount(filepath.Join(staging, rel), staging, "", unix.MS_BIND, ""); err != nil {
-		return "", status.Errorf(codes.Internal, "bind-mounting snapshot directory %s: %v", rel, err)
+		return "", fmt.Errorf("bind-mounting snapshot directory %s: %v", rel, err)
 	}
 	if err := unix.Mount("", staging, "", unix.MS_REMOUNT|unix.MS_BIND|unix.MS_RDONLY, ""); err != nil {
-		return "", status.Errorf(codes.Internal, "making the snapshot bind mount read-only: %v", err)
+		return "", fmt.Errorf("making the snapshot bind mount read-only: %v", err)
 	}
 	return rel, nil
 }
@@ -341,16 +335,11 @@ func (n *NodeServer) NodeUnstageVolume(ctx context.Context, req *csi.NodeUnstage
 	if err := nodeutil.Require([2]string{"volume_id", volumeID}, [2]string{"staging_target_path", staging}); err != nil {
 		return nil, err
 	}
-	release, err := n.Lock("stage/" + volumeID)
-	if err != nil {
-		return nil, err
-	}
-	defer release()
 	if err := n.unmountAll(ctx, staging); err != nil {
-		return nil, status.Errorf(codes.Internal, "unmounting %s: %v", staging, err)
+		return nil, fmt.Errorf("unmounting %s: %v", staging, err)
 	}
 	if err := n.state.Remove(volumeID); err != nil {
-		return nil, status.Errorf(codes.Internal, "forgetting the staged volume: %v", err)
+		return nil, fmt.Errorf("forgetting the staged volume: %v", err)
 	}
 	return &csi.NodeUnstageVolumeResponse{}, nil
 }
@@ -365,33 +354,27 @@ func (n *NodeServer) NodePublishVolume(ctx context.Context, req *csi.NodePublish
 	}
 	vcap := req.GetVolumeCapability()
 	if vcap == nil {
-		return nil, status.Error(codes.InvalidArgument, "volume_capability is required")
+		return nil, csierr.Errorf(csierr.ErrInvalid, "volume_capability is required")
 	}
-	if err := common.ValidateCapabilities([]*csi.VolumeCapability{vcap}, true); err != nil {
+	if err := request.ValidateCapability("volume_capability", vcap, true); err != nil {
 		return nil, err
 	}
-	// One lock per volume: the record of its targets is read and rewritten.
-	release, err := n.Lock("publish/" + volumeID)
-	if err != nil {
-		return nil, err
-	}
-	defer release()
 	staged, err := n.publisher.IsMountPoint(staging)
 	if err != nil {
-		return nil, status.Errorf(codes.Internal, "checking %s: %v", staging, err)
+		return nil, fmt.Errorf("checking %s: %v", staging, err)
 	}
 	if !staged {
-		return nil, status.Errorf(codes.FailedPrecondition, "volume %s is not staged at %s", volumeID, staging)
+		return nil, csierr.Errorf(csierr.ErrPrecondition, "volume %s is not staged at %s", volumeID, staging)
 	}
 	var rec stagedVolume
 	recorded, err := n.state.Load(volumeID, &rec)
 	if err != nil {
-		return nil, status.Errorf(codes.Internal, "reading the staged volume's record: %v", err)
+		return nil, fmt.Errorf("reading the staged volume's record: %v", err)
 	}
 	if err := n.publisher.CheckSingleWriter(volumeID, vcap, &rec.Published, target); err != nil {
 		return nil, err
 	}
-	readOnly := req.GetReadonly() || readOnlyModes([]*csi.VolumeCapability{vcap})
+	readOnly := req.GetReadonly() || request.ReadOnlyModes([]*csi.VolumeCapability{vcap})
 	if err := n.publisher.BindDir(staging, target, readOnly, vcap.GetMount().GetMountFlags()); err != nil {
 		return nil, err
 	}
@@ -409,11 +392,6 @@ func (n *NodeServer) NodeUnpublishVolume(ctx context.Context, req *csi.NodeUnpub
 	if err := nodeutil.Require([2]string{"volume_id", volumeID}, [2]string{"target_path", target}); err != nil {
 		return nil, err
 	}
-	release, err := n.Lock("publish/" + volumeID)
-	if err != nil {
-		return nil, err
-	}
-	defer release()
 	if err := n.publisher.Unpublish(target); err != nil {
 		return nil, err
 	}
@@ -431,9 +409,9 @@ func (n *NodeServer) NodeGetVolumeStats(ctx context.Context, req *csi.NodeGetVol
 	p := req.GetVolumePath()
 	if _, err := os.Stat(p); err != nil {
 		if errors.Is(err, os.ErrNotExist) {
-			return nil, status.Errorf(codes.NotFound, "volume path %s does not exist", p)
+			return nil, csierr.Errorf(csierr.ErrNotFound, "volume path %s does not exist", p)
 		}
-		return nil, status.Errorf(codes.Internal, "stat %s: %v", p, err)
+		return nil, fmt.Errorf("stat %s: %v", p, err)
 	}
 	return quotaStats(p)
 }

@@ -3,6 +3,8 @@ package cephfs
 import (
 	"strconv"
 	"strings"
+
+	"github.com/leanceph/cephcsi/internal/csierr"
 )
 
 // Defaults of the StorageClass parameters.
@@ -29,7 +31,7 @@ type volumeParams struct {
 
 func validPrefix(name, prefix string) error {
 	if strings.ContainsAny(prefix, "/@ ") {
-		return invalidParam(name, "%q may not contain '/', '@' or spaces", prefix)
+		return csierr.Param(name, "%q may not contain '/', '@' or spaces", prefix)
 	}
 	return nil
 }
@@ -43,10 +45,10 @@ func parseVolumeParams(p map[string]string) (*volumeParams, error) {
 		NamePrefix: p["volumeNamePrefix"],
 	}
 	if v.ClusterID == "" {
-		return nil, invalidParam("clusterID", "is required")
+		return nil, csierr.Param("clusterID", "is required")
 	}
 	if v.FsName == "" {
-		return nil, invalidParam("fsName", "is required")
+		return nil, csierr.Param("fsName", "is required")
 	}
 	if v.NamePrefix == "" {
 		v.NamePrefix = defaultVolumePrefix
@@ -60,7 +62,7 @@ func parseVolumeParams(p map[string]string) (*volumeParams, error) {
 	if s := p["backingSnapshot"]; s != "" {
 		b, err := strconv.ParseBool(s)
 		if err != nil {
-			return nil, invalidParam("backingSnapshot", "%q is not a boolean", s)
+			return nil, csierr.Param("backingSnapshot", "%q is not a boolean", s)
 		}
 		v.BackingSnapshot = b
 	}
@@ -72,7 +74,7 @@ func validMounter(m string) error {
 	case "", mounterKernel, mounterFuse:
 		return nil
 	}
-	return invalidParam("mounter", "%q is not kernel or fuse", m)
+	return csierr.Param("mounter", "%q is not kernel or fuse", m)
 }
 
 // snapshotPrefix returns the snapshotNamePrefix parameter or its default.

@@ -6,7 +6,9 @@ import (
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
+
+	"github.com/leanceph/cephcsi/internal/csierr"
+	"github.com/leanceph/cephcsi/internal/request"
 )
 
 func TestParseVolumeParams(t *testing.T) {
@@ -36,14 +38,14 @@ func TestParseVolumeParams(t *testing.T) {
 		{base("backingSnapshot", "yes please"), "backingSnapshot"},
 	} {
 		_, err := parseVolumeParams(tc.p)
-		if status.Code(err) != codes.InvalidArgument || !strings.Contains(status.Convert(err).Message(), `"`+tc.field+`"`) {
+		if csierr.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), `"`+tc.field+`"`) {
 			t.Errorf("%v: %v, want InvalidArgument naming %s", tc.p, err, tc.field)
 		}
 	}
 	if p, err := snapshotPrefix(nil); err != nil || p != "csi-snap-" {
 		t.Errorf("default snapshot prefix = %q, %v", p, err)
 	}
-	if _, err := snapshotPrefix(map[string]string{"snapshotNamePrefix": "a@b"}); status.Code(err) != codes.InvalidArgument {
+	if _, err := snapshotPrefix(map[string]string{"snapshotNamePrefix": "a@b"}); csierr.Code(err) != codes.InvalidArgument {
 		t.Errorf("bad snapshot prefix: %v", err)
 	}
 }
@@ -72,11 +74,11 @@ func TestReadOnlyModes(t *testing.T) {
 	c := func(m csi.VolumeCapability_AccessMode_Mode) *csi.VolumeCapability {
 		return &csi.VolumeCapability{AccessMode: &csi.VolumeCapability_AccessMode{Mode: m}}
 	}
-	if !readOnlyModes([]*csi.VolumeCapability{c(csi.VolumeCapability_AccessMode_MULTI_NODE_READER_ONLY),
+	if !request.ReadOnlyModes([]*csi.VolumeCapability{c(csi.VolumeCapability_AccessMode_MULTI_NODE_READER_ONLY),
 		c(csi.VolumeCapability_AccessMode_SINGLE_NODE_READER_ONLY)}) {
 		t.Error("reader-only modes not recognised")
 	}
-	if readOnlyModes([]*csi.VolumeCapability{c(csi.VolumeCapability_AccessMode_MULTI_NODE_READER_ONLY),
+	if request.ReadOnlyModes([]*csi.VolumeCapability{c(csi.VolumeCapability_AccessMode_MULTI_NODE_READER_ONLY),
 		c(csi.VolumeCapability_AccessMode_MULTI_NODE_MULTI_WRITER)}) {
 		t.Error("a writer mode passed as read-only")
 	}

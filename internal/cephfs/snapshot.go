@@ -7,13 +7,12 @@ import (
 	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
 	"k8s.io/klog/v2"
 
 	"github.com/leanceph/cephcsi/internal/csierr"
 	"github.com/leanceph/cephcsi/internal/journal"
+	"github.com/leanceph/cephcsi/internal/locks"
 	"github.com/leanceph/cephcsi/internal/volid"
 )
 
@@ -22,11 +21,11 @@ import (
 func (s *ControllerServer) CreateSnapshot(ctx context.Context, req *csi.CreateSnapshotRequest) (*csi.CreateSnapshotResponse, error) {
 	name := req.GetName()
 	if name == "" {
-		return nil, status.Error(codes.InvalidArgument, "name is required")
+		return nil, csierr.Errorf(csierr.ErrInvalid, "name is required")
 	}
 	sourceID := req.GetSourceVolumeId()
 	if sourceID == "" {
-		return nil, status.Error(codes.InvalidArgument, "source_volume_id is required")
+		return nil, csierr.Errorf(csierr.ErrInvalid, "source_volume_id is required")
 	}
 	prefix, err := snapshotPrefix(req.GetParameters())
 	if err != nil {
@@ -36,11 +35,6 @@ func (s *ControllerServer) CreateSnapshot(ctx context.Context, req *csi.CreateSn
 	if err != nil {
 		return nil, err
 	}
-	release, err := s.Lock("snapshot-name/"+name, "volume-id/"+sourceID)
-	if err != nil {
-		return nil, err
-	}
-	defer release()
 	ref, err := s.findVolume(sourceID, creds)
 	if err != nil {
 		return nil, notFoundVolume(sourceID, err)
@@ -48,14 +42,14 @@ func (s *ControllerServer) CreateSnapshot(ctx context.Context, req *csi.CreateSn
 	f := ref.f
 	defer f.close()
 	if c := req.GetParameters()["clusterID"]; c != "" && c != ref.id.ClusterID {
-		return nil, invalidParam("clusterID", "%q differs from the source volume's cluster %q", c, ref.id.ClusterID)
+		return nil, csierr.Param("clusterID", "%q differs from the source volume's cluster %q", c, ref.id.ClusterID)
 	}
 	if ref.backing() {
-		return nil, status.Errorf(codes.InvalidArgument, "source volume %q is snapshot-backed; it cannot be snapshotted", sourceID)
+		return nil, csierr.Errorf(csierr.ErrInvalid, "source volume %q is snapshot-backed; it cannot be snapshotted", sourceID)
 	}
 	info, err := f.subvolumeInfo(ref.name)
 	if csierr.IsErrno(err, syscall.EAGAIN) {
-		return nil, status.Errorf(codes.Aborted, "source volume %q is still being populated; retry later", sourceID)
+		return nil, csierr.Errorf(csierr.ErrInProgress, "source volume %q is still being populated; retry later", sourceID)
 	}
 	if err != nil {
 		return nil, notFoundVolume(sourceID, err)
@@ -72,7 +66,7 @@ func (s *ControllerServer) CreateSnapshot(ctx context.Context, req *csi.CreateSn
 			return nil, csierr.Status(err)
 		}
 	} else if entry.Source != ref.name {
-		return nil, status.Errorf(codes.AlreadyExists, "snapshot %q exists for source subvolume %s, not %s", name, entry.Source, ref.name)
+		return nil, csierr.Errorf(csierr.ErrExists, "snapshot %q exists for source subvolume %s, not %s", name, entry.Source, ref.name)
 	}
 	// Creating an existing subvolume snapshot succeeds (or, on some
 	// releases, is EEXIST): a repeated request repeats it harmlessly.
@@ -113,17 +107,12 @@ func (s *ControllerServer) CreateSnapshot(ctx context.Context, req *csi.CreateSn
 func (s *ControllerServer) DeleteSnapshot(ctx context.Context, req *csi.DeleteSnapshotRequest) (*csi.DeleteSnapshotResponse, error) {
 	snapshotID := req.GetSnapshotId()
 	if snapshotID == "" {
-		return nil, status.Error(codes.InvalidArgument, "snapshot_id is required")
+		return nil, csierr.Errorf(csierr.ErrInvalid, "snapshot_id is required")
 	}
 	creds, err := provisionerCredentials(req.GetSecrets())
 	if err != nil {
 		return nil, err
 	}
-	release, err := s.Lock("snapshot-id/" + snapshotID)
-	if err != nil {
-		return nil, err
-	}
-	defer release()
 	id, err := volid.Decode(snapshotID)
 	if err != nil {
 		return &csi.DeleteSnapshotResponse{}, nil // not ours: nothing to delete
@@ -145,7 +134,7 @@ func (s *ControllerServer) DeleteSnapshot(ctx context.Context, req *csi.DeleteSn
 	if err != nil {
 		return nil, csierr.Status(err)
 	}
-	releaseName, err := s.Lock("snapshot-name/" + entry.RequestName)
+	releaseName, err := s.Lock(locks.SnapshotName(entry.RequestName))
 	if err != nil {
 		return nil, err
 	}

@@ -1,29 +1,63 @@
-// Package csierr turns errors into gRPC statuses. Code that understands an
-// error returns a status itself; everything else passes through Status,
-// which maps the sentinel errors of this project and Ceph's errno values.
+// Package csierr names the kinds of failure the services report and turns
+// an error into its gRPC status at the RPC edge (the server's middleware).
+//
+// Code below the edge returns plain errors: a sentinel kind wrapped with %w
+// (or made with Errorf), or a Ceph error carrying an errno. Nothing but the
+// edge builds a gRPC status.
 package csierr
 
 import (
 	"context"
 	"errors"
+	"fmt"
 	"syscall"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 )
 
-// Sentinels shared by the drivers.
+// Kinds of failure, one gRPC code each.
 var (
-	ErrNotFound      = errors.New("not found")
-	ErrExists        = errors.New("already exists")
-	ErrBusy          = errors.New("in use")
-	ErrInvalid       = errors.New("invalid argument")
-	ErrInProgress    = errors.New("operation in progress")
-	ErrExhausted     = errors.New("resources exhausted")
-	ErrOutOfRange    = errors.New("out of range")
-	ErrPrecondition  = errors.New("failed precondition")
-	ErrUnimplemented = errors.New("not supported")
+	ErrNotFound      = errors.New("not found")             // NotFound
+	ErrExists        = errors.New("already exists")        // AlreadyExists
+	ErrInvalid       = errors.New("invalid argument")      // InvalidArgument
+	ErrInProgress    = errors.New("operation in progress") // Aborted: retry later
+	ErrExhausted     = errors.New("resources exhausted")   // ResourceExhausted
+	ErrOutOfRange    = errors.New("out of range")          // OutOfRange
+	ErrPrecondition  = errors.New("failed precondition")   // FailedPrecondition
+	ErrBusy          = fmt.Errorf("in use: %w", ErrPrecondition)
+	ErrPermission    = errors.New("permission denied") // PermissionDenied
+	ErrUnavailable   = errors.New("unavailable")       // Unavailable
+	ErrUnimplemented = errors.New("not supported")     // Unimplemented
 )
+
+// kindError is an error of a kind whose message is only its own text.
+type kindError struct {
+	kind error
+	err  error
+}
+
+func (e *kindError) Error() string   { return e.err.Error() }
+func (e *kindError) Unwrap() []error { return []error{e.kind, e.err} }
+
+// Errorf returns an error of kind (one of the Err* sentinels) with the
+// formatted message; %w in format wraps a cause as fmt.Errorf does. The
+// kind decides the gRPC code even when the cause carries another.
+func Errorf(kind error, format string, args ...any) error {
+	return &kindError{kind: kind, err: fmt.Errorf(format, args...)}
+}
+
+// Param is InvalidArgument naming a StorageClass or VolumeSnapshotClass
+// parameter.
+func Param(name, format string, args ...any) error {
+	return Errorf(ErrInvalid, "parameter %q: %s", name, fmt.Sprintf(format, args...))
+}
+
+// Field is InvalidArgument naming a request field, e.g.
+// Field("volume_id", "is required").
+func Field(field, format string, args ...any) error {
+	return Errorf(ErrInvalid, "%s %s", field, fmt.Sprintf(format, args...))
+}
 
 // ErrorCoder is implemented by go-ceph's errors; the value is a negative errno.
 type ErrorCoder interface{ ErrorCode() int }
@@ -56,8 +90,8 @@ func IsNotFound(err error) bool {
 	return errors.Is(err, ErrNotFound) || IsErrno(err, syscall.ENOENT)
 }
 
-// Status converts err to a gRPC status error; an error that already is one is
-// returned unchanged.
+// Status converts err to a gRPC status error; an error that already is one
+// is returned unchanged.
 func Status(err error) error {
 	if err == nil {
 		return nil
@@ -68,29 +102,51 @@ func Status(err error) error {
 	return status.Error(Code(err), err.Error())
 }
 
-// Code picks the gRPC code for err.
+var kindCodes = []struct {
+	kind error
+	code codes.Code
+}{
+	{ErrNotFound, codes.NotFound},
+	{ErrExists, codes.AlreadyExists},
+	{ErrInvalid, codes.InvalidArgument},
+	{ErrInProgress, codes.Aborted},
+	{ErrExhausted, codes.ResourceExhausted},
+	{ErrOutOfRange, codes.OutOfRange},
+	{ErrPrecondition, codes.FailedPrecondition},
+	{ErrPermission, codes.PermissionDenied},
+	{ErrUnavailable, codes.Unavailable},
+	{ErrUnimplemented, codes.Unimplemented},
+}
+
+func codeOfKind(err error) (codes.Code, bool) {
+	for _, kc := range kindCodes {
+		if errors.Is(err, kc.kind) {
+			return kc.code, true
+		}
+	}
+	return 0, false
+}
+
+// Code picks the gRPC code for err: a status's own code, the kind given by
+// Errorf, then a wrapped context error, sentinel or Ceph errno.
 func Code(err error) codes.Code {
+	if st, ok := status.FromError(err); ok {
+		return st.Code()
+	}
+	var ke *kindError
+	if errors.As(err, &ke) {
+		if c, ok := codeOfKind(ke.kind); ok {
+			return c
+		}
+	}
 	switch {
 	case errors.Is(err, context.DeadlineExceeded):
 		return codes.DeadlineExceeded
 	case errors.Is(err, context.Canceled):
 		return codes.Canceled
-	case errors.Is(err, ErrNotFound):
-		return codes.NotFound
-	case errors.Is(err, ErrExists):
-		return codes.AlreadyExists
-	case errors.Is(err, ErrInvalid):
-		return codes.InvalidArgument
-	case errors.Is(err, ErrInProgress):
-		return codes.Aborted
-	case errors.Is(err, ErrExhausted):
-		return codes.ResourceExhausted
-	case errors.Is(err, ErrOutOfRange):
-		return codes.OutOfRange
-	case errors.Is(err, ErrBusy), errors.Is(err, ErrPrecondition):
-		return codes.FailedPrecondition
-	case errors.Is(err, ErrUnimplemented):
-		return codes.Unimplemented
+	}
+	if c, ok := codeOfKind(err); ok {
+		return c
 	}
 	if e, ok := Errno(err); ok {
 		switch e {

@@ -12,11 +12,11 @@ import (
 
 	"github.com/leanceph/cephcsi/internal/cephconn"
 	"github.com/leanceph/cephcsi/internal/cephfs"
-	"github.com/leanceph/cephcsi/internal/common"
 	"github.com/leanceph/cephcsi/internal/config"
 	"github.com/leanceph/cephcsi/internal/locks"
 	"github.com/leanceph/cephcsi/internal/rbd"
 	"github.com/leanceph/cephcsi/internal/server"
+	"github.com/leanceph/cephcsi/internal/service"
 )
 
 // connectTimeout bounds connecting to a cluster, so that an unreachable one
@@ -46,7 +46,7 @@ func Run(opts *config.Options) error {
 func Serve(ctx context.Context, opts *config.Options) error {
 	conns := cephconn.NewPool(opts.ConnIdleTimeout, connectTimeout)
 	defer conns.Close()
-	deps := &common.Deps{
+	deps := &service.Deps{
 		Options:  opts,
 		Clusters: config.NewClusters(opts.ConfigPath),
 		Conns:    conns,
@@ -60,7 +60,7 @@ func Serve(ctx context.Context, opts *config.Options) error {
 	if err != nil {
 		return err
 	}
-	srv := server.New(lis, svcs)
+	srv := server.New(lis, svcs, deps.Locks)
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve() }()
 	klog.InfoS("driver started", "name", opts.DriverName, "type", opts.Type, "version", server.Version,
@@ -77,7 +77,7 @@ func Serve(ctx context.Context, opts *config.Options) error {
 	}
 }
 
-func services(deps *common.Deps) (server.Services, error) {
+func services(deps *service.Deps) (server.Services, error) {
 	opts := deps.Options
 	id := &server.Identity{Name: opts.DriverName, Controller: opts.IsControllerSrv}
 	svcs := server.Services{Identity: id}

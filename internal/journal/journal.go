@@ -11,13 +11,14 @@ package journal
 import (
 	"errors"
 	"fmt"
-	"strings"
 
 	"github.com/google/uuid"
+
+	"github.com/leanceph/cephcsi/internal/csierr"
 )
 
 // ErrNotFound is returned by a Store for a missing object.
-var ErrNotFound = errors.New("journal object not found")
+var ErrNotFound = fmt.Errorf("journal object %w", csierr.ErrNotFound)
 
 // Store is the omap access the journal needs; RadosStore implements it on a
 // pool's IOContext.
@@ -41,6 +42,10 @@ const (
 	keyJournalPool     = "csi.journalpool"
 	keySource          = "csi.source"
 	keyBackingSnapshot = "csi.backingsnapshotid"
+	// keyRequest is ours (ceph-csi reads only the keys it knows): a digest
+	// of what the creating request asked for, so that a repeated request
+	// is answered from the same volume only when it asks for the same.
+	keyRequest = "cephcsi.request"
 )
 
 // Journal is one kind of journal: volumes or snapshots.
@@ -77,6 +82,9 @@ type Entry struct {
 	Source      string // snapshots: the source volume's image name
 	// BackingSnapshotID is the snapshot ID a CephFS backingSnapshot volume mounts.
 	BackingSnapshotID string
+	// Request is the digest of the request that created the entry; empty
+	// for entries written by another driver.
+	Request string
 }
 
 func (e *Entry) fromOmap(m map[string]string, nameKey string) {
@@ -86,12 +94,13 @@ func (e *Entry) fromOmap(m map[string]string, nameKey string) {
 	e.JournalPool = m[keyJournalPool]
 	e.Source = m[keySource]
 	e.BackingSnapshotID = m[keyBackingSnapshot]
+	e.Request = m[keyRequest]
 }
 
 func (e *Entry) toOmap(nameKey string) map[string]string {
 	m := map[string]string{nameKey: e.RequestName, keyImageName: e.ImageName}
 	for k, v := range map[string]string{keyImageID: e.ImageID, keyJournalPool: e.JournalPool,
-		keySource: e.Source, keyBackingSnapshot: e.BackingSnapshotID} {
+		keySource: e.Source, keyBackingSnapshot: e.BackingSnapshotID, keyRequest: e.Request} {
 		if v != "" {
 			m[k] = v
 		}
@@ -100,7 +109,7 @@ func (e *Entry) toOmap(nameKey string) map[string]string {
 }
 
 func (j *Journal) entryKeys() []string {
-	return []string{j.nameKey, keyImageName, keyImageID, keyJournalPool, keySource, keyBackingSnapshot}
+	return []string{j.nameKey, keyImageName, keyImageID, keyJournalPool, keySource, keyBackingSnapshot, keyRequest}
 }
 
 // Lookup returns the entry reserved for requestName, or nil when there is
@@ -130,6 +139,15 @@ func (j *Journal) Lookup(s Store, requestName string) (*Entry, error) {
 		return nil, err
 	}
 	return e, nil
+}
+
+// Find reads the entry of uuid; a missing one is nil, not an error.
+func (j *Journal) Find(s Store, id string) (*Entry, error) {
+	e, err := j.Get(s, id)
+	if errors.Is(err, ErrNotFound) {
+		return nil, nil
+	}
+	return e, err
 }
 
 // Get reads the entry of uuid; a missing one is ErrNotFound.
@@ -195,12 +213,4 @@ func (j *Journal) Release(s Store, e *Entry) error {
 		return fmt.Errorf("removing %s: %w", j.EntryObject(e.UUID), err)
 	}
 	return nil
-}
-
-// UUIDFromName returns the UUID at the end of an object name made by Reserve.
-func UUIDFromName(name, prefix string) (string, bool) {
-	if !strings.HasPrefix(name, prefix) {
-		return "", false
-	}
-	return strings.TrimPrefix(name, prefix), true
 }

@@ -18,6 +18,8 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	mount "k8s.io/mount-utils"
+
+	"github.com/leanceph/cephcsi/internal/csierr"
 )
 
 // Publisher bind-mounts staged volumes into pods' target paths.
@@ -41,7 +43,7 @@ func (p *Publisher) IsMountPoint(path string) (bool, error) {
 // missing), read-only when asked. An existing mount at target is kept.
 func (p *Publisher) BindDir(source, target string, readOnly bool, flags []string) error {
 	if err := os.MkdirAll(target, 0o750); err != nil {
-		return status.Errorf(codes.Internal, "creating target %s: %v", target, err)
+		return fmt.Errorf("creating target %s: %v", target, err)
 	}
 	return p.bind(source, target, readOnly, flags)
 }
@@ -50,11 +52,11 @@ func (p *Publisher) BindDir(source, target string, readOnly bool, flags []string
 // when missing): raw block volumes are published as the device itself.
 func (p *Publisher) BindFile(source, target string, readOnly bool) error {
 	if err := os.MkdirAll(filepath.Dir(target), 0o750); err != nil {
-		return status.Errorf(codes.Internal, "creating %s: %v", filepath.Dir(target), err)
+		return fmt.Errorf("creating %s: %v", filepath.Dir(target), err)
 	}
 	f, err := os.OpenFile(target, os.O_CREATE, 0o640)
 	if err != nil {
-		return status.Errorf(codes.Internal, "creating target file %s: %v", target, err)
+		return fmt.Errorf("creating target file %s: %v", target, err)
 	}
 	f.Close()
 	return p.bind(source, target, readOnly, nil)
@@ -63,7 +65,7 @@ func (p *Publisher) BindFile(source, target string, readOnly bool) error {
 func (p *Publisher) bind(source, target string, readOnly bool, flags []string) error {
 	mounted, err := p.IsMountPoint(target)
 	if err != nil {
-		return status.Errorf(codes.Internal, "checking %s: %v", target, err)
+		return fmt.Errorf("checking %s: %v", target, err)
 	}
 	if mounted {
 		return nil
@@ -73,7 +75,7 @@ func (p *Publisher) bind(source, target string, readOnly bool, flags []string) e
 		opts = append(opts, "ro")
 	}
 	if err := p.Mounter.Mount(source, target, "", opts); err != nil {
-		return status.Errorf(codes.Internal, "bind-mounting %s on %s: %v", source, target, err)
+		return fmt.Errorf("bind-mounting %s on %s: %v", source, target, err)
 	}
 	return nil
 }
@@ -112,7 +114,7 @@ func (p *Publisher) CheckSingleWriter(volumeID string, vcap *csi.VolumeCapabilit
 // is fine.
 func (p *Publisher) Unpublish(target string) error {
 	if err := mount.CleanupMountPoint(target, p.Mounter, true); err != nil {
-		return status.Errorf(codes.Internal, "unmounting %s: %v", target, err)
+		return fmt.Errorf("unmounting %s: %v", target, err)
 	}
 	return nil
 }
@@ -122,9 +124,9 @@ func FilesystemStats(path string) (*csi.NodeGetVolumeStatsResponse, error) {
 	var st unix.Statfs_t
 	if err := unix.Statfs(path, &st); err != nil {
 		if errors.Is(err, unix.ENOENT) {
-			return nil, status.Errorf(codes.NotFound, "volume path %s does not exist", path)
+			return nil, csierr.Errorf(csierr.ErrNotFound, "volume path %s does not exist", path)
 		}
-		return nil, status.Errorf(codes.Internal, "statfs %s: %v", path, err)
+		return nil, fmt.Errorf("statfs %s: %v", path, err)
 	}
 	bs := int64(st.Bsize)
 	return &csi.NodeGetVolumeStatsResponse{Usage: []*csi.VolumeUsage{
@@ -186,7 +188,7 @@ func (s StateStore) AddTarget(volumeID string, rec publishedRecord, target strin
 	}
 	p.Targets = append(p.Targets, target)
 	if err := s.Save(volumeID, rec); err != nil {
-		return status.Errorf(codes.Internal, "recording target %s of %s: %v", target, volumeID, err)
+		return fmt.Errorf("recording target %s of %s: %v", target, volumeID, err)
 	}
 	return nil
 }
@@ -196,7 +198,7 @@ func (s StateStore) AddTarget(volumeID string, rec publishedRecord, target strin
 func (s StateStore) ForgetTarget(volumeID string, rec publishedRecord, target string) error {
 	ok, err := s.Load(volumeID, rec)
 	if err != nil {
-		return status.Errorf(codes.Internal, "reading node state of %s: %v", volumeID, err)
+		return fmt.Errorf("reading node state of %s: %v", volumeID, err)
 	}
 	p := rec.published()
 	i := slices.Index(p.Targets, target)
@@ -205,7 +207,7 @@ func (s StateStore) ForgetTarget(volumeID string, rec publishedRecord, target st
 	}
 	p.Targets = slices.Delete(p.Targets, i, i+1)
 	if err := s.Save(volumeID, rec); err != nil {
-		return status.Errorf(codes.Internal, "forgetting target %s of %s: %v", target, volumeID, err)
+		return fmt.Errorf("forgetting target %s of %s: %v", target, volumeID, err)
 	}
 	return nil
 }
@@ -235,7 +237,7 @@ func (s StateStore) Remove(volumeID string) error {
 func Require(fields ...[2]string) error {
 	for _, f := range fields {
 		if f[1] == "" {
-			return status.Errorf(codes.InvalidArgument, "%s is required", f[0])
+			return csierr.Field(f[0], "is required")
 		}
 	}
 	return nil

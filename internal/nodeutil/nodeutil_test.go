@@ -5,8 +5,9 @@ import (
 	"testing"
 
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 	mount "k8s.io/mount-utils"
+
+	"github.com/leanceph/cephcsi/internal/csierr"
 )
 
 func TestStateStoreRoundTrip(t *testing.T) {
@@ -67,7 +68,7 @@ func TestBindIsIdempotentWithFakeMounter(t *testing.T) {
 
 func TestRequireNamesField(t *testing.T) {
 	err := Require([2]string{"volume_id", "v"}, [2]string{"staging_target_path", ""})
-	if status.Code(err) != codes.InvalidArgument || status.Convert(err).Message() != "staging_target_path is required" {
+	if csierr.Code(err) != codes.InvalidArgument || err.Error() != "staging_target_path is required" {
 		t.Fatalf("Require = %v", err)
 	}
 }
@@ -80,7 +81,7 @@ func TestFilesystemStats(t *testing.T) {
 	if len(resp.Usage) != 2 || resp.Usage[0].Total <= 0 || resp.Usage[1].Total <= 0 {
 		t.Fatalf("stats = %v", resp)
 	}
-	if _, err := FilesystemStats("/nonexistent/path"); status.Code(err) != codes.NotFound {
+	if _, err := FilesystemStats("/nonexistent/path"); csierr.Code(err) != codes.NotFound {
 		t.Fatalf("missing path: %v", err)
 	}
 }

@@ -7,25 +7,27 @@ import (
 
 	"github.com/ceph/go-ceph/rbd"
 	"github.com/container-storage-interface/spec/lib/go/csi"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 	"k8s.io/klog/v2"
 
 	"github.com/leanceph/cephcsi/internal/cephconn"
 	"github.com/leanceph/cephcsi/internal/csierr"
+	"github.com/leanceph/cephcsi/internal/failpoint"
 	"github.com/leanceph/cephcsi/internal/journal"
 	"github.com/leanceph/cephcsi/internal/volid"
 )
 
-// tempSuffix names the intermediate image of a PVC clone.
-const tempSuffix = "-temp"
+// intermediateOptions are the options of the images a snapshot or PVC
+// clone goes through (csi-snap-..., csi-vol-...-temp): layering and
+// deep-flatten, so that a flatten frees them and their snapshots from
+// their parents.
+var intermediateOptions = imageOptions{Features: rbd.FeatureLayering | rbd.FeatureDeepFlatten}
 
 // contentSource is the snapshot or volume a new volume starts from.
 type contentSource struct {
-	pc        *poolConn
+	t         *target // the source's cluster and pool
 	clusterID string
-	// snapshot is set for a snapshot source: the image is snapshot.ImageName
-	// and the snapshot to clone from has the same name.
+	// snapshot is set for a snapshot source: the image is its ImageName and
+	// the snapshot to clone from has the same name.
 	snapshot *journal.Entry
 	// image is the source volume's image, for a volume source.
 	image string
@@ -33,14 +35,14 @@ type contentSource struct {
 	// img is the parent image, opened once while resolving the source and
 	// used for the depth checks and the clone (read-only for a snapshot,
 	// read-write for a volume, which gets a temporary snapshot).
-	img *rbd.Image
+	img image
 }
 
 func (c *contentSource) close() {
 	if c.img != nil {
 		c.img.Close()
 	}
-	c.pc.close()
+	c.t.close()
 }
 
 // parentImage is the image the new volume (or its -temp) is cloned from.
@@ -53,7 +55,7 @@ func (c *contentSource) parentImage() string {
 
 // resolveSource opens the source of a CreateVolume request, checking that
 // it exists, lives in the same cluster and is not larger than size.
-func (s *ControllerServer) resolveSource(ctx context.Context, src *csi.VolumeContentSource, clusterID string, creds cephconn.Credentials, size int64) (*contentSource, error) {
+func (s *ControllerServer) resolveSource(src *csi.VolumeContentSource, clusterID string, creds cephconn.Credentials, size int64) (*contentSource, error) {
 	if src == nil {
 		return nil, nil
 	}
@@ -61,61 +63,67 @@ func (s *ControllerServer) resolveSource(ctx context.Context, src *csi.VolumeCon
 	var err error
 	switch {
 	case src.GetSnapshot() != nil:
+		if src.GetSnapshot().GetSnapshotId() == "" {
+			return nil, csierr.Field("volume_content_source.snapshot.snapshot_id", "is required")
+		}
 		c, err = s.openSnapshotSource(src.GetSnapshot().GetSnapshotId(), creds)
 	case src.GetVolume() != nil:
+		if src.GetVolume().GetVolumeId() == "" {
+			return nil, csierr.Field("volume_content_source.volume.volume_id", "is required")
+		}
 		c, err = s.openVolumeSource(src.GetVolume().GetVolumeId(), creds)
 	default:
-		return nil, status.Error(codes.InvalidArgument, "volume_content_source: unsupported type")
+		return nil, csierr.Field("volume_content_source", "has an unsupported type")
 	}
 	if err != nil {
 		return nil, err
 	}
 	if c.clusterID != clusterID {
 		c.close()
-		return nil, status.Errorf(codes.InvalidArgument, "volume_content_source is in cluster %q, not %q", c.clusterID, clusterID)
+		return nil, csierr.Errorf(csierr.ErrInvalid, "volume_content_source is in cluster %q, not %q", c.clusterID, clusterID)
 	}
 	if size < c.size {
 		c.close()
-		return nil, status.Errorf(codes.OutOfRange, "requested size %d is smaller than the source's %d", size, c.size)
+		return nil, csierr.Errorf(csierr.ErrOutOfRange, "requested size %d is smaller than the source's %d", size, c.size)
 	}
 	return c, nil
 }
 
 func (s *ControllerServer) openSnapshotSource(snapshotID string, creds cephconn.Credentials) (*contentSource, error) {
 	notFound := func(err error) error {
-		return status.Errorf(codes.NotFound, "source snapshot %q not found: %v", snapshotID, err)
+		return csierr.Errorf(csierr.ErrNotFound, "source snapshot %q not found: %v", snapshotID, err)
 	}
 	id, err := volid.Decode(snapshotID)
 	if err != nil {
 		return nil, notFound(err)
 	}
-	pc, err := openPool(s.Deps, id.ClusterID, "", id.LocationID, creds)
+	t, err := s.openTarget(id.ClusterID, "", id.LocationID, creds)
 	if errors.Is(err, errPoolNotFound) {
 		return nil, notFound(err)
 	}
 	if err != nil {
-		return nil, csierr.Status(err)
+		return nil, err
 	}
-	entry, err := s.snapshots.Get(pc.store(), id.UUID)
+	entry, err := s.snapshots.Find(t.p.Journal(), id.UUID)
+	if err == nil && entry == nil {
+		err = notFound(journal.ErrNotFound)
+	}
 	if err != nil {
-		pc.close()
-		if errors.Is(err, journal.ErrNotFound) {
-			return nil, notFound(err)
-		}
-		return nil, csierr.Status(err)
+		t.close()
+		return nil, err
 	}
-	c := &contentSource{pc: pc, clusterID: id.ClusterID, snapshot: entry}
-	c.img, err = rbd.OpenImageReadOnly(pc.io, entry.ImageName, rbd.NoSnapshot)
-	var info *snapInfo
+	c := &contentSource{t: t, clusterID: id.ClusterID, snapshot: entry}
+	c.img, err = t.p.OpenImage(entry.ImageName, true)
+	var info *snapshotInfo
 	if err == nil {
-		info, err = snapshotInfoOf(c.img)
+		info, err = restoreSnapshotOf(c.img)
 	}
 	if err != nil {
 		c.close()
 		if csierr.IsNotFound(err) {
 			return nil, notFound(err)
 		}
-		return nil, csierr.Status(err)
+		return nil, err
 	}
 	c.size = int64(info.Size)
 	return c, nil
@@ -126,11 +134,15 @@ func (s *ControllerServer) openVolumeSource(volumeID string, creds cephconn.Cred
 	if err != nil {
 		return nil, notFoundVolume(volumeID, err)
 	}
-	c := &contentSource{pc: ref.pc, clusterID: ref.id.ClusterID, image: ref.image}
-	c.img, err = rbd.OpenImage(ref.pc.io, ref.image, rbd.NoSnapshot)
+	if ref.entry == nil {
+		ref.close()
+		return nil, notFoundVolume(volumeID, journal.ErrNotFound)
+	}
+	c := &contentSource{t: ref.target, clusterID: ref.id.ClusterID, image: ref.image()}
+	c.img, err = ref.p.OpenImage(ref.image(), false)
 	var size uint64
 	if err == nil {
-		size, err = c.img.GetSize()
+		size, err = c.img.Size()
 	}
 	if err != nil {
 		c.close()
@@ -140,45 +152,21 @@ func (s *ControllerServer) openVolumeSource(volumeID string, creds cephconn.Cred
 	return c, nil
 }
 
-// matchesParentOf checks that an existing image was made from this source
-// (or from no source when c is nil). A flattened image has no parent left
-// to compare and is accepted.
-func (c *contentSource) matchesParentOf(img *rbd.Image) error {
-	parent, err := img.GetParent()
-	if csierr.IsNotFound(err) {
-		return nil
-	}
-	if err != nil {
-		return err
-	}
-	if c == nil {
-		return fmt.Errorf("it is a clone of %s", parent.Image.ImageName)
-	}
-	want := c.parentImage()
-	if c.snapshot == nil {
-		want = img.GetName() + tempSuffix
-	}
-	if parent.Image.ImageName != want {
-		return fmt.Errorf("it is a clone of %s, not %s", parent.Image.ImageName, want)
-	}
-	return nil
-}
-
-// limitDepth enforces the clone depth limits for a new image that would sit
-// `added` levels below parent: past the hard limit the parent is flattened
-// first and the call is retried; the returned depth is the new image's.
-func (s *ControllerServer) limitDepth(ctx context.Context, src *poolConn, parent *rbd.Image, added int) (int, error) {
-	depth, err := cloneDepth(src.conn.Conn, parent)
+// limitDepth enforces the hard clone depth limit for a new image that would
+// sit `added` levels below parent: past it the parent is flattened first and
+// the call is retried (ErrInProgress). It returns the new image's depth.
+func (s *ControllerServer) limitDepth(ctx context.Context, src *target, parent image, added int) (int, error) {
+	depth, err := cloneDepth(src.c, parent)
 	if err != nil {
 		return 0, err
 	}
 	if depth+added > int(s.Options.HardMaxClones) {
-		if err := queueFlatten(src, parent.GetName()); err != nil {
-			return 0, err
+		if err := src.p.QueueFlatten(parent.Name()); err != nil {
+			return 0, fmt.Errorf("queueing a flatten of %s: %w", imageSpec(src.p, parent.Name()), err)
 		}
-		klog.FromContext(ctx).Info("clone chain too deep, flattening the source first", "image", parent.GetName(), "depth", depth)
-		return 0, status.Errorf(codes.Aborted, "image %s is %d clones deep (limit %d); it is being flattened, retry later",
-			parent.GetName(), depth, s.Options.HardMaxClones)
+		klog.FromContext(ctx).Info("clone chain too deep, flattening the source first", "image", parent.Name(), "depth", depth)
+		return 0, csierr.Errorf(csierr.ErrInProgress, "image %s is %d clones deep (limit %d); it is being flattened, retry later",
+			imageSpec(src.p, parent.Name()), depth, s.Options.HardMaxClones)
 	}
 	return depth + added, nil
 }
@@ -186,120 +174,85 @@ func (s *ControllerServer) limitDepth(ctx context.Context, src *poolConn, parent
 // limitChildren applies the snapshot-count limits to a parent image: at the
 // maximum its children are flattened and the call is retried later; past the
 // minimum the caller flattens the new clone in the background.
-func (s *ControllerServer) limitChildren(ctx context.Context, src *poolConn, parent *rbd.Image) (flattenNew bool, err error) {
+func (s *ControllerServer) limitChildren(ctx context.Context, src *target, parent image) (flattenNew bool, err error) {
 	// Every snapshot or clone of ours leaves one snapshot (in the trash
 	// namespace) on its source. The list comes with the open image, so
-	// counting costs no round trip; listing the children does, per snapshot,
-	// and is done only when they must be flattened.
-	snaps, err := parent.GetSnapshotNames()
+	// counting costs no round trip; listing the children does, and is done
+	// only when they must be flattened.
+	snaps, err := parent.Snapshots()
 	if err != nil {
-		return false, fmt.Errorf("listing the snapshots of %s: %w", parent.GetName(), err)
+		return false, fmt.Errorf("listing the snapshots of %s: %w", imageSpec(src.p, parent.Name()), err)
 	}
 	n := uint(len(snaps))
 	if n < s.Options.MaxSnapsOnImage {
 		return n >= s.Options.MinSnapsOnImage, nil
 	}
-	children, err := parent.ListChildrenAttributes()
+	children, err := parent.Children()
 	if err != nil {
-		return false, fmt.Errorf("listing the clones of %s: %w", parent.GetName(), err)
+		return false, fmt.Errorf("listing the clones of %s: %w", imageSpec(src.p, parent.Name()), err)
 	}
 	for _, child := range children {
-		if child.Trash || child.PoolName != src.name {
+		if child.Trash || child.Pool != src.p.Name() {
 			continue // the clones in this pool free enough snapshots
 		}
-		if err := queueFlatten(src, child.ImageName); err != nil {
-			return false, err
+		if err := src.p.QueueFlatten(child.Image); err != nil {
+			return false, fmt.Errorf("queueing a flatten of %s: %w", imageSpec(src.p, child.Image), err)
 		}
 	}
-	klog.FromContext(ctx).Info("too many snapshots on image, flattening its clones", "image", parent.GetName(), "snapshots", n)
-	return false, status.Errorf(codes.Aborted, "image %s has %d snapshots (limit %d); its clones are being flattened, retry later",
-		parent.GetName(), n, s.Options.MaxSnapsOnImage)
+	klog.FromContext(ctx).Info("too many snapshots on image, flattening its clones", "image", parent.Name(), "snapshots", n)
+	return false, csierr.Errorf(csierr.ErrInProgress, "image %s has %d snapshots (limit %d); its clones are being flattened, retry later",
+		imageSpec(src.p, parent.Name()), n, s.Options.MaxSnapsOnImage)
 }
 
-// restoreSnapshot clones the volume's image from the snapshot image.
-func (s *ControllerServer) restoreSnapshot(ctx context.Context, pc *poolConn, entry *journal.Entry, opts *rbd.ImageOptions, size int64, src *contentSource) error {
+// restoreSnapshot clones the volume's image from the snapshot image and
+// returns the new image's depth.
+func (s *ControllerServer) restoreSnapshot(ctx context.Context, t *target, entry *journal.Entry, params *volumeParams, src *contentSource) (int, error) {
 	snapImage := src.snapshot.ImageName
-	depth, err := s.limitDepth(ctx, src.pc, src.img, 1)
+	depth, err := s.limitDepth(ctx, src.t, src.img, 1)
 	if err != nil {
-		return err
+		return 0, err
 	}
-	if err := opts.SetUint64(rbd.ImageOptionCloneFormat, 2); err != nil {
-		return err
+	if err := cloneImage(src.t.p, snapImage, snapImage, t.p, entry.ImageName, params.options()); err != nil {
+		return 0, err
 	}
-	if err := cloneImage(src.pc.io, snapImage, snapImage, pc.io, entry.ImageName, opts); err != nil {
-		return err
-	}
-	return s.finishClone(ctx, pc, entry.ImageName, size, src.size, depth)
+	return depth, nil
 }
 
-// finishClone grows a new clone to the requested size and queues a flatten
-// when it sits deeper than the soft limit.
-func (s *ControllerServer) finishClone(ctx context.Context, pc *poolConn, image string, size, srcSize int64, depth int) error {
-	if size > srcSize {
-		img, err := rbd.OpenImage(pc.io, image, rbd.NoSnapshot)
-		if err != nil {
-			return fmt.Errorf("opening %s: %w", image, err)
-		}
-		err = img.Resize(uint64(size))
-		img.Close()
-		if err != nil {
-			return fmt.Errorf("growing %s to %d bytes: %w", image, size, err)
-		}
-	}
-	if depth > int(s.Options.SoftMaxClones) {
-		klog.FromContext(ctx).V(2).Info("flattening a deep clone in the background", "image", image, "depth", depth)
-		return queueFlatten(pc, image)
-	}
-	return nil
-}
-
-// cloneVolume makes a PVC clone: source@tmp -> <name>-temp, the temporary
-// snapshot dropped from the source, then <name>-temp@<name> -> <name>.
-func (s *ControllerServer) cloneVolume(ctx context.Context, pc *poolConn, entry *journal.Entry, opts *rbd.ImageOptions, size int64, src *contentSource) error {
+// cloneVolume makes a PVC clone: source@tmp -> <name>-temp (the temporary
+// snapshot dropped from the source again), then <name>-temp@<name> ->
+// <name>. It returns the new image's depth.
+func (s *ControllerServer) cloneVolume(ctx context.Context, t *target, entry *journal.Entry, params *volumeParams, src *contentSource) (int, error) {
 	temp := entry.ImageName + tempSuffix
 	parent := src.img
-	depth, err := s.limitDepth(ctx, src.pc, parent, 2)
+	if err := refuseWhileFlattening(src.t.p, parent); err != nil {
+		return 0, err
+	}
+	depth, err := s.limitDepth(ctx, src.t, parent, 2)
 	if err != nil {
-		return err
+		return 0, err
 	}
-	flattenNew, err := s.limitChildren(ctx, src.pc, parent)
+	flattenNew, err := s.limitChildren(ctx, src.t, parent)
 	if err != nil {
-		return err
+		return 0, err
 	}
-	tempOpts, err := cloneOptions()
+	if err := cloneThroughSnapshot(src.t.p, parent, temp, t.p, temp, intermediateOptions); err != nil {
+		return 0, err
+	}
+	failpoint.Hit("clone-volume-after-temp")
+	tempImg, err := t.p.OpenImage(temp, false)
 	if err != nil {
-		return err
+		return 0, fmt.Errorf("opening %s: %w", imageSpec(t.p, temp), err)
 	}
-	defer tempOpts.Destroy()
-	if err := createSnapshot(parent, temp); err != nil {
-		return err
-	}
-	err = cloneImage(src.pc.io, src.image, temp, pc.io, temp, tempOpts)
-	// The source keeps no snapshot: with children it moves to the trash
-	// namespace and disappears with its last child.
-	if rerr := removeSnapshot(parent, temp); err == nil {
-		err = rerr
-	}
-	if err != nil {
-		return err
-	}
-	tempImg, err := rbd.OpenImage(pc.io, temp, rbd.NoSnapshot)
-	if err != nil {
-		return fmt.Errorf("opening %s: %w", temp, err)
-	}
-	err = createSnapshot(tempImg, entry.ImageName)
+	err = tempImg.CreateSnapshot(entry.ImageName)
 	tempImg.Close()
 	if err != nil {
-		return err
+		return 0, fmt.Errorf("creating snapshot %s@%s: %w", imageSpec(t.p, temp), entry.ImageName, err)
 	}
-	if err := opts.SetUint64(rbd.ImageOptionCloneFormat, 2); err != nil {
-		return err
-	}
-	if err := cloneImage(pc.io, temp, entry.ImageName, pc.io, entry.ImageName, opts); err != nil {
-		return err
+	if err := cloneImage(t.p, temp, entry.ImageName, t.p, entry.ImageName, params.options()); err != nil {
+		return 0, err
 	}
 	if flattenNew {
 		depth = int(s.Options.SoftMaxClones) + 1
 	}
-	return s.finishClone(ctx, pc, entry.ImageName, size, src.size, depth)
+	return depth, nil
 }

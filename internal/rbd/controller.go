@@ -6,217 +6,383 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
 
-	"github.com/ceph/go-ceph/rbd"
 	"github.com/container-storage-interface/spec/lib/go/csi"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 	"k8s.io/klog/v2"
 
 	"github.com/leanceph/cephcsi/internal/cephconn"
-	"github.com/leanceph/cephcsi/internal/common"
+	"github.com/leanceph/cephcsi/internal/config"
 	"github.com/leanceph/cephcsi/internal/csierr"
+	"github.com/leanceph/cephcsi/internal/failpoint"
 	"github.com/leanceph/cephcsi/internal/journal"
+	"github.com/leanceph/cephcsi/internal/locks"
+	"github.com/leanceph/cephcsi/internal/request"
+	"github.com/leanceph/cephcsi/internal/service"
 	"github.com/leanceph/cephcsi/internal/volid"
 )
 
 // ControllerServer serves the CSI controller service for RBD.
 type ControllerServer struct {
 	csi.UnimplementedControllerServer
-	*common.Deps
+	*service.Deps
 	volumes   *journal.Journal
 	snapshots *journal.Journal
+	// connect opens a cluster; unit tests replace it with a fake.
+	connect func(clusterID string, creds cephconn.Credentials) (*config.Cluster, cluster, error)
 }
 
 // NewControllerServer returns a controller that uses d.
-func NewControllerServer(d *common.Deps) *ControllerServer {
-	return &ControllerServer{Deps: d,
+func NewControllerServer(d *service.Deps) *ControllerServer {
+	s := &ControllerServer{Deps: d,
 		volumes:   journal.Volumes(d.Options.InstanceID),
 		snapshots: journal.Snapshots(d.Options.InstanceID)}
+	s.connect = func(clusterID string, creds cephconn.Credentials) (*config.Cluster, cluster, error) {
+		cl, conn, err := d.Connect(clusterID, creds)
+		if err != nil {
+			return nil, nil, err
+		}
+		return cl, &radosCluster{conn: conn, namespace: cl.RBD.RadosNamespace}, nil
+	}
+	return s
 }
 
 // ControllerGetCapabilities implements csi.ControllerServer.
 func (s *ControllerServer) ControllerGetCapabilities(context.Context, *csi.ControllerGetCapabilitiesRequest) (*csi.ControllerGetCapabilitiesResponse, error) {
-	var caps []*csi.ControllerServiceCapability
-	for _, c := range []csi.ControllerServiceCapability_RPC_Type{
+	return &csi.ControllerGetCapabilitiesResponse{Capabilities: request.ControllerCapabilities(
 		csi.ControllerServiceCapability_RPC_CREATE_DELETE_VOLUME,
 		csi.ControllerServiceCapability_RPC_EXPAND_VOLUME,
 		csi.ControllerServiceCapability_RPC_CREATE_DELETE_SNAPSHOT,
 		csi.ControllerServiceCapability_RPC_CLONE_VOLUME,
 		csi.ControllerServiceCapability_RPC_SINGLE_NODE_MULTI_WRITER,
-	} {
-		caps = append(caps, &csi.ControllerServiceCapability{Type: &csi.ControllerServiceCapability_Rpc{
-			Rpc: &csi.ControllerServiceCapability_RPC{Type: c}}})
+	)}, nil
+}
+
+// target is the pool a request works in, opened.
+type target struct {
+	config *config.Cluster
+	c      cluster
+	p      pool
+}
+
+func (t *target) close() {
+	t.p.Close()
+	t.c.Close()
+}
+
+// openTarget connects to clusterID and opens a pool by name (or by ID when
+// name is ""). A missing pool is errPoolNotFound.
+func (s *ControllerServer) openTarget(clusterID, name string, id int64, creds cephconn.Credentials) (*target, error) {
+	cl, c, err := s.connect(clusterID, creds)
+	if err != nil {
+		return nil, err
 	}
-	return &csi.ControllerGetCapabilitiesResponse{Capabilities: caps}, nil
+	p, err := c.OpenPool(name, id)
+	if err != nil {
+		c.Close()
+		return nil, err
+	}
+	return &target{config: cl, c: c, p: p}, nil
+}
+
+// remover returns the image remover of t, which proves a leftover
+// snapshot ours through the journals of t's pool.
+func (s *ControllerServer) remover(t *target) *remover {
+	return &remover{c: t.c, p: t.p, owned: func(snap string) (bool, error) {
+		return s.ownSnapshot(t.p, snap)
+	}}
+}
+
+// ownSnapshot reports whether a user snapshot found on one of our images
+// is a temporary snapshot of ours: its name is that of a volume's -temp
+// image or of a snapshot image, and the journal has that volume or
+// snapshot.
+func (s *ControllerServer) ownSnapshot(p pool, snap string) (bool, error) {
+	uuid, ok := uuidOfName(snap)
+	if !ok {
+		return false, nil
+	}
+	for _, j := range []*journal.Journal{s.volumes, s.snapshots} {
+		e, err := j.Find(p.Journal(), uuid)
+		if err != nil {
+			return false, err
+		}
+		if e != nil && (snap == e.ImageName || snap == e.ImageName+tempSuffix) {
+			return true, nil
+		}
+	}
+	return false, nil
 }
 
 // CreateVolume implements csi.ControllerServer.
 func (s *ControllerServer) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequest) (*csi.CreateVolumeResponse, error) {
 	name := req.GetName()
 	if name == "" {
-		return nil, status.Error(codes.InvalidArgument, "name is required")
+		return nil, csierr.Field("name", "is required")
 	}
-	if err := common.ValidateCapabilities(req.GetVolumeCapabilities(), false); err != nil {
+	if err := request.ValidateCapabilities(req.GetVolumeCapabilities(), false); err != nil {
 		return nil, err
 	}
 	params, err := parseVolumeParams(req.GetParameters())
 	if err != nil {
 		return nil, err
 	}
-	size, err := common.RoundedSize(req.GetCapacityRange())
+	size, err := request.RoundedSize(req.GetCapacityRange())
 	if err != nil {
 		return nil, err
 	}
-	creds, err := common.Credentials(req.GetSecrets(), common.UserSecret)
+	creds, err := request.Credentials(req.GetSecrets(), request.UserSecret)
 	if err != nil {
 		return nil, err
 	}
-	release, err := s.Lock("volume-name/" + name)
+	t, err := s.openTarget(params.ClusterID, params.Pool, 0, creds)
+	if errors.Is(err, errPoolNotFound) {
+		return nil, csierr.Param("pool", "%q does not exist in cluster %q", params.Pool, params.ClusterID)
+	}
 	if err != nil {
 		return nil, err
 	}
-	defer release()
-
-	pc, err := openPool(s.Deps, params.ClusterID, params.Pool, 0, creds)
-	if err != nil {
-		return nil, csierr.Status(err)
-	}
-	defer pc.close()
-	if params.RadosNamespace != "" && params.RadosNamespace != pc.cluster.RBD.RadosNamespace {
+	defer t.close()
+	if params.RadosNamespace != "" && params.RadosNamespace != t.config.RBD.RadosNamespace {
 		// Volume IDs do not carry the namespace: DeleteVolume finds it only
 		// through config.json, so a different one here would leak the image.
-		return nil, invalidParam("radosNamespace", "%q differs from config.json's rbd.radosNamespace %q for cluster %q",
-			params.RadosNamespace, pc.cluster.RBD.RadosNamespace, params.ClusterID)
+		return nil, csierr.Param("radosNamespace", "%q differs from config.json's rbd.radosNamespace %q for cluster %q",
+			params.RadosNamespace, t.config.RBD.RadosNamespace, params.ClusterID)
 	}
 	if params.DataPool != "" {
-		if _, err := pc.conn.GetPoolByName(params.DataPool); err != nil {
-			return nil, invalidParam("dataPool", "pool %q: %v", params.DataPool, err)
+		if ok, err := t.p.HasPool(params.DataPool); err != nil || !ok {
+			return nil, csierr.Param("dataPool", "pool %q does not exist in cluster %q (%v)", params.DataPool, params.ClusterID, err)
 		}
 	}
-	src, err := s.resolveSource(ctx, req.GetVolumeContentSource(), params.ClusterID, creds, size)
+	src, err := s.resolveSource(req.GetVolumeContentSource(), params.ClusterID, creds, size)
 	if err != nil {
 		return nil, err
 	}
 	if src != nil {
 		defer src.close()
 	}
+	digest := request.Digest(req.GetParameters(), "volume", strconv.FormatInt(size, 10),
+		strconv.FormatInt(req.GetCapacityRange().GetLimitBytes(), 10), request.SourceOf(req.GetVolumeContentSource()))
 
-	store := pc.store()
+	store := t.p.Journal()
 	entry, err := s.volumes.Lookup(store, name)
 	if err != nil {
-		return nil, csierr.Status(err)
+		return nil, err
 	}
-	if entry != nil {
-		done, err := s.checkExisting(pc, entry, size, src)
-		if err != nil {
+	if entry == nil {
+		if entry, err = s.volumes.Reserve(store, name, params.NamePrefix, journal.Entry{Request: digest}); err != nil {
 			return nil, err
 		}
-		if done {
-			return s.volumeResponse(pc, params, entry, size, req)
-		}
-		// The journal has the name but the image is missing: a crash between
-		// reserving and creating. Finish the job under the same UUID.
-		klog.FromContext(ctx).Info("repairing a half-created volume", "image", entry.ImageName)
-	} else {
-		if entry, err = s.volumes.Reserve(store, name, params.NamePrefix, journal.Entry{}); err != nil {
-			return nil, csierr.Status(err)
-		}
+		failpoint.Hit("create-volume-after-reserve")
+	} else if entry.Request != "" && entry.Request != digest {
+		return nil, csierr.Errorf(csierr.ErrExists, "volume %q exists, made by a request with other parameters, size or content source", name)
 	}
-	if err := s.createImage(ctx, pc, entry, params, size, src); err != nil {
-		s.undoCreate(ctx, pc, entry)
-		return nil, csierr.Status(err)
+	have, created, err := s.finishVolume(ctx, t, entry, params, size, req.GetCapacityRange(), src)
+	if err != nil {
+		// Only what this call began is undone: a volume an earlier call made
+		// is never removed by a failing retry.
+		if created && !errors.Is(err, csierr.ErrInProgress) {
+			s.undoCreate(ctx, t, s.volumes, entry)
+		}
+		return nil, err
 	}
-	return s.volumeResponse(pc, params, entry, size, req)
+	return s.volumeResponse(t, params, entry, have, req)
 }
 
-// checkExisting compares an already journaled volume with a repeated request.
-// It reports done=false when the image still has to be created.
-func (s *ControllerServer) checkExisting(pc *poolConn, entry *journal.Entry, size int64, src *contentSource) (bool, error) {
-	img, err := rbd.OpenImageReadOnly(pc.io, entry.ImageName, rbd.NoSnapshot)
-	if csierr.IsNotFound(err) {
-		return false, nil
-	}
-	if err != nil {
-		return false, csierr.Status(fmt.Errorf("opening image %s: %w", entry.ImageName, err))
+// finishVolume makes the image of entry, or checks and finishes one an
+// earlier call left, and returns its size; created says whether this call
+// began making it. Every step accepts what an interrupted try left, so a
+// retried request converges.
+func (s *ControllerServer) finishVolume(ctx context.Context, t *target, entry *journal.Entry, params *volumeParams, size int64,
+	r *csi.CapacityRange, src *contentSource) (have int64, created bool, err error) {
+	img, err := t.p.OpenImage(entry.ImageName, true)
+	switch {
+	case csierr.IsNotFound(err):
+		created = true
+		if err := s.createImage(ctx, t, entry, params, size, src); err != nil {
+			return 0, created, err
+		}
+		if img, err = t.p.OpenImage(entry.ImageName, true); err != nil {
+			return 0, created, fmt.Errorf("opening the new image %s: %w", imageSpec(t.p, entry.ImageName), err)
+		}
+	case err != nil:
+		return 0, false, fmt.Errorf("opening image %s: %w", imageSpec(t.p, entry.ImageName), err)
+	default:
+		klog.FromContext(ctx).V(2).Info("volume exists", "image", entry.ImageName)
+		if entry.Request == "" {
+			// Made by another driver: compare what can be seen.
+			if err := matchExisting(img, entry, size, src); err != nil {
+				img.Close()
+				return 0, false, err
+			}
+		}
 	}
 	defer img.Close()
-	have, err := img.GetSize()
-	if err != nil {
-		return false, csierr.Status(err)
-	}
-	if int64(have) != size {
-		return false, status.Errorf(codes.AlreadyExists, "volume %q exists with size %d, not %d", entry.RequestName, have, size)
-	}
-	if err := src.matchesParentOf(img); err != nil {
-		return false, status.Errorf(codes.AlreadyExists, "volume %q exists with another content source: %v", entry.RequestName, err)
-	}
-	return true, nil
+	have, err = s.completeImage(t, img, entry, size, r, src)
+	return have, created, err
 }
 
-// createImage makes the image for entry: empty, or cloned from src.
-func (s *ControllerServer) createImage(ctx context.Context, pc *poolConn, entry *journal.Entry, params *volumeParams, size int64, src *contentSource) error {
-	opts := rbd.NewRbdImageOptions()
-	defer opts.Destroy()
-	if err := opts.SetUint64(rbd.ImageOptionFormat, 2); err != nil {
+// completeImage does the last steps of a create on the open image: grow a
+// clone to the requested size, check the size fits, record the image ID.
+func (s *ControllerServer) completeImage(t *target, img image, entry *journal.Entry, size int64, r *csi.CapacityRange, src *contentSource) (int64, error) {
+	have, err := img.Size()
+	if err != nil {
+		return 0, err
+	}
+	if int64(have) < size {
+		// A clone grown to the requested size only after the clone: an
+		// earlier try stopped in between.
+		if src == nil {
+			return 0, csierr.Errorf(csierr.ErrExists, "volume %q exists with size %d, not %d", entry.RequestName, have, size)
+		}
+		if err := growImage(t.p, entry.ImageName, uint64(size)); err != nil {
+			return 0, err
+		}
+		have = uint64(size)
+	}
+	if !request.Fits(int64(have), r) {
+		return 0, csierr.Errorf(csierr.ErrExists, "volume %q exists with size %d, outside the requested range", entry.RequestName, have)
+	}
+	if entry.ImageID == "" {
+		id, err := img.ID()
+		if err != nil {
+			return 0, err
+		}
+		if err := s.volumes.SetImageID(t.p.Journal(), entry.UUID, id); err != nil {
+			return 0, err
+		}
+		entry.ImageID = id
+	}
+	return int64(have), nil
+}
+
+// matchExisting compares a volume made by another driver (its journal entry
+// has no request digest) with a repeated request: same size, and a parent
+// that fits the content source. A flattened image has no parent left to
+// compare and is accepted.
+func matchExisting(img image, entry *journal.Entry, size int64, src *contentSource) error {
+	have, err := img.Size()
+	if err != nil {
 		return err
 	}
-	if err := opts.SetUint64(rbd.ImageOptionFeatures, params.Features); err != nil {
+	if int64(have) != size {
+		return csierr.Errorf(csierr.ErrExists, "volume %q exists with size %d, not %d", entry.RequestName, have, size)
+	}
+	parent, err := img.Parent()
+	if err != nil {
 		return err
 	}
-	if params.DataPool != "" {
-		if err := opts.SetString(rbd.ImageOptionDataPool, params.DataPool); err != nil {
+	switch {
+	case parent == nil:
+		return nil
+	case src == nil:
+		return csierr.Errorf(csierr.ErrExists, "volume %q exists as a clone of %s, and this request has no content source", entry.RequestName, parent.Image)
+	}
+	want := src.parentImage()
+	if src.snapshot == nil {
+		want = img.Name() + tempSuffix
+	}
+	if parent.Image != want {
+		return csierr.Errorf(csierr.ErrExists, "volume %q exists as a clone of %s, not of %s", entry.RequestName, parent.Image, want)
+	}
+	return nil
+}
+
+// growImage resizes an image to size.
+func growImage(p pool, name string, size uint64) error {
+	img, err := p.OpenImage(name, false)
+	if err != nil {
+		return fmt.Errorf("opening %s: %w", imageSpec(p, name), err)
+	}
+	defer img.Close()
+	failpoint.Hit("grow-image-before-resize")
+	if err := img.Resize(size); err != nil {
+		return fmt.Errorf("growing %s to %d bytes: %w", imageSpec(p, name), size, err)
+	}
+	return nil
+}
+
+// createImage makes the image of entry: empty, or cloned from src (then
+// grown to size and, deep in a clone chain, flattened in the background).
+func (s *ControllerServer) createImage(ctx context.Context, t *target, entry *journal.Entry, params *volumeParams, size int64, src *contentSource) error {
+	if src == nil {
+		if err := t.p.CreateImage(entry.ImageName, uint64(size), params.options()); err != nil {
+			return fmt.Errorf("creating image %s: %w", imageSpec(t.p, entry.ImageName), err)
+		}
+		return nil
+	}
+	var depth int
+	var err error
+	if src.snapshot != nil {
+		depth, err = s.restoreSnapshot(ctx, t, entry, params, src)
+	} else {
+		depth, err = s.cloneVolume(ctx, t, entry, params, src)
+	}
+	if err != nil {
+		return err
+	}
+	failpoint.Hit("create-volume-after-clone")
+	if size > src.size {
+		if err := growImage(t.p, entry.ImageName, uint64(size)); err != nil {
 			return err
 		}
 	}
-	var err error
-	switch {
-	case src == nil:
-		err = rbd.CreateImage(pc.io, entry.ImageName, uint64(size), opts)
-		if err != nil {
-			err = fmt.Errorf("creating image %s/%s: %w", pc.name, entry.ImageName, err)
+	if depth > int(s.Options.SoftMaxClones) {
+		klog.FromContext(ctx).V(2).Info("flattening a deep clone in the background", "image", entry.ImageName, "depth", depth)
+		if err := t.p.QueueFlatten(entry.ImageName); err != nil {
+			return fmt.Errorf("queueing a flatten of %s: %w", imageSpec(t.p, entry.ImageName), err)
 		}
-	case src.snapshot != nil:
-		err = s.restoreSnapshot(ctx, pc, entry, opts, size, src)
-	default:
-		err = s.cloneVolume(ctx, pc, entry, opts, size, src)
 	}
-	if err != nil {
-		return err
-	}
-	id, err := readImageID(pc.io, entry.ImageName)
-	if err != nil {
-		return err
-	}
-	entry.ImageID = id
-	return s.volumes.SetImageID(pc.store(), entry.UUID, id)
+	return nil
 }
 
-// undoCreate removes what a failed CreateVolume made, so nothing leaks.
-func (s *ControllerServer) undoCreate(ctx context.Context, pc *poolConn, entry *journal.Entry) {
+// undoCreate removes what a failed create made (the image, a PVC clone's
+// -temp image, then the journal entry), so nothing leaks. When the images
+// cannot be removed the entry stays, for a retry or a delete to finish.
+func (s *ControllerServer) undoCreate(ctx context.Context, t *target, j *journal.Journal, entry *journal.Entry) {
 	logger := klog.FromContext(ctx)
-	if err := removeVolumeImages(pc, entry.ImageName, false); err != nil {
+	if _, err := s.removeImages(t, entry.ImageName, false); err != nil {
 		logger.Error(err, "cleaning up after a failed create", "image", entry.ImageName)
-		return // keep the journal entry so a retry or delete can finish
+		return
 	}
-	if err := s.volumes.Release(pc.store(), entry); err != nil {
+	if err := j.Release(t.p.Journal(), entry); err != nil {
 		logger.Error(err, "cleaning up the journal after a failed create", "uuid", entry.UUID)
 	}
 }
 
-func (s *ControllerServer) volumeResponse(pc *poolConn, params *volumeParams, entry *journal.Entry, size int64, req *csi.CreateVolumeRequest) (*csi.CreateVolumeResponse, error) {
-	id, err := volid.ID{ClusterID: params.ClusterID, LocationID: pc.id, UUID: entry.UUID}.Encode()
+// removeImages removes an image of ours and its -temp intermediate, then
+// purges the trashed ancestors of ours no clone needs any more; found says
+// whether the image was still there. With refuseWatched an image a node
+// still has mapped is kept.
+func (s *ControllerServer) removeImages(t *target, name string, refuseWatched bool) (found bool, err error) {
+	rm := s.remover(t)
+	found, parent, err := rm.remove(name, refuseWatched)
 	if err != nil {
-		return nil, status.Errorf(codes.InvalidArgument, "clusterID %q: %v", params.ClusterID, err)
+		return found, err
 	}
-	vc := common.PassThrough(req.GetParameters())
+	failpoint.Hit("remove-images-after-image")
+	_, tempParent, err := rm.remove(name+tempSuffix, false)
+	if err != nil {
+		return found, err
+	}
+	purgeAncestors(t.c, parent)
+	purgeAncestors(t.c, tempParent)
+	return found, nil
+}
+
+func (s *ControllerServer) volumeResponse(t *target, params *volumeParams, entry *journal.Entry, size int64, req *csi.CreateVolumeRequest) (*csi.CreateVolumeResponse, error) {
+	id, err := volid.ID{ClusterID: params.ClusterID, LocationID: t.p.ID(), UUID: entry.UUID}.Encode()
+	if err != nil {
+		return nil, csierr.Param("clusterID", "%q: %v", params.ClusterID, err)
+	}
+	vc := request.PassThrough(req.GetParameters())
 	vc["clusterID"] = params.ClusterID
-	vc["pool"] = pc.name
-	vc["journalPool"] = pc.name
+	vc["pool"] = t.p.Name()
+	vc["journalPool"] = t.p.Name()
 	vc["imageName"] = entry.ImageName
 	vc["imageFeatures"] = params.FeatureNames
 	vc["imageFormat"] = "2"
-	if ns := pc.cluster.RBD.RadosNamespace; ns != "" {
+	if ns := t.config.RBD.RadosNamespace; ns != "" {
 		vc["radosNamespace"] = ns
 	}
 	return &csi.CreateVolumeResponse{Volume: &csi.Volume{
@@ -229,50 +395,57 @@ func (s *ControllerServer) volumeResponse(pc *poolConn, params *volumeParams, en
 
 // volumeRef is a volume found by its ID.
 type volumeRef struct {
-	pc    *poolConn
+	*target
 	id    volid.ID
 	entry *journal.Entry // nil when the journal has no entry
-	image string
 }
 
-// findVolume opens the pool of a volume ID and reads its journal entry.
-// errPoolNotFound means the whole pool is gone.
+// image is the volume's image name.
+func (r *volumeRef) image() string {
+	if r.entry != nil {
+		return r.entry.ImageName
+	}
+	return request.DefaultVolumePrefix + r.id.UUID
+}
+
+// findVolume opens the pool of a volume ID and reads its journal entry. A
+// malformed ID is volid.ErrMalformed, a missing pool errPoolNotFound.
 func (s *ControllerServer) findVolume(volumeID string, creds cephconn.Credentials) (*volumeRef, error) {
 	id, err := volid.Decode(volumeID)
 	if err != nil {
 		return nil, err
 	}
-	pc, err := openPool(s.Deps, id.ClusterID, "", id.LocationID, creds)
+	t, err := s.openTarget(id.ClusterID, "", id.LocationID, creds)
 	if err != nil {
 		return nil, err
 	}
-	ref := &volumeRef{pc: pc, id: id, image: defaultVolumePrefix + id.UUID}
-	entry, err := s.volumes.Get(pc.store(), id.UUID)
-	switch {
-	case err == nil:
-		ref.entry, ref.image = entry, entry.ImageName
-	case errors.Is(err, journal.ErrNotFound):
-	default:
-		pc.close()
+	entry, err := s.volumes.Find(t.p.Journal(), id.UUID)
+	if err != nil {
+		t.close()
 		return nil, err
 	}
-	return ref, nil
+	return &volumeRef{target: t, id: id, entry: entry}, nil
 }
 
-// DeleteVolume implements csi.ControllerServer.
+// notFoundVolume names a volume that cannot be found for a call on an
+// existing volume: NotFound.
+func notFoundVolume(volumeID string, err error) error {
+	if errors.Is(err, volid.ErrMalformed) || errors.Is(err, errPoolNotFound) || csierr.IsNotFound(err) {
+		return csierr.Errorf(csierr.ErrNotFound, "volume %q not found: %v", volumeID, err)
+	}
+	return err
+}
+
+// DeleteVolume implements csi.ControllerServer. Only a volume the journal
+// knows is deleted: an ID whose entry is gone has nothing left of ours.
 func (s *ControllerServer) DeleteVolume(ctx context.Context, req *csi.DeleteVolumeRequest) (*csi.DeleteVolumeResponse, error) {
 	if req.GetVolumeId() == "" {
-		return nil, status.Error(codes.InvalidArgument, "volume_id is required")
+		return nil, csierr.Field("volume_id", "is required")
 	}
-	creds, err := common.Credentials(req.GetSecrets(), common.UserSecret)
+	creds, err := request.Credentials(req.GetSecrets(), request.UserSecret)
 	if err != nil {
 		return nil, err
 	}
-	release, err := s.Lock("volume-id/" + req.GetVolumeId())
-	if err != nil {
-		return nil, err
-	}
-	defer release()
 	ref, err := s.findVolume(req.GetVolumeId(), creds)
 	switch {
 	case errors.Is(err, volid.ErrMalformed), errors.Is(err, errPoolNotFound):
@@ -280,24 +453,31 @@ func (s *ControllerServer) DeleteVolume(ctx context.Context, req *csi.DeleteVolu
 		klog.FromContext(ctx).Info("deleting a volume that cannot exist", "reason", err)
 		return &csi.DeleteVolumeResponse{}, nil
 	case err != nil:
-		return nil, csierr.Status(err)
+		return nil, err
 	}
-	defer ref.pc.close()
-	if ref.entry != nil {
-		// A concurrent CreateVolume of the same name must not see it half-deleted.
-		releaseName, err := s.Lock("volume-name/" + ref.entry.RequestName)
-		if err != nil {
-			return nil, err
-		}
-		defer releaseName()
+	defer ref.close()
+	if ref.entry == nil {
+		klog.FromContext(ctx).Info("no journal entry for the volume: nothing of ours to delete", "volume", req.GetVolumeId())
+		return &csi.DeleteVolumeResponse{}, nil
 	}
-	if err := removeVolumeImages(ref.pc, ref.image, true); err != nil {
-		return nil, csierr.Status(err)
+	// A concurrent CreateVolume of the same name must not see it half-deleted.
+	releaseName, err := s.Lock(locks.VolumeName(ref.entry.RequestName))
+	if err != nil {
+		return nil, err
 	}
-	if ref.entry != nil {
-		if err := s.volumes.Release(ref.pc.store(), ref.entry); err != nil {
-			return nil, csierr.Status(err)
-		}
+	defer releaseName()
+	found, err := s.removeImages(ref.target, ref.image(), true)
+	if err != nil {
+		return nil, err
+	}
+	if !found {
+		// An earlier try removed the image and stopped: trashed ancestors
+		// it meant to purge may be left.
+		purgeOurTrash(ref.c, ref.p)
+	}
+	failpoint.Hit("delete-volume-before-release")
+	if err := s.volumes.Release(ref.p.Journal(), ref.entry); err != nil {
+		return nil, err
 	}
 	return &csi.DeleteVolumeResponse{}, nil
 }
@@ -305,41 +485,39 @@ func (s *ControllerServer) DeleteVolume(ctx context.Context, req *csi.DeleteVolu
 // ControllerExpandVolume implements csi.ControllerServer.
 func (s *ControllerServer) ControllerExpandVolume(ctx context.Context, req *csi.ControllerExpandVolumeRequest) (*csi.ControllerExpandVolumeResponse, error) {
 	if req.GetVolumeId() == "" {
-		return nil, status.Error(codes.InvalidArgument, "volume_id is required")
+		return nil, csierr.Field("volume_id", "is required")
 	}
 	if req.GetCapacityRange() == nil {
-		return nil, status.Error(codes.InvalidArgument, "capacity_range is required")
+		return nil, csierr.Field("capacity_range", "is required")
 	}
-	size, err := common.RoundedSize(req.GetCapacityRange())
+	size, err := request.RoundedSize(req.GetCapacityRange())
 	if err != nil {
 		return nil, err
 	}
-	creds, err := common.Credentials(req.GetSecrets(), common.UserSecret)
+	creds, err := request.Credentials(req.GetSecrets(), request.UserSecret)
 	if err != nil {
 		return nil, err
 	}
-	release, err := s.Lock("volume-id/" + req.GetVolumeId())
-	if err != nil {
-		return nil, err
-	}
-	defer release()
 	ref, err := s.findVolume(req.GetVolumeId(), creds)
 	if err != nil {
 		return nil, notFoundVolume(req.GetVolumeId(), err)
 	}
-	defer ref.pc.close()
-	img, err := rbd.OpenImage(ref.pc.io, ref.image, rbd.NoSnapshot)
+	defer ref.close()
+	if ref.entry == nil {
+		return nil, notFoundVolume(req.GetVolumeId(), journal.ErrNotFound)
+	}
+	img, err := ref.p.OpenImage(ref.image(), false)
 	if err != nil {
 		return nil, notFoundVolume(req.GetVolumeId(), err)
 	}
 	defer img.Close()
-	have, err := img.GetSize()
+	have, err := img.Size()
 	if err != nil {
-		return nil, csierr.Status(err)
+		return nil, err
 	}
 	if uint64(size) > have {
 		if err := img.Resize(uint64(size)); err != nil {
-			return nil, csierr.Status(fmt.Errorf("resizing %s to %d: %w", ref.image, size, err))
+			return nil, fmt.Errorf("resizing %s to %d: %w", imageSpec(ref.p, ref.image()), size, err)
 		}
 		have = uint64(size)
 	}
@@ -347,23 +525,15 @@ func (s *ControllerServer) ControllerExpandVolume(ctx context.Context, req *csi.
 	return &csi.ControllerExpandVolumeResponse{CapacityBytes: int64(have), NodeExpansionRequired: !block}, nil
 }
 
-// notFoundVolume maps lookup failures of an existing-volume call to NotFound.
-func notFoundVolume(volumeID string, err error) error {
-	if errors.Is(err, volid.ErrMalformed) || errors.Is(err, errPoolNotFound) || csierr.IsNotFound(err) {
-		return status.Errorf(codes.NotFound, "volume %q not found: %v", volumeID, err)
-	}
-	return csierr.Status(err)
-}
-
 // ValidateVolumeCapabilities implements csi.ControllerServer.
 func (s *ControllerServer) ValidateVolumeCapabilities(ctx context.Context, req *csi.ValidateVolumeCapabilitiesRequest) (*csi.ValidateVolumeCapabilitiesResponse, error) {
 	if req.GetVolumeId() == "" {
-		return nil, status.Error(codes.InvalidArgument, "volume_id is required")
+		return nil, csierr.Field("volume_id", "is required")
 	}
 	if len(req.GetVolumeCapabilities()) == 0 {
-		return nil, status.Error(codes.InvalidArgument, "volume_capabilities is required")
+		return nil, csierr.Field("volume_capabilities", "is required")
 	}
-	creds, err := common.Credentials(req.GetSecrets(), common.UserSecret)
+	creds, err := request.Credentials(req.GetSecrets(), request.UserSecret)
 	if err != nil {
 		return nil, err
 	}
@@ -371,12 +541,17 @@ func (s *ControllerServer) ValidateVolumeCapabilities(ctx context.Context, req *
 	if err != nil {
 		return nil, notFoundVolume(req.GetVolumeId(), err)
 	}
-	defer ref.pc.close()
-	if _, err := imageSize(ref.pc.io, ref.image); err != nil {
+	defer ref.close()
+	if ref.entry == nil {
+		return nil, notFoundVolume(req.GetVolumeId(), journal.ErrNotFound)
+	}
+	img, err := ref.p.OpenImage(ref.image(), true)
+	if err != nil {
 		return nil, notFoundVolume(req.GetVolumeId(), err)
 	}
-	if err := common.ValidateCapabilities(req.GetVolumeCapabilities(), false); err != nil {
-		return &csi.ValidateVolumeCapabilitiesResponse{Message: status.Convert(err).Message()}, nil
+	img.Close()
+	if err := request.ValidateCapabilities(req.GetVolumeCapabilities(), false); err != nil {
+		return &csi.ValidateVolumeCapabilitiesResponse{Message: err.Error()}, nil
 	}
 	return &csi.ValidateVolumeCapabilitiesResponse{Confirmed: &csi.ValidateVolumeCapabilitiesResponse_Confirmed{
 		VolumeContext:      req.GetVolumeContext(),

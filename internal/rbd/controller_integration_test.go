@@ -289,7 +289,7 @@ func TestBadRequestsArePreciseAndLeaveNothing(t *testing.T) {
 		"no name":      {func(r *csi.CreateVolumeRequest) { r.Name = "" }, codes.InvalidArgument},
 		"no caps":      {func(r *csi.CreateVolumeRequest) { r.VolumeCapabilities = nil }, codes.InvalidArgument},
 		"no pool":      {func(r *csi.CreateVolumeRequest) { delete(r.Parameters, "pool") }, codes.InvalidArgument},
-		"unknown pool": {func(r *csi.CreateVolumeRequest) { r.Parameters["pool"] = "nope" }, codes.NotFound},
+		"unknown pool": {func(r *csi.CreateVolumeRequest) { r.Parameters["pool"] = "nope" }, codes.InvalidArgument},
 		"unknown data": {func(r *csi.CreateVolumeRequest) { r.Parameters["dataPool"] = "nope" }, codes.InvalidArgument},
 		"bad cluster":  {func(r *csi.CreateVolumeRequest) { r.Parameters["clusterID"] = "nope" }, codes.InvalidArgument},
 		"no secrets":   {func(r *csi.CreateVolumeRequest) { r.Secrets = nil }, codes.InvalidArgument},
@@ -300,7 +300,7 @@ func TestBadRequestsArePreciseAndLeaveNothing(t *testing.T) {
 		}, codes.InvalidArgument},
 		"wrong key": {func(r *csi.CreateVolumeRequest) {
 			r.Secrets = map[string]string{"userID": "csi-rbd-provisioner", "userKey": "AQBA" + strings.Repeat("A", 34) + "=="}
-		}, codes.Unavailable},
+		}, codes.PermissionDenied},
 	} {
 		r := base()
 		tc.mutate(r)

@@ -3,233 +3,347 @@ package rbd
 import (
 	"errors"
 	"fmt"
+	"regexp"
+	"strings"
 	"syscall"
-
-	"github.com/ceph/go-ceph/rados"
-	"github.com/ceph/go-ceph/rbd"
-	"github.com/ceph/go-ceph/rbd/admin"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 
 	"github.com/leanceph/cephcsi/internal/csierr"
 )
 
-// maxChainWalk bounds the parent walk in case of a corrupt parent loop.
+// maxChainWalk bounds walks up a parent chain, in case of a corrupt loop.
 const maxChainWalk = 64
 
-// cloneOptions are the options for the images a snapshot or PVC clone goes
-// through: clone format 2 (no snapshot protection needed), layering and
-// deep-flatten so that they can be flattened with their snapshots.
-func cloneOptions() (*rbd.ImageOptions, error) {
-	opts := rbd.NewRbdImageOptions()
-	for _, o := range []struct {
-		opt rbd.ImageOption
-		v   uint64
-	}{
-		{rbd.ImageOptionFormat, 2},
-		{rbd.ImageOptionCloneFormat, 2},
-		{rbd.ImageOptionFeatures, rbd.FeatureLayering | rbd.FeatureDeepFlatten},
-	} {
-		if err := opts.SetUint64(o.opt, o.v); err != nil {
-			opts.Destroy()
-			return nil, err
-		}
+// tempSuffix names the intermediate image of a PVC clone.
+const tempSuffix = "-temp"
+
+// trashedByUsKey is the image metadata key set on an image just before
+// this driver moves it to the RBD trash. Only trash entries that carry it
+// are ever purged: an image someone else put in the trash is never ours to
+// delete, whatever its name.
+const trashedByUsKey = "cephcsi.trashed"
+
+// ourName matches the names this driver gives images and the snapshots it
+// takes: a prefix, a UUID and, for PVC-clone intermediates, "-temp".
+var ourName = regexp.MustCompile(`^(.*)([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})(-temp)?$`)
+
+// uuidOfName returns the UUID in one of our image or snapshot names.
+func uuidOfName(name string) (string, bool) {
+	m := ourName.FindStringSubmatch(name)
+	if m == nil {
+		return "", false
 	}
-	return opts, nil
+	return m[2], true
+}
+
+// hasDependentClones reports the errors librbd gives when removing an
+// image that clones still depend on.
+func hasDependentClones(err error) bool {
+	return csierr.IsErrno(err, syscall.ENOTEMPTY) || csierr.IsErrno(err, syscall.EBUSY) || csierr.IsErrno(err, syscall.EMLINK)
 }
 
 // cloneDepth counts the ancestors of an open image.
-func cloneDepth(conn *rados.Conn, img *rbd.Image) (int, error) {
+func cloneDepth(c cluster, img image) (int, error) {
+	parent, err := img.Parent()
+	if err != nil {
+		return 0, fmt.Errorf("reading the parent of %s: %w", img.Name(), err)
+	}
 	depth := 0
-	cur := img
-	defer func() {
-		if cur != img {
-			cur.Close()
-		}
-	}()
-	for depth < maxChainWalk {
-		parent, err := cur.GetParent()
-		if csierr.IsNotFound(err) {
-			return depth, nil
-		}
-		if err != nil {
-			return 0, fmt.Errorf("reading the parent of %s: %w", cur.GetName(), err)
-		}
+	for parent != nil && depth < maxChainWalk {
 		depth++
-		io, err := conn.OpenIOContext(parent.Image.PoolName)
+		p, err := c.OpenPool(parent.Pool, 0)
 		if err != nil {
-			return 0, err
+			return 0, fmt.Errorf("opening pool %s of parent %s: %w", parent.Pool, parent.Image, err)
 		}
-		io.SetNamespace(parent.Image.PoolNamespace)
-		next, err := rbd.OpenImageByIdReadOnly(io, parent.Image.ImageID, rbd.NoSnapshot)
-		io.Destroy()
+		next, err := p.OpenImageByID(parent.ImageID, true)
+		p.Close()
 		if err != nil {
-			return 0, fmt.Errorf("opening parent %s: %w", parent.Image.ImageName, err)
+			return 0, fmt.Errorf("opening parent %s: %w", parent.Image, err)
 		}
-		if cur != img {
-			cur.Close()
+		parent, err = next.Parent()
+		name := next.Name()
+		next.Close()
+		if err != nil {
+			return 0, fmt.Errorf("reading the parent of %s: %w", name, err)
 		}
-		cur = next
 	}
 	return depth, nil
 }
 
-// queueFlatten asks the Ceph manager to flatten an image in the background.
-// The manager deduplicates tasks, so repeating the request is harmless.
-func queueFlatten(pc *poolConn, image string) error {
-	ns, _ := pc.io.GetNamespace()
-	_, err := admin.NewFromConn(pc.conn.Conn).Task().AddFlatten(admin.NewImageSpec(pc.name, ns, image))
-	if err != nil {
-		return fmt.Errorf("queueing a flatten of %s/%s: %w", pc.name, image, err)
+// cloneImage clones parent@snap (in from) into dst (in to), accepting a
+// dst left by an earlier try only when it is a clone of the same parent.
+func cloneImage(from pool, parent, snap string, to pool, dst string, o imageOptions) error {
+	err := to.CloneImage(from, parent, snap, dst, o)
+	if err == nil {
+		return nil
+	}
+	if !csierr.IsErrno(err, syscall.EEXIST) {
+		return fmt.Errorf("cloning %s@%s into %s: %w", imageSpec(from, parent), snap, imageSpec(to, dst), err)
+	}
+	img, oerr := to.OpenImage(dst, true)
+	if oerr != nil {
+		return fmt.Errorf("cloning %s@%s into %s: %w", imageSpec(from, parent), snap, imageSpec(to, dst), err)
+	}
+	defer img.Close()
+	info, perr := img.Parent()
+	if perr != nil || info == nil || info.Image != parent {
+		return csierr.Errorf(csierr.ErrExists, "image %s exists but is not a clone of %s", imageSpec(to, dst), parent)
 	}
 	return nil
 }
 
-// removeImage deletes an image with its snapshots. Snapshots that clones
-// still depend on move to the trash namespace, and then the image itself
-// moves to the RBD trash, from which purgeTrash removes it once its last
-// child is gone. With refuseWatched an image a client still has open (a
-// node's mapping) is kept: FailedPrecondition.
-//
-// The image is opened read-only (a read-only open adds no watcher of its
-// own); only an image with user snapshots to remove is opened again to
-// write, which our volumes, whose snapshots live in the trash namespace,
-// never need.
-func removeImage(pc *poolConn, name string, refuseWatched bool) error {
-	img, err := rbd.OpenImageReadOnly(pc.io, name, rbd.NoSnapshot)
+// cloneThroughSnapshot copies the current content of src into a new clone
+// dst: src@snap, the clone, then snap removed from src again (librbd keeps
+// it in the trash namespace for as long as the clone needs it), so the
+// source is left without a snapshot. Every step accepts what an earlier,
+// interrupted try left.
+func cloneThroughSnapshot(sp pool, src image, snap string, dp pool, dst string, o imageOptions) error {
+	if err := src.CreateSnapshot(snap); err != nil {
+		return fmt.Errorf("creating snapshot %s@%s: %w", imageSpec(sp, src.Name()), snap, err)
+	}
+	err := cloneImage(sp, src.Name(), snap, dp, dst, o)
+	if rerr := src.RemoveSnapshot(snap); rerr != nil && err == nil {
+		err = fmt.Errorf("removing snapshot %s@%s: %w", imageSpec(sp, src.Name()), snap, rerr)
+	}
+	return err
+}
+
+// refuseWhileFlattening is ErrInProgress while the Ceph manager has a
+// flatten of img queued or running. A snapshot taken during a flatten
+// loses its parent when the flatten ends (librbd then lets the parent be
+// removed although the snapshot still reads from it), which breaks every
+// clone made from that snapshot; so a clone chain is only extended once
+// its flatten is done.
+func refuseWhileFlattening(p pool, img image) error {
+	parent, err := img.Parent()
+	if err != nil {
+		return fmt.Errorf("reading the parent of %s: %w", imageSpec(p, img.Name()), err)
+	}
+	if parent == nil {
+		return nil // nothing to flatten
+	}
+	id, err := img.ID()
+	if err != nil {
+		return err
+	}
+	queued, err := p.FlattenQueued(id)
+	if err != nil {
+		return fmt.Errorf("listing the manager's flatten tasks: %w", err)
+	}
+	if queued {
+		return csierr.Errorf(csierr.ErrInProgress, "image %s is being flattened by the Ceph manager; retry when it is done", imageSpec(p, img.Name()))
+	}
+	return nil
+}
+
+// remover deletes images of ours from one pool.
+type remover struct {
+	c cluster
+	p pool
+	// owned proves that a user snapshot found on an image being removed was
+	// taken by this driver (a temporary snapshot left by an interrupted
+	// call). Snapshots it cannot prove ours keep the image.
+	owned func(snapshot string) (bool, error)
+}
+
+// remove deletes an image of ours. An image that clones still depend on
+// moves to the RBD trash, marked as ours, and is purged once its last
+// clone is gone. With refuseWatched an image a client still has open (a
+// node's mapping, a manager task) is kept: ErrPrecondition. It returns
+// whether the image was there and its parent, for purgeAncestors; a
+// missing image is fine.
+func (r *remover) remove(name string, refuseWatched bool) (found bool, parent *parentInfo, err error) {
+	img, err := r.p.OpenImage(name, true)
 	if csierr.IsNotFound(err) {
-		return nil
+		return false, nil, nil
 	}
 	if err != nil {
-		return fmt.Errorf("opening image %s: %w", name, err)
+		return false, nil, fmt.Errorf("opening image %s: %w", imageSpec(r.p, name), err)
 	}
-	if refuseWatched {
-		err = refuseIfWatched(pc, img)
-	}
-	var userSnaps []string
+	parent, err = r.inspect(img, refuseWatched)
+	userSnaps := []string(nil)
 	if err == nil {
-		userSnaps, err = userSnapshots(img)
+		userSnaps, err = r.userSnapshots(img)
 	}
 	img.Close()
 	if err != nil {
-		return err
+		return true, nil, err
 	}
 	if len(userSnaps) > 0 {
-		if err := removeSnapshots(pc, name, userSnaps); err != nil {
-			return err
+		if err := r.removeSnapshots(name, userSnaps); err != nil {
+			return true, nil, err
 		}
 	}
-	err = rbd.RemoveImage(pc.io, name)
+	err = r.p.RemoveImage(name)
 	switch {
 	case err == nil, csierr.IsNotFound(err):
-		return nil
-	case csierr.IsErrno(err, syscall.ENOTEMPTY), csierr.IsErrno(err, syscall.EBUSY), csierr.IsErrno(err, syscall.EMLINK):
-		// Clones still hang off this image's (trashed) snapshots.
-		if terr := rbd.GetImage(pc.io, name).Trash(0); terr != nil && !csierr.IsNotFound(terr) {
-			return fmt.Errorf("moving image %s to the trash: %w", name, terr)
+		return true, parent, nil
+	case hasDependentClones(err):
+		return true, parent, r.trash(name)
+	}
+	return true, nil, fmt.Errorf("removing image %s: %w", imageSpec(r.p, name), err)
+}
+
+// inspect checks the watchers of an image about to be removed and returns
+// its parent.
+func (r *remover) inspect(img image, refuseWatched bool) (*parentInfo, error) {
+	if refuseWatched {
+		watchers, err := img.Watchers()
+		if err != nil {
+			return nil, fmt.Errorf("listing watchers of %s: %w", imageSpec(r.p, img.Name()), err)
 		}
-		return nil
-	default:
-		return fmt.Errorf("removing image %s: %w", name, err)
+		if len(watchers) > 0 {
+			return nil, csierr.Errorf(csierr.ErrPrecondition, "image %s is in use by %d client(s) (first: %s); unmap it first",
+				imageSpec(r.p, img.Name()), len(watchers), watchers[0])
+		}
 	}
+	parent, err := img.Parent()
+	if err != nil {
+		return nil, fmt.Errorf("reading the parent of %s: %w", imageSpec(r.p, img.Name()), err)
+	}
+	return parent, nil
 }
 
-// refuseIfWatched is FailedPrecondition when a client has img open.
-func refuseIfWatched(pc *poolConn, img *rbd.Image) error {
-	watchers, err := img.ListWatchers()
+// userSnapshots names the snapshots of img in the user namespace (those in
+// the trash namespace go away with their last clone), refusing the
+// removal when one of them is not provably ours.
+func (r *remover) userSnapshots(img image) ([]string, error) {
+	snaps, err := img.Snapshots()
 	if err != nil {
-		return fmt.Errorf("listing watchers of %s: %w", img.GetName(), err)
+		return nil, fmt.Errorf("listing the snapshots of %s: %w", imageSpec(r.p, img.Name()), err)
 	}
-	if len(watchers) > 0 {
-		return status.Errorf(codes.FailedPrecondition, "image %s/%s is in use by %d client(s) (first: %s); unmap it first",
-			pc.name, img.GetName(), len(watchers), watchers[0].Addr)
-	}
-	return nil
-}
-
-// userSnapshots names the snapshots of img in the user namespace; those in
-// the trash namespace go away with their last clone.
-func userSnapshots(img *rbd.Image) ([]string, error) {
-	snaps, err := img.GetSnapshotNames()
-	if err != nil {
-		return nil, fmt.Errorf("listing the snapshots of %s: %w", img.GetName(), err)
-	}
-	var names []string
+	var ours, foreign []string
 	for _, sn := range snaps {
-		if ns, err := img.GetSnapNamespaceType(sn.Id); err == nil && ns == rbd.SnapNamespaceTypeUser {
-			names = append(names, sn.Name)
+		if sn.Trash {
+			continue
+		}
+		ok := false
+		if r.owned != nil {
+			if ok, err = r.owned(sn.Name); err != nil {
+				return nil, err
+			}
+		}
+		if ok {
+			ours = append(ours, sn.Name)
+		} else {
+			foreign = append(foreign, sn.Name)
 		}
 	}
-	return names, nil
+	if len(foreign) > 0 {
+		return nil, csierr.Errorf(csierr.ErrPrecondition, "image %s has snapshots this driver did not take (%s); remove them first",
+			imageSpec(r.p, img.Name()), strings.Join(foreign, ", "))
+	}
+	return ours, nil
 }
 
-// removeSnapshots removes the named snapshots of an image; missing ones are
-// fine.
-func removeSnapshots(pc *poolConn, name string, snaps []string) error {
-	img, err := rbd.OpenImage(pc.io, name, rbd.NoSnapshot)
+func (r *remover) removeSnapshots(name string, snaps []string) error {
+	img, err := r.p.OpenImage(name, false)
 	if csierr.IsNotFound(err) {
 		return nil
 	}
 	if err != nil {
-		return fmt.Errorf("opening image %s: %w", name, err)
+		return fmt.Errorf("opening image %s: %w", imageSpec(r.p, name), err)
 	}
 	defer img.Close()
 	for _, sn := range snaps {
-		if err := img.GetSnapshot(sn).Remove(); err != nil && !csierr.IsNotFound(err) {
-			return fmt.Errorf("removing snapshot %s@%s: %w", name, sn, err)
+		if err := img.RemoveSnapshot(sn); err != nil {
+			return fmt.Errorf("removing snapshot %s@%s: %w", imageSpec(r.p, name), sn, err)
 		}
 	}
 	return nil
 }
 
-// removeVolumeImages removes a volume's image and its -temp intermediate,
-// then purges whatever in the trash no longer has children. With
-// refuseWatched a volume image a node still has mapped is kept.
-func removeVolumeImages(pc *poolConn, name string, refuseWatched bool) error {
-	if err := removeImage(pc, name, refuseWatched); err != nil {
-		return err
-	}
-	if err := removeImage(pc, name+tempSuffix, false); err != nil {
-		return err
-	}
-	purgeTrash(pc.io)
-	return nil
-}
-
-// createSnapshot makes snap on img, accepting one left by an earlier try.
-func createSnapshot(img *rbd.Image, snap string) error {
-	if _, err := img.CreateSnapshot(snap); err != nil && !csierr.IsErrno(err, syscall.EEXIST) {
-		return fmt.Errorf("creating snapshot %s@%s: %w", img.GetName(), snap, err)
-	}
-	return nil
-}
-
-// removeSnapshot removes snap from img; a missing one is fine.
-func removeSnapshot(img *rbd.Image, snap string) error {
-	if err := img.GetSnapshot(snap).Remove(); err != nil && !csierr.IsNotFound(err) {
-		return fmt.Errorf("removing snapshot %s@%s: %w", img.GetName(), snap, err)
-	}
-	return nil
-}
-
-// cloneImage clones parent@snap into dst, accepting a dst left by an
-// earlier try only when it is a clone of the same parent.
-func cloneImage(parentIO *rados.IOContext, parent, snap string, dstIO *rados.IOContext, dst string, opts *rbd.ImageOptions) error {
-	err := rbd.CloneImage(parentIO, parent, snap, dstIO, dst, opts)
-	if err == nil {
+// trash marks an image as ours and moves it to the RBD trash.
+func (r *remover) trash(name string) error {
+	img, err := r.p.OpenImage(name, false)
+	if csierr.IsNotFound(err) {
 		return nil
 	}
-	if !errors.Is(err, rbd.ErrExist) && !csierr.IsErrno(err, syscall.EEXIST) {
-		return fmt.Errorf("cloning %s@%s into %s: %w", parent, snap, dst, err)
+	if err != nil {
+		return fmt.Errorf("opening image %s: %w", imageSpec(r.p, name), err)
 	}
-	img, oerr := rbd.OpenImageReadOnly(dstIO, dst, rbd.NoSnapshot)
-	if oerr != nil {
-		return fmt.Errorf("cloning %s@%s into %s: %w", parent, snap, dst, err)
+	err = img.SetMetadata(trashedByUsKey, "true")
+	img.Close()
+	if err != nil {
+		return fmt.Errorf("marking image %s before moving it to the trash: %w", imageSpec(r.p, name), err)
 	}
-	defer img.Close()
-	info, perr := img.GetParent()
-	if perr != nil || info.Image.ImageName != parent {
-		return fmt.Errorf("image %s exists but is not a clone of %s", dst, parent)
+	if err := r.p.TrashImage(name); err != nil && !csierr.IsNotFound(err) {
+		return fmt.Errorf("moving image %s to the trash: %w", imageSpec(r.p, name), err)
 	}
 	return nil
+}
+
+// purgeAncestors walks up from the parent of an image just removed and
+// deletes the trashed ancestors of ours that no clone needs any more. It
+// stops at the first ancestor that is not in the trash, not marked as
+// ours, or still has clones. Failures only leave an entry for a later
+// delete to purge.
+func purgeAncestors(c cluster, parent *parentInfo) {
+	for i := 0; parent != nil && parent.Trash && i < maxChainWalk; i++ {
+		p, err := c.OpenPool(parent.Pool, 0)
+		if err != nil {
+			return
+		}
+		next, err := purgeTrashed(p, parent.ImageID)
+		p.Close()
+		if err != nil {
+			return
+		}
+		parent = next
+	}
+}
+
+// errStillNeeded means a trashed image of ours still has clones.
+var errStillNeeded = errors.New("still has clones")
+
+// purgeTrashed deletes one trashed image when it is ours and no clone
+// needs it, returning its parent.
+func purgeTrashed(p pool, id string) (*parentInfo, error) {
+	img, err := p.OpenImageByID(id, true)
+	if err != nil {
+		return nil, err
+	}
+	mark, err := img.Metadata(trashedByUsKey)
+	var parent *parentInfo
+	if err == nil {
+		parent, err = img.Parent()
+	}
+	img.Close()
+	if err != nil {
+		return nil, err
+	}
+	if mark != "true" {
+		return nil, fmt.Errorf("trash entry %s is not ours", id)
+	}
+	if err := p.RemoveTrashed(id); err != nil {
+		if hasDependentClones(err) {
+			return nil, errStillNeeded
+		}
+		return nil, err
+	}
+	return parent, nil
+}
+
+// purgeOurTrash tries every trash entry of the pool that is ours; used when
+// a delete finds its image already gone (an interrupted earlier try may
+// have left trashed ancestors that no clone needs).
+func purgeOurTrash(c cluster, p pool) {
+	for pass := 0; pass < maxChainWalk; pass++ {
+		entries, err := p.Trash()
+		if err != nil {
+			return
+		}
+		removed := 0
+		for _, e := range entries {
+			if _, ok := uuidOfName(e.Name); !ok {
+				continue // not named by us: never opened, never touched
+			}
+			if parent, err := purgeTrashed(p, e.ID); err == nil {
+				removed++
+				purgeAncestors(c, parent)
+			}
+		}
+		if removed == 0 {
+			return
+		}
+	}
 }

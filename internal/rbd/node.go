@@ -10,16 +10,15 @@ import (
 	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 	"k8s.io/klog/v2"
 	mount "k8s.io/mount-utils"
 	utilexec "k8s.io/utils/exec"
 
-	"github.com/leanceph/cephcsi/internal/common"
 	"github.com/leanceph/cephcsi/internal/csierr"
 	"github.com/leanceph/cephcsi/internal/mapper"
 	"github.com/leanceph/cephcsi/internal/nodeutil"
+	"github.com/leanceph/cephcsi/internal/request"
+	"github.com/leanceph/cephcsi/internal/service"
 )
 
 // Default mkfs options when the StorageClass sets none: no discard pass
@@ -32,7 +31,7 @@ var defaultMkfsOptions = map[string][]string{
 // NodeServer serves the CSI node service for RBD.
 type NodeServer struct {
 	csi.UnimplementedNodeServer
-	*common.Deps
+	*service.Deps
 	mappers   map[string]mapper.Mapper
 	mounter   *mount.SafeFormatAndMount
 	resizer   *mount.ResizeFs
@@ -48,7 +47,7 @@ const toolTimeout = 5 * time.Minute
 
 // NewNodeServer returns the node service. Its state lives below
 // <pluginpath>/<drivername>.
-func NewNodeServer(d *common.Deps) (*NodeServer, error) {
+func NewNodeServer(d *service.Deps) (*NodeServer, error) {
 	base := filepath.Join(d.Options.PluginPath, d.Options.DriverName)
 	runner := mapper.ExecRunner{}
 	fuse, err := mapper.NewFuse(filepath.Join(base, "rbd-fuse"), runner)
@@ -64,7 +63,7 @@ func NewNodeServer(d *common.Deps) (*NodeServer, error) {
 	return newNodeServer(d, mappers, mount.NewWithoutSystemd(""), ex, filepath.Join(base, "rbd-node")), nil
 }
 
-func newNodeServer(d *common.Deps, mappers map[string]mapper.Mapper, m mount.Interface, ex utilexec.Interface, stateDir string) *NodeServer {
+func newNodeServer(d *service.Deps, mappers map[string]mapper.Mapper, m mount.Interface, ex utilexec.Interface, stateDir string) *NodeServer {
 	return &NodeServer{
 		Deps:      d,
 		mappers:   mappers,
@@ -119,26 +118,6 @@ func (s *NodeServer) NodeGetInfo(context.Context, *csi.NodeGetInfoRequest) (*csi
 	return &csi.NodeGetInfoResponse{NodeId: s.Options.NodeID}, nil
 }
 
-// validateCapability checks the single capability of a node request.
-func validateCapability(c *csi.VolumeCapability) error {
-	if c == nil {
-		return status.Error(codes.InvalidArgument, "volume_capability is required")
-	}
-	if err := common.ValidateCapabilities([]*csi.VolumeCapability{c}, false); err != nil {
-		msg := strings.TrimPrefix(status.Convert(err).Message(), "volume_capabilities[0]: ")
-		return status.Errorf(codes.InvalidArgument, "volume_capability: %s", msg)
-	}
-	return nil
-}
-
-func isReadOnlyMode(c *csi.VolumeCapability) bool {
-	switch c.GetAccessMode().GetMode() {
-	case csi.VolumeCapability_AccessMode_SINGLE_NODE_READER_ONLY, csi.VolumeCapability_AccessMode_MULTI_NODE_READER_ONLY:
-		return true
-	}
-	return false
-}
-
 // stageRequest is a validated NodeStageVolume.
 type stageRequest struct {
 	rec        stageRecord
@@ -153,7 +132,7 @@ func (s *NodeServer) parseStage(req *csi.NodeStageVolumeRequest) (*stageRequest,
 		return nil, err
 	}
 	vcap := req.GetVolumeCapability()
-	if err := validateCapability(vcap); err != nil {
+	if err := request.ValidateCapability("volume_capability", vcap, false); err != nil {
 		return nil, err
 	}
 	vc := req.GetVolumeContext()
@@ -163,30 +142,30 @@ func (s *NodeServer) parseStage(req *csi.NodeStageVolumeRequest) (*stageRequest,
 	}
 	kind, err := mapper.KindOf(vc["mounter"])
 	if err != nil {
-		return nil, status.Errorf(codes.InvalidArgument, "volume_context.mounter: %v", err)
+		return nil, csierr.Errorf(csierr.ErrInvalid, "volume_context.mounter: %v", err)
 	}
 	mapOpts, err := mapper.OptionsFor(vc["mapOptions"], kind)
 	if err != nil {
-		return nil, status.Errorf(codes.InvalidArgument, "volume_context.mapOptions: %v", err)
+		return nil, csierr.Errorf(csierr.ErrInvalid, "volume_context.mapOptions: %v", err)
 	}
 	unmapOpts, err := mapper.OptionsFor(vc["unmapOptions"], kind)
 	if err != nil {
-		return nil, status.Errorf(codes.InvalidArgument, "volume_context.unmapOptions: %v", err)
+		return nil, csierr.Errorf(csierr.ErrInvalid, "volume_context.unmapOptions: %v", err)
 	}
-	creds, err := common.Credentials(req.GetSecrets(), common.UserSecret)
+	creds, err := request.Credentials(req.GetSecrets(), request.UserSecret)
 	if err != nil {
 		return nil, err
 	}
 	cl, err := s.Clusters.Get(vc["clusterID"])
 	if err != nil {
-		return nil, status.Errorf(codes.InvalidArgument, "volume_context.clusterID %q: %v", vc["clusterID"], err)
+		return nil, csierr.Errorf(csierr.ErrInvalid, "volume_context.clusterID %q: %v", vc["clusterID"], err)
 	}
 	ns := vc["radosNamespace"]
 	if ns == "" {
 		ns = cl.RBD.RadosNamespace
 	}
 	block := vcap.GetBlock() != nil
-	readOnly := isReadOnlyMode(vcap)
+	readOnly := request.ReadOnly(vcap.GetAccessMode().GetMode())
 	sr := &stageRequest{
 		rec: stageRecord{Mapper: kind, ClusterID: cl.ClusterID, Pool: vc["pool"], Namespace: ns, Image: vc["imageName"],
 			StagingPath: req.GetStagingTargetPath(), Block: block, ReadOnly: readOnly, UnmapOptions: unmapOpts},
@@ -204,7 +183,7 @@ func (s *NodeServer) parseStage(req *csi.NodeStageVolumeRequest) (*stageRequest,
 		fsType = defaultFsType
 	}
 	if fsType != "ext4" && fsType != "xfs" {
-		return nil, status.Errorf(codes.InvalidArgument, "volume_capability.mount.fs_type %q is not ext4 or xfs", fsType)
+		return nil, csierr.Errorf(csierr.ErrInvalid, "volume_capability.mount.fs_type %q is not ext4 or xfs", fsType)
 	}
 	sr.rec.FsType = fsType
 	sr.mountFlags = vcap.GetMount().GetMountFlags()
@@ -224,24 +203,19 @@ func (s *NodeServer) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolu
 		return nil, err
 	}
 	volID := req.GetVolumeId()
-	release, err := s.Lock("volume-id/" + volID)
-	if err != nil {
-		return nil, err
-	}
-	defer release()
 	logger := klog.FromContext(ctx).WithValues("volume", volID, "image", sr.spec.String())
 
 	var old stageRecord
 	staged, err := s.state.Load(volID, &old)
 	if err != nil {
-		return nil, status.Errorf(codes.Internal, "reading node state of %s: %v", volID, err)
+		return nil, fmt.Errorf("reading node state of %s: %v", volID, err)
 	}
 	if staged {
 		if old.StagingPath != sr.rec.StagingPath {
-			return nil, status.Errorf(codes.AlreadyExists, "volume %s is already staged at %s", volID, old.StagingPath)
+			return nil, csierr.Errorf(csierr.ErrExists, "volume %s is already staged at %s", volID, old.StagingPath)
 		}
 		if old.Block != sr.rec.Block || old.Pool != sr.rec.Pool || old.Namespace != sr.rec.Namespace || old.Image != sr.rec.Image {
-			return nil, status.Errorf(codes.AlreadyExists, "volume %s is already staged with another capability or image", volID)
+			return nil, csierr.Errorf(csierr.ErrExists, "volume %s is already staged with another capability or image", volID)
 		}
 		// Keep the mapper that holds the image now (a new one applies after
 		// unstage) and what is published.
@@ -249,12 +223,12 @@ func (s *NodeServer) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolu
 	}
 	m := s.mappers[sr.rec.Mapper]
 	if m == nil {
-		return nil, status.Errorf(codes.Internal, "no mapper %q on this node", sr.rec.Mapper)
+		return nil, fmt.Errorf("no mapper %q on this node", sr.rec.Mapper)
 	}
 	// Record the intent first: a crash between mapping and saving must not
 	// leave a mapping that unstage cannot find.
 	if err := s.state.Save(volID, &sr.rec); err != nil {
-		return nil, status.Errorf(codes.Internal, "saving node state of %s: %v", volID, err)
+		return nil, fmt.Errorf("saving node state of %s: %v", volID, err)
 	}
 	dev, err := m.Map(ctx, sr.spec)
 	if err != nil {
@@ -265,7 +239,7 @@ func (s *NodeServer) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolu
 	}
 	sr.rec.Device = dev
 	if err := s.state.Save(volID, &sr.rec); err != nil {
-		return nil, status.Errorf(codes.Internal, "saving node state of %s: %v", volID, err)
+		return nil, fmt.Errorf("saving node state of %s: %v", volID, err)
 	}
 	logger.V(2).Info("image mapped", "device", dev, "mapper", sr.rec.Mapper)
 	if sr.rec.Block {
@@ -273,7 +247,7 @@ func (s *NodeServer) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolu
 	}
 	mounted, err := s.publisher.IsMountPoint(sr.rec.StagingPath)
 	if err != nil {
-		return nil, status.Errorf(codes.Internal, "checking staging path: %v", err)
+		return nil, fmt.Errorf("checking staging path: %v", err)
 	}
 	if mounted {
 		return &csi.NodeStageVolumeResponse{}, nil
@@ -295,17 +269,17 @@ func (s *NodeServer) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolu
 func (s *NodeServer) mountStaged(ctx context.Context, sr *stageRequest) error {
 	rec := &sr.rec
 	if err := os.MkdirAll(rec.StagingPath, 0o750); err != nil {
-		return status.Errorf(codes.Internal, "creating staging path: %v", err)
+		return fmt.Errorf("creating staging path: %v", err)
 	}
 	existing, err := s.mounter.GetDiskFormat(rec.Device)
 	if err != nil {
-		return status.Errorf(codes.Internal, "probing %s: %v", rec.Device, err)
+		return fmt.Errorf("probing %s: %v", rec.Device, err)
 	}
 	switch {
 	case existing == "" && rec.ReadOnly:
-		return status.Errorf(codes.FailedPrecondition, "image %s has no filesystem and is staged read-only", sr.spec)
+		return csierr.Errorf(csierr.ErrPrecondition, "image %s has no filesystem and is staged read-only", sr.spec)
 	case existing != "" && existing != rec.FsType:
-		return status.Errorf(codes.FailedPrecondition, "image %s holds %s, not the requested %s; it is not reformatted", sr.spec, existing, rec.FsType)
+		return csierr.Errorf(csierr.ErrPrecondition, "image %s holds %s, not the requested %s; it is not reformatted", sr.spec, existing, rec.FsType)
 	}
 	if existing == "ext4" && !rec.ReadOnly {
 		// Offline growth needs no CAP_SYS_RESOURCE, unlike online growth.
@@ -322,7 +296,7 @@ func (s *NodeServer) mountStaged(ctx context.Context, sr *stageRequest) error {
 		opts = append(opts, "nouuid")
 	}
 	if err := s.mounter.FormatAndMountSensitiveWithFormatOptions(rec.Device, rec.StagingPath, rec.FsType, opts, nil, sr.mkfsOpts); err != nil {
-		return status.Errorf(codes.Internal, "mounting %s (%s) at %s: %v", rec.Device, sr.spec, rec.StagingPath, err)
+		return fmt.Errorf("mounting %s (%s) at %s: %v", rec.Device, sr.spec, rec.StagingPath, err)
 	}
 	if existing == "xfs" && !rec.ReadOnly {
 		if need, err := s.resizer.NeedResize(rec.Device, rec.StagingPath); err == nil && need {
@@ -350,11 +324,11 @@ func (s *NodeServer) growExtOffline(dev string) error {
 	if err != nil {
 		var ee utilexec.ExitError
 		if !errors.As(err, &ee) || ee.ExitStatus() > 1 {
-			return status.Errorf(codes.Internal, "e2fsck %s before growing it: %v: %s", dev, err, strings.TrimSpace(string(out)))
+			return fmt.Errorf("e2fsck %s before growing it: %v: %s", dev, err, strings.TrimSpace(string(out)))
 		}
 	}
 	if _, err := s.resizer.Resize(dev, ""); err != nil {
-		return status.Errorf(codes.Internal, "growing the filesystem on %s: %v", dev, err)
+		return fmt.Errorf("growing the filesystem on %s: %v", dev, err)
 	}
 	return nil
 }
@@ -366,26 +340,21 @@ func (s *NodeServer) NodeUnstageVolume(ctx context.Context, req *csi.NodeUnstage
 	if err := nodeutil.Require([2]string{"volume_id", volID}, [2]string{"staging_target_path", staging}); err != nil {
 		return nil, err
 	}
-	release, err := s.Lock("volume-id/" + volID)
-	if err != nil {
-		return nil, err
-	}
-	defer release()
 	var rec stageRecord
 	staged, err := s.state.Load(volID, &rec)
 	if err != nil {
-		return nil, status.Errorf(codes.Internal, "reading node state of %s: %v", volID, err)
+		return nil, fmt.Errorf("reading node state of %s: %v", volID, err)
 	}
 	mounted, err := s.publisher.IsMountPoint(staging)
 	if err != nil && !mount.IsCorruptedMnt(err) {
-		return nil, status.Errorf(codes.Internal, "checking staging path: %v", err)
+		return nil, fmt.Errorf("checking staging path: %v", err)
 	}
 	if mounted || mount.IsCorruptedMnt(err) {
 		if err := s.mounter.Unmount(staging); err != nil {
 			if strings.Contains(err.Error(), "busy") {
-				return nil, status.Errorf(codes.FailedPrecondition, "staging path %s is still in use: %v", staging, err)
+				return nil, csierr.Errorf(csierr.ErrPrecondition, "staging path %s is still in use: %v", staging, err)
 			}
-			return nil, status.Errorf(codes.Internal, "unmounting %s: %v", staging, err)
+			return nil, fmt.Errorf("unmounting %s: %v", staging, err)
 		}
 	}
 	if !staged {
@@ -393,13 +362,13 @@ func (s *NodeServer) NodeUnstageVolume(ctx context.Context, req *csi.NodeUnstage
 	}
 	m := s.mappers[rec.Mapper]
 	if m == nil {
-		return nil, status.Errorf(codes.Internal, "node state of %s names unknown mapper %q", volID, rec.Mapper)
+		return nil, fmt.Errorf("node state of %s names unknown mapper %q", volID, rec.Mapper)
 	}
 	if err := m.Unmap(ctx, rec.spec(), rec.UnmapOptions); err != nil {
 		return nil, csierr.Status(fmt.Errorf("unmapping %s: %w", rec.spec(), err))
 	}
 	if err := s.state.Remove(volID); err != nil {
-		return nil, status.Errorf(codes.Internal, "removing node state of %s: %v", volID, err)
+		return nil, fmt.Errorf("removing node state of %s: %v", volID, err)
 	}
 	return &csi.NodeUnstageVolumeResponse{}, nil
 }
@@ -413,28 +382,23 @@ func (s *NodeServer) NodePublishVolume(ctx context.Context, req *csi.NodePublish
 		return nil, err
 	}
 	vcap := req.GetVolumeCapability()
-	if err := validateCapability(vcap); err != nil {
+	if err := request.ValidateCapability("volume_capability", vcap, false); err != nil {
 		return nil, err
 	}
-	release, err := s.Lock("volume-id/" + volID)
-	if err != nil {
-		return nil, err
-	}
-	defer release()
 	var rec stageRecord
 	staged, err := s.state.Load(volID, &rec)
 	if err != nil {
-		return nil, status.Errorf(codes.Internal, "reading node state of %s: %v", volID, err)
+		return nil, fmt.Errorf("reading node state of %s: %v", volID, err)
 	}
 	if err := s.publisher.CheckSingleWriter(volID, vcap, &rec.Published, target); err != nil {
 		return nil, err
 	}
 	if vcap.GetBlock() != nil {
 		if !staged || rec.Device == "" || !rec.Block {
-			return nil, status.Errorf(codes.FailedPrecondition, "volume %s is not staged as a block volume on this node", volID)
+			return nil, csierr.Errorf(csierr.ErrPrecondition, "volume %s is not staged as a block volume on this node", volID)
 		}
 		if _, err := os.Stat(rec.Device); err != nil {
-			return nil, status.Errorf(codes.FailedPrecondition, "device %s of volume %s: %v", rec.Device, volID, err)
+			return nil, csierr.Errorf(csierr.ErrPrecondition, "device %s of volume %s: %v", rec.Device, volID, err)
 		}
 		if err := s.publisher.BindFile(rec.Device, target, req.GetReadonly()); err != nil {
 			return nil, err
@@ -442,10 +406,10 @@ func (s *NodeServer) NodePublishVolume(ctx context.Context, req *csi.NodePublish
 	} else {
 		mounted, err := s.publisher.IsMountPoint(staging)
 		if err != nil {
-			return nil, status.Errorf(codes.Internal, "checking staging path: %v", err)
+			return nil, fmt.Errorf("checking staging path: %v", err)
 		}
 		if !mounted {
-			return nil, status.Errorf(codes.FailedPrecondition, "volume %s is not staged at %s", volID, staging)
+			return nil, csierr.Errorf(csierr.ErrPrecondition, "volume %s is not staged at %s", volID, staging)
 		}
 		if err := s.publisher.BindDir(staging, target, req.GetReadonly(), vcap.GetMount().GetMountFlags()); err != nil {
 			return nil, err
@@ -465,11 +429,6 @@ func (s *NodeServer) NodeUnpublishVolume(ctx context.Context, req *csi.NodeUnpub
 	if err := nodeutil.Require([2]string{"volume_id", volID}, [2]string{"target_path", target}); err != nil {
 		return nil, err
 	}
-	release, err := s.Lock("volume-id/" + volID)
-	if err != nil {
-		return nil, err
-	}
-	defer release()
 	if err := s.publisher.Unpublish(target); err != nil {
 		return nil, err
 	}
@@ -486,22 +445,17 @@ func (s *NodeServer) NodeExpandVolume(ctx context.Context, req *csi.NodeExpandVo
 	if err := nodeutil.Require([2]string{"volume_id", volID}, [2]string{"volume_path", volPath}); err != nil {
 		return nil, err
 	}
-	release, err := s.Lock("volume-id/" + volID)
-	if err != nil {
-		return nil, err
-	}
-	defer release()
 	var rec stageRecord
 	staged, err := s.state.Load(volID, &rec)
 	if err != nil {
-		return nil, status.Errorf(codes.Internal, "reading node state of %s: %v", volID, err)
+		return nil, fmt.Errorf("reading node state of %s: %v", volID, err)
 	}
 	if !staged || rec.Device == "" {
-		return nil, status.Errorf(codes.NotFound, "volume %s is not staged on this node", volID)
+		return nil, csierr.Errorf(csierr.ErrNotFound, "volume %s is not staged on this node", volID)
 	}
 	m := s.mappers[rec.Mapper]
 	if m == nil {
-		return nil, status.Errorf(codes.Internal, "node state of %s names unknown mapper %q", volID, rec.Mapper)
+		return nil, fmt.Errorf("node state of %s names unknown mapper %q", volID, rec.Mapper)
 	}
 	if err := m.Refresh(ctx, rec.spec(), rec.Device); err != nil {
 		return nil, csierr.Status(err)
@@ -522,7 +476,7 @@ func (s *NodeServer) NodeExpandVolume(ctx context.Context, req *csi.NodeExpandVo
 		if rec.FsType == "ext4" && strings.Contains(msg, "Permission denied") {
 			msg += " (online ext4 growth needs CAP_SYS_RESOURCE in the plugin; the filesystem grows at the next stage)"
 		}
-		return nil, status.Errorf(codes.Internal, "growing the filesystem of %s: %s", volID, msg)
+		return nil, fmt.Errorf("growing the filesystem of %s: %s", volID, msg)
 	}
 	return &csi.NodeExpandVolumeResponse{CapacityBytes: size}, nil
 }
@@ -533,18 +487,18 @@ func (s *NodeServer) waitDeviceSize(ctx context.Context, dev string, want int64)
 	for {
 		size, err := nodeutil.BlockSize(dev)
 		if err != nil {
-			return 0, status.Errorf(codes.Internal, "size of %s: %v", dev, err)
+			return 0, fmt.Errorf("size of %s: %v", dev, err)
 		}
 		if size >= want {
 			return size, nil
 		}
 		if time.Now().After(deadline) {
-			return 0, status.Errorf(codes.DeadlineExceeded, "%s is %d bytes after %s, expected at least %d; did the controller expand the image?",
-				dev, size, s.sizeWait, want)
+			return 0, fmt.Errorf("%s is %d bytes after %s, expected at least %d; did the controller expand the image? %w",
+				dev, size, s.sizeWait, want, context.DeadlineExceeded)
 		}
 		select {
 		case <-ctx.Done():
-			return 0, status.FromContextError(ctx.Err()).Err()
+			return 0, ctx.Err()
 		case <-time.After(100 * time.Millisecond):
 		}
 	}
@@ -558,24 +512,24 @@ func (s *NodeServer) NodeGetVolumeStats(ctx context.Context, req *csi.NodeGetVol
 	}
 	fi, err := os.Stat(path)
 	if errors.Is(err, os.ErrNotExist) {
-		return nil, status.Errorf(codes.NotFound, "volume_path %s does not exist", path)
+		return nil, csierr.Errorf(csierr.ErrNotFound, "volume_path %s does not exist", path)
 	}
 	if err != nil {
-		return nil, status.Errorf(codes.Internal, "volume_path %s: %v", path, err)
+		return nil, fmt.Errorf("volume_path %s: %v", path, err)
 	}
 	if fi.Mode()&os.ModeDevice != 0 {
 		size, err := nodeutil.BlockSize(path)
 		if err != nil {
-			return nil, status.Errorf(codes.Internal, "size of %s: %v", path, err)
+			return nil, fmt.Errorf("size of %s: %v", path, err)
 		}
 		return &csi.NodeGetVolumeStatsResponse{Usage: []*csi.VolumeUsage{{Unit: csi.VolumeUsage_BYTES, Total: size}}}, nil
 	}
 	mounted, err := s.publisher.IsMountPoint(path)
 	if err != nil {
-		return nil, status.Errorf(codes.Internal, "checking %s: %v", path, err)
+		return nil, fmt.Errorf("checking %s: %v", path, err)
 	}
 	if !mounted {
-		return nil, status.Errorf(codes.NotFound, "volume_path %s is not a mounted volume", path)
+		return nil, csierr.Errorf(csierr.ErrNotFound, "volume_path %s is not a mounted volume", path)
 	}
 	return nodeutil.FilesystemStats(path)
 }

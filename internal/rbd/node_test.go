@@ -9,15 +9,16 @@ import (
 	"testing"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 	mount "k8s.io/mount-utils"
 	testingexec "k8s.io/utils/exec/testing"
 
-	"github.com/leanceph/cephcsi/internal/common"
 	"github.com/leanceph/cephcsi/internal/config"
+	"github.com/leanceph/cephcsi/internal/csierr"
 	"github.com/leanceph/cephcsi/internal/locks"
 	"github.com/leanceph/cephcsi/internal/mapper"
+	"github.com/leanceph/cephcsi/internal/service"
 )
 
 const unitKey = "AQBpbWFnaW5lZCBrZXkgZm9yIHRlc3RzIG9ubHk="
@@ -70,7 +71,7 @@ type unitNode struct {
 	srv      *NodeServer
 	fm       *fakeMapper
 	mounter  *mount.FakeMounter
-	deps     *common.Deps
+	deps     *service.Deps
 	stateDir string
 	dir      string
 }
@@ -86,7 +87,7 @@ func newUnitNode(t *testing.T) *unitNode {
 	if err := os.WriteFile(dev, nil, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	deps := &common.Deps{Options: &config.Options{NodeID: "node-1", DriverName: "rbd.csi.ceph.com", PluginPath: dir},
+	deps := &service.Deps{Options: &config.Options{NodeID: "node-1", DriverName: "rbd.csi.ceph.com", PluginPath: dir},
 		Clusters: config.NewClusters(cfg), Locks: &locks.Set{}}
 	fm := &fakeMapper{device: dev, mapped: map[string]bool{}}
 	mounter := mount.NewFakeMounter(nil)
@@ -170,7 +171,7 @@ func TestNodeStageRejectsBadRequests(t *testing.T) {
 	}
 	for name, tc := range cases {
 		_, err := u.srv.NodeStageVolume(ctx, tc.req)
-		if status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), tc.want) {
+		if csierr.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%s: %v, want InvalidArgument naming %q", name, err, tc.want)
 		}
 		if err != nil && strings.Contains(err.Error(), unitKey) {
@@ -210,7 +211,7 @@ func TestNodeBlockStageSurvivesRestartAndKeepsNoKey(t *testing.T) {
 	// Another stage of the same volume at another path is refused.
 	other := u.stageReq(unitBlockCap())
 	other.StagingTargetPath = filepath.Join(u.dir, "elsewhere")
-	if _, err := u.srv.NodeStageVolume(ctx, other); status.Code(err) != codes.AlreadyExists {
+	if _, err := u.srv.NodeStageVolume(ctx, other); csierr.Code(err) != codes.AlreadyExists {
 		t.Errorf("stage at another path = %v, want AlreadyExists", err)
 	}
 
@@ -227,7 +228,7 @@ func TestNodeBlockStageSurvivesRestartAndKeepsNoKey(t *testing.T) {
 
 	// A busy device keeps its state for the retry.
 	u.fm.busy = true
-	if _, err := u.srv.NodeUnstageVolume(ctx, &csi.NodeUnstageVolumeRequest{VolumeId: "vol-1", StagingTargetPath: req.StagingTargetPath}); status.Code(err) != codes.FailedPrecondition {
+	if _, err := u.srv.NodeUnstageVolume(ctx, &csi.NodeUnstageVolumeRequest{VolumeId: "vol-1", StagingTargetPath: req.StagingTargetPath}); csierr.Code(err) != codes.FailedPrecondition {
 		t.Errorf("unstage of a busy device = %v, want FailedPrecondition", err)
 	}
 	u.fm.busy = false
@@ -255,7 +256,7 @@ func TestNodeFailedMapLeavesNoState(t *testing.T) {
 	u := newUnitNode(t)
 	u.fm.mapErr = mapper.ErrUnsupported
 	_, err := u.srv.NodeStageVolume(context.Background(), u.stageReq(unitBlockCap(), "mounter", ""))
-	if status.Code(err) != codes.FailedPrecondition {
+	if csierr.Code(err) != codes.FailedPrecondition {
 		t.Errorf("stage with an unusable mapper = %v, want FailedPrecondition", err)
 	}
 	if files, _ := filepath.Glob(filepath.Join(u.stateDir, "*.json")); len(files) != 0 {
@@ -265,16 +266,31 @@ func TestNodeFailedMapLeavesNoState(t *testing.T) {
 
 func TestNodeBusyVolumeIsAborted(t *testing.T) {
 	u := newUnitNode(t)
-	release, err := u.deps.Lock("volume-id/vol-1")
+	release, err := u.deps.Lock(locks.VolumeID("vol-1"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer release()
-	if _, err := u.srv.NodeStageVolume(context.Background(), u.stageReq(unitBlockCap())); status.Code(err) != codes.Aborted {
+	// The server's lock layer answers before the handler runs.
+	intercept := locks.Interceptor(u.deps.Locks)
+	call := func(req any, handler grpc.UnaryHandler) error {
+		_, err := intercept(context.Background(), req, &grpc.UnaryServerInfo{}, handler)
+		return err
+	}
+	stage := u.stageReq(unitBlockCap())
+	if err := call(stage, func(ctx context.Context, r any) (any, error) {
+		return u.srv.NodeStageVolume(ctx, r.(*csi.NodeStageVolumeRequest))
+	}); csierr.Code(err) != codes.Aborted {
 		t.Errorf("stage while another call holds the volume = %v, want Aborted", err)
 	}
-	if _, err := u.srv.NodeExpandVolume(context.Background(), &csi.NodeExpandVolumeRequest{VolumeId: "vol-1", VolumePath: "/x"}); status.Code(err) != codes.Aborted {
+	expand := &csi.NodeExpandVolumeRequest{VolumeId: "vol-1", VolumePath: "/x"}
+	if err := call(expand, func(ctx context.Context, r any) (any, error) {
+		return u.srv.NodeExpandVolume(ctx, r.(*csi.NodeExpandVolumeRequest))
+	}); csierr.Code(err) != codes.Aborted {
 		t.Errorf("expand while another call holds the volume = %v, want Aborted", err)
+	}
+	if files, _ := filepath.Glob(filepath.Join(u.stateDir, "*.json")); len(files) != 0 {
+		t.Errorf("a refused stage left state: %v", files)
 	}
 }
 
@@ -283,7 +299,7 @@ func TestNodeRequiredFields(t *testing.T) {
 	ctx := context.Background()
 	check := func(name string, err error, field string) {
 		t.Helper()
-		if status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), field) {
+		if csierr.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), field) {
 			t.Errorf("%s: %v, want InvalidArgument naming %s", name, err, field)
 		}
 	}
@@ -334,7 +350,7 @@ func TestNodeSingleWriterIsPublishedOnce(t *testing.T) {
 	if _, err := u.srv.NodeStageVolume(ctx, req); err != nil {
 		t.Fatal(err)
 	}
-	if err := publish(second); status.Code(err) != codes.FailedPrecondition {
+	if err := publish(second); csierr.Code(err) != codes.FailedPrecondition {
 		t.Errorf("second target of a single-writer volume: %v, want FailedPrecondition", err)
 	}
 	if _, err := u.srv.NodeUnpublishVolume(ctx, &csi.NodeUnpublishVolumeRequest{VolumeId: "vol-1", TargetPath: first}); err != nil {

@@ -1,20 +1,20 @@
 package rbd
 
 import (
-	"fmt"
+	"math/bits"
+	"strconv"
 	"strings"
 
 	"github.com/ceph/go-ceph/rbd"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
+
+	"github.com/leanceph/cephcsi/internal/csierr"
+	"github.com/leanceph/cephcsi/internal/request"
 )
 
 // Defaults of the StorageClass parameters.
 const (
-	defaultVolumePrefix   = "csi-vol-"
-	defaultSnapshotPrefix = "csi-snap-"
-	defaultFeatures       = "layering"
-	defaultFsType         = "ext4"
+	defaultFeatures = "layering"
+	defaultFsType   = "ext4"
 )
 
 // volumeParams are the StorageClass parameters CreateVolume acts on.
@@ -27,6 +27,17 @@ type volumeParams struct {
 	FeatureNames   string
 	NamePrefix     string
 	FsType         string
+	// StripeUnit/StripeCount (bytes, objects) and ObjectOrder (log2 of the
+	// object size) are 0 for Ceph's defaults.
+	StripeUnit  uint64
+	StripeCount uint64
+	ObjectOrder uint64
+}
+
+// options are the librbd options of the volume's image.
+func (v *volumeParams) options() imageOptions {
+	return imageOptions{Features: v.Features, DataPool: v.DataPool, StripeUnit: v.StripeUnit,
+		StripeCount: v.StripeCount, ObjectOrder: v.ObjectOrder}
 }
 
 var featureBits = map[string]uint64{
@@ -45,8 +56,50 @@ var featureNeeds = map[string]string{
 	rbd.FeatureNameJournaling: rbd.FeatureNameExclusiveLock,
 }
 
-func invalidParam(name, format string, args ...any) error {
-	return status.Errorf(codes.InvalidArgument, "parameter %q: %s", name, fmt.Sprintf(format, args...))
+// notImplemented are ceph-csi StorageClass parameters this driver does not
+// implement yet. Each is refused when it asks for something, so that a
+// user never believes they got it: the value names what would be lost.
+var notImplemented = map[string]string{
+	"encrypted":                "encryption of the volume (LUKS)",
+	"encryptionKMSID":          "encryption of the volume (LUKS)",
+	"encryptionType":           "encryption of the volume (LUKS)",
+	"thickProvision":           "thick provisioning (zero-filling the image)",
+	"topologyConstrainedPools": "topology-aware pool selection",
+	"journalPool":              "a journal in a pool other than the image's",
+	"tryOtherMounters":         "falling back to another mounter",
+	"cephLogDir":               "rbd-nbd logs in a directory of the node",
+	"cephLogStrategy":          "keeping or compressing rbd-nbd logs",
+	"BaseReadIops":             "QoS limits",
+	"BaseWriteIops":            "QoS limits",
+	"BaseReadBytesPerSecond":   "QoS limits",
+	"BaseWriteBytesPerSecond":  "QoS limits",
+	"ReadIopsPerGiB":           "QoS limits",
+	"WriteIopsPerGiB":          "QoS limits",
+	"ReadBpsPerGiB":            "QoS limits",
+	"WriteBpsPerGiB":           "QoS limits",
+	"BaseVolSizeBytes":         "QoS limits",
+}
+
+// off reports whether a parameter's value asks for nothing: empty or a
+// false boolean.
+func off(v string) bool {
+	v = strings.TrimSpace(v)
+	if v == "" {
+		return true
+	}
+	b, err := strconv.ParseBool(v)
+	return err == nil && !b
+}
+
+// refuseNotImplemented is InvalidArgument for the first parameter of p we
+// do not implement that asks for something.
+func refuseNotImplemented(p map[string]string, table map[string]string) error {
+	for name, what := range table {
+		if v, ok := p[name]; ok && !off(v) {
+			return csierr.Param(name, "%q is not supported by this driver yet (%s)", v, what)
+		}
+	}
+	return nil
 }
 
 // parseFeatures turns "layering,exclusive-lock" into feature bits, checking
@@ -55,7 +108,7 @@ func parseFeatures(s string) (uint64, string, error) {
 	if strings.TrimSpace(s) == "" {
 		s = defaultFeatures
 	}
-	var bits uint64
+	var set uint64
 	var names []string
 	seen := map[string]bool{}
 	for _, f := range strings.Split(s, ",") {
@@ -65,18 +118,67 @@ func parseFeatures(s string) (uint64, string, error) {
 		}
 		bit, ok := featureBits[f]
 		if !ok {
-			return 0, "", invalidParam("imageFeatures", "unknown feature %q", f)
+			return 0, "", csierr.Param("imageFeatures", "unknown feature %q", f)
 		}
 		seen[f] = true
-		bits |= bit
+		set |= bit
 		names = append(names, f)
 	}
 	for _, f := range names {
 		if need, ok := featureNeeds[f]; ok && !seen[need] {
-			return 0, "", invalidParam("imageFeatures", "feature %q needs %q", f, need)
+			return 0, "", csierr.Param("imageFeatures", "feature %q needs %q", f, need)
 		}
 	}
-	return bits, strings.Join(names, ","), nil
+	return set, strings.Join(names, ","), nil
+}
+
+// parseSize parses a byte count parameter; 0 means unset.
+func parseSize(name, v string) (uint64, error) {
+	if v == "" {
+		return 0, nil
+	}
+	n, err := strconv.ParseUint(v, 10, 63)
+	if err != nil || n == 0 {
+		return 0, csierr.Param(name, "%q is not a positive number of bytes", v)
+	}
+	return n, nil
+}
+
+// parseLayout reads stripeUnit, stripeCount and objectSize: librbd wants
+// powers of two for the sizes, and both striping values or neither.
+func parseLayout(v *volumeParams, p map[string]string) error {
+	var err error
+	if v.StripeUnit, err = parseSize("stripeUnit", p["stripeUnit"]); err != nil {
+		return err
+	}
+	if p["stripeCount"] != "" {
+		n, err := strconv.ParseUint(p["stripeCount"], 10, 32)
+		if err != nil || n == 0 {
+			return csierr.Param("stripeCount", "%q is not a positive number", p["stripeCount"])
+		}
+		v.StripeCount = n
+	}
+	if (v.StripeUnit == 0) != (v.StripeCount == 0) {
+		return csierr.Param("stripeUnit", "stripeUnit and stripeCount go together")
+	}
+	if v.StripeUnit != 0 && bits.OnesCount64(v.StripeUnit) != 1 {
+		return csierr.Param("stripeUnit", "%d is not a power of two", v.StripeUnit)
+	}
+	size, err := parseSize("objectSize", p["objectSize"])
+	if err != nil {
+		return err
+	}
+	if size != 0 {
+		// librbd takes object sizes from 4 KiB to 32 MiB.
+		if bits.OnesCount64(size) != 1 || size < 4<<10 || size > 32<<20 {
+			return csierr.Param("objectSize", "%d is not a power of two from 4096 to 33554432", size)
+		}
+		v.ObjectOrder = uint64(bits.TrailingZeros64(size))
+		if v.StripeUnit > size {
+			return csierr.Param("stripeUnit", "%d is larger than the object size %d", v.StripeUnit, size)
+		}
+	}
+	return nil
 }
 
 func parseVolumeParams(p map[string]string) (*volumeParams, error) {
@@ -85,46 +187,52 @@ func parseVolumeParams(p map[string]string) (*volumeParams, error) {
 		Pool:           p["pool"],
 		DataPool:       p["dataPool"],
 		RadosNamespace: p["radosNamespace"],
-		NamePrefix:     p["volumeNamePrefix"],
 		FsType:         p["csi.storage.k8s.io/fstype"],
 	}
 	if v.ClusterID == "" {
-		return nil, invalidParam("clusterID", "is required")
+		return nil, csierr.Param("clusterID", "is required")
 	}
 	if v.Pool == "" {
-		return nil, invalidParam("pool", "is required")
+		return nil, csierr.Param("pool", "is required")
 	}
-	if v.NamePrefix == "" {
-		v.NamePrefix = defaultVolumePrefix
+	if err := request.ValidPoolName("pool", v.Pool); err != nil {
+		return nil, err
 	}
-	if strings.ContainsAny(v.NamePrefix, "/@ ") {
-		return nil, invalidParam("volumeNamePrefix", "%q may not contain '/', '@' or spaces", v.NamePrefix)
+	if v.DataPool != "" {
+		if err := request.ValidPoolName("dataPool", v.DataPool); err != nil {
+			return nil, err
+		}
+	}
+	if err := refuseNotImplemented(p, notImplemented); err != nil {
+		return nil, err
+	}
+	var err error
+	if v.NamePrefix, err = request.NamePrefix(p, "volumeNamePrefix", request.DefaultVolumePrefix); err != nil {
+		return nil, err
 	}
 	switch v.FsType {
 	case "":
 		v.FsType = defaultFsType
 	case "ext4", "xfs":
 	default:
-		return nil, invalidParam("csi.storage.k8s.io/fstype", "%q is not ext4 or xfs", v.FsType)
+		return nil, csierr.Param("csi.storage.k8s.io/fstype", "%q is not ext4 or xfs", v.FsType)
 	}
-	var err error
+	if f := p["imageFormat"]; f != "" && f != "2" {
+		return nil, csierr.Param("imageFormat", "%q: only format 2 images are made", f)
+	}
 	if v.Features, v.FeatureNames, err = parseFeatures(p["imageFeatures"]); err != nil {
 		return nil, err
 	}
-	if m := p["mounter"]; m != "" && m != "rbd" && m != "krbd" && m != "rbd-nbd" && m != "rbd-fuse" {
-		return nil, invalidParam("mounter", "%q is not krbd, rbd-nbd or rbd-fuse", m)
+	if err := parseLayout(v, p); err != nil {
+		return nil, err
+	}
+	if m := p["mounter"]; m != "" && m != "rbd" && m != "krbd" && m != "rbd-nbd" && m != "rbd-fuse" && m != "fuse" {
+		return nil, csierr.Param("mounter", "%q is not krbd, rbd-nbd or rbd-fuse", m)
 	}
 	return v, nil
 }
 
 // snapshotPrefix returns the snapshotNamePrefix parameter or its default.
 func snapshotPrefix(p map[string]string) (string, error) {
-	prefix := p["snapshotNamePrefix"]
-	if prefix == "" {
-		return defaultSnapshotPrefix, nil
-	}
-	if strings.ContainsAny(prefix, "/@ ") {
-		return "", invalidParam("snapshotNamePrefix", "%q may not contain '/', '@' or spaces", prefix)
-	}
-	return prefix, nil
+	return request.NamePrefix(p, "snapshotNamePrefix", request.DefaultSnapshotPrefix)
 }

@@ -6,7 +6,8 @@ import (
 
 	"github.com/ceph/go-ceph/rbd"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
+
+	"github.com/leanceph/cephcsi/internal/csierr"
 )
 
 func TestParseVolumeParams(t *testing.T) {
@@ -39,11 +40,11 @@ func TestParseVolumeParamsNamesTheBadParameter(t *testing.T) {
 		"mounter":                   {"clusterID": "c", "pool": "rbd", "mounter": "nfs"},
 	} {
 		_, err := parseVolumeParams(p)
-		if status.Code(err) != codes.InvalidArgument {
-			t.Errorf("%s: code = %v", param, status.Code(err))
+		if csierr.Code(err) != codes.InvalidArgument {
+			t.Errorf("%s: code = %v", param, csierr.Code(err))
 			continue
 		}
-		if msg := status.Convert(err).Message(); !strings.Contains(msg, `"`+param+`"`) {
+		if msg := err.Error(); !strings.Contains(msg, `"`+param+`"`) {
 			t.Errorf("%s: message %q does not name the parameter", param, msg)
 		}
 	}

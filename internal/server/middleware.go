@@ -13,6 +13,8 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"k8s.io/klog/v2"
+
+	"github.com/leanceph/cephcsi/internal/csierr"
 )
 
 // withRequestID gives every call a short random ID carried by the contextual
@@ -41,6 +43,16 @@ func logCalls(ctx context.Context, req any, info *grpc.UnaryServerInfo, next grp
 		logger.V(2).Info("response", "body", protosanitizer.StripSecrets(resp).String(), "took", took)
 	}
 	return resp, err
+}
+
+// toStatus is the RPC edge: the error a handler returns becomes a gRPC
+// status chosen from its kind (csierr).
+func toStatus(ctx context.Context, req any, info *grpc.UnaryServerInfo, next grpc.UnaryHandler) (any, error) {
+	resp, err := next(ctx, req)
+	if err != nil {
+		return nil, csierr.Status(err)
+	}
+	return resp, nil
 }
 
 // recoverPanics turns a panic in a handler into Internal instead of killing

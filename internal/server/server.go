@@ -14,6 +14,8 @@ import (
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"google.golang.org/grpc"
 	"k8s.io/klog/v2"
+
+	"github.com/leanceph/cephcsi/internal/locks"
 )
 
 // Services are the CSI services one process serves; nil ones are left out.
@@ -56,9 +58,11 @@ func Listen(endpoint string) (net.Listener, error) {
 	}
 }
 
-// New builds a server for svcs on lis with the standard middleware.
-func New(lis net.Listener, svcs Services) *Server {
-	g := grpc.NewServer(grpc.ChainUnaryInterceptor(withRequestID, logCalls, recoverPanics))
+// New builds a server for svcs on lis with the standard middleware: request
+// IDs, logging without secrets, the gRPC status of every error (the RPC
+// edge), panic recovery and the operation locks of opLocks.
+func New(lis net.Listener, svcs Services, opLocks *locks.Set) *Server {
+	g := grpc.NewServer(grpc.ChainUnaryInterceptor(withRequestID, logCalls, toStatus, recoverPanics, locks.Interceptor(opLocks)))
 	if svcs.Identity != nil {
 		csi.RegisterIdentityServer(g, svcs.Identity)
 	}

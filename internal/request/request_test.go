@@ -1,13 +1,12 @@
-package common
+package request
 
 import (
 	"testing"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 
-	"github.com/leanceph/cephcsi/internal/locks"
+	"github.com/leanceph/cephcsi/internal/csierr"
 )
 
 func TestRoundedSize(t *testing.T) {
@@ -27,7 +26,7 @@ func TestRoundedSize(t *testing.T) {
 		{-1, 0, 0, codes.InvalidArgument},
 	} {
 		got, err := RoundedSize(&csi.CapacityRange{RequiredBytes: tc.req, LimitBytes: tc.limit})
-		if status.Code(err) != tc.code || got != tc.want {
+		if csierr.Code(err) != tc.code || got != tc.want {
 			t.Errorf("RoundedSize(%d, %d) = %d, %v; want %d, %v", tc.req, tc.limit, got, err, tc.want, tc.code)
 		}
 	}
@@ -69,24 +68,9 @@ func TestValidateCapabilities(t *testing.T) {
 		if (err == nil) != tc.ok {
 			t.Errorf("ValidateCapabilities(%v, shared=%v) = %v, want ok=%v", tc.caps, tc.sharedFS, err, tc.ok)
 		}
-		if err != nil && status.Code(err) != codes.InvalidArgument {
-			t.Errorf("code = %v, want InvalidArgument", status.Code(err))
+		if err != nil && csierr.Code(err) != codes.InvalidArgument {
+			t.Errorf("code = %v, want InvalidArgument", csierr.Code(err))
 		}
-	}
-}
-
-func TestLockIsAbortedWhileHeld(t *testing.T) {
-	d := &Deps{Locks: &locks.Set{}}
-	release, err := d.Lock("vol-1")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := d.Lock("vol-1"); status.Code(err) != codes.Aborted {
-		t.Fatalf("second lock: %v, want Aborted", err)
-	}
-	release()
-	if _, err := d.Lock("vol-1"); err != nil {
-		t.Fatalf("lock after release: %v", err)
 	}
 }
 

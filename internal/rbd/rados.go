@@ -1,0 +1,325 @@
+package rbd
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"syscall"
+	"time"
+
+	"github.com/ceph/go-ceph/rados"
+	"github.com/ceph/go-ceph/rbd"
+	"github.com/ceph/go-ceph/rbd/admin"
+
+	"github.com/leanceph/cephcsi/internal/cephconn"
+	"github.com/leanceph/cephcsi/internal/csierr"
+	"github.com/leanceph/cephcsi/internal/journal"
+)
+
+// radosCluster is the cluster seam on a live go-ceph connection.
+type radosCluster struct {
+	conn      *cephconn.Conn
+	namespace string // config.json's rbd.radosNamespace
+}
+
+func (c *radosCluster) Close() { c.conn.Release() }
+
+func (c *radosCluster) OpenPool(name string, id int64) (pool, error) {
+	if name == "" {
+		var err error
+		if name, err = c.conn.GetPoolByID(id); err != nil {
+			if csierr.IsNotFound(err) {
+				return nil, fmt.Errorf("%w: pool ID %d", errPoolNotFound, id)
+			}
+			return nil, fmt.Errorf("looking up pool ID %d: %w", id, err)
+		}
+	}
+	io, err := c.conn.OpenIOContext(name)
+	if err != nil {
+		if csierr.IsNotFound(err) || errors.Is(err, rados.ErrNotFound) {
+			return nil, fmt.Errorf("%w: %q", errPoolNotFound, name)
+		}
+		return nil, fmt.Errorf("opening pool %q: %w", name, err)
+	}
+	io.SetNamespace(c.namespace)
+	return &radosPool{conn: c.conn.Conn, io: io, name: name, id: io.GetPoolID(), namespace: c.namespace}, nil
+}
+
+type radosPool struct {
+	conn      *rados.Conn
+	io        *rados.IOContext
+	name      string
+	id        int64
+	namespace string
+}
+
+func (p *radosPool) Name() string           { return p.name }
+func (p *radosPool) ID() int64              { return p.id }
+func (p *radosPool) Namespace() string      { return p.namespace }
+func (p *radosPool) Journal() journal.Store { return journal.RadosStore{IO: p.io} }
+func (p *radosPool) Close()                 { p.io.Destroy() }
+
+func (p *radosPool) HasPool(name string) (bool, error) {
+	_, err := p.conn.GetPoolByName(name)
+	if errors.Is(err, rados.ErrNotFound) || csierr.IsNotFound(err) {
+		return false, nil
+	}
+	return err == nil, err
+}
+
+// goCephOptions turns o into librbd image options: format 2 and, for a
+// clone, clone format 2 (no snapshot protection needed).
+func goCephOptions(o imageOptions, clone bool) (*rbd.ImageOptions, error) {
+	opts := rbd.NewRbdImageOptions()
+	set := []struct {
+		opt rbd.ImageOption
+		v   uint64
+	}{
+		{rbd.ImageOptionFormat, 2},
+		{rbd.ImageOptionFeatures, o.Features},
+	}
+	if clone {
+		set = append(set, struct {
+			opt rbd.ImageOption
+			v   uint64
+		}{rbd.ImageOptionCloneFormat, 2})
+	}
+	if o.StripeUnit != 0 {
+		set = append(set, struct {
+			opt rbd.ImageOption
+			v   uint64
+		}{rbd.ImageOptionStripeUnit, o.StripeUnit}, struct {
+			opt rbd.ImageOption
+			v   uint64
+		}{rbd.ImageOptionStripeCount, o.StripeCount})
+	}
+	if o.ObjectOrder != 0 {
+		set = append(set, struct {
+			opt rbd.ImageOption
+			v   uint64
+		}{rbd.ImageOptionOrder, o.ObjectOrder})
+	}
+	for _, s := range set {
+		if err := opts.SetUint64(s.opt, s.v); err != nil {
+			opts.Destroy()
+			return nil, err
+		}
+	}
+	if o.DataPool != "" {
+		if err := opts.SetString(rbd.ImageOptionDataPool, o.DataPool); err != nil {
+			opts.Destroy()
+			return nil, err
+		}
+	}
+	return opts, nil
+}
+
+func (p *radosPool) CreateImage(name string, size uint64, o imageOptions) error {
+	opts, err := goCephOptions(o, false)
+	if err != nil {
+		return err
+	}
+	defer opts.Destroy()
+	return rbd.CreateImage(p.io, name, size, opts)
+}
+
+func (p *radosPool) CloneImage(from pool, parent, snap, dst string, o imageOptions) error {
+	src, ok := from.(*radosPool)
+	if !ok {
+		return fmt.Errorf("cloning from a pool of another cluster")
+	}
+	opts, err := goCephOptions(o, true)
+	if err != nil {
+		return err
+	}
+	defer opts.Destroy()
+	return rbd.CloneImage(src.io, parent, snap, p.io, dst, opts)
+}
+
+func (p *radosPool) OpenImage(name string, readOnly bool) (image, error) {
+	var img *rbd.Image
+	var err error
+	if readOnly {
+		img, err = rbd.OpenImageReadOnly(p.io, name, rbd.NoSnapshot)
+	} else {
+		img, err = rbd.OpenImage(p.io, name, rbd.NoSnapshot)
+	}
+	if err != nil {
+		return nil, err
+	}
+	return &radosImage{img: img, conn: p.conn}, nil
+}
+
+func (p *radosPool) OpenImageByID(id string, readOnly bool) (image, error) {
+	var img *rbd.Image
+	var err error
+	if readOnly {
+		img, err = rbd.OpenImageByIdReadOnly(p.io, id, rbd.NoSnapshot)
+	} else {
+		img, err = rbd.OpenImageById(p.io, id, rbd.NoSnapshot)
+	}
+	if err != nil {
+		return nil, err
+	}
+	return &radosImage{img: img, conn: p.conn}, nil
+}
+
+func (p *radosPool) RemoveImage(name string) error { return rbd.RemoveImage(p.io, name) }
+func (p *radosPool) TrashImage(name string) error  { return rbd.GetImage(p.io, name).Trash(0) }
+func (p *radosPool) RemoveTrashed(id string) error { return rbd.TrashRemove(p.io, id, false) }
+
+func (p *radosPool) Trash() ([]trashEntry, error) {
+	list, err := rbd.GetTrashList(p.io)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]trashEntry, 0, len(list))
+	for _, e := range list {
+		out = append(out, trashEntry{ID: e.Id, Name: e.Name})
+	}
+	return out, nil
+}
+
+// ImageID reads the image's rbd_id object: one RADOS read instead of
+// opening the image.
+func (p *radosPool) ImageID(name string) (string, error) {
+	buf := make([]byte, 128)
+	n, err := p.io.Read("rbd_id."+name, buf, 0)
+	if err != nil {
+		return "", err
+	}
+	// A Ceph-encoded string: 32-bit little-endian length, then the bytes.
+	if n < 4 {
+		return "", fmt.Errorf("image %s: short rbd_id object", name)
+	}
+	l := int(binary.LittleEndian.Uint32(buf[:4]))
+	if 4+l > n {
+		return "", fmt.Errorf("image %s: malformed rbd_id object", name)
+	}
+	return string(buf[4 : 4+l]), nil
+}
+
+func (p *radosPool) FlattenQueued(imageID string) (bool, error) {
+	tasks, err := admin.NewFromConn(p.conn).Task().List()
+	if err != nil {
+		return false, err
+	}
+	for _, t := range tasks {
+		if t.Refs.Action == "flatten" && t.Refs.ImageID == imageID && t.Refs.PoolName == p.name && t.Refs.PoolNamespace == p.namespace {
+			return true, nil
+		}
+	}
+	return false, nil
+}
+
+func (p *radosPool) QueueFlatten(name string) error {
+	_, err := admin.NewFromConn(p.conn).Task().AddFlatten(admin.NewImageSpec(p.name, p.namespace, name))
+	return err
+}
+
+type radosImage struct {
+	img  *rbd.Image
+	conn *rados.Conn
+}
+
+func (i *radosImage) Name() string          { return i.img.GetName() }
+func (i *radosImage) ID() (string, error)   { return i.img.GetId() }
+func (i *radosImage) Size() (uint64, error) { return i.img.GetSize() }
+func (i *radosImage) Close()                { _ = i.img.Close() }
+
+func (i *radosImage) Features() (uint64, error) { return i.img.GetFeatures() }
+
+func (i *radosImage) DataPool() (string, error) {
+	id, err := i.img.GetDataPoolID()
+	if err != nil {
+		return "", err
+	}
+	name, err := i.conn.GetPoolByID(id)
+	if err != nil {
+		return "", fmt.Errorf("data pool %d: %w", id, err)
+	}
+	return name, nil
+}
+
+func (i *radosImage) Parent() (*parentInfo, error) {
+	p, err := i.img.GetParent()
+	if csierr.IsNotFound(err) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	return &parentInfo{Pool: p.Image.PoolName, Namespace: p.Image.PoolNamespace, Image: p.Image.ImageName,
+		ImageID: p.Image.ImageID, Snapshot: p.Snap.SnapName, Trash: p.Image.Trash}, nil
+}
+
+func (i *radosImage) Snapshots() ([]snapshotInfo, error) {
+	snaps, err := i.img.GetSnapshotNames()
+	if err != nil {
+		return nil, err
+	}
+	out := make([]snapshotInfo, 0, len(snaps))
+	for _, sn := range snaps {
+		s := snapshotInfo{ID: sn.Id, Name: sn.Name, Size: sn.Size}
+		if ns, err := i.img.GetSnapNamespaceType(sn.Id); err == nil {
+			s.Trash = ns == rbd.SnapNamespaceTypeTrash
+		}
+		if ts, err := i.img.GetSnapTimestamp(sn.Id); err == nil {
+			s.Created = time.Unix(ts.Sec, ts.Nsec)
+		}
+		out = append(out, s)
+	}
+	return out, nil
+}
+
+func (i *radosImage) CreateSnapshot(name string) error {
+	_, err := i.img.CreateSnapshot(name)
+	if csierr.IsErrno(err, syscall.EEXIST) {
+		return nil
+	}
+	return err
+}
+
+func (i *radosImage) RemoveSnapshot(name string) error {
+	err := i.img.GetSnapshot(name).Remove()
+	if csierr.IsNotFound(err) {
+		return nil
+	}
+	return err
+}
+
+func (i *radosImage) Resize(size uint64) error { return i.img.Resize(size) }
+
+func (i *radosImage) Watchers() ([]string, error) {
+	ws, err := i.img.ListWatchers()
+	if err != nil {
+		return nil, err
+	}
+	out := make([]string, 0, len(ws))
+	for _, w := range ws {
+		out = append(out, w.Addr)
+	}
+	return out, nil
+}
+
+func (i *radosImage) Children() ([]childInfo, error) {
+	specs, err := i.img.ListChildrenAttributes()
+	if err != nil {
+		return nil, err
+	}
+	out := make([]childInfo, 0, len(specs))
+	for _, c := range specs {
+		out = append(out, childInfo{Pool: c.PoolName, Namespace: c.PoolNamespace, Image: c.ImageName, Trash: c.Trash})
+	}
+	return out, nil
+}
+
+func (i *radosImage) Metadata(key string) (string, error) {
+	v, err := i.img.GetMetadata(key)
+	if csierr.IsNotFound(err) {
+		return "", nil
+	}
+	return v, err
+}
+
+func (i *radosImage) SetMetadata(key, value string) error { return i.img.SetMetadata(key, value) }
