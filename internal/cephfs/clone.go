@@ -11,6 +11,7 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/leanceph/cephcsi/internal/csierr"
+	"github.com/leanceph/cephcsi/internal/failpoint"
 	"github.com/leanceph/cephcsi/internal/journal"
 	"github.com/leanceph/cephcsi/internal/volid"
 )
@@ -80,17 +81,16 @@ func (s *ControllerServer) resolveSource(f *fsConn, src *csi.VolumeContentSource
 		}
 		return c, nil
 	}
-	name := defaultVolumePrefix + decoded.UUID
 	entry, err := s.volumes.Get(f.store(), decoded.UUID)
 	switch {
-	case err == nil:
-		if entry.BackingSnapshotID != "" {
-			return nil, csierr.Errorf(csierr.ErrInvalid, "source volume %q is snapshot-backed; clone its snapshot instead", id)
-		}
-		name = entry.ImageName
-	case !errors.Is(err, journal.ErrNotFound):
-		return nil, csierr.Status(err)
+	case errors.Is(err, journal.ErrNotFound):
+		return nil, csierr.Errorf(csierr.ErrNotFound, "source volume %q not found: %v", id, err)
+	case err != nil:
+		return nil, err
+	case entry.BackingSnapshotID != "":
+		return nil, csierr.Errorf(csierr.ErrInvalid, "source volume %q is snapshot-backed; clone its snapshot instead", id)
 	}
+	name := entry.ImageName
 	info, err := f.admin.SubVolumeInfo(f.fs.Name, f.group, name)
 	switch {
 	case csierr.IsNotFound(err) || (err == nil && info.State == admin.StateSnapRetained):
@@ -98,7 +98,7 @@ func (s *ControllerServer) resolveSource(f *fsConn, src *csi.VolumeContentSource
 	case csierr.IsErrno(err, syscall.EAGAIN):
 		return nil, csierr.Errorf(csierr.ErrInProgress, "source volume %q is still being populated; retry later", id)
 	case err != nil:
-		return nil, csierr.Status(fmt.Errorf("reading source subvolume %s: %w", name, err))
+		return nil, fmt.Errorf("reading source subvolume %s: %w", name, err)
 	}
 	return &contentSource{volume: name, size: quotaBytes(info), root: subvolumeRoot(f.group, name, info.Path)}, nil
 }
@@ -138,11 +138,13 @@ func startClone(f *fsConn, name, pool string, src *contentSource) error {
 		if err != nil && !csierr.IsErrno(err, syscall.EEXIST) {
 			return fmt.Errorf("snapshotting source volume %s for the clone: %w", sub, err)
 		}
+		failpoint.Hit("cephfs-clone-after-temp-snapshot")
 	}
 	err := f.admin.CloneSubVolumeSnapshot(f.fs.Name, f.group, sub, snap, name,
 		&admin.CloneOptions{TargetGroup: f.group, PoolLayout: pool})
 	switch {
 	case err == nil, csierr.IsErrno(err, syscall.EEXIST):
+		failpoint.Hit("cephfs-clone-after-start")
 		return nil
 	case csierr.IsErrno(err, syscall.EAGAIN):
 		return csierr.Errorf(csierr.ErrExhausted, "cannot start cloning %s@%s now (the cloner is busy): %v; retry later", sub, snap, err)
@@ -217,5 +219,6 @@ func (s *ControllerServer) removeSnapshotAndEntry(f *fsConn, entry *journal.Entr
 	if err := f.removeSnapshot(entry.Source, entry.ImageName); err != nil {
 		return err
 	}
+	failpoint.Hit("cephfs-delete-snapshot-before-release")
 	return s.snapshots.Release(f.store(), entry)
 }

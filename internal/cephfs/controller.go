@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"path"
+	"strconv"
 	"syscall"
 	"time"
 
@@ -16,6 +17,7 @@ import (
 
 	"github.com/leanceph/cephcsi/internal/cephconn"
 	"github.com/leanceph/cephcsi/internal/csierr"
+	"github.com/leanceph/cephcsi/internal/failpoint"
 	"github.com/leanceph/cephcsi/internal/journal"
 	"github.com/leanceph/cephcsi/internal/locks"
 	"github.com/leanceph/cephcsi/internal/request"
@@ -121,17 +123,23 @@ func (s *ControllerServer) CreateVolume(ctx context.Context, req *csi.CreateVolu
 		backingID = src.snapshotID
 	}
 
+	digest := request.Digest(req.GetParameters(), "volume", strconv.FormatInt(size, 10),
+		strconv.FormatInt(req.GetCapacityRange().GetLimitBytes(), 10), request.SourceOf(req.GetVolumeContentSource()))
 	store := f.store()
 	entry, err := s.volumes.Lookup(store, name)
 	if err != nil {
-		return nil, csierr.Status(err)
+		return nil, err
 	}
 	fresh := entry == nil
-	if fresh {
-		if entry, err = s.volumes.Reserve(store, name, params.NamePrefix, journal.Entry{BackingSnapshotID: backingID}); err != nil {
-			return nil, csierr.Status(err)
+	switch {
+	case fresh:
+		if entry, err = s.volumes.Reserve(store, name, params.NamePrefix, journal.Entry{BackingSnapshotID: backingID, Request: digest}); err != nil {
+			return nil, err
 		}
-	} else if entry.BackingSnapshotID != backingID {
+		failpoint.Hit("cephfs-create-volume-after-reserve")
+	case entry.Request != "" && entry.Request != digest:
+		return nil, csierr.Errorf(csierr.ErrExists, "volume %q exists, made by a request with other parameters, size or content source", name)
+	case entry.BackingSnapshotID != backingID:
 		return nil, csierr.Errorf(csierr.ErrExists, "volume %q exists with backing snapshot %q, not %q", name, entry.BackingSnapshotID, backingID)
 	}
 	volumeID, err := volid.ID{ClusterID: params.ClusterID, LocationID: f.fs.ID, UUID: entry.UUID}.Encode()
@@ -152,7 +160,7 @@ func (s *ControllerServer) CreateVolume(ctx context.Context, req *csi.CreateVolu
 		if !errors.Is(err, csierr.ErrInProgress) && (fresh || started || errors.Is(err, errCloneFailed)) {
 			s.undoCreate(ctx, f, entry, volumeID, src)
 		}
-		return nil, csierr.Status(err)
+		return nil, err
 	}
 	vc := request.PassThrough(req.GetParameters())
 	vc["clusterID"] = params.ClusterID
@@ -169,18 +177,6 @@ func (s *ControllerServer) CreateVolume(ctx context.Context, req *csi.CreateVolu
 		VolumeContext: vc,
 		ContentSource: req.GetVolumeContentSource(),
 	}}, nil
-}
-
-// fits reports whether an existing volume of size have satisfies r.
-func fits(have int64, r *csi.CapacityRange) bool {
-	want, err := request.RoundedSize(r)
-	if err != nil {
-		return false
-	}
-	if r.GetRequiredBytes() == 0 && r.GetLimitBytes() == 0 {
-		return true
-	}
-	return have >= want && (r.GetLimitBytes() == 0 || have <= r.GetLimitBytes())
 }
 
 // provisionSubvolume makes the subvolume of entry, or checks and finishes the
@@ -241,7 +237,7 @@ func (s *ControllerServer) provisionSubvolume(ctx context.Context, f *fsConn, en
 			have = size
 		}
 	}
-	if !fits(have, r) {
+	if !request.Fits(have, r) {
 		return nil, started, csierr.Errorf(csierr.ErrExists, "volume %q exists with size %d, which does not fit the requested capacity range", entry.RequestName, have)
 	}
 	return &provisioned{path: info.Path, size: have}, started, nil
@@ -382,7 +378,9 @@ type volumeRef struct {
 
 func (r *volumeRef) backing() bool { return r.entry != nil && r.entry.BackingSnapshotID != "" }
 
-// findVolume opens the filesystem of a volume ID and reads its journal entry.
+// findVolume opens the filesystem of a volume ID and reads its journal
+// entry; a volume the journal does not know is not ours to touch
+// (journal.ErrNotFound).
 func (s *ControllerServer) findVolume(volumeID string, creds cephconn.Credentials) (*volumeRef, error) {
 	id, err := volid.Decode(volumeID)
 	if err != nil {
@@ -392,17 +390,12 @@ func (s *ControllerServer) findVolume(volumeID string, creds cephconn.Credential
 	if err != nil {
 		return nil, err
 	}
-	ref := &volumeRef{f: f, id: id, name: defaultVolumePrefix + id.UUID}
 	entry, err := s.volumes.Get(f.store(), id.UUID)
-	switch {
-	case err == nil:
-		ref.entry, ref.name = entry, entry.ImageName
-	case errors.Is(err, journal.ErrNotFound):
-	default:
+	if err != nil {
 		f.close()
 		return nil, err
 	}
-	return ref, nil
+	return &volumeRef{f: f, id: id, entry: entry, name: entry.ImageName}, nil
 }
 
 // notFoundVolume maps lookup failures of an existing-volume call to NotFound.
@@ -410,7 +403,7 @@ func notFoundVolume(volumeID string, err error) error {
 	if errors.Is(err, volid.ErrMalformed) || errors.Is(err, errFSNotFound) || csierr.IsNotFound(err) {
 		return csierr.Errorf(csierr.ErrNotFound, "volume %q not found: %v", volumeID, err)
 	}
-	return csierr.Status(err)
+	return err
 }
 
 // DeleteVolume implements csi.ControllerServer.
@@ -425,42 +418,41 @@ func (s *ControllerServer) DeleteVolume(ctx context.Context, req *csi.DeleteVolu
 	}
 	ref, err := s.findVolume(volumeID, creds)
 	switch {
-	case errors.Is(err, volid.ErrMalformed), errors.Is(err, errFSNotFound):
+	case errors.Is(err, volid.ErrMalformed), errors.Is(err, errFSNotFound), errors.Is(err, journal.ErrNotFound):
+		// Not an ID of ours, its filesystem is gone, or the journal does not
+		// know it: nothing of ours is left to delete.
 		klog.FromContext(ctx).Info("deleting a volume that cannot exist", "reason", err)
 		return &csi.DeleteVolumeResponse{}, nil
 	case err != nil:
-		return nil, csierr.Status(err)
+		return nil, err
 	}
 	f := ref.f
 	defer f.close()
-	if ref.entry != nil {
-		// A concurrent CreateVolume of the same name must not see it half-deleted.
-		releaseName, err := s.Lock(locks.VolumeName(ref.entry.RequestName))
-		if err != nil {
-			return nil, err
-		}
-		defer releaseName()
+	// A concurrent CreateVolume of the same name must not see it half-deleted.
+	releaseName, err := s.Lock(locks.VolumeName(ref.entry.RequestName))
+	if err != nil {
+		return nil, err
 	}
+	defer releaseName()
 	if ref.backing() {
 		if err := s.unrefBackingSnapshot(ctx, f, ref.entry.BackingSnapshotID, volumeID); err != nil {
-			return nil, csierr.Status(err)
+			return nil, err
 		}
 	} else {
 		cloneSrc, err := f.removeSubvolume(ref.name)
 		if err != nil {
-			return nil, csierr.Status(err)
+			return nil, err
 		}
 		if cloneSrc != nil && cloneSrc.Snapshot == ref.name {
 			// A PVC clone cut short: its temporary snapshot on the source goes too.
 			if err := f.removeSnapshot(cloneSrc.SubVolume, ref.name); err != nil {
-				return nil, csierr.Status(err)
+				return nil, err
 			}
 		}
 	}
-	if ref.entry != nil {
-		if err := s.volumes.Release(f.store(), ref.entry); err != nil {
-			return nil, csierr.Status(err)
-		}
+	failpoint.Hit("cephfs-delete-volume-before-release")
+	if err := s.volumes.Release(f.store(), ref.entry); err != nil {
+		return nil, err
 	}
 	return &csi.DeleteVolumeResponse{}, nil
 }
@@ -497,7 +489,7 @@ func (s *ControllerServer) ControllerExpandVolume(ctx context.Context, req *csi.
 	have := quotaBytes(info)
 	if size > have {
 		if _, err := ref.f.admin.ResizeSubVolume(ref.f.fs.Name, ref.f.group, ref.name, admin.ByteCount(size), true); err != nil {
-			return nil, csierr.Status(fmt.Errorf("resizing %s to %d bytes: %w", ref.name, size, err))
+			return nil, fmt.Errorf("resizing %s to %d bytes: %w", ref.name, size, err)
 		}
 		have = size
 	}

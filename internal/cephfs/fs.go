@@ -153,7 +153,7 @@ func openFSByName(d *service.Deps, clusterID, fsName string, creds cephconn.Cred
 		return nil, csierr.Param("fsName", "no filesystem %q in cluster %q", fsName, clusterID)
 	}
 	if err != nil {
-		return nil, csierr.Status(err)
+		return nil, err
 	}
 	return f, nil
 }

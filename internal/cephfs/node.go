@@ -217,12 +217,12 @@ func (n *NodeServer) subvolumePath(volumeID, fsName, subvolume string, creds cep
 	}
 	f, err := openFS(n.Deps, id.ClusterID, fsName, 0, creds)
 	if err != nil {
-		return "", csierr.Status(err)
+		return "", err
 	}
 	defer f.close()
 	p, err := f.admin.SubVolumePath(f.fs.Name, f.group, subvolume)
 	if err != nil {
-		return "", csierr.Status(fmt.Errorf("looking up the path of subvolume %s: %w", subvolume, err))
+		return "", fmt.Errorf("looking up the path of subvolume %s: %w", subvolume, err)
 	}
 	return p, nil
 }
@@ -236,12 +236,12 @@ func (n *NodeServer) backingSnapshotFromJournal(volumeID string, creds cephconn.
 	}
 	f, err := openFS(n.Deps, id.ClusterID, "", id.LocationID, creds)
 	if err != nil {
-		return "", csierr.Status(err)
+		return "", err
 	}
 	defer f.close()
 	entry, err := journal.Volumes(n.Options.InstanceID).Get(f.store(), id.UUID)
 	if err != nil {
-		return "", csierr.Status(fmt.Errorf("reading the journal of volume %s: %w", volumeID, err))
+		return "", fmt.Errorf("reading the journal of volume %s: %w", volumeID, err)
 	}
 	if entry.BackingSnapshotID == "" {
 		return "", csierr.Errorf(csierr.ErrInvalid, "volume %s is not snapshot-backed", volumeID)

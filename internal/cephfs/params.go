@@ -2,15 +2,9 @@ package cephfs
 
 import (
 	"strconv"
-	"strings"
 
 	"github.com/leanceph/cephcsi/internal/csierr"
-)
-
-// Defaults of the StorageClass parameters.
-const (
-	defaultVolumePrefix   = "csi-vol-"
-	defaultSnapshotPrefix = "csi-snap-"
+	"github.com/leanceph/cephcsi/internal/request"
 )
 
 // Mounters a volume may ask for.
@@ -29,20 +23,21 @@ type volumeParams struct {
 	BackingSnapshot bool
 }
 
-func validPrefix(name, prefix string) error {
-	if strings.ContainsAny(prefix, "/@ ") {
-		return csierr.Param(name, "%q may not contain '/', '@' or spaces", prefix)
-	}
-	return nil
+// notImplemented are ceph-csi CephFS StorageClass parameters this driver
+// does not implement yet; each is refused when it asks for something, with
+// what the user would lose.
+var notImplemented = map[string]string{
+	"encrypted":       "fscrypt encryption of the volume",
+	"encryptionKMSID": "fscrypt encryption of the volume",
+	"encryptionType":  "fscrypt encryption of the volume",
 }
 
 func parseVolumeParams(p map[string]string) (*volumeParams, error) {
 	v := &volumeParams{
-		ClusterID:  p["clusterID"],
-		FsName:     p["fsName"],
-		Pool:       p["pool"],
-		Mounter:    p["mounter"],
-		NamePrefix: p["volumeNamePrefix"],
+		ClusterID: p["clusterID"],
+		FsName:    p["fsName"],
+		Pool:      p["pool"],
+		Mounter:   p["mounter"],
 	}
 	if v.ClusterID == "" {
 		return nil, csierr.Param("clusterID", "is required")
@@ -50,14 +45,32 @@ func parseVolumeParams(p map[string]string) (*volumeParams, error) {
 	if v.FsName == "" {
 		return nil, csierr.Param("fsName", "is required")
 	}
-	if v.NamePrefix == "" {
-		v.NamePrefix = defaultVolumePrefix
+	if err := request.ValidPoolName("fsName", v.FsName); err != nil {
+		return nil, err
 	}
-	if err := validPrefix("volumeNamePrefix", v.NamePrefix); err != nil {
+	if v.Pool != "" {
+		if err := request.ValidPoolName("pool", v.Pool); err != nil {
+			return nil, err
+		}
+	}
+	for name, what := range notImplemented {
+		if s := p[name]; s != "" {
+			if b, err := strconv.ParseBool(s); err != nil || b {
+				return nil, csierr.Param(name, "%q is not supported by this driver yet (%s)", s, what)
+			}
+		}
+	}
+	var err error
+	if v.NamePrefix, err = request.NamePrefix(p, "volumeNamePrefix", request.DefaultVolumePrefix); err != nil {
 		return nil, err
 	}
 	if err := validMounter(v.Mounter); err != nil {
 		return nil, err
+	}
+	for _, name := range []string{"kernelMountOptions", "fuseMountOptions"} {
+		if err := request.SafeOptionList(name, p[name]); err != nil {
+			return nil, csierr.Param(name, "%v", err)
+		}
 	}
 	if s := p["backingSnapshot"]; s != "" {
 		b, err := strconv.ParseBool(s)
@@ -79,12 +92,5 @@ func validMounter(m string) error {
 
 // snapshotPrefix returns the snapshotNamePrefix parameter or its default.
 func snapshotPrefix(p map[string]string) (string, error) {
-	prefix := p["snapshotNamePrefix"]
-	if prefix == "" {
-		return defaultSnapshotPrefix, nil
-	}
-	if err := validPrefix("snapshotNamePrefix", prefix); err != nil {
-		return "", err
-	}
-	return prefix, nil
+	return request.NamePrefix(p, "snapshotNamePrefix", request.DefaultSnapshotPrefix)
 }

@@ -64,8 +64,8 @@ func TestFitsCapacityRange(t *testing.T) {
 		{20 * mib, &csi.CapacityRange{RequiredBytes: 10 * mib}, true},
 		{5 * mib, nil, true},
 	} {
-		if got := fits(tc.have, tc.r); got != tc.want {
-			t.Errorf("fits(%d, %v) = %v, want %v", tc.have, tc.r, got, tc.want)
+		if got := request.Fits(tc.have, tc.r); got != tc.want {
+			t.Errorf("Fits(%d, %v) = %v, want %v", tc.have, tc.r, got, tc.want)
 		}
 	}
 }

@@ -11,8 +11,10 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/leanceph/cephcsi/internal/csierr"
+	"github.com/leanceph/cephcsi/internal/failpoint"
 	"github.com/leanceph/cephcsi/internal/journal"
 	"github.com/leanceph/cephcsi/internal/locks"
+	"github.com/leanceph/cephcsi/internal/request"
 	"github.com/leanceph/cephcsi/internal/volid"
 )
 
@@ -21,11 +23,11 @@ import (
 func (s *ControllerServer) CreateSnapshot(ctx context.Context, req *csi.CreateSnapshotRequest) (*csi.CreateSnapshotResponse, error) {
 	name := req.GetName()
 	if name == "" {
-		return nil, csierr.Errorf(csierr.ErrInvalid, "name is required")
+		return nil, csierr.Field("name", "is required")
 	}
 	sourceID := req.GetSourceVolumeId()
 	if sourceID == "" {
-		return nil, csierr.Errorf(csierr.ErrInvalid, "source_volume_id is required")
+		return nil, csierr.Field("source_volume_id", "is required")
 	}
 	prefix, err := snapshotPrefix(req.GetParameters())
 	if err != nil {
@@ -58,15 +60,18 @@ func (s *ControllerServer) CreateSnapshot(ctx context.Context, req *csi.CreateSn
 	store := f.store()
 	entry, err := s.snapshots.Lookup(store, name)
 	if err != nil {
-		return nil, csierr.Status(err)
+		return nil, err
 	}
+	digest := request.Digest(req.GetParameters(), "snapshot", sourceID)
 	fresh := entry == nil
 	if fresh {
-		if entry, err = s.snapshots.Reserve(store, name, prefix, journal.Entry{Source: ref.name}); err != nil {
-			return nil, csierr.Status(err)
+		if entry, err = s.snapshots.Reserve(store, name, prefix, journal.Entry{Source: ref.name, Request: digest}); err != nil {
+			return nil, err
 		}
-	} else if entry.Source != ref.name {
-		return nil, csierr.Errorf(csierr.ErrExists, "snapshot %q exists for source subvolume %s, not %s", name, entry.Source, ref.name)
+		failpoint.Hit("cephfs-create-snapshot-after-reserve")
+	} else if entry.Source != ref.name || (entry.Request != "" && entry.Request != digest) {
+		return nil, csierr.Errorf(csierr.ErrExists, "snapshot %q exists for source subvolume %s with its own parameters, not for %s as asked",
+			name, entry.Source, ref.name)
 	}
 	// Creating an existing subvolume snapshot succeeds (or, on some
 	// releases, is EEXIST): a repeated request repeats it harmlessly.
@@ -78,19 +83,19 @@ func (s *ControllerServer) CreateSnapshot(ctx context.Context, req *csi.CreateSn
 				klog.FromContext(ctx).Error(rerr, "cleaning up the journal after a failed snapshot", "uuid", entry.UUID)
 			}
 		}
-		return nil, csierr.Status(err)
+		return nil, err
 	}
 	if !fresh {
 		// An earlier call may have made it: report when it really was.
 		sinfo, err := f.admin.SubVolumeSnapshotInfo(f.fs.Name, f.group, ref.name, entry.ImageName)
 		if err != nil {
-			return nil, csierr.Status(err)
+			return nil, err
 		}
 		created = sinfo.CreatedAt.Time
 	}
 	id, err := volid.ID{ClusterID: ref.id.ClusterID, LocationID: f.fs.ID, UUID: entry.UUID}.Encode()
 	if err != nil {
-		return nil, csierr.Status(err)
+		return nil, err
 	}
 	return &csi.CreateSnapshotResponse{Snapshot: &csi.Snapshot{
 		SnapshotId:     id,
@@ -107,7 +112,7 @@ func (s *ControllerServer) CreateSnapshot(ctx context.Context, req *csi.CreateSn
 func (s *ControllerServer) DeleteSnapshot(ctx context.Context, req *csi.DeleteSnapshotRequest) (*csi.DeleteSnapshotResponse, error) {
 	snapshotID := req.GetSnapshotId()
 	if snapshotID == "" {
-		return nil, csierr.Errorf(csierr.ErrInvalid, "snapshot_id is required")
+		return nil, csierr.Field("snapshot_id", "is required")
 	}
 	creds, err := provisionerCredentials(req.GetSecrets())
 	if err != nil {
@@ -122,7 +127,7 @@ func (s *ControllerServer) DeleteSnapshot(ctx context.Context, req *csi.DeleteSn
 		return &csi.DeleteSnapshotResponse{}, nil
 	}
 	if err != nil {
-		return nil, csierr.Status(err)
+		return nil, err
 	}
 	defer f.close()
 	entry, err := s.snapshots.Get(f.store(), id.UUID)
@@ -132,7 +137,7 @@ func (s *ControllerServer) DeleteSnapshot(ctx context.Context, req *csi.DeleteSn
 		return &csi.DeleteSnapshotResponse{}, nil
 	}
 	if err != nil {
-		return nil, csierr.Status(err)
+		return nil, err
 	}
 	releaseName, err := s.Lock(locks.SnapshotName(entry.RequestName))
 	if err != nil {
@@ -141,14 +146,14 @@ func (s *ControllerServer) DeleteSnapshot(ctx context.Context, req *csi.DeleteSn
 	defer releaseName()
 	gone, err := (refTracker{f.io}).remove(backingRefObject(snapshotID), nil, []string{snapshotID})
 	if err != nil {
-		return nil, csierr.Status(err)
+		return nil, err
 	}
 	if !gone {
 		klog.FromContext(ctx).V(2).Info("snapshot still backs volumes; it goes with the last of them", "snapshot", entry.ImageName)
 		return &csi.DeleteSnapshotResponse{}, nil
 	}
 	if err := s.removeSnapshotAndEntry(f, entry); err != nil {
-		return nil, csierr.Status(err)
+		return nil, err
 	}
 	return &csi.DeleteSnapshotResponse{}, nil
 }

@@ -15,6 +15,7 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/leanceph/cephcsi/internal/csierr"
+	"github.com/leanceph/cephcsi/internal/failpoint"
 )
 
 // ErrNotFound is returned by a Store for a missing object.
@@ -177,6 +178,7 @@ func (j *Journal) Reserve(s Store, requestName, namePrefix string, template Entr
 	if err := s.SetOmap(j.directory, map[string]string{dirKey: e.UUID}, false); err != nil {
 		return nil, fmt.Errorf("reserving %q in %s: %w", requestName, j.directory, err)
 	}
+	failpoint.Hit("journal-reserve-after-directory")
 	if err := s.SetOmap(j.EntryObject(e.UUID), e.toOmap(j.nameKey), true); err != nil {
 		_ = s.RemoveOmapKeys(j.directory, []string{dirKey})
 		return nil, fmt.Errorf("creating %s: %w", j.EntryObject(e.UUID), err)
@@ -209,6 +211,7 @@ func (j *Journal) Release(s Store, e *Entry) error {
 			}
 		}
 	}
+	failpoint.Hit("journal-release-after-directory")
 	if err := s.Remove(j.EntryObject(e.UUID)); err != nil {
 		return fmt.Errorf("removing %s: %w", j.EntryObject(e.UUID), err)
 	}

@@ -235,7 +235,7 @@ func (s *NodeServer) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolu
 		if !staged {
 			_ = s.state.Remove(volID)
 		}
-		return nil, csierr.Status(fmt.Errorf("mapping %s with %s: %w", sr.spec, sr.rec.Mapper, err))
+		return nil, fmt.Errorf("mapping %s with %s: %w", sr.spec, sr.rec.Mapper, err)
 	}
 	sr.rec.Device = dev
 	if err := s.state.Save(volID, &sr.rec); err != nil {
@@ -365,7 +365,7 @@ func (s *NodeServer) NodeUnstageVolume(ctx context.Context, req *csi.NodeUnstage
 		return nil, fmt.Errorf("node state of %s names unknown mapper %q", volID, rec.Mapper)
 	}
 	if err := m.Unmap(ctx, rec.spec(), rec.UnmapOptions); err != nil {
-		return nil, csierr.Status(fmt.Errorf("unmapping %s: %w", rec.spec(), err))
+		return nil, fmt.Errorf("unmapping %s: %w", rec.spec(), err)
 	}
 	if err := s.state.Remove(volID); err != nil {
 		return nil, fmt.Errorf("removing node state of %s: %v", volID, err)
@@ -458,7 +458,7 @@ func (s *NodeServer) NodeExpandVolume(ctx context.Context, req *csi.NodeExpandVo
 		return nil, fmt.Errorf("node state of %s names unknown mapper %q", volID, rec.Mapper)
 	}
 	if err := m.Refresh(ctx, rec.spec(), rec.Device); err != nil {
-		return nil, csierr.Status(err)
+		return nil, err
 	}
 	size, err := s.waitDeviceSize(ctx, rec.Device, req.GetCapacityRange().GetRequiredBytes())
 	if err != nil {

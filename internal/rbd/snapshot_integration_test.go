@@ -536,3 +536,52 @@ func TestSnapshotCountLimitsAtDefaults(t *testing.T) {
 	deleteWhenFlattened(e, src.GetVolumeId())
 	e.assertClean(e.io)
 }
+
+// Ten PVC clones, each of the one before, with enough data that the
+// manager's background flatten of the deep ones is still running when the
+// next clone is made; then deleted oldest first without waiting. Every
+// clone must stay readable with the original bytes, every delete must
+// either finish (image gone) or answer a retryable error, and nothing may be
+// left. (A snapshot taken while librbd flattens an image loses its parent
+// when the flatten ends, and the parent could then be deleted under it.)
+func TestDeleteCloneChainWhileFlattening(t *testing.T) {
+	e := newRBDEnv(t)
+	const size, chunk, stride = 1 << 30, 1 << 20, 32 << 20
+	data := pattern(7, chunk)
+	first := e.create(uniqueName("fchain0"), size, nil)
+	for off := int64(0); off < size; off += stride {
+		writeImage(t, e.io, first.GetVolumeContext()["imageName"], data, off)
+	}
+	chain := []*csi.Volume{first}
+	for i := 1; i <= 10; i++ {
+		prev := chain[len(chain)-1]
+		chain = append(chain, e.create(uniqueName("fchain"), size, &csi.VolumeContentSource{Type: &csi.VolumeContentSource_Volume{
+			Volume: &csi.VolumeContentSource_VolumeSource{VolumeId: prev.GetVolumeId()}}}))
+	}
+	for i, v := range chain {
+		start := time.Now()
+		for {
+			ctx, cancel := context.WithTimeout(e.ctx, 60*time.Second)
+			_, err := e.d.Controller.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: v.GetVolumeId(), Secrets: e.c.RBDSecrets()})
+			cancel()
+			if err == nil {
+				break
+			}
+			if c := status.Code(err); (c != codes.FailedPrecondition && c != codes.Aborted) || time.Since(start) > 3*time.Minute {
+				t.Fatalf("DeleteVolume %d: %v (after %s)", i, err, time.Since(start))
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+		if imageExists(t, e.io, v.GetVolumeContext()["imageName"]) {
+			t.Fatalf("DeleteVolume %d answered OK but its image is still in the pool", i)
+		}
+		t.Logf("delete %d took %s", i, time.Since(start).Round(time.Millisecond))
+		for _, later := range chain[i+1:] {
+			image := later.GetVolumeContext()["imageName"]
+			if got := readImage(t, e.io, image, chunk, 5*stride); !bytes.Equal(got, data) {
+				t.Fatalf("after deleting %d ancestors, %s lost the original bytes", i+1, image)
+			}
+		}
+	}
+	e.assertClean(e.io)
+}
