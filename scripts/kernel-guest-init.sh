@@ -1,11 +1,13 @@
 #!/bin/busybox sh
+# shellcheck shell=dash
 # /init of the kernel-test guest (packed into its initramfs by
 # scripts/kernel-guest.sh; runs under busybox, never on the host).
 #
 # Loads the modules the node paths need, configures the guest's address,
-# mounts the host's root (9p, read-only) under a tmpfs overlay at /newroot so
-# the host's own binaries run in the guest with a writable but throw-away
-# root, and then serves commands on the virtio-serial port "kt.agent":
+# mounts the project's dev root (9p share "sysroot", read-only) under a tmpfs
+# overlay at /newroot so that its Ceph tools and libraries run in the guest
+# on a writable but throw-away root, mounts the checkout and its _output, and
+# then serves commands on the virtio-serial port "kt.agent":
 #
 #   host -> guest: "<id> <timeout seconds> <base64 of a shell command>\n"
 #   guest -> host: the command's stdout+stderr in base64 lines, then
@@ -30,21 +32,24 @@ for m in $(cat /modules.load); do
 	modprobe "$m" || say "modprobe $m failed"
 done
 
-# Network: the guest's address comes on the kernel command line (kt.addr=).
+# The guest's address (kt.addr=) and the checkout's path (kt.repo=) come on
+# the kernel command line.
+repo=
 for kv in $(cat /proc/cmdline); do
 	case "$kv" in
 	kt.addr=*) addr=${kv#kt.addr=} ;;
+	kt.repo=*) repo=${kv#kt.repo=} ;;
 	esac
 done
 ip link set lo up
 ip link set eth0 up
 ip addr add "${addr:-10.99.1.2/24}" dev eth0
 
-mkdir -p /host /rw /newroot
-mount -t 9p -o trans=virtio,version=9p2000.L,ro,cache=loose,msize=512000 hostroot /host || say "9p mount failed"
+mkdir -p /sysroot /rw /newroot
+mount -t 9p -o trans=virtio,version=9p2000.L,ro,cache=loose,msize=512000 sysroot /sysroot || say "9p mount of sysroot failed"
 mount -t tmpfs -o mode=0755 rw /rw
 mkdir -p /rw/upper /rw/work
-mount -t overlay -o lowerdir=/host,upperdir=/rw/upper,workdir=/rw/work overlay /newroot || say "overlay mount failed"
+mount -t overlay -o lowerdir=/sysroot,upperdir=/rw/upper,workdir=/rw/work overlay /newroot || say "overlay mount failed"
 mount -t proc proc /newroot/proc
 mount -t sysfs sys /newroot/sys
 mount -o bind /dev /newroot/dev
@@ -53,9 +58,14 @@ mount -t devpts devpts /newroot/dev/pts
 mount -t tmpfs -o mode=1777 shm /newroot/dev/shm
 mount -t tmpfs -o mode=1777 tmp /newroot/tmp
 mount -t tmpfs -o mode=0755 run /newroot/run
-# The repository's _output (driver binary, test cluster's config.json) at a
-# fixed path: the checkout may live under /tmp, which the guest covers with
-# its own tmpfs.
+# The checkout at its own path (the host leaves kt.repo out when the path is
+# below /tmp, /run or /dev, which the guest covers with its own tmpfs), and
+# its _output (driver binary, test cluster's config.json) always at a fixed
+# path.
+if [ -n "$repo" ]; then
+	mkdir -p "/newroot$repo"
+	mount -t 9p -o trans=virtio,version=9p2000.L,ro,cache=loose,msize=512000 ktrepo "/newroot$repo" || say "9p mount of ktrepo failed"
+fi
 mkdir -p /newroot/kt-output
 mount -t 9p -o trans=virtio,version=9p2000.L,ro,cache=loose,msize=512000 ktout /newroot/kt-output || say "9p mount of ktout failed"
 # The overlay's writable layer, visible to checks that search what the guest

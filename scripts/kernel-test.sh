@@ -13,6 +13,10 @@
 # namespace are taken down. The shared cluster in _output/ceph is never
 # touched. Needs _output/cephcsi (make build) and root.
 #
+# The cluster's daemons and the test binary (which links librados) run in
+# the project's dev root (scripts/in-root), as the guest's userspace does;
+# QEMU and the namespace are the host's.
+#
 # Environment: GO (default go), KT_TEST_TIMEOUT (default 20m), and the KT_*
 # variables of scripts/kernel-guest.sh.
 set -euo pipefail
@@ -24,6 +28,10 @@ repo=$PWD
 . "$repo/build.env"
 go=${GO:-go}
 guest=scripts/kernel-guest.sh
+in_root=scripts/in-root
+# go-ceph's tags for the Ceph release (none for the newest) and the test's.
+read -ra tag_list <<<"${GO_CEPH_TAGS:-} kernel"
+tags=$(IFS=, && echo "${tag_list[*]}")
 cluster=$repo/_output/ceph-kernel
 netns=${KT_NETNS:-cephcsi-kt}
 host_addr=${KT_HOST_ADDR:-10.99.1.1}
@@ -51,7 +59,7 @@ timed() { # what command...
 # uses it) and is ended by its ID.
 teardown() {
 	"$guest" stop || true
-	scripts/ceph-cluster.sh stop "$cluster" || true
+	"$in_root" scripts/ceph-cluster.sh stop "$cluster" || true
 	if ip netns list | grep -qw "^$netns"; then
 		local pid
 		for pid in $(ip netns pids "$netns" 2>/dev/null); do
@@ -74,15 +82,15 @@ trap 'timed "tear down" teardown' EXIT
 timed "prepare kernel assets" "$guest" prepare
 timed "network namespace" "$guest" net-up
 timed "start the test cluster" ip netns exec "$netns" env CEPH_BIND_ADDR="$host_addr" \
-	scripts/ceph-cluster.sh start "$cluster"
-timed "build the test" "$go" test -c -tags "$CEPH_RELEASE,kernel" -o "$test_bin" ./e2e/kernel/
+	"$in_root" scripts/ceph-cluster.sh start "$cluster"
+timed "build the test" "$in_root" "$go" test -c -tags "$tags" -o "$test_bin" ./e2e/kernel/
 timed "boot the guest" "$guest" boot
 
 args=(-test.v -test.count=1 -test.timeout "${KT_TEST_TIMEOUT:-20m}")
 [[ -z "$run" ]] || args+=(-test.run "$run")
 rc=0
 timed "kernel node tests" ip netns exec "$netns" env KT_CLUSTER_DIR="$cluster" CEPH_BIND_ADDR="$host_addr" \
-	"$test_bin" "${args[@]}" || rc=$?
+	"$in_root" "$test_bin" "${args[@]}" || rc=$?
 if [[ $rc -ne 0 ]]; then
 	log "guest console (tail):"
 	tail -20 "$repo/_output/kernel-guest/console.log" >&2 || true

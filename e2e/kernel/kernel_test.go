@@ -100,7 +100,9 @@ func setup(t *testing.T) *env {
 		t.Fatalf("cluster env has %d of the 4 CSI keys", len(e.keys))
 	}
 	kver := strings.TrimSpace(g.sh(t, "uname -r"))
-	t.Logf("guest kernel %s", kver)
+	// Tentacle's AES256K keys need Linux 7.0+ in krbd and the CephFS
+	// kernel client (docs/kernel-tests.md): say which kind this cluster has.
+	t.Logf("guest kernel %s; the CSI users' cephx keys are %s", kver, keyTypes(e.keys))
 
 	binary := getenv("KT_CEPHCSI", filepath.Join(repo, "_output", "cephcsi"))
 	step(t, "start node plugins in the guest", func() {
@@ -113,6 +115,31 @@ func setup(t *testing.T) *env {
 		e.fsCtl = testutil.StartDriver(t, c, "cephfs", nil).Controller
 	})
 	return e
+}
+
+// keyTypes names the cephx key types of keys (the first two bytes of a
+// decoded key, little-endian: 1 AES, 2 AES256K).
+func keyTypes(keys []string) string {
+	seen := map[string]bool{}
+	var names []string
+	for _, k := range keys {
+		name := "undecodable"
+		if b, err := base64.StdEncoding.DecodeString(k); err == nil && len(b) >= 2 {
+			switch typ := int(b[0]) | int(b[1])<<8; typ {
+			case 1:
+				name = "AES (type 1)"
+			case 2:
+				name = "AES256K (type 2)"
+			default:
+				name = fmt.Sprintf("type %d", typ)
+			}
+		}
+		if !seen[name] {
+			seen[name] = true
+			names = append(names, name)
+		}
+	}
+	return strings.Join(names, ", ")
 }
 
 // plugin is a node plugin process in the guest.

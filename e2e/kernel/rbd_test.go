@@ -245,7 +245,15 @@ func (e *env) rbdDevice(t *testing.T, image string) string {
 // nbdDevice returns the guest's rbd-nbd device serving image, "" when none.
 func (e *env) nbdDevice(t *testing.T, image string) string {
 	t.Helper()
-	out := strings.TrimSpace(e.g.sh(t, "rbd-nbd list-mapped --format json"))
+	// Only stdout is JSON: Tentacle's list-mapped also prints "cannot read
+	// keyfile" on stderr while a device is mapped (the daemons' command
+	// lines name /proc/self/fd/3); the driver's mapper reads stdout alone.
+	out, rc := e.g.try(t, "rbd-nbd list-mapped --format json 2>/dev/null")
+	if rc != 0 {
+		msg, _ := e.g.try(t, "rbd-nbd list-mapped --format json 2>&1")
+		t.Fatalf("rbd-nbd list-mapped exited %d: %s", rc, strings.TrimSpace(msg))
+	}
+	out = strings.TrimSpace(out)
 	var list []struct{ Image, Device string }
 	if out != "" {
 		if err := json.Unmarshal([]byte(out), &list); err != nil {
