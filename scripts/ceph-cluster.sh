@@ -116,6 +116,10 @@ bluestore_block_size = 21474836480
 osd_memory_target = 939524096
 bluestore_cache_autotune = false
 bluestore_cache_size = 134217728
+# A killed client's watch on an image outlives it by this long (30 s by
+# default) and counts as the image being in use; tests that kill the driver
+# wait less with 10.
+osd_client_watch_timeout = 10
 
 [mds]
 mds_data = $dir/mds
