@@ -10,6 +10,7 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/leanceph/cephcsi/internal/cephconn"
+	"github.com/leanceph/cephcsi/internal/config"
 	"github.com/leanceph/cephcsi/internal/csierr"
 	"github.com/leanceph/cephcsi/internal/failpoint"
 	"github.com/leanceph/cephcsi/internal/journal"
@@ -98,7 +99,7 @@ func (s *ControllerServer) openSnapshotSource(snapshotID string, creds cephconn.
 		return nil, notFound(err)
 	}
 	t, err := s.openTarget(id.ClusterID, "", id.LocationID, creds)
-	if errors.Is(err, errPoolNotFound) {
+	if errors.Is(err, errPoolNotFound) || errors.Is(err, config.ErrUnknownCluster) {
 		return nil, notFound(err)
 	}
 	if err != nil {
@@ -131,6 +132,9 @@ func (s *ControllerServer) openSnapshotSource(snapshotID string, creds cephconn.
 
 func (s *ControllerServer) openVolumeSource(volumeID string, creds cephconn.Credentials) (*contentSource, error) {
 	ref, err := s.findVolume(volumeID, creds)
+	if errors.Is(err, config.ErrUnknownCluster) {
+		return nil, csierr.Errorf(csierr.ErrNotFound, "source volume %q not found: %v", volumeID, err)
+	}
 	if err != nil {
 		return nil, notFoundVolume(volumeID, err)
 	}

@@ -33,7 +33,7 @@ func (d *Deps) Lock(keys ...locks.Key) (release func(), err error) {
 func (d *Deps) Connect(clusterID string, creds cephconn.Credentials) (*config.Cluster, *cephconn.Conn, error) {
 	cl, err := d.Clusters.Get(clusterID)
 	if err != nil {
-		return nil, nil, csierr.Errorf(csierr.ErrInvalid, "clusterID %q: %v", clusterID, err)
+		return nil, nil, csierr.Errorf(csierr.ErrInvalid, "clusterID %q: %w", clusterID, err)
 	}
 	conn, err := d.Conns.Get(cl.Monitors, creds)
 	if err != nil {
