@@ -1,0 +1,55 @@
+// Package kube reaches the Kubernetes API for the little the driver reads
+// from it: a node's labels (topology, read affinity). It uses the pod's
+// service account, or a kubeconfig file when one is named.
+package kube
+
+import (
+	"context"
+	"fmt"
+	"sync"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+)
+
+// Client reads from the Kubernetes API; it connects on first use.
+type Client struct {
+	// Kubeconfig is a kubeconfig file; "" for the in-cluster service account.
+	Kubeconfig string
+
+	once sync.Once
+	cs   kubernetes.Interface
+	err  error
+}
+
+func (c *Client) clientset() (kubernetes.Interface, error) {
+	c.once.Do(func() {
+		var cfg *rest.Config
+		if c.Kubeconfig != "" {
+			cfg, c.err = clientcmd.BuildConfigFromFlags("", c.Kubeconfig)
+		} else {
+			cfg, c.err = rest.InClusterConfig()
+		}
+		if c.err != nil {
+			c.err = fmt.Errorf("configuring the Kubernetes client: %w", c.err)
+			return
+		}
+		c.cs, c.err = kubernetes.NewForConfig(cfg)
+	})
+	return c.cs, c.err
+}
+
+// NodeLabels returns the labels of the named node.
+func (c *Client) NodeLabels(ctx context.Context, node string) (map[string]string, error) {
+	cs, err := c.clientset()
+	if err != nil {
+		return nil, err
+	}
+	n, err := cs.CoreV1().Nodes().Get(ctx, node, metav1.GetOptions{})
+	if err != nil {
+		return nil, fmt.Errorf("reading node %q: %w", node, err)
+	}
+	return n.GetLabels(), nil
+}
