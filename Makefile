@@ -74,6 +74,7 @@ test-kernel: build
 # The same binary against clusters of older releases (Reef from its own
 # root, Pacific from the host's packages). See docs/compat.md.
 test-compat: build
+	$(IN_ROOT) $(GO) vet -tags '$(call tags,compat)' ./e2e/compat/
 	GO=$(GO) scripts/compat-test.sh
 
 # The OCI image, built offline into _output/cephcsi-image.tar.
