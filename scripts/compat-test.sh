@@ -95,22 +95,61 @@ write_reef_mgr_shim() {
 	echo "$shim"
 }
 
+# The monitor ports lie in Linux's ephemeral range (32768-60999), where any
+# outgoing connection on the machine may be given one as its local port and
+# keep it (seen: another cluster's mgr holding 36790). They are reserved
+# (net.ipv4.ip_local_reserved_ports, until reboot; nothing else changes)
+# so that no new connection takes them, and a start waits for a connection
+# that already holds one to end.
+reserve_ports() {
+	local f=/proc/sys/net/ipv4/ip_local_reserved_ports have want=() p
+	have=$(cat "$f")
+	for p in "$@"; do
+		[[ ,$have, == *,$p,* ]] || want+=("$p")
+	done
+	[[ ${#want[@]} -eq 0 ]] && return
+	local IFS=,
+	echo "${have:+$have,}${want[*]}" >"$f" || log "could not reserve the ports ${want[*]}"
+}
+
+wait_for_ports() {
+	local end=$((SECONDS + 120)) p busy
+	while :; do
+		busy=
+		for p in "$@"; do
+			[[ -z $(ss -Htanu "( sport = :$p )") ]] || busy+=" $p"
+		done
+		[[ -n $busy ]] || return 0
+		[[ -n ${said:-} ]] || log "waiting for ports$busy to be released (up to 120 s)"
+		local said=1
+		if ((SECONDS >= end)); then
+			log "ports$busy still in use:"
+			for p in $busy; do ss -Htanup "( sport = :$p )" >&2; done
+			return 1
+		fi
+		sleep 1
+	done
+}
+
 start_cluster() {
-	local rel=$1 dir
+	local rel=$1 dir port
 	dir=$(dir_of "$rel")
+	port=$(port_of "$rel")
+	reserve_ports "$port" "$((port + 1))"
 	# A fresh cluster each run: the leftover checks demand empty pools.
 	scripts/ceph-cluster.sh purge "$dir"
+	wait_for_ports "$port" "$((port + 1))" || return 1
 	started+=("$rel")
 	if [[ $rel == reef ]]; then
 		local shim pkgs=/usr/lib/python3/dist-packages
 		shim=$(write_reef_mgr_shim)
-		CEPH_MON_PORT=$(port_of "$rel") IN_ROOT=reef scripts/in-root bash -euc '
+		CEPH_MON_PORT=$port IN_ROOT=reef scripts/in-root bash -euc '
 			mount --bind "$1/bcrypt" "$2/bcrypt"
 			mount --bind "$1/OpenSSL" "$2/OpenSSL"
 			exec scripts/ceph-cluster.sh start "$3"' compat "$shim" "$pkgs" "$dir"
 	else
 		# The host's own Ceph (Pacific).
-		CEPH_MON_PORT=$(port_of "$rel") scripts/ceph-cluster.sh start "$dir"
+		CEPH_MON_PORT=$port scripts/ceph-cluster.sh start "$dir"
 	fi
 }
 
