@@ -66,7 +66,7 @@ func extractLayout(t *testing.T, tarPath string) *layout {
 	if err != nil {
 		t.Fatalf("%v (run make image)", err)
 	}
-	defer f.Close()
+	defer func() { _ = f.Close() }()
 	dir := t.TempDir()
 	tr := tar.NewReader(f)
 	for {
@@ -121,7 +121,7 @@ func (l *layout) blob(t *testing.T, d descriptor) *os.File {
 	if err != nil {
 		t.Fatalf("blob %s: %v", d.Digest, err)
 	}
-	t.Cleanup(func() { f.Close() })
+	t.Cleanup(func() { _ = f.Close() })
 	if st, err := f.Stat(); err != nil || st.Size() != d.Size {
 		t.Fatalf("blob %s: size %v (%v), the descriptor says %d", d.Digest, st.Size(), err, d.Size)
 	}
@@ -144,7 +144,7 @@ func unpackLayer(t *testing.T, r io.Reader, dir string) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer root.Close()
+	defer func() { _ = root.Close() }()
 	zr, err := gzip.NewReader(r)
 	if err != nil {
 		t.Fatalf("layer: %v", err)
@@ -238,7 +238,7 @@ func dpkgStatus(t *testing.T, rootfs string) map[string]string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer f.Close()
+	defer func() { _ = f.Close() }()
 	installed := map[string]string{}
 	var pkg, version, state string
 	flush := func() {
@@ -292,7 +292,7 @@ func fileDigest(t *testing.T, p string) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer f.Close()
+	defer func() { _ = f.Close() }()
 	h := sha256.New()
 	if _, err := io.Copy(h, f); err != nil {
 		t.Fatal(err)

@@ -74,7 +74,7 @@ func (v *fsView) writeFile(s *step, p string, data []byte) {
 	if err != nil {
 		s.fatalf("create %s: %v", p, err)
 	}
-	defer f.Close()
+	defer func() { _ = f.Close() }()
 	if _, err := f.Write(data); err != nil {
 		s.fatalf("write %s: %v", p, err)
 	}
@@ -89,7 +89,7 @@ func (v *fsView) readFile(s *step, p string) []byte {
 	if err != nil {
 		s.fatalf("open %s: %v", p, err)
 	}
-	defer f.Close()
+	defer func() { _ = f.Close() }()
 	var buf bytes.Buffer
 	chunk := make([]byte, 1<<16)
 	for {

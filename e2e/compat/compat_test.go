@@ -264,10 +264,10 @@ func startDriver(t *testing.T, c *cluster, kind string) *driver {
 			case <-time.After(20 * time.Second):
 				t.Errorf("the %s driver did not stop on SIGTERM; killing it", kind)
 				_ = cmd.Process.Kill()
-				<-exited
+				t.Logf("the killed %s driver: %v", kind, <-exited)
 			}
 		}
-		logFile.Close()
+		_ = logFile.Close()
 		if data, err := os.ReadFile(logPath); err != nil {
 			t.Errorf("reading the driver log: %v", err)
 		} else {
@@ -277,13 +277,15 @@ func startDriver(t *testing.T, c *cluster, kind string) *driver {
 				}
 			}
 		}
-		os.RemoveAll(dir)
+		if err := os.RemoveAll(dir); err != nil {
+			t.Errorf("removing the driver's directory (its socket, plugin and staging paths): %v", err)
+		}
 	})
 	conn, err := grpc.NewClient("unix:"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { conn.Close() })
+	t.Cleanup(func() { _ = conn.Close() })
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	for {

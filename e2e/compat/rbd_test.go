@@ -40,7 +40,7 @@ func inspectImage(s *step, io *rados.IOContext, name string) rbdImage {
 	if err != nil {
 		s.fatalf("image %s/%s: %v", rbdPool, name, err)
 	}
-	defer img.Close()
+	defer func() { _ = img.Close() }()
 	size, err := img.GetSize()
 	if err != nil {
 		s.fatalf("size of %s: %v", name, err)
@@ -61,7 +61,7 @@ func writeImage(s *step, io *rados.IOContext, name string, data []byte, off int6
 	if err != nil {
 		s.fatalf("open %s to write: %v", name, err)
 	}
-	defer img.Close()
+	defer func() { _ = img.Close() }()
 	if _, err := img.WriteAt(data, off); err != nil {
 		s.fatalf("write %s: %v", name, err)
 	}
@@ -76,7 +76,7 @@ func readImage(s *step, io *rados.IOContext, name string, n int, off int64) []by
 	if err != nil {
 		s.fatalf("open %s to read: %v", name, err)
 	}
-	defer img.Close()
+	defer func() { _ = img.Close() }()
 	buf := make([]byte, n)
 	if _, err := img.ReadAt(buf, off); err != nil {
 		s.fatalf("read %s: %v", name, err)
@@ -255,7 +255,7 @@ func testRBD(t *testing.T, c *cluster) {
 		if err != nil {
 			s.fatalf("open %s: %v", srcImage, err)
 		}
-		defer img.Close()
+		defer func() { _ = img.Close() }()
 		snaps, err := img.GetSnapshotNames()
 		if err != nil {
 			s.fatalf("snapshots of %s: %v", srcImage, err)
