@@ -137,6 +137,7 @@ start_cluster() {
 	port=$(port_of "$rel")
 	reserve_ports "$port" "$((port + 1))"
 	# A fresh cluster each run: the leftover checks demand empty pools.
+	stop_daemons "$rel" || return 1
 	scripts/ceph-cluster.sh purge "$dir"
 	wait_for_ports "$port" "$((port + 1))" || return 1
 	started+=("$rel")
@@ -167,10 +168,33 @@ sweep() {
 	done
 }
 
+# stop_daemons stops a cluster, then ends any of its daemons that outlived
+# that: an MDS that is blocklisted while it shuts down respawns under a new
+# PID, which ceph-cluster.sh's pid file does not know (seen with Reef and
+# Pacific). Its daemons name the cluster's ceph.conf, which is ours alone.
+stop_daemons() {
+	local conf pid pids end
+	conf="$(dir_of "$1")/ceph.conf"
+	scripts/ceph-cluster.sh stop "$(dir_of "$1")" || true
+	end=$((SECONDS + 20))
+	while pids=$(pgrep -f -- "--conf $conf( |\$)") && [[ -n $pids ]]; do
+		for pid in $pids; do
+			if ((SECONDS < end)); then
+				log "ending $1 daemon $pid that outlived the stop: $(tr '\0' ' ' </proc/"$pid"/cmdline 2>/dev/null | cut -c1-80)"
+				kill "$pid" 2>/dev/null || true
+			else
+				kill -9 "$pid" 2>/dev/null || true
+			fi
+		done
+		((SECONDS < end + 5)) || { log "$1 daemons $pids would not end"; return 1; }
+		sleep 1
+	done
+}
+
 stop_cluster() {
 	local rel=$1
 	sweep "$rel"
-	scripts/ceph-cluster.sh stop "$(dir_of "$rel")"
+	stop_daemons "$rel"
 	local keep=() r
 	for r in "${started[@]}"; do [[ $r == "$rel" ]] || keep+=("$r"); done
 	started=("${keep[@]}")
@@ -182,7 +206,7 @@ cleanup() {
 	for rel in "${started[@]}"; do
 		log "stopping the $rel cluster"
 		sweep "$rel"
-		scripts/ceph-cluster.sh stop "$(dir_of "$rel")" || true
+		stop_daemons "$rel" || true
 	done
 	started=()
 }
