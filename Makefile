@@ -74,11 +74,16 @@ test-kernel: build
 # The same binary against clusters of older releases (Reef from its own
 # root, Pacific from the host's packages). See docs/compat.md.
 test-compat: build
+	$(IN_ROOT) $(GO) vet -tags '$(call tags,compat)' ./e2e/compat/
 	GO=$(GO) scripts/compat-test.sh
 
-# The OCI image, built offline into _output/cephcsi-image.tar.
+# The OCI image, built offline into _output/cephcsi-image.tar, then unpacked
+# and checked (e2e/image_test.go: the layout, the Dockerfile's entrypoint,
+# binary path and packages, cephcsi/rbd/ceph-fuse --version chrooted in it).
 image: build
 	scripts/build-image.sh
+	$(IN_ROOT) $(GO) vet -tags '$(call tags,image)' ./e2e/
+	$(IN_ROOT) $(GO) test -tags '$(call tags,image)' -count=1 -v -run '^(TestImage|TestDockerfileMatchesTree)$$' ./e2e/
 
 bench: build
 	$(IN_ROOT) $(GO) test -tags '$(call tags,integration)' -count=1 -run '^$$' -bench . -benchtime 1x -timeout 30m ./internal/bench/
