@@ -262,6 +262,19 @@ stop_daemons() {
 		fi
 		rm -f "$pidf"
 	done
+	# A daemon may outlive its pid file: an MDS blocklisted while it shuts
+	# down respawns under a new PID (seen with Reef and Pacific). Every
+	# daemon of this cluster names its ceph.conf, which is this cluster's
+	# alone; end those by their IDs.
+	local end=$((SECONDS + 20)) pids
+	while pids=$(pgrep -f -- "--conf $conf( |\$)") && [[ -n $pids ]]; do
+		for pid in $pids; do
+			log "ending daemon $pid that outlived the stop: $(tr '\0' ' ' </proc/"$pid"/cmdline 2>/dev/null | cut -c1-80)"
+			if ((SECONDS < end)); then kill "$pid" 2>/dev/null || true; else kill -9 "$pid" 2>/dev/null || true; fi
+		done
+		((SECONDS < end + 5)) || { log "daemons $pids would not end"; return 1; }
+		sleep 1
+	done
 }
 
 case "$cmd" in

@@ -4,9 +4,9 @@
 # with the cephx keys that release generates (old-format "AQ" keys):
 #
 #   reef     Ceph $REEF_VERSION from the Reef root (scripts/build-root.sh reef),
-#            monitor on port 36789, cluster in _output/ceph-compat-reef
+#            monitor on port 27789, cluster in _output/ceph-compat-reef
 #   pacific  Ceph $PACIFIC_VERSION from the host's Debian 12 packages
-#            (scripts/install-deps.sh pacific), port 46789, _output/ceph-compat-pacific
+#            (scripts/install-deps.sh pacific), port 28789, _output/ceph-compat-pacific
 #
 #   scripts/compat-test.sh [RELEASE...]     (default: reef pacific)
 #
@@ -57,7 +57,7 @@ timed() {
 	return $rc
 }
 
-port_of() { case $1 in reef) echo 36789 ;; pacific) echo 46789 ;; esac }
+port_of() { case $1 in reef) echo 27789 ;; pacific) echo 28789 ;; esac }
 version_of() { case $1 in reef) echo "$REEF_VERSION" ;; pacific) echo "$PACIFIC_VERSION" ;; esac }
 dir_of() { echo "$out/ceph-compat-$1"; }
 
@@ -95,23 +95,9 @@ write_reef_mgr_shim() {
 	echo "$shim"
 }
 
-# The monitor ports lie in Linux's ephemeral range (32768-60999), where any
-# outgoing connection on the machine may be given one as its local port and
-# keep it (seen: another cluster's mgr holding 36790). They are reserved
-# (net.ipv4.ip_local_reserved_ports, until reboot; nothing else changes)
-# so that no new connection takes them, and a start waits for a connection
-# that already holds one to end.
-reserve_ports() {
-	local f=/proc/sys/net/ipv4/ip_local_reserved_ports have want=() p
-	have=$(cat "$f")
-	for p in "$@"; do
-		[[ ,$have, == *,$p,* ]] || want+=("$p")
-	done
-	[[ ${#want[@]} -eq 0 ]] && return
-	local IFS=,
-	echo "${have:+$have,}${want[*]}" >"$f" || log "could not reserve the ports ${want[*]}"
-}
-
+# The monitor ports sit below Linux's ephemeral range (32768-60999), so no
+# outgoing connection is handed one; a start still waits for a port that
+# an earlier cluster's socket holds to be released.
 wait_for_ports() {
 	local end=$((SECONDS + 120)) p busy
 	while :; do
@@ -135,7 +121,6 @@ start_cluster() {
 	local rel=$1 dir port
 	dir=$(dir_of "$rel")
 	port=$(port_of "$rel")
-	reserve_ports "$port" "$((port + 1))"
 	# A fresh cluster each run: the leftover checks demand empty pools.
 	stop_daemons "$rel" || return 1
 	scripts/ceph-cluster.sh purge "$dir"
@@ -168,27 +153,10 @@ sweep() {
 	done
 }
 
-# stop_daemons stops a cluster, then ends any of its daemons that outlived
-# that: an MDS that is blocklisted while it shuts down respawns under a new
-# PID, which ceph-cluster.sh's pid file does not know (seen with Reef and
-# Pacific). Its daemons name the cluster's ceph.conf, which is ours alone.
+# stop_daemons stops a cluster (ceph-cluster.sh also ends daemons that
+# outlived their pid files).
 stop_daemons() {
-	local conf pid pids end
-	conf="$(dir_of "$1")/ceph.conf"
 	scripts/ceph-cluster.sh stop "$(dir_of "$1")" || true
-	end=$((SECONDS + 20))
-	while pids=$(pgrep -f -- "--conf $conf( |\$)") && [[ -n $pids ]]; do
-		for pid in $pids; do
-			if ((SECONDS < end)); then
-				log "ending $1 daemon $pid that outlived the stop: $(tr '\0' ' ' </proc/"$pid"/cmdline 2>/dev/null | cut -c1-80)"
-				kill "$pid" 2>/dev/null || true
-			else
-				kill -9 "$pid" 2>/dev/null || true
-			fi
-		done
-		((SECONDS < end + 5)) || { log "$1 daemons $pids would not end"; return 1; }
-		sleep 1
-	done
 }
 
 stop_cluster() {
