@@ -211,7 +211,7 @@ func (s *ControllerServer) finishVolume(ctx context.Context, t *target, entry *j
 		klog.FromContext(ctx).V(2).Info("volume exists", "image", entry.ImageName)
 		if entry.Request == "" {
 			// Made by another driver: compare what can be seen.
-			if err := matchExisting(img, entry, size, src); err != nil {
+			if err := matchExisting(t.p, img, entry, size, src); err != nil {
 				img.Close()
 				return 0, false, err
 			}
@@ -258,9 +258,9 @@ func (s *ControllerServer) completeImage(t *target, img image, entry *journal.En
 
 // matchExisting compares a volume made by another driver (its journal entry
 // has no request digest) with a repeated request: same size, and a parent
-// that fits the content source. A flattened image has no parent left to
-// compare and is accepted.
-func matchExisting(img image, entry *journal.Entry, size int64, src *contentSource) error {
+// that fits the content source (for a PVC clone, its -temp image's parent).
+// A flattened image has no parent left to compare and is accepted.
+func matchExisting(p pool, img image, entry *journal.Entry, size int64, src *contentSource) error {
 	have, err := img.Size()
 	if err != nil {
 		return err
@@ -278,11 +278,21 @@ func matchExisting(img image, entry *journal.Entry, size int64, src *contentSour
 	case src == nil:
 		return csierr.Errorf(csierr.ErrExists, "volume %q exists as a clone of %s, and this request has no content source", entry.RequestName, parent.Image)
 	}
-	want := src.parentImage()
 	if src.snapshot == nil {
-		want = img.Name() + tempSuffix
+		if parent.Image != img.Name()+tempSuffix {
+			return csierr.Errorf(csierr.ErrExists, "volume %q exists as a clone of %s, not of its -temp image", entry.RequestName, parent.Image)
+		}
+		// The -temp image says which volume it was cloned from.
+		temp, err := p.OpenImageByID(parent.ImageID, true)
+		if err != nil {
+			return fmt.Errorf("opening %s: %w", imageSpec(p, parent.Image), err)
+		}
+		defer temp.Close()
+		if parent, err = temp.Parent(); err != nil || parent == nil {
+			return err
+		}
 	}
-	if parent.Image != want {
+	if want := src.parentImage(); parent.Image != want {
 		return csierr.Errorf(csierr.ErrExists, "volume %q exists as a clone of %s, not of %s", entry.RequestName, parent.Image, want)
 	}
 	return nil

@@ -374,6 +374,8 @@ func TestCreateVolumeComparesEntryOfAnotherDriver(t *testing.T) {
 	wantCode(t, "ceph-csi volume, other size", err, codes.AlreadyExists)
 	_, err = c.create(c.volReq("cloned", 8<<20, nil))
 	wantCode(t, "ceph-csi clone, request without a source", err, codes.AlreadyExists)
+	_, err = c.create(c.volReq("cloned", 8<<20, fromVolume(plain.GetVolumeId())))
+	wantCode(t, "ceph-csi clone, request from another volume", err, codes.AlreadyExists)
 	c.sameState("the mismatching requests", before)
 }
 
