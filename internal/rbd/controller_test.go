@@ -235,9 +235,24 @@ func (c *ctl) leftovers(pool string, uuids ...string) []string {
 }
 
 // state is what a user would compare before and after a call that must
-// change nothing: images, trash, journal objects and keys, queued
-// flattens and every image's size, parent and snapshots.
+// change nothing: images (their size, parent and snapshots), trash, queued
+// flattens, journal objects and keys.
 func (c *ctl) state() []string {
+	out := c.imageState()
+	for _, pool := range []string{"rbd", "rbd2"} {
+		for _, oid := range c.f.objects(pool) {
+			keys := c.f.omap(pool, oid)
+			for _, k := range slices.Sorted(maps.Keys(keys)) {
+				out = append(out, "omap "+pool+" "+oid+" "+k+"="+keys[k])
+			}
+		}
+	}
+	return out
+}
+
+// imageState is state without the journal, which an Aborted create keeps
+// its reservation in.
+func (c *ctl) imageState() []string {
 	var out []string
 	for _, pool := range []string{"rbd", "rbd2"} {
 		for _, img := range c.f.pool(pool).sortedImages() {
@@ -248,12 +263,6 @@ func (c *ctl) state() []string {
 			out = append(out, strings.Join([]string{"image", pool, img.name, map[bool]string{true: "trashed"}[img.trashed],
 				strconv.FormatUint(img.size, 10), img.parentSpec(), strings.Join(snaps, ",")}, " "))
 		}
-		for _, oid := range c.f.objects(pool) {
-			keys := c.f.omap(pool, oid)
-			for _, k := range slices.Sorted(maps.Keys(keys)) {
-				out = append(out, "omap "+pool+" "+oid+" "+k+"="+keys[k])
-			}
-		}
 		out = append(out, "queued "+pool+" "+strings.Join(c.f.queuedImages(pool), ","))
 	}
 	return out
@@ -261,9 +270,16 @@ func (c *ctl) state() []string {
 
 func (c *ctl) sameState(what string, before []string) {
 	c.t.Helper()
-	after := c.state()
-	if !slices.Equal(before, after) {
+	if after := c.state(); !slices.Equal(before, after) {
 		c.t.Errorf("%s changed the cluster:\nbefore %q\nafter  %q", what, before, after)
+	}
+}
+
+// sameImages is sameState for imageState.
+func (c *ctl) sameImages(what string, before []string) {
+	c.t.Helper()
+	if after := c.imageState(); !slices.Equal(before, after) {
+		c.t.Errorf("%s changed the images:\nbefore %q\nafter  %q", what, before, after)
 	}
 }
 

@@ -836,3 +836,9 @@ func (f *fakeCluster) addImage(pool, name string, size uint64) *fakeImage {
 func (f *fakeCluster) trashByHand(pool, name string) {
 	f.image(pool, name).trashed = true
 }
+
+// queueByHand queues a flatten as an admin would (`rbd task add flatten`).
+func (f *fakeCluster) queueByHand(pool, name string) {
+	img := f.image(pool, name)
+	f.tasks[f.taskKey(img.pool, img.id)] = true
+}
