@@ -76,12 +76,16 @@ func (s *ControllerServer) CreateSnapshot(ctx context.Context, req *csi.CreateSn
 		}
 		img, err := ref.p.OpenImage(entry.ImageName, true)
 		if err == nil {
-			info, ierr := restoreSnapshotOf(img)
-			img.Close()
-			if ierr == nil {
+			var info *snapshotInfo
+			if info, err = restoreSnapshotOf(img); err == nil {
+				err = s.finishSnapshot(ref, entry, img)
+				img.Close()
+				if err != nil {
+					return nil, err
+				}
 				return s.snapshotResponse(ref, entry, info, time.Time{})
 			}
-			err = ierr
+			img.Close()
 		}
 		if !csierr.IsNotFound(err) {
 			return nil, err
@@ -98,6 +102,19 @@ func (s *ControllerServer) CreateSnapshot(ctx context.Context, req *csi.CreateSn
 		return nil, err
 	}
 	return s.snapshotResponse(ref, entry, info, time.Now())
+}
+
+// finishSnapshot does the last steps of a snapshot an earlier call made,
+// which may have stopped before them: the image ID is recorded.
+func (s *ControllerServer) finishSnapshot(ref *volumeRef, entry *journal.Entry, img image) error {
+	if entry.ImageID != "" {
+		return nil
+	}
+	id, err := img.ID()
+	if err != nil {
+		return err
+	}
+	return s.snapshots.SetImageID(ref.p.Journal(), entry.UUID, id)
 }
 
 // snapshotImage takes the snapshot: the source's content cloned into the

@@ -65,6 +65,7 @@ func TestCreateSnapshotRepairsHalfCreated(t *testing.T) {
 	}{
 		{"stopped before the clone", "CloneImage", 1, ""},
 		{"stopped before the snapshot image's own snapshot", "CreateSnapshot", 2, ""},
+		{"stopped before recording the image ID", "SetOmap", 2, "csi.snap."},
 		// The directory key is written, the entry is not: a new reservation.
 		{"stopped inside the reservation", "SetOmap", 2, ""},
 	} {
