@@ -152,7 +152,7 @@ func TestQueuedFlattenRefusesSnapshotsAndClonesOfTheSource(t *testing.T) {
 // minimum on, what holds the new one is flattened in the background; at the
 // maximum the existing ones are flattened first (Aborted until done).
 func TestSnapshotCountLimits(t *testing.T) {
-	for _, kind := range []string{"snapshot"} {
+	for _, kind := range []string{"snapshot", "clone"} {
 		t.Run(kind, func(t *testing.T) {
 			c := newCtl(t, snapLimits(2, 3))
 			v0 := c.volume("v0", 8<<20, nil)

@@ -322,11 +322,12 @@ func (s *ControllerServer) createImage(ctx context.Context, t *target, entry *jo
 		return nil
 	}
 	var depth int
+	var flattenTemp bool
 	var err error
 	if src.snapshot != nil {
 		depth, err = s.restoreSnapshot(ctx, t, entry, params, src)
 	} else {
-		depth, err = s.cloneVolume(ctx, t, entry, params, src)
+		depth, flattenTemp, err = s.cloneVolume(ctx, t, entry, params, src)
 	}
 	if err != nil {
 		return err
@@ -337,10 +338,25 @@ func (s *ControllerServer) createImage(ctx context.Context, t *target, entry *jo
 			return err
 		}
 	}
+	return s.queueFlattens(ctx, t, entry.ImageName, depth, flattenTemp)
+}
+
+// queueFlattens asks the manager to flatten a new clone in the background
+// when it is deeper than the soft limit, and its -temp image when that
+// frees a snapshot the source has too many of.
+func (s *ControllerServer) queueFlattens(ctx context.Context, t *target, name string, depth int, flattenTemp bool) error {
+	logger := klog.FromContext(ctx)
 	if depth > int(s.Options.SoftMaxClones) {
-		klog.FromContext(ctx).V(2).Info("flattening a deep clone in the background", "image", entry.ImageName, "depth", depth)
-		if err := t.p.QueueFlatten(entry.ImageName); err != nil {
-			return fmt.Errorf("queueing a flatten of %s: %w", imageSpec(t.p, entry.ImageName), err)
+		logger.V(2).Info("flattening a deep clone in the background", "image", name, "depth", depth)
+		if err := t.p.QueueFlatten(name); err != nil {
+			return fmt.Errorf("queueing a flatten of %s: %w", imageSpec(t.p, name), err)
+		}
+	}
+	if flattenTemp {
+		temp := name + tempSuffix
+		logger.V(2).Info("flattening a clone's intermediate image to free a snapshot on its source", "image", temp)
+		if err := t.p.QueueFlatten(temp); err != nil {
+			return fmt.Errorf("queueing a flatten of %s: %w", imageSpec(t.p, temp), err)
 		}
 	}
 	return nil
