@@ -4,6 +4,7 @@ import (
 	"slices"
 	"testing"
 
+	"github.com/container-storage-interface/spec/lib/go/csi"
 	"google.golang.org/grpc/codes"
 
 	"github.com/leanceph/cephcsi/internal/config"
@@ -121,6 +122,79 @@ func TestSoftDepthLimitQueuesTheNewClonesFlatten(t *testing.T) {
 		c.volume("r0", 8<<20, fromSnapshot(s0.GetSnapshotId()))
 		wantList(t, "queued flattens", c.f.queuedImages("rbd"), nil)
 	})
+}
+
+// A create stopped after its clone, before queueing the background flatten
+// the limits ask for, queues it when retried.
+func TestInterruptedCreateStillQueuesItsFlatten(t *testing.T) {
+	for _, tc := range []struct {
+		what  string
+		tweak func(*config.Options)
+		// start makes the sources and returns the call to interrupt and
+		// retry, which answers the image to flatten.
+		start func(c *ctl, v0 *csi.Volume) func() (string, error)
+	}{
+		{"clone past the soft depth limit", limits(1, 8), func(c *ctl, v0 *csi.Volume) func() (string, error) {
+			return c.volumeCall("new", fromVolume(v0.GetVolumeId()), "")
+		}},
+		{"restore past the soft depth limit", limits(1, 8), func(c *ctl, v0 *csi.Volume) func() (string, error) {
+			return c.volumeCall("new", fromSnapshot(c.snapshot("s0", v0.GetVolumeId()).GetSnapshotId()), "")
+		}},
+		{"snapshot past the soft depth limit", limits(0, 8), func(c *ctl, v0 *csi.Volume) func() (string, error) {
+			return c.snapshotCall("s1", v0.GetVolumeId())
+		}},
+		{"clone past the snapshot minimum", snapLimits(1, 10), func(c *ctl, v0 *csi.Volume) func() (string, error) {
+			c.volume("first", 8<<20, fromVolume(v0.GetVolumeId()))
+			return c.volumeCall("new", fromVolume(v0.GetVolumeId()), tempSuffix)
+		}},
+		{"snapshot past the snapshot minimum", snapLimits(1, 10), func(c *ctl, v0 *csi.Volume) func() (string, error) {
+			c.snapshot("first", v0.GetVolumeId())
+			return c.snapshotCall("s1", v0.GetVolumeId())
+		}},
+	} {
+		t.Run(tc.what, func(t *testing.T) {
+			c := newCtl(t, tc.tweak)
+			v0 := c.volume("v0", 8<<20, nil)
+			call := tc.start(c, v0)
+			c.f.crash("QueueFlatten", 1, "")
+			c.crashes(func() { _, _ = call() })
+			wantList(t, "queued flattens after the crash", c.f.queuedImages("rbd"), nil)
+			image, err := call()
+			if err != nil {
+				t.Fatalf("retry: %v", err)
+			}
+			wantList(t, "queued flattens after the retry", c.f.queuedImages("rbd"), []string{image})
+			if _, err := call(); err != nil {
+				t.Errorf("another retry, the flatten queued: %v", err)
+			}
+			c.f.runFlattens()
+			if _, err := call(); err != nil || len(c.f.queuedImages("rbd")) != 0 {
+				t.Errorf("retry once flat = %v, queued %v; want OK, nothing queued", err, c.f.queuedImages("rbd"))
+			}
+		})
+	}
+}
+
+// volumeCall is a CreateVolume of an 8 MiB volume that answers its image
+// name with suffix.
+func (c *ctl) volumeCall(name string, src *csi.VolumeContentSource, suffix string) func() (string, error) {
+	req := c.volReq(name, 8<<20, src)
+	return func() (string, error) {
+		v, err := c.create(req)
+		return volImage(v) + suffix, err
+	}
+}
+
+// snapshotCall is a CreateSnapshot that answers the snapshot's image name.
+func (c *ctl) snapshotCall(name, sourceID string) func() (string, error) {
+	req := c.snapReq(name, sourceID)
+	return func() (string, error) {
+		s, err := c.createSnap(req)
+		if err != nil {
+			return "", err
+		}
+		return c.snapImage(s), nil
+	}
 }
 
 // A clone chain whose source is being flattened is not extended: a

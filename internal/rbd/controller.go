@@ -219,7 +219,31 @@ func (s *ControllerServer) finishVolume(ctx context.Context, t *target, entry *j
 	}
 	defer img.Close()
 	have, err = s.completeImage(t, img, entry, size, r, src)
+	if err == nil && !created && src != nil {
+		err = s.requeueFlattens(ctx, t, img, src)
+	}
 	return have, created, err
+}
+
+// requeueFlattens queues again, for a retry that finds a clone made, the
+// background flattens its create asks for: the earlier try may have
+// stopped before queueing them. They are judged on the chain and the
+// source as they are now.
+func (s *ControllerServer) requeueFlattens(ctx context.Context, t *target, img image, src *contentSource) error {
+	depth, err := cloneDepth(t.c, img)
+	if err != nil {
+		return err
+	}
+	flattenTemp := false
+	if src.snapshot == nil {
+		snaps, err := src.img.Snapshots()
+		if err != nil {
+			return fmt.Errorf("listing the snapshots of %s: %w", imageSpec(src.t.p, src.image), err)
+		}
+		// The count includes the snapshot this clone's -temp holds.
+		flattenTemp = uint(len(snaps)) > s.Options.MinSnapsOnImage
+	}
+	return s.queueFlattens(ctx, t, img.Name(), depth, flattenTemp)
 }
 
 // completeImage does the last steps of a create on the open image: grow a
@@ -348,16 +372,25 @@ func (s *ControllerServer) queueFlattens(ctx context.Context, t *target, name st
 	logger := klog.FromContext(ctx)
 	if depth > int(s.Options.SoftMaxClones) {
 		logger.V(2).Info("flattening a deep clone in the background", "image", name, "depth", depth)
-		if err := t.p.QueueFlatten(name); err != nil {
-			return fmt.Errorf("queueing a flatten of %s: %w", imageSpec(t.p, name), err)
+		if err := queueFlatten(t.p, name); err != nil {
+			return err
 		}
 	}
 	if flattenTemp {
 		temp := name + tempSuffix
 		logger.V(2).Info("flattening a clone's intermediate image to free a snapshot on its source", "image", temp)
-		if err := t.p.QueueFlatten(temp); err != nil {
-			return fmt.Errorf("queueing a flatten of %s: %w", imageSpec(t.p, temp), err)
+		if err := queueFlatten(t.p, temp); err != nil {
+			return err
 		}
+	}
+	return nil
+}
+
+// queueFlatten queues a flatten of an image of ours. The manager accepts a
+// repeat; ENOENT (no parent left, or no image) is nothing to flatten.
+func queueFlatten(p pool, name string) error {
+	if err := p.QueueFlatten(name); err != nil && !csierr.IsNotFound(err) {
+		return fmt.Errorf("queueing a flatten of %s: %w", imageSpec(p, name), err)
 	}
 	return nil
 }
