@@ -400,7 +400,7 @@ func queueFlatten(p pool, name string) error {
 // cannot be removed the entry stays, for a retry or a delete to finish.
 func (s *ControllerServer) undoCreate(ctx context.Context, t *target, j *journal.Journal, entry *journal.Entry) {
 	logger := klog.FromContext(ctx)
-	if _, err := s.removeImages(t, entry.ImageName, false); err != nil {
+	if _, err := s.removeImages(t, entry.ImageName); err != nil {
 		logger.Error(err, "cleaning up after a failed create", "image", entry.ImageName)
 		return
 	}
@@ -411,16 +411,16 @@ func (s *ControllerServer) undoCreate(ctx context.Context, t *target, j *journal
 
 // removeImages removes an image of ours and its -temp intermediate, then
 // purges the trashed ancestors of ours no clone needs any more; found says
-// whether the image was still there. With refuseWatched an image a node
-// still has mapped is kept.
-func (s *ControllerServer) removeImages(t *target, name string, refuseWatched bool) (found bool, err error) {
+// whether the image was still there. An image still open (a node's
+// mapping, a manager task) is kept: ErrPrecondition.
+func (s *ControllerServer) removeImages(t *target, name string) (found bool, err error) {
 	rm := s.remover(t)
-	found, parent, err := rm.remove(name, refuseWatched)
+	found, parent, err := rm.remove(name)
 	if err != nil {
 		return found, err
 	}
 	failpoint.Hit("remove-images-after-image")
-	_, tempParent, err := rm.remove(name+tempSuffix, false)
+	_, tempParent, err := rm.remove(name + tempSuffix)
 	if err != nil {
 		return found, err
 	}
@@ -525,7 +525,7 @@ func (s *ControllerServer) DeleteVolume(ctx context.Context, req *csi.DeleteVolu
 		return nil, err
 	}
 	defer releaseName()
-	found, err := s.removeImages(ref.target, ref.image(), true)
+	found, err := s.removeImages(ref.target, ref.image())
 	if err != nil {
 		return nil, err
 	}

@@ -731,3 +731,27 @@ func TestDeleteVolumeWithoutJournalEntryDeletesNothing(t *testing.T) {
 	}
 	c.sameState("deletes of volumes the journal does not know", before)
 }
+
+// An image the manager holds open (flattening it) while a delete removes
+// it is kept for a retry, not trashed: with no clone left to purge it, a
+// trash entry would stay for good.
+func TestDeleteVolumeWaitsForTheFlattenOfItsTemp(t *testing.T) {
+	c := newCtl(t)
+	src := c.volume("src", 8<<20, nil)
+	clone := c.volume("clone", 8<<20, fromVolume(src.GetVolumeId()))
+	temp := c.img(volImage(clone) + tempSuffix)
+	temp.watchers = []string{"10.0.0.3:0/mgr"}
+	wantCode(t, "delete while -temp is being flattened", c.deleteVolume(clone.GetVolumeId()), codes.FailedPrecondition)
+	wantList(t, "trash", c.f.trash("rbd"), nil)
+	if c.f.omap("rbd", "csi.volume."+uuidOfID(t, clone.GetVolumeId())) == nil {
+		t.Error("journal entry released before -temp was removed")
+	}
+	temp.watchers = nil
+	c.mustDeleteVolume(clone.GetVolumeId())
+	if left := c.leftovers("rbd", uuidOfID(t, clone.GetVolumeId())); len(left) != 0 {
+		t.Errorf("left: %v", left)
+	}
+	if s := c.img(volImage(src)).snaps; len(s) != 0 {
+		t.Errorf("the source keeps %d snapshots", len(s))
+	}
+}

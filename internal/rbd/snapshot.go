@@ -259,7 +259,7 @@ func (s *ControllerServer) DeleteSnapshot(ctx context.Context, req *csi.DeleteSn
 	defer releaseName()
 	// Volumes restored from the snapshot keep working: the image goes to the
 	// trash until its last clone is gone.
-	found, parent, err := s.remover(t).remove(entry.ImageName, false)
+	found, parent, err := s.remover(t).remove(entry.ImageName)
 	if err != nil {
 		return nil, err
 	}

@@ -214,6 +214,21 @@ func TestDeleteSnapshot(t *testing.T) {
 		c.mustDeleteVolume(r.GetVolumeId())
 		wantList(t, "trash", c.f.trash("rbd"), nil)
 	})
+	t.Run("waits while the manager flattens the image", func(t *testing.T) {
+		c := newCtl(t)
+		vol := c.volume("pvc", 8<<20, nil)
+		snap := c.snapshot("snap", vol.GetVolumeId())
+		img := c.img(c.snapImage(snap))
+		img.watchers = []string{"10.0.0.3:0/mgr"}
+		before := c.state()
+		wantCode(t, "delete while the image is being flattened", c.deleteSnapshot(snap.GetSnapshotId()), codes.FailedPrecondition)
+		c.sameState("the refused delete", before)
+		img.watchers = nil
+		c.mustDeleteSnapshot(snap.GetSnapshotId())
+		if left := c.leftovers("rbd", uuidOfID(t, snap.GetSnapshotId())); len(left) != 0 {
+			t.Errorf("left: %v", left)
+		}
+	})
 	t.Run("nothing without a journal entry", func(t *testing.T) {
 		c := newCtl(t)
 		u := uuid.NewString()
