@@ -106,15 +106,16 @@ func TestHardDepthLimitFlattensTheSourceFirst(t *testing.T) {
 
 // Past the soft depth limit the new clone is made, and its flatten queued.
 func TestSoftDepthLimitQueuesTheNewClonesFlatten(t *testing.T) {
-	c := newCtl(t, limits(1, 8))
-	v0 := c.volume("v0", 8<<20, nil)
-	s0 := c.snapshot("s0", v0.GetVolumeId()) // 1 deep: within
-	wantList(t, "queued flattens", c.f.queuedImages("rbd"), nil)
-	v1 := c.volume("v1", 8<<20, fromVolume(v0.GetVolumeId())) // 2 deep
-	r0 := c.volume("r0", 8<<20, fromSnapshot(s0.GetSnapshotId()))
-	wantList(t, "queued flattens", c.f.queuedImages("rbd"), slices.Sorted(slices.Values([]string{volImage(v1), volImage(r0)})))
-
-	t.Run("at the defaults nothing is queued two levels deep", func(t *testing.T) {
+	t.Run("past the limit", func(t *testing.T) {
+		c := newCtl(t, limits(1, 8))
+		v0 := c.volume("v0", 8<<20, nil)
+		s0 := c.snapshot("s0", v0.GetVolumeId()) // 1 deep: within
+		wantList(t, "queued flattens", c.f.queuedImages("rbd"), nil)
+		v1 := c.volume("v1", 8<<20, fromVolume(v0.GetVolumeId())) // 2 deep
+		r0 := c.volume("r0", 8<<20, fromSnapshot(s0.GetSnapshotId()))
+		wantList(t, "queued flattens", c.f.queuedImages("rbd"), slices.Sorted(slices.Values([]string{volImage(v1), volImage(r0)})))
+	})
+	t.Run("within the limit, at the defaults", func(t *testing.T) {
 		c := newCtl(t)
 		v0 := c.volume("v0", 8<<20, nil)
 		s0 := c.snapshot("s0", v0.GetVolumeId())

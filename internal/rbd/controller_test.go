@@ -755,3 +755,43 @@ func TestDeleteVolumeWaitsForTheFlattenOfItsTemp(t *testing.T) {
 		t.Errorf("the source keeps %d snapshots", len(s))
 	}
 }
+
+// A delete stopped at any step is finished by its retry.
+func TestInterruptedDeleteFinishesOnRetry(t *testing.T) {
+	for _, tc := range []struct {
+		what  string
+		op    string
+		nth   int
+		match string
+	}{
+		{"after the image, before -temp", "RemoveImage", 1, tempSuffix},
+		{"before the image is marked for the trash", "SetMetadata", 1, ""},
+		{"after the image is marked, before it is trashed", "TrashImage", 1, ""},
+		{"before the journal key is released", "RemoveOmapKeys", 1, "csi.volumes."},
+		{"before the journal entry is released", "RemoveObject", 1, "csi.volume."},
+	} {
+		t.Run(tc.what, func(t *testing.T) {
+			c := newCtl(t)
+			src := c.volume("src", 8<<20, nil)
+			clone := c.volume("clone", 8<<20, fromVolume(src.GetVolumeId()))
+			snap := c.snapshot("snap", clone.GetVolumeId()) // the clone goes to the trash
+			c.f.crash(tc.op, tc.nth, tc.match)
+			c.crashes(func() { _ = c.deleteVolume(clone.GetVolumeId()) })
+			c.mustDeleteVolume(clone.GetVolumeId())
+			if c.f.omap("rbd", "csi.volume."+uuidOfID(t, clone.GetVolumeId())) != nil ||
+				c.f.omap("rbd", "csi.volumes.default")["csi.volume.clone"] != "" {
+				t.Error("journal of the deleted clone left")
+			}
+			if img := c.f.trashed("rbd", volImage(clone)); img == nil || img.meta[trashedByUsKey] != "true" {
+				t.Errorf("the clone, which a snapshot needs, is not in the trash marked as ours; trash %v", c.f.trash("rbd"))
+			}
+			c.mustDeleteSnapshot(snap.GetSnapshotId())
+			if left := c.leftovers("rbd", uuidOfID(t, clone.GetVolumeId()), uuidOfID(t, snap.GetSnapshotId())); len(left) != 0 {
+				t.Errorf("left: %v", left)
+			}
+			if s := c.img(volImage(src)).snaps; len(s) != 0 {
+				t.Errorf("the source keeps %d snapshots", len(s))
+			}
+		})
+	}
+}

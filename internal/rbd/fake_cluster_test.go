@@ -5,6 +5,7 @@ import (
 	"sort"
 	"strings"
 	"syscall"
+	"testing"
 	"time"
 
 	"github.com/google/uuid"
@@ -841,4 +842,83 @@ func (f *fakeCluster) trashByHand(pool, name string) {
 func (f *fakeCluster) queueByHand(pool, name string) {
 	img := f.image(pool, name)
 	f.tasks[f.taskKey(img.pool, img.id)] = true
+}
+
+// The librbd behaviour the controller tests rely on, pinned on the fake.
+func TestFakeClusterBehavesAsLibrbd(t *testing.T) {
+	f := newFakeCluster("rbd")
+	_, c, err := f.connect(fakeClusterID, cephconn.Credentials{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	p, err := c.OpenPool("rbd", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	errnoOf := func(err error) syscall.Errno { e, _ := csierr.Errno(err); return e }
+
+	if err := p.CreateImage("parent", 1<<20, imageOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.CreateImage("parent", 1<<20, imageOptions{}); errnoOf(err) != syscall.EEXIST {
+		t.Errorf("create of an existing name: %v, want EEXIST", err)
+	}
+	rw, _ := p.OpenImage("parent", false)
+	ro, _ := p.OpenImage("parent", true)
+	if err := ro.Resize(2 << 20); errnoOf(err) != syscall.EROFS {
+		t.Errorf("resize through a read-only open: %v, want EROFS", err)
+	}
+	if w, _ := ro.Watchers(); len(w) != 1 {
+		t.Errorf("watchers with one read-write open = %v", w)
+	}
+	if err := p.RemoveImage("parent"); errnoOf(err) != syscall.EBUSY {
+		t.Errorf("remove of an open image: %v, want EBUSY", err)
+	}
+	_ = rw.CreateSnapshot("s")
+	if err := p.CloneImage(p, "parent", "s", "child", imageOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.QueueFlatten("parent"); errnoOf(err) != syscall.ENOENT {
+		t.Errorf("flatten of an image without a parent: %v, want ENOENT", err)
+	}
+	// A snapshot a clone uses goes to the trash namespace, under a new name.
+	_ = rw.RemoveSnapshot("s")
+	if snaps, _ := ro.Snapshots(); len(snaps) != 1 || !snaps[0].Trash || snaps[0].Name == "s" {
+		t.Errorf("snapshots after removing the one a clone uses = %+v", snaps)
+	}
+	rw.Close()
+	ro.Close()
+	if err := p.RemoveImage("parent"); errnoOf(err) != syscall.ENOTEMPTY {
+		t.Errorf("remove of an image with a linked clone: %v, want ENOTEMPTY", err)
+	}
+	if err := p.TrashImage("parent"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.OpenImage("parent", true); !csierr.IsNotFound(err) {
+		t.Errorf("open by name of a trashed image: %v, want ENOENT", err)
+	}
+	child, _ := p.OpenImage("child", true)
+	parent, _ := child.Parent()
+	child.Close()
+	if parent == nil || parent.Image != "parent" || !parent.Trash {
+		t.Fatalf("parent of the clone = %+v", parent)
+	}
+	if err := p.RemoveTrashed(parent.ImageID); errnoOf(err) != syscall.ENOTEMPTY {
+		t.Errorf("trash remove of an image with a linked clone: %v, want ENOTEMPTY", err)
+	}
+	// The trash-namespace snapshot goes with its last clone.
+	if err := p.RemoveImage("child"); err != nil {
+		t.Fatal(err)
+	}
+	if img := f.trashed("rbd", "parent"); len(img.snaps) != 0 {
+		t.Errorf("parent keeps %d snapshots after its last clone went", len(img.snaps))
+	}
+	if err := p.RemoveTrashed(parent.ImageID); err != nil {
+		t.Errorf("trash remove once the clone is gone: %v", err)
+	}
+	if len(f.pool("rbd").images) != 0 {
+		t.Errorf("images left: %v %v", f.images("rbd"), f.trash("rbd"))
+	}
 }
