@@ -176,8 +176,10 @@ func (s *ControllerServer) limitDepth(ctx context.Context, src *target, parent i
 }
 
 // limitChildren applies the snapshot-count limits to a parent image: at the
-// maximum its children are flattened and the call is retried later; past the
-// minimum the caller flattens the new clone in the background.
+// maximum its children are flattened and the call is retried later; from the
+// minimum on the caller flattens, in the background, the new image that
+// holds the new snapshot on the parent (a snapshot image, or a PVC clone's
+// -temp image).
 func (s *ControllerServer) limitChildren(ctx context.Context, src *target, parent image) (flattenNew bool, err error) {
 	// Every snapshot or clone of ours leaves one snapshot (in the trash
 	// namespace) on its source. The list comes with the open image, so
@@ -224,39 +226,36 @@ func (s *ControllerServer) restoreSnapshot(ctx context.Context, t *target, entry
 
 // cloneVolume makes a PVC clone: source@tmp -> <name>-temp (the temporary
 // snapshot dropped from the source again), then <name>-temp@<name> ->
-// <name>. It returns the new image's depth.
-func (s *ControllerServer) cloneVolume(ctx context.Context, t *target, entry *journal.Entry, params *volumeParams, src *contentSource) (int, error) {
+// <name>. It returns the new image's depth, and whether the source carries
+// so many snapshots that -temp, which holds one of them, is to be flattened.
+func (s *ControllerServer) cloneVolume(ctx context.Context, t *target, entry *journal.Entry, params *volumeParams,
+	src *contentSource) (depth int, flattenTemp bool, err error) {
 	temp := entry.ImageName + tempSuffix
 	parent := src.img
 	if err := refuseWhileFlattening(src.t.p, parent); err != nil {
-		return 0, err
+		return 0, false, err
 	}
-	depth, err := s.limitDepth(ctx, src.t, parent, 2)
-	if err != nil {
-		return 0, err
+	if depth, err = s.limitDepth(ctx, src.t, parent, 2); err != nil {
+		return 0, false, err
 	}
-	flattenNew, err := s.limitChildren(ctx, src.t, parent)
-	if err != nil {
-		return 0, err
+	if flattenTemp, err = s.limitChildren(ctx, src.t, parent); err != nil {
+		return 0, false, err
 	}
 	if err := cloneThroughSnapshot(src.t.p, parent, temp, t.p, temp, intermediateOptions); err != nil {
-		return 0, err
+		return 0, false, err
 	}
 	failpoint.Hit("clone-volume-after-temp")
 	tempImg, err := t.p.OpenImage(temp, false)
 	if err != nil {
-		return 0, fmt.Errorf("opening %s: %w", imageSpec(t.p, temp), err)
+		return 0, false, fmt.Errorf("opening %s: %w", imageSpec(t.p, temp), err)
 	}
 	err = tempImg.CreateSnapshot(entry.ImageName)
 	tempImg.Close()
 	if err != nil {
-		return 0, fmt.Errorf("creating snapshot %s@%s: %w", imageSpec(t.p, temp), entry.ImageName, err)
+		return 0, false, fmt.Errorf("creating snapshot %s@%s: %w", imageSpec(t.p, temp), entry.ImageName, err)
 	}
 	if err := cloneImage(t.p, temp, entry.ImageName, t.p, entry.ImageName, params.options()); err != nil {
-		return 0, err
+		return 0, false, err
 	}
-	if flattenNew {
-		depth = int(s.Options.SoftMaxClones) + 1
-	}
-	return depth, nil
+	return depth, flattenTemp, nil
 }

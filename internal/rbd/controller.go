@@ -211,7 +211,7 @@ func (s *ControllerServer) finishVolume(ctx context.Context, t *target, entry *j
 		klog.FromContext(ctx).V(2).Info("volume exists", "image", entry.ImageName)
 		if entry.Request == "" {
 			// Made by another driver: compare what can be seen.
-			if err := matchExisting(img, entry, size, src); err != nil {
+			if err := matchExisting(t.p, img, entry, size, src); err != nil {
 				img.Close()
 				return 0, false, err
 			}
@@ -219,7 +219,31 @@ func (s *ControllerServer) finishVolume(ctx context.Context, t *target, entry *j
 	}
 	defer img.Close()
 	have, err = s.completeImage(t, img, entry, size, r, src)
+	if err == nil && !created && src != nil {
+		err = s.requeueFlattens(ctx, t, img, src)
+	}
 	return have, created, err
+}
+
+// requeueFlattens queues again, for a retry that finds a clone made, the
+// background flattens its create asks for: the earlier try may have
+// stopped before queueing them. They are judged on the chain and the
+// source as they are now.
+func (s *ControllerServer) requeueFlattens(ctx context.Context, t *target, img image, src *contentSource) error {
+	depth, err := cloneDepth(t.c, img)
+	if err != nil {
+		return err
+	}
+	flattenTemp := false
+	if src.snapshot == nil {
+		snaps, err := src.img.Snapshots()
+		if err != nil {
+			return fmt.Errorf("listing the snapshots of %s: %w", imageSpec(src.t.p, src.image), err)
+		}
+		// The count includes the snapshot this clone's -temp holds.
+		flattenTemp = uint(len(snaps)) > s.Options.MinSnapsOnImage
+	}
+	return s.queueFlattens(ctx, t, img.Name(), depth, flattenTemp)
 }
 
 // completeImage does the last steps of a create on the open image: grow a
@@ -258,9 +282,9 @@ func (s *ControllerServer) completeImage(t *target, img image, entry *journal.En
 
 // matchExisting compares a volume made by another driver (its journal entry
 // has no request digest) with a repeated request: same size, and a parent
-// that fits the content source. A flattened image has no parent left to
-// compare and is accepted.
-func matchExisting(img image, entry *journal.Entry, size int64, src *contentSource) error {
+// that fits the content source (for a PVC clone, its -temp image's parent).
+// A flattened image has no parent left to compare and is accepted.
+func matchExisting(p pool, img image, entry *journal.Entry, size int64, src *contentSource) error {
 	have, err := img.Size()
 	if err != nil {
 		return err
@@ -278,11 +302,21 @@ func matchExisting(img image, entry *journal.Entry, size int64, src *contentSour
 	case src == nil:
 		return csierr.Errorf(csierr.ErrExists, "volume %q exists as a clone of %s, and this request has no content source", entry.RequestName, parent.Image)
 	}
-	want := src.parentImage()
 	if src.snapshot == nil {
-		want = img.Name() + tempSuffix
+		if parent.Image != img.Name()+tempSuffix {
+			return csierr.Errorf(csierr.ErrExists, "volume %q exists as a clone of %s, not of its -temp image", entry.RequestName, parent.Image)
+		}
+		// The -temp image says which volume it was cloned from.
+		temp, err := p.OpenImageByID(parent.ImageID, true)
+		if err != nil {
+			return fmt.Errorf("opening %s: %w", imageSpec(p, parent.Image), err)
+		}
+		defer temp.Close()
+		if parent, err = temp.Parent(); err != nil || parent == nil {
+			return err
+		}
 	}
-	if parent.Image != want {
+	if want := src.parentImage(); parent.Image != want {
 		return csierr.Errorf(csierr.ErrExists, "volume %q exists as a clone of %s, not of %s", entry.RequestName, parent.Image, want)
 	}
 	return nil
@@ -312,11 +346,12 @@ func (s *ControllerServer) createImage(ctx context.Context, t *target, entry *jo
 		return nil
 	}
 	var depth int
+	var flattenTemp bool
 	var err error
 	if src.snapshot != nil {
 		depth, err = s.restoreSnapshot(ctx, t, entry, params, src)
 	} else {
-		depth, err = s.cloneVolume(ctx, t, entry, params, src)
+		depth, flattenTemp, err = s.cloneVolume(ctx, t, entry, params, src)
 	}
 	if err != nil {
 		return err
@@ -327,11 +362,35 @@ func (s *ControllerServer) createImage(ctx context.Context, t *target, entry *jo
 			return err
 		}
 	}
+	return s.queueFlattens(ctx, t, entry.ImageName, depth, flattenTemp)
+}
+
+// queueFlattens asks the manager to flatten a new clone in the background
+// when it is deeper than the soft limit, and its -temp image when that
+// frees a snapshot the source has too many of.
+func (s *ControllerServer) queueFlattens(ctx context.Context, t *target, name string, depth int, flattenTemp bool) error {
+	logger := klog.FromContext(ctx)
 	if depth > int(s.Options.SoftMaxClones) {
-		klog.FromContext(ctx).V(2).Info("flattening a deep clone in the background", "image", entry.ImageName, "depth", depth)
-		if err := t.p.QueueFlatten(entry.ImageName); err != nil {
-			return fmt.Errorf("queueing a flatten of %s: %w", imageSpec(t.p, entry.ImageName), err)
+		logger.V(2).Info("flattening a deep clone in the background", "image", name, "depth", depth)
+		if err := queueFlatten(t.p, name); err != nil {
+			return err
 		}
+	}
+	if flattenTemp {
+		temp := name + tempSuffix
+		logger.V(2).Info("flattening a clone's intermediate image to free a snapshot on its source", "image", temp)
+		if err := queueFlatten(t.p, temp); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// queueFlatten queues a flatten of an image of ours. The manager accepts a
+// repeat; ENOENT (no parent left, or no image) is nothing to flatten.
+func queueFlatten(p pool, name string) error {
+	if err := p.QueueFlatten(name); err != nil && !csierr.IsNotFound(err) {
+		return fmt.Errorf("queueing a flatten of %s: %w", imageSpec(p, name), err)
 	}
 	return nil
 }
@@ -341,7 +400,7 @@ func (s *ControllerServer) createImage(ctx context.Context, t *target, entry *jo
 // cannot be removed the entry stays, for a retry or a delete to finish.
 func (s *ControllerServer) undoCreate(ctx context.Context, t *target, j *journal.Journal, entry *journal.Entry) {
 	logger := klog.FromContext(ctx)
-	if _, err := s.removeImages(t, entry.ImageName, false); err != nil {
+	if _, err := s.removeImages(t, entry.ImageName); err != nil {
 		logger.Error(err, "cleaning up after a failed create", "image", entry.ImageName)
 		return
 	}
@@ -352,16 +411,16 @@ func (s *ControllerServer) undoCreate(ctx context.Context, t *target, j *journal
 
 // removeImages removes an image of ours and its -temp intermediate, then
 // purges the trashed ancestors of ours no clone needs any more; found says
-// whether the image was still there. With refuseWatched an image a node
-// still has mapped is kept.
-func (s *ControllerServer) removeImages(t *target, name string, refuseWatched bool) (found bool, err error) {
+// whether the image was still there. An image still open (a node's
+// mapping, a manager task) is kept: ErrPrecondition.
+func (s *ControllerServer) removeImages(t *target, name string) (found bool, err error) {
 	rm := s.remover(t)
-	found, parent, err := rm.remove(name, refuseWatched)
+	found, parent, err := rm.remove(name)
 	if err != nil {
 		return found, err
 	}
 	failpoint.Hit("remove-images-after-image")
-	_, tempParent, err := rm.remove(name+tempSuffix, false)
+	_, tempParent, err := rm.remove(name + tempSuffix)
 	if err != nil {
 		return found, err
 	}
@@ -466,7 +525,7 @@ func (s *ControllerServer) DeleteVolume(ctx context.Context, req *csi.DeleteVolu
 		return nil, err
 	}
 	defer releaseName()
-	found, err := s.removeImages(ref.target, ref.image(), true)
+	found, err := s.removeImages(ref.target, ref.image())
 	if err != nil {
 		return nil, err
 	}

@@ -147,11 +147,13 @@ type remover struct {
 
 // remove deletes an image of ours. An image that clones still depend on
 // moves to the RBD trash, marked as ours, and is purged once its last
-// clone is gone. With refuseWatched an image a client still has open (a
-// node's mapping, a manager task) is kept: ErrPrecondition. It returns
-// whether the image was there and its parent, for purgeAncestors; a
-// missing image is fine.
-func (r *remover) remove(name string, refuseWatched bool) (found bool, parent *parentInfo, err error) {
+// clone is gone. An image a client still has open (a node's mapping, a
+// manager task flattening it) is kept, unchanged: ErrPrecondition, for a
+// retry. Trashing it instead would leave an entry with no clone to purge
+// it (librbd moves an open image without exclusive-lock to the trash). It
+// returns whether the image was there and its parent, for purgeAncestors;
+// a missing image is fine.
+func (r *remover) remove(name string) (found bool, parent *parentInfo, err error) {
 	img, err := r.p.OpenImage(name, true)
 	if csierr.IsNotFound(err) {
 		return false, nil, nil
@@ -159,7 +161,7 @@ func (r *remover) remove(name string, refuseWatched bool) (found bool, parent *p
 	if err != nil {
 		return false, nil, fmt.Errorf("opening image %s: %w", imageSpec(r.p, name), err)
 	}
-	parent, err = r.inspect(img, refuseWatched)
+	parent, err = r.inspect(img)
 	userSnaps := []string(nil)
 	if err == nil {
 		userSnaps, err = r.userSnapshots(img)
@@ -185,16 +187,15 @@ func (r *remover) remove(name string, refuseWatched bool) (found bool, parent *p
 
 // inspect checks the watchers of an image about to be removed and returns
 // its parent.
-func (r *remover) inspect(img image, refuseWatched bool) (*parentInfo, error) {
-	if refuseWatched {
-		watchers, err := img.Watchers()
-		if err != nil {
-			return nil, fmt.Errorf("listing watchers of %s: %w", imageSpec(r.p, img.Name()), err)
-		}
-		if len(watchers) > 0 {
-			return nil, csierr.Errorf(csierr.ErrPrecondition, "image %s is in use by %d client(s) (first: %s); unmap it first",
-				imageSpec(r.p, img.Name()), len(watchers), watchers[0])
-		}
+func (r *remover) inspect(img image) (*parentInfo, error) {
+	watchers, err := img.Watchers()
+	if err != nil {
+		return nil, fmt.Errorf("listing watchers of %s: %w", imageSpec(r.p, img.Name()), err)
+	}
+	if len(watchers) > 0 {
+		return nil, csierr.Errorf(csierr.ErrPrecondition,
+			"image %s is in use by %d client(s) (first: %s), a node's mapping or a manager task; retry once it is closed",
+			imageSpec(r.p, img.Name()), len(watchers), watchers[0])
 	}
 	parent, err := img.Parent()
 	if err != nil {

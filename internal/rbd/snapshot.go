@@ -76,12 +76,16 @@ func (s *ControllerServer) CreateSnapshot(ctx context.Context, req *csi.CreateSn
 		}
 		img, err := ref.p.OpenImage(entry.ImageName, true)
 		if err == nil {
-			info, ierr := restoreSnapshotOf(img)
-			img.Close()
-			if ierr == nil {
+			var info *snapshotInfo
+			if info, err = restoreSnapshotOf(img); err == nil {
+				err = s.finishSnapshot(ref, entry, img)
+				img.Close()
+				if err != nil {
+					return nil, err
+				}
 				return s.snapshotResponse(ref, entry, info, time.Time{})
 			}
-			err = ierr
+			img.Close()
 		}
 		if !csierr.IsNotFound(err) {
 			return nil, err
@@ -98,6 +102,47 @@ func (s *ControllerServer) CreateSnapshot(ctx context.Context, req *csi.CreateSn
 		return nil, err
 	}
 	return s.snapshotResponse(ref, entry, info, time.Now())
+}
+
+// finishSnapshot does the last steps of a snapshot an earlier call made,
+// which may have stopped before them: the image ID is recorded and the
+// flatten queued that the limits ask for, judged on the chain and the
+// source as they are now.
+func (s *ControllerServer) finishSnapshot(ref *volumeRef, entry *journal.Entry, img image) error {
+	if entry.ImageID == "" {
+		id, err := img.ID()
+		if err != nil {
+			return err
+		}
+		if err := s.snapshots.SetImageID(ref.p.Journal(), entry.UUID, id); err != nil {
+			return err
+		}
+	}
+	depth, err := cloneDepth(ref.c, img)
+	if err != nil || depth == 0 {
+		return err // flat: nothing to queue
+	}
+	flatten := depth > int(s.Options.SoftMaxClones)
+	if !flatten {
+		src, err := ref.p.OpenImage(ref.image(), true)
+		if csierr.IsNotFound(err) {
+			return nil // no source left to count snapshots on
+		}
+		if err != nil {
+			return fmt.Errorf("opening %s: %w", imageSpec(ref.p, ref.image()), err)
+		}
+		snaps, err := src.Snapshots()
+		src.Close()
+		if err != nil {
+			return fmt.Errorf("listing the snapshots of %s: %w", imageSpec(ref.p, ref.image()), err)
+		}
+		// The count includes the one this snapshot's image holds.
+		flatten = uint(len(snaps)) > s.Options.MinSnapsOnImage
+	}
+	if flatten {
+		return queueFlatten(ref.p, img.Name())
+	}
+	return nil
 }
 
 // snapshotImage takes the snapshot: the source's content cloned into the
@@ -145,8 +190,8 @@ func (s *ControllerServer) snapshotImage(ctx context.Context, ref *volumeRef, en
 		return nil, err
 	}
 	if flattenNew || depth > int(s.Options.SoftMaxClones) {
-		if err := ref.p.QueueFlatten(snap); err != nil {
-			return nil, fmt.Errorf("queueing a flatten of %s: %w", imageSpec(ref.p, snap), err)
+		if err := queueFlatten(ref.p, snap); err != nil {
+			return nil, err
 		}
 	}
 	return info, nil
@@ -214,7 +259,7 @@ func (s *ControllerServer) DeleteSnapshot(ctx context.Context, req *csi.DeleteSn
 	defer releaseName()
 	// Volumes restored from the snapshot keep working: the image goes to the
 	// trash until its last clone is gone.
-	found, parent, err := s.remover(t).remove(entry.ImageName, false)
+	found, parent, err := s.remover(t).remove(entry.ImageName)
 	if err != nil {
 		return nil, err
 	}
