@@ -327,7 +327,9 @@ func TestKRBDErrors(t *testing.T) {
 }
 
 func TestKRBDWithoutTheModule(t *testing.T) {
-	r := &fakeRunner{answer: func(keyexec.Command) (keyexec.Result, error) { return keyexec.Result{}, errors.New("modprobe: FATAL: Module rbd not found") }}
+	r := &fakeRunner{answer: func(keyexec.Command) (keyexec.Result, error) {
+		return keyexec.Result{}, errors.New("modprobe: FATAL: Module rbd not found")
+	}}
 	m := &KRBD{Sysfs: t.TempDir(), Dev: t.TempDir(), Write: writeSysfs, Runner: r, Busy: DeviceBusy}
 	_, err := m.Map(context.Background(), testSpec())
 	if !errors.Is(err, ErrUnsupported) || csierr.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), "rbd module") {
@@ -448,4 +450,3 @@ func TestNBDErrors(t *testing.T) {
 		t.Errorf("a keyring in mapOptions = %v", err)
 	}
 }
-

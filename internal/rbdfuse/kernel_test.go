@@ -2,10 +2,12 @@ package rbdfuse
 
 import (
 	"bytes"
+	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -44,6 +46,19 @@ func TestKernelDataPath(t *testing.T) {
 		t.Fatalf("stat = %v, %v; want %d bytes", fi, err, size)
 	}
 
+	// Nothing can be removed, renamed or created in the mount.
+	if err := os.Remove(path); !errors.Is(err, syscall.EPERM) {
+		t.Errorf("removing the image's file: %v, want EPERM", err)
+	}
+	if err := os.Rename(path, path+".x"); err == nil {
+		t.Error("renaming the image's file succeeded")
+	}
+	if err := os.WriteFile(filepath.Join(mnt, "other"), nil, 0o600); err == nil {
+		t.Error("creating a file in the mount succeeded")
+	}
+	if _, err := os.Stat(path); err != nil {
+		t.Fatalf("the image's file is gone: %v", err)
+	}
 	f, err := os.OpenFile(path, os.O_RDWR, 0)
 	if err != nil {
 		t.Fatal(err)

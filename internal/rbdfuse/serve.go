@@ -17,6 +17,7 @@ import (
 	"github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
 
+	"github.com/leanceph/cephcsi/internal/csierr"
 	"github.com/leanceph/cephcsi/internal/keyexec"
 )
 
@@ -124,7 +125,11 @@ func openImage(cfg Config, key string) (img *rbd.Image, closeImage func() error,
 		}
 	}
 	if err := conn.Connect(); err != nil {
-		return nil, nil, fmt.Errorf("connecting to %s as client.%s: %w", strings.Join(cfg.Monitors, ","), cfg.UserID, err)
+		hint := ""
+		if csierr.IsErrno(err, syscall.ETIMEDOUT) {
+			hint = " (the monitors did not answer in time, or kept refusing the key)"
+		}
+		return nil, nil, fmt.Errorf("connecting to %s as client.%s: %w%s", strings.Join(cfg.Monitors, ","), cfg.UserID, err, hint)
 	}
 	ioctx, err := conn.OpenIOContext(cfg.Pool)
 	if err != nil {
@@ -165,7 +170,7 @@ func mount(cfg Config, file *imageFile, logger *log.Logger) (*fuse.Server, error
 	if cfg.ReadOnly {
 		flags |= syscall.MS_RDONLY
 	}
-	root := &fs.Inode{}
+	root := &imageDir{}
 	return fs.Mount(cfg.MountPoint, root, &fs.Options{
 		MountOptions: fuse.MountOptions{
 			FsName: cfg.Spec(),
@@ -192,6 +197,19 @@ func mount(cfg Config, file *imageFile, logger *log.Logger) (*fuse.Server, error
 		},
 	})
 }
+
+// imageDir is the mount's root: it holds the image's file and nothing
+// else can be made, renamed or removed there. (go-fuse removes a child
+// whose directory does not implement Unlink, so it must refuse.)
+type imageDir struct{ fs.Inode }
+
+var (
+	_ fs.NodeUnlinker = (*imageDir)(nil)
+	_ fs.NodeRmdirer  = (*imageDir)(nil)
+)
+
+func (*imageDir) Unlink(context.Context, string) syscall.Errno { return syscall.EPERM }
+func (*imageDir) Rmdir(context.Context, string) syscall.Errno  { return syscall.EPERM }
 
 // unmountOnSignal unmounts on SIGTERM or SIGINT, which succeeds only when
 // nothing (no loop device) uses the file; otherwise the helper serves on.
