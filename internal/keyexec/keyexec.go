@@ -199,7 +199,7 @@ func (e *StartError) Error() string {
 
 // Start starts c as a helper that keeps running after Start returns: in a
 // session of its own (so that neither the plugin's death nor a signal to
-// its process group reaches it), with standard input and output on
+// its process group reaches it), in /, with standard input and output on
 // /dev/null, standard error on c.Log, the key on descriptor 3 and a pipe on
 // descriptor ReportFD.
 //
@@ -217,6 +217,7 @@ func (Exec) Start(ctx context.Context, c Command) (int, error) {
 	cmd := exec.Command(c.Path, c.Args...)
 	cmd.Env = append(cleanEnv(os.Environ()), c.Env...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	cmd.Dir = "/" // holds no directory of the plugin's busy
 	if c.Log != nil {
 		cmd.Stderr = c.Log
 	}

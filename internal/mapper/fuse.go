@@ -167,9 +167,14 @@ func (f *Fuse) Map(ctx context.Context, s Spec) (string, error) {
 		return "", err
 	}
 	if st == fuseStale || st == fuseHung {
-		// Nothing uses the broken mount (Find found no loop device): clear it.
+		// Nothing uses the broken mount (Find found no loop device): clear
+		// it, and end a hung helper, which still holds the image open.
+		pid := f.helperPID(mnt)
 		if err := f.umount(mnt, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) {
 			return "", fmt.Errorf("clearing the stale FUSE mount %s: %w", mnt, err)
+		}
+		if pid > 0 {
+			_ = unix.Kill(pid, unix.SIGKILL)
 		}
 		st = fuseNotMounted
 	}
