@@ -605,6 +605,11 @@ func TestNodeStagePublishWriteUnstageRestage(t *testing.T) {
 	if got := blkidType(t, mountAt(t, staging).Source); got != "ext4" {
 		t.Errorf("read-only device holds %q, want ext4", got)
 	}
+	// A writable open watches the image (one watcher above); a read-only
+	// open does not.
+	if n := watchers(t, e.c, image); n != 0 {
+		t.Errorf("image %s staged read-only has %d watchers, want 0 (opened read-only)", image, n)
+	}
 	unstage(t, e.d.Node, vol, staging)
 	assertCleanNode(t, e)
 }
@@ -631,7 +636,7 @@ func assertNoKeyBehindFDs(t *testing.T, pid int, key string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	read := 0
+	var files []string
 	for _, fd := range fds {
 		p := filepath.Join(dir, fd.Name())
 		target, _ := os.Readlink(p)
@@ -645,12 +650,12 @@ func assertNoKeyBehindFDs(t *testing.T, pid int, key string) {
 		if err != nil {
 			continue
 		}
-		read++
+		files = append(files, fd.Name()+"="+target)
 		if bytes.Contains(data, []byte(key)) {
 			t.Errorf("helper %d: %s (%s) yields the key", pid, p, target)
 		}
 	}
-	t.Logf("helper %d: %d descriptors, %d of them regular files, read", pid, len(fds), read)
+	t.Logf("helper %d: %d descriptors; the regular files among them, read: %v", pid, len(fds), files)
 }
 
 func TestNodeBlockVolumeWriteRead(t *testing.T) {
