@@ -30,8 +30,12 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// KeyFilePath is where a program finds the key of Command.Key.
-const KeyFilePath = "/proc/self/fd/3"
+// KeyFD is the descriptor that holds the key of Command.Key, and
+// KeyFilePath the name a program opens it by.
+const (
+	KeyFD       = 3
+	KeyFilePath = "/proc/self/fd/3"
+)
 
 // ReportFD is the descriptor on which a started helper reports (see Start).
 const ReportFD = 4
@@ -109,7 +113,7 @@ func (Exec) Run(ctx context.Context, c Command) (Result, error) {
 		if err != nil {
 			return Result{}, err
 		}
-		defer f.Close()
+		defer closeFile(f)
 		if c.EmptyKeyOnReturn {
 			defer emptyKeyFile(f)
 		}
@@ -227,18 +231,18 @@ func (Exec) Start(ctx context.Context, c Command) (int, error) {
 		if err != nil {
 			return 0, err
 		}
-		defer f.Close()
+		defer closeFile(f)
 		key = f
 	}
 	reportR, reportW, err := os.Pipe()
 	if err != nil {
 		return 0, fmt.Errorf("creating the report pipe: %w", err)
 	}
-	defer reportR.Close()
+	defer closeFile(reportR)
 	// Without a key (nil) descriptor 3 stays closed in the helper.
 	cmd.ExtraFiles = []*os.File{key, reportW}
 	err = cmd.Start()
-	reportW.Close() // the helper holds the only write end now
+	closeFile(reportW) // the helper holds the only write end now
 	if err != nil {
 		return 0, err
 	}
@@ -274,7 +278,8 @@ func (Exec) Start(ctx context.Context, c Command) (int, error) {
 func killStarted(cmd *exec.Cmd, exited <-chan error, err error) error {
 	_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
 	select {
-	case <-exited:
+	case exit := <-exited:
+		err = fmt.Errorf("%w (killed: %w)", err, exit)
 	case <-time.After(5 * time.Second):
 		err = fmt.Errorf("%w (and it did not exit after SIGKILL)", err)
 	}
@@ -292,19 +297,23 @@ func keyFile(key string) (*os.File, error) {
 	// The key alone, no newline: mount.ceph and Ceph's keyfile reading both
 	// take it so.
 	if _, err := f.WriteString(key); err != nil {
-		f.Close()
+		closeFile(f)
 		return nil, fmt.Errorf("writing the in-memory key file: %w", err)
 	}
 	if _, err := unix.FcntlInt(uintptr(fd), unix.F_ADD_SEALS, unix.F_SEAL_WRITE|unix.F_SEAL_GROW|unix.F_SEAL_SEAL); err != nil {
-		f.Close()
+		closeFile(f)
 		return nil, fmt.Errorf("sealing the in-memory key file: %w", err)
 	}
 	if _, err := f.Seek(0, io.SeekStart); err != nil {
-		f.Close()
+		closeFile(f)
 		return nil, err
 	}
 	return f, nil
 }
+
+// closeFile closes a descriptor whose close cannot fail in a way that
+// matters (nothing was written through it that is not already done).
+func closeFile(f *os.File) { _ = f.Close() }
 
 // emptyKeyFile truncates the key file: every descriptor of it, in any
 // process, then reads nothing, and its pages are freed.

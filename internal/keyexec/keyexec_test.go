@@ -37,25 +37,25 @@ func fakeHelper(mode string) int {
 		// Read the key, close its descriptor, report, serve until killed.
 		key := os.NewFile(3, "key")
 		data, err := io.ReadAll(key)
-		key.Close()
+		_ = key.Close()
 		if err != nil {
 			fmt.Fprintln(os.Stderr, "reading the key:", err)
 			return 1
 		}
 		fmt.Fprintf(os.Stderr, "got a key of %d bytes; CEPH_CONF=%q\n", len(bytes.TrimSpace(data)), os.Getenv("CEPH_CONF"))
-		io.WriteString(report, Ready)
-		report.Close()
+		_, _ = io.WriteString(report, Ready)
+		_ = report.Close()
 		time.Sleep(time.Hour) // until killed
 	case "fail":
-		io.WriteString(report, "not-found: no image "+os.Getenv("KEYEXEC_TEST_ECHO"))
+		_, _ = io.WriteString(report, "not-found: no image "+os.Getenv("KEYEXEC_TEST_ECHO"))
 		return 3
 	case "die":
 		return 2
 	case "hang":
 		time.Sleep(time.Hour) // until killed
 	case "report-and-hang":
-		io.WriteString(report, "failed: cannot")
-		report.Close()
+		_, _ = io.WriteString(report, "failed: cannot")
+		_ = report.Close()
 		time.Sleep(time.Hour) // until killed
 	}
 	return 9
@@ -150,7 +150,7 @@ func TestStartedHelperOutlivesStartWithoutTheKey(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer logf.Close()
+	defer closeFile(logf)
 	c := helperCommand("serve")
 	c.Log = logf
 	ctx, cancel := context.WithCancel(context.Background())
@@ -160,7 +160,7 @@ func TestStartedHelperOutlivesStartWithoutTheKey(t *testing.T) {
 		t.Fatalf("Start: %v", err)
 	}
 	defer gone(t, pid)
-	defer syscall.Kill(pid, syscall.SIGKILL)
+	defer func() { _ = syscall.Kill(pid, syscall.SIGKILL) }()
 	time.Sleep(100 * time.Millisecond)
 	if err := syscall.Kill(pid, 0); err != nil {
 		t.Fatalf("the helper did not outlive Start's context: %v", err)

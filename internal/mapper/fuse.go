@@ -198,7 +198,7 @@ func (f *Fuse) Map(ctx context.Context, s Spec) (string, error) {
 func (f *Fuse) startHelper(ctx context.Context, s Spec) error {
 	opts, err := rbdfuse.ParseOptions(s.Options)
 	if err != nil {
-		return fmt.Errorf("%w: %v", ErrInvalidOption, err)
+		return fmt.Errorf("%w: %w", ErrInvalidOption, err)
 	}
 	mnt, file, logFile := f.paths(s)
 	if err := os.MkdirAll(mnt, 0o700); err != nil {
@@ -213,7 +213,7 @@ func (f *Fuse) startHelper(ctx context.Context, s Spec) error {
 	}
 	_, err = f.Starter.Start(ctx, keyexec.Command{Path: f.Helper, Args: append([]string{rbdfuse.HelperCommand}, cfg.Args()...),
 		Key: s.Key, Log: logf, Timeout: f.timeout()})
-	logf.Close()
+	_ = logf.Close() // the helper has its own descriptor of it
 	if err != nil {
 		err = f.startError(s, err, logFile) // reads the log before it goes
 		f.cleanupMount(mnt)
@@ -240,15 +240,15 @@ func (f *Fuse) startError(s Spec, err error, logFile string) error {
 	cause := rbdfuse.FailureFromReport(se.Report)
 	switch {
 	case errors.Is(cause, rbdfuse.ErrNotFound):
-		return fmt.Errorf("%w: %s: %v", ErrImageNotFound, s, cause)
+		return fmt.Errorf("%w: %s: %w", ErrImageNotFound, s, cause)
 	case errors.Is(cause, rbdfuse.ErrPermission):
-		return fmt.Errorf("%w: client.%s on %s: %v", ErrPermission, s.UserID, s, cause)
+		return fmt.Errorf("%w: client.%s on %s: %w", ErrPermission, s.UserID, s, cause)
 	case errors.Is(cause, rbdfuse.ErrTimedOut):
-		return fmt.Errorf("the FUSE helper for %s: %v: %w", s, cause, context.DeadlineExceeded)
+		return fmt.Errorf("the FUSE helper for %s: %w: %w", s, cause, context.DeadlineExceeded)
 	case errors.Is(cause, rbdfuse.ErrBadOption):
-		return fmt.Errorf("%w: %v", ErrInvalidOption, cause)
+		return fmt.Errorf("%w: %w", ErrInvalidOption, cause)
 	}
-	return fmt.Errorf("the FUSE helper for %s: %v%s", s, se, f.logTail(logFile, s.Key))
+	return fmt.Errorf("the FUSE helper for %s: %w%s", s, se, f.logTail(logFile, s.Key))
 }
 
 // cleanupMount removes the mount point and log left by a failed start.

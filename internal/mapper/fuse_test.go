@@ -46,7 +46,7 @@ func (h *fakeHelpers) Start(_ context.Context, c keyexec.Command) (int, error) {
 		h.t.Fatalf("the helper could not parse its arguments: %v", err)
 	}
 	if h.report != "" {
-		fmt.Fprintln(c.Log, "panic: boom")
+		_, _ = fmt.Fprintln(c.Log, "panic: boom")
 		report := h.report
 		if report == "\x00died" {
 			report = ""
@@ -68,7 +68,7 @@ func (h *fakeHelpers) Start(_ context.Context, c keyexec.Command) (int, error) {
 // unmount ends the helper of target, leaving a zombie until it is reaped
 // (the zombie counts as exited).
 func (h *fakeHelpers) unmount(target string, _ int) error {
-	entries, _ := os.ReadDir(filepath.Join(target))
+	entries, _ := os.ReadDir(target)
 	for _, e := range entries {
 		_ = os.Remove(filepath.Join(target, e.Name()))
 	}

@@ -599,7 +599,7 @@ func TestNodeStagePublishWriteUnstageRestage(t *testing.T) {
 	if f, err := os.OpenFile(backingFile(t, mountAt(t, staging).Source), os.O_WRONLY, 0); !errors.Is(err, syscall.EROFS) {
 		t.Errorf("opening the read-only helper's file for writing: %v, want EROFS", err)
 		if err == nil {
-			f.Close()
+			_ = f.Close()
 		}
 	}
 	if got := blkidType(t, mountAt(t, staging).Source); got != "ext4" {
@@ -1268,7 +1268,7 @@ func TestNodeFuseThroughput(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer unix.Munmap(buf)
+	defer func() { _ = unix.Munmap(buf) }()
 	fill := func(b []byte, i int) {
 		for j := 0; j < len(b); j += 8 {
 			copy(b[j:j+8], []byte{byte(i), byte(j >> 8), byte(j >> 16), 0x5a, 0xa5, byte(i), 0, 1})
@@ -1302,7 +1302,9 @@ func TestNodeFuseThroughput(t *testing.T) {
 		}
 	}
 	loopRead := time.Since(start)
-	dev.Close()
+	if err := dev.Close(); err != nil {
+		t.Fatal(err)
+	}
 	unpublish(t, e.d.Node, vol, target)
 	unstage(t, e.d.Node, vol, staging)
 
@@ -1316,7 +1318,7 @@ func TestNodeFuseThroughput(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer img.Close()
+	defer func() { _ = img.Close() }()
 	start = time.Now()
 	for i := 0; i < size/block; i++ {
 		fill(buf, i)

@@ -81,7 +81,9 @@ func TestKernelDataPath(t *testing.T) {
 	if _, err := f.ReadAt(back, 12345); err != nil || !bytes.Equal(back[:100], make([]byte, 100)) || !bytes.Equal(back[100:], payload[100:]) {
 		t.Errorf("read after punching 100 bytes: %v", err)
 	}
-	f.Close()
+	if err := f.Close(); err != nil {
+		t.Error(err)
+	}
 
 	if _, err := exec.LookPath("losetup"); err != nil {
 		t.Skip("no losetup")
@@ -110,7 +112,9 @@ func TestKernelDataPath(t *testing.T) {
 	if !bytes.Equal(img.data[1<<20:1<<20+len(block)], block) {
 		t.Error("a write to the loop device did not reach the image")
 	}
-	d.Close()
+	if err := d.Close(); err != nil {
+		t.Error(err)
+	}
 	if _, err := exec.LookPath("blkdiscard"); err == nil {
 		discards := len(img.discards)
 		if out, err := exec.Command("blkdiscard", "--offset", "1048576", "--length", "65536", dev).CombinedOutput(); err != nil {
@@ -135,12 +139,12 @@ func TestKernelDataPath(t *testing.T) {
 		t.Fatal(err)
 	}
 	n, err := unix.IoctlGetInt(int(d.Fd()), unix.BLKGETSIZE64)
-	d.Close()
+	_ = d.Close()
 	if err != nil || n != 16<<20 {
 		t.Errorf("loop device size after growth = %d, %v", n, err)
 	}
 	// Busy while the loop device holds the file; unmounted once detached.
-	if err := unix.Unmount(mnt, 0); err != unix.EBUSY {
+	if err := unix.Unmount(mnt, 0); !errors.Is(err, unix.EBUSY) {
 		t.Errorf("unmount under a loop device = %v, want EBUSY", err)
 	}
 	if out, err := exec.Command("losetup", "--detach", dev).CombinedOutput(); err != nil {
@@ -148,7 +152,7 @@ func TestKernelDataPath(t *testing.T) {
 	}
 	// The kernel detaches asynchronously once the device is closed.
 	for i := 0; i < 100; i++ {
-		if err = unix.Unmount(mnt, 0); err != unix.EBUSY {
+		if err = unix.Unmount(mnt, 0); !errors.Is(err, unix.EBUSY) {
 			break
 		}
 		time.Sleep(50 * time.Millisecond)

@@ -274,8 +274,8 @@ func TestReadOnlyFileRefusesWrites(t *testing.T) {
 		t.Errorf("fsync of a read-only file = %v, %d flushes", errno, img.flushes)
 	}
 	var out fuse.AttrOut
-	if f.Getattr(context.Background(), nil, &out); out.Mode != syscall.S_IFREG|0o400 {
-		t.Errorf("mode = %o", out.Mode)
+	if errno := f.Getattr(context.Background(), nil, &out); errno != 0 || out.Mode != syscall.S_IFREG|0o400 {
+		t.Errorf("mode = %o, %v", out.Mode, errno)
 	}
 }
 

@@ -21,9 +21,6 @@ import (
 	"github.com/leanceph/cephcsi/internal/keyexec"
 )
 
-// keyFD is the descriptor keyexec hands the key on.
-const keyFD = 3
-
 // connectTimeout bounds reaching the monitors and authenticating, so that
 // an unreachable cluster is reported before the starter gives up (60 s).
 const connectTimeout = 30 * time.Second
@@ -34,7 +31,7 @@ func Main(args []string) int {
 	logger := log.New(os.Stderr, HelperCommand+": ", log.LstdFlags|log.Lmicroseconds)
 	report := os.NewFile(keyexec.ReportFD, "report")
 	// The key first, so that descriptor 3 is closed whatever happens next.
-	key, keyErr := readKey(os.NewFile(keyFD, "key"))
+	key, keyErr := readKey(os.NewFile(keyexec.KeyFD, "key"))
 	cfg, err := ParseArgs(args)
 	if err == nil {
 		err = keyErr
@@ -45,7 +42,6 @@ func Main(args []string) int {
 	logger.SetPrefix(HelperCommand + " " + cfg.Spec() + ": ")
 
 	img, closeImage, err := openImage(cfg, key)
-	key = ""
 	if err != nil {
 		return failStart(report, logger, err)
 	}
@@ -61,7 +57,9 @@ func Main(args []string) int {
 	if _, err := io.WriteString(report, keyexec.Ready); err != nil {
 		logger.Printf("reporting ready: %v", err)
 	}
-	report.Close()
+	if err := report.Close(); err != nil {
+		logger.Printf("closing the report: %v", err)
+	}
 	logger.Printf("serving on %s (pid %d, read-only %v, %s)", cfg.MountPoint, os.Getpid(), cfg.ReadOnly, cfg.Options)
 
 	// Returns once the mount is gone (unmounted, or the kernel aborted the
@@ -79,21 +77,21 @@ func Main(args []string) int {
 func failStart(report *os.File, logger *log.Logger, err error) int {
 	logger.Printf("cannot serve: %v", err)
 	_, _ = io.WriteString(report, failureReport(err))
-	report.Close()
+	_ = report.Close() // the starter sees the report or the exit either way
 	return 1
 }
 
 // readKey reads the key and closes its descriptor, so that no descriptor
 // of this long-lived process leads to the key.
 func readKey(f *os.File) (string, error) {
-	defer f.Close()
+	defer func() { _ = f.Close() }() // only read from; nothing to lose
 	data, err := io.ReadAll(io.LimitReader(f, 4096))
 	if err != nil {
-		return "", fmt.Errorf("reading the key on descriptor %d: %w", keyFD, err)
+		return "", fmt.Errorf("reading the key on descriptor %d: %w", keyexec.KeyFD, err)
 	}
 	key := strings.TrimSpace(string(data))
 	if key == "" {
-		return "", fmt.Errorf("no key on descriptor %d", keyFD)
+		return "", fmt.Errorf("no key on descriptor %d", keyexec.KeyFD)
 	}
 	return key, nil
 }
@@ -135,7 +133,7 @@ func openImage(cfg Config, key string) (img *rbd.Image, closeImage func() error,
 	if err != nil {
 		conn.Shutdown()
 		if errors.Is(err, rados.ErrNotFound) {
-			err = fmt.Errorf("%w: %v", ErrNotFound, err)
+			err = fmt.Errorf("%w: %w", ErrNotFound, err)
 		}
 		return nil, nil, fmt.Errorf("opening pool %s: %w", cfg.Pool, err)
 	}
@@ -149,7 +147,7 @@ func openImage(cfg Config, key string) (img *rbd.Image, closeImage func() error,
 		ioctx.Destroy()
 		conn.Shutdown()
 		if errors.Is(err, rbd.ErrNotFound) {
-			err = fmt.Errorf("%w: %v", ErrNotFound, err)
+			err = fmt.Errorf("%w: %w", ErrNotFound, err)
 		}
 		return nil, nil, fmt.Errorf("opening image %s: %w", cfg.Spec(), err)
 	}
