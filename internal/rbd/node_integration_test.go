@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"syscall"
@@ -1001,22 +1002,24 @@ func TestNodeErrorsOnThisKernelAndBadInput(t *testing.T) {
 // TestNodeWrongKeyIsPermissionDenied: the cluster refuses a wrong key, the
 // helper says so before the stage returns, and the stage fails with
 // PermissionDenied, leaving nothing behind. The driver's config names the
-// monitor with its protocol (v1:): with this test cluster's bare address
-// (127.0.0.1:<port>) librados tries msgr2 on the v1 port, keeps hunting
-// after the refusal and reports a timeout instead (DeadlineExceeded after
-// the helper's 30 s connect timeout).
+// monitor by its msgr2 address (v2:, from the cluster's ceph.conf): with
+// this test cluster's bare address (127.0.0.1:<port>) librados tries msgr2
+// on the v1 port, keeps hunting after the refusal and reports a timeout
+// instead (DeadlineExceeded after the helper's 30 s connect timeout); with
+// v1: the refusal took from 0.5 to 25 s here.
 func TestNodeWrongKeyIsPermissionDenied(t *testing.T) {
 	c := testutil.RequireCluster(t)
 	started := time.Now()
+	v2 := regexp.MustCompile(`v2:[0-9.]+:[0-9]+`).FindString(readFileT(t, c.Conf))
+	if v2 == "" {
+		t.Fatalf("no v2: monitor address in %s", c.Conf)
+	}
 	var clusters []map[string]any
 	if err := json.Unmarshal([]byte(readFileT(t, c.ConfigJSON)), &clusters); err != nil {
 		t.Fatal(err)
 	}
 	for _, cl := range clusters {
-		mons, _ := cl["monitors"].([]any)
-		for i, m := range mons {
-			mons[i] = "v1:" + m.(string)
-		}
+		cl["monitors"] = []string{v2}
 	}
 	data, _ := json.Marshal(clusters)
 	configJSON := filepath.Join(t.TempDir(), "config.json")
