@@ -179,6 +179,29 @@ func TestFuseMapStartsTheHelperAndUnmapStopsIt(t *testing.T) {
 	}
 }
 
+// TestFuseUnmapDetachesTheLoopOfADeadHelper: once the helper has died and
+// the kernel dropped the file's dentry, the loop device names its backing
+// file with " (deleted)"; it is still found, reported stale and detached.
+func TestFuseUnmapDetachesTheLoopOfADeadHelper(t *testing.T) {
+	f, _, r := newTestFuse(t)
+	s := testSpec()
+	dev, err := f.Map(context.Background(), s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, file, _ := f.paths(s)
+	mustWrite(t, filepath.Join(f.Sysfs, "block", "loop7", "loop", "backing_file"), file+" (deleted)\n")
+	if found, err := f.Find(context.Background(), s); err != nil || found != dev {
+		t.Errorf("Find with a deleted backing file = %q, %v; want %s", found, err, dev)
+	}
+	if err := f.Unmap(context.Background(), s, ""); err != nil {
+		t.Fatal(err)
+	}
+	if got := r.commands(); got[len(got)-1] != "losetup --detach "+dev {
+		t.Errorf("last command = %q, want the loop device detached", got[len(got)-1])
+	}
+}
+
 func TestFuseReadOnlyAndMapOptions(t *testing.T) {
 	f, h, r := newTestFuse(t)
 	s := testSpec()

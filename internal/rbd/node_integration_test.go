@@ -615,6 +615,22 @@ func TestNodeStagePublishWriteUnstageRestage(t *testing.T) {
 	assertCleanNode(t, e)
 }
 
+// assertLoopDetached checks that loop device dev is not (or no longer)
+// backed by a file of image.
+func assertLoopDetached(t *testing.T, dev, image string) {
+	t.Helper()
+	// The kernel may finish a detach a moment after losetup returned.
+	var backing []byte
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+		var err error
+		backing, err = os.ReadFile(filepath.Join("/sys/block", filepath.Base(dev), "loop", "backing_file"))
+		if err != nil || !bytes.Contains(backing, []byte(image)) {
+			return
+		}
+	}
+	t.Errorf("%s is still attached to %s", dev, strings.TrimSpace(string(backing)))
+}
+
 // backingFile is the file behind loop device dev.
 func backingFile(t *testing.T, dev string) string {
 	t.Helper()
@@ -1219,6 +1235,7 @@ func TestNodeFuseHelperDeathIsReportedAndCleanedUp(t *testing.T) {
 	staging := filepath.Join(e.work, "staging")
 	vcap := testutil.FSCap("")
 	stage(t, e.d.Node, e.c, vol, staging, vcap)
+	device := mountAt(t, staging).Source
 	procs := helperProcs(t, e.pluginDir)
 	if len(procs) != 1 {
 		t.Fatalf("FUSE helpers = %d, want 1", len(procs))
@@ -1241,6 +1258,9 @@ func TestNodeFuseHelperDeathIsReportedAndCleanedUp(t *testing.T) {
 	}
 	unstage(t, e.d.Node, vol, staging)
 	assertCleanNode(t, e)
+	// Once the dead helper's mount is gone the loop device no longer names
+	// a path below the plugin directory: check the device itself.
+	assertLoopDetached(t, device, vol.GetVolumeContext()["imageName"])
 	// The volume can be staged again, with its filesystem intact.
 	stage(t, e.d.Node, e.c, vol, staging, vcap)
 	if got := blkidType(t, mountAt(t, staging).Source); got != "ext4" {
