@@ -1,5 +1,6 @@
 // Command cephcsi is the Ceph CSI driver: RBD and CephFS in one binary,
-// selected with --type.
+// selected with --type. `cephcsi rbd-fuse-helper ...` is the FUSE helper
+// that the rbd-fuse mapper starts for each image (internal/rbdfuse).
 package main
 
 import (
@@ -11,10 +12,14 @@ import (
 
 	"github.com/leanceph/cephcsi/internal/config"
 	"github.com/leanceph/cephcsi/internal/driver"
+	"github.com/leanceph/cephcsi/internal/rbdfuse"
 	"github.com/leanceph/cephcsi/internal/server"
 )
 
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == rbdfuse.HelperCommand {
+		os.Exit(rbdfuse.Main(os.Args[2:]))
+	}
 	var opts config.Options
 	opts.Register(flag.CommandLine)
 	klog.InitFlags(flag.CommandLine)

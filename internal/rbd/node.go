@@ -15,6 +15,7 @@ import (
 	utilexec "k8s.io/utils/exec"
 
 	"github.com/leanceph/cephcsi/internal/csierr"
+	"github.com/leanceph/cephcsi/internal/keyexec"
 	"github.com/leanceph/cephcsi/internal/mapper"
 	"github.com/leanceph/cephcsi/internal/nodeutil"
 	"github.com/leanceph/cephcsi/internal/request"
@@ -49,8 +50,10 @@ const toolTimeout = 5 * time.Minute
 // <pluginpath>/<drivername>.
 func NewNodeServer(d *service.Deps) (*NodeServer, error) {
 	base := filepath.Join(d.Options.PluginPath, d.Options.DriverName)
-	runner := mapper.ExecRunner{}
-	fuse, err := mapper.NewFuse(filepath.Join(base, "rbd-fuse"), runner)
+	runner := keyexec.Exec{}
+	// The directory keeps the mapper kind's name, so that mappings made by
+	// earlier versions are found.
+	fuse, err := mapper.NewFuse(filepath.Join(base, "rbd-fuse"), runner, runner)
 	if err != nil {
 		return nil, fmt.Errorf("rbd-fuse mapper: %w", err)
 	}
