@@ -15,6 +15,7 @@ import (
 	utilexec "k8s.io/utils/exec"
 
 	"github.com/leanceph/cephcsi/internal/csierr"
+	"github.com/leanceph/cephcsi/internal/failpoint"
 	"github.com/leanceph/cephcsi/internal/keyexec"
 	"github.com/leanceph/cephcsi/internal/mapper"
 	"github.com/leanceph/cephcsi/internal/nodeutil"
@@ -130,8 +131,10 @@ type stageRequest struct {
 }
 
 func (s *NodeServer) parseStage(req *csi.NodeStageVolumeRequest) (*stageRequest, error) {
-	if err := nodeutil.Require([2]string{"volume_id", req.GetVolumeId()},
-		[2]string{"staging_target_path", req.GetStagingTargetPath()}); err != nil {
+	if err := nodeutil.Require([2]string{"volume_id", req.GetVolumeId()}); err != nil {
+		return nil, err
+	}
+	if err := nodeutil.Path("staging_target_path", req.GetStagingTargetPath()); err != nil {
 		return nil, err
 	}
 	vcap := req.GetVolumeCapability()
@@ -142,6 +145,13 @@ func (s *NodeServer) parseStage(req *csi.NodeStageVolumeRequest) (*stageRequest,
 	if err := nodeutil.Require([2]string{"volume_context.clusterID", vc["clusterID"]},
 		[2]string{"volume_context.pool", vc["pool"]}, [2]string{"volume_context.imageName", vc["imageName"]}); err != nil {
 		return nil, err
+	}
+	for _, f := range []string{"pool", "radosNamespace", "imageName"} {
+		if v := vc[f]; v != "" {
+			if err := request.ValidPoolName("volume_context."+f, v); err != nil {
+				return nil, err
+			}
+		}
 	}
 	kind, err := mapper.KindOf(vc["mounter"])
 	if err != nil {
@@ -154,6 +164,18 @@ func (s *NodeServer) parseStage(req *csi.NodeStageVolumeRequest) (*stageRequest,
 	unmapOpts, err := mapper.OptionsFor(vc["unmapOptions"], kind)
 	if err != nil {
 		return nil, csierr.Errorf(csierr.ErrInvalid, "volume_context.unmapOptions: %v", err)
+	}
+	// The mappers put these into a sysfs request or a command line, where a
+	// smuggled option could name another user or key. Every mapper's part
+	// is checked, not only the one used now: the volume may be staged with
+	// another mapper on another node.
+	for _, field := range []string{"mapOptions", "unmapOptions"} {
+		for _, k := range []string{mapper.KindKRBD, mapper.KindNBD, mapper.KindFuse} {
+			opts, _ := mapper.OptionsFor(vc[field], k)
+			if err := request.SafeOptionList("volume_context."+field, opts); err != nil {
+				return nil, err
+			}
+		}
 	}
 	creds, err := request.Credentials(req.GetSecrets(), request.UserSecret)
 	if err != nil {
@@ -190,7 +212,9 @@ func (s *NodeServer) parseStage(req *csi.NodeStageVolumeRequest) (*stageRequest,
 	}
 	sr.rec.FsType = fsType
 	sr.mountFlags = vcap.GetMount().GetMountFlags()
-	sr.mkfsOpts = strings.Fields(vc["mkfsOptions"])
+	if sr.mkfsOpts, err = parseMkfsOptions(fsType, vc["mkfsOptions"]); err != nil {
+		return nil, err
+	}
 	if len(sr.mkfsOpts) == 0 {
 		sr.mkfsOpts = defaultMkfsOptions[fsType]
 	}
@@ -240,6 +264,7 @@ func (s *NodeServer) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolu
 		}
 		return nil, fmt.Errorf("mapping %s with %s: %w", sr.spec, sr.rec.Mapper, err)
 	}
+	failpoint.Hit("node-stage-after-map")
 	sr.rec.Device = dev
 	if err := s.state.Save(volID, &sr.rec); err != nil {
 		return nil, fmt.Errorf("saving node state of %s: %v", volID, err)
@@ -340,7 +365,10 @@ func (s *NodeServer) growExtOffline(dev string) error {
 // and unmap the image.
 func (s *NodeServer) NodeUnstageVolume(ctx context.Context, req *csi.NodeUnstageVolumeRequest) (*csi.NodeUnstageVolumeResponse, error) {
 	volID, staging := req.GetVolumeId(), req.GetStagingTargetPath()
-	if err := nodeutil.Require([2]string{"volume_id", volID}, [2]string{"staging_target_path", staging}); err != nil {
+	if err := nodeutil.Require([2]string{"volume_id", volID}); err != nil {
+		return nil, err
+	}
+	if err := nodeutil.Path("staging_target_path", staging); err != nil {
 		return nil, err
 	}
 	var rec stageRecord
@@ -367,9 +395,11 @@ func (s *NodeServer) NodeUnstageVolume(ctx context.Context, req *csi.NodeUnstage
 	if m == nil {
 		return nil, fmt.Errorf("node state of %s names unknown mapper %q", volID, rec.Mapper)
 	}
+	failpoint.Hit("node-unstage-after-unmount")
 	if err := m.Unmap(ctx, rec.spec(), rec.UnmapOptions); err != nil {
 		return nil, fmt.Errorf("unmapping %s: %w", rec.spec(), err)
 	}
+	failpoint.Hit("node-unstage-after-unmap")
 	if err := s.state.Remove(volID); err != nil {
 		return nil, fmt.Errorf("removing node state of %s: %v", volID, err)
 	}
@@ -380,8 +410,13 @@ func (s *NodeServer) NodeUnstageVolume(ctx context.Context, req *csi.NodeUnstage
 // filesystem, or the device itself for a block volume, at the target.
 func (s *NodeServer) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolumeRequest) (*csi.NodePublishVolumeResponse, error) {
 	volID, target, staging := req.GetVolumeId(), req.GetTargetPath(), req.GetStagingTargetPath()
-	if err := nodeutil.Require([2]string{"volume_id", volID}, [2]string{"target_path", target},
-		[2]string{"staging_target_path", staging}); err != nil {
+	if err := nodeutil.Require([2]string{"volume_id", volID}); err != nil {
+		return nil, err
+	}
+	if err := nodeutil.Paths([2]string{"target_path", target}, [2]string{"staging_target_path", staging}); err != nil {
+		return nil, err
+	}
+	if err := nodeutil.TargetApart(target, staging); err != nil {
 		return nil, err
 	}
 	vcap := req.GetVolumeCapability()
@@ -395,6 +430,13 @@ func (s *NodeServer) NodePublishVolume(ctx context.Context, req *csi.NodePublish
 	}
 	if err := s.publisher.CheckSingleWriter(volID, vcap, &rec.Published, target); err != nil {
 		return nil, err
+	}
+	// The target is recorded before it is made, so that unpublish (also
+	// after a crash in between) knows the driver created it.
+	if staged {
+		if err := s.state.AddTarget(volID, &rec, target); err != nil {
+			return nil, err
+		}
 	}
 	if vcap.GetBlock() != nil {
 		if !staged || rec.Device == "" || !rec.Block {
@@ -418,21 +460,23 @@ func (s *NodeServer) NodePublishVolume(ctx context.Context, req *csi.NodePublish
 			return nil, err
 		}
 	}
-	if staged {
-		if err := s.state.AddTarget(volID, &rec, target); err != nil {
-			return nil, err
-		}
-	}
 	return &csi.NodePublishVolumeResponse{}, nil
 }
 
 // NodeUnpublishVolume implements csi.NodeServer.
 func (s *NodeServer) NodeUnpublishVolume(ctx context.Context, req *csi.NodeUnpublishVolumeRequest) (*csi.NodeUnpublishVolumeResponse, error) {
 	volID, target := req.GetVolumeId(), req.GetTargetPath()
-	if err := nodeutil.Require([2]string{"volume_id", volID}, [2]string{"target_path", target}); err != nil {
+	if err := nodeutil.Require([2]string{"volume_id", volID}); err != nil {
 		return nil, err
 	}
-	if err := s.publisher.Unpublish(target); err != nil {
+	if err := nodeutil.Path("target_path", target); err != nil {
+		return nil, err
+	}
+	var rec stageRecord
+	if _, err := s.state.Load(volID, &rec); err != nil {
+		return nil, fmt.Errorf("reading node state of %s: %v", volID, err)
+	}
+	if err := s.publisher.Unpublish(target, rec.Owns(target)); err != nil {
 		return nil, err
 	}
 	if err := s.state.ForgetTarget(volID, &stageRecord{}, target); err != nil {
@@ -445,7 +489,10 @@ func (s *NodeServer) NodeUnpublishVolume(ctx context.Context, req *csi.NodeUnpub
 // the image, make the device follow and grow the filesystem online.
 func (s *NodeServer) NodeExpandVolume(ctx context.Context, req *csi.NodeExpandVolumeRequest) (*csi.NodeExpandVolumeResponse, error) {
 	volID, volPath := req.GetVolumeId(), req.GetVolumePath()
-	if err := nodeutil.Require([2]string{"volume_id", volID}, [2]string{"volume_path", volPath}); err != nil {
+	if err := nodeutil.Require([2]string{"volume_id", volID}); err != nil {
+		return nil, err
+	}
+	if err := nodeutil.Path("volume_path", volPath); err != nil {
 		return nil, err
 	}
 	var rec stageRecord
@@ -510,7 +557,10 @@ func (s *NodeServer) waitDeviceSize(ctx context.Context, dev string, want int64)
 // NodeGetVolumeStats implements csi.NodeServer.
 func (s *NodeServer) NodeGetVolumeStats(ctx context.Context, req *csi.NodeGetVolumeStatsRequest) (*csi.NodeGetVolumeStatsResponse, error) {
 	path := req.GetVolumePath()
-	if err := nodeutil.Require([2]string{"volume_id", req.GetVolumeId()}, [2]string{"volume_path", path}); err != nil {
+	if err := nodeutil.Require([2]string{"volume_id", req.GetVolumeId()}); err != nil {
+		return nil, err
+	}
+	if err := nodeutil.Path("volume_path", path); err != nil {
 		return nil, err
 	}
 	fi, err := os.Stat(path)
