@@ -1367,3 +1367,55 @@ func TestNodeFuseThroughput(t *testing.T) {
 	t.Logf("  loop device over the FUSE helper (O_DIRECT): write+fsync %.0f MB/s, read %.0f MB/s", mbps(loopWrite), mbps(loopRead))
 	t.Logf("  go-ceph WriteAt/ReadAt on an image:          write+flush %.0f MB/s, read %.0f MB/s", mbps(directWrite), mbps(directRead))
 }
+
+// A snapshot of a mounted ext4 volume (its journal needs replaying),
+// restored into a bigger volume and staged while the source is still
+// mounted: the restore holds the file and its filesystem fills the bigger
+// volume. Here online growth is refused (no CAP_SYS_RESOURCE), so this is
+// the offline path: the filesystem must be grown before it is mounted.
+func TestNodeRestoreLargerFromSnapshotOfMountedVolume(t *testing.T) {
+	e := startNodeEnv(t)
+	ctx := ctxT(t)
+	src := createFuseVolume(t, e, e.d.Controller, 64<<20, "")
+	staging := filepath.Join(e.work, "staging")
+	target := filepath.Join(e.work, "pod", "mount")
+	vcap := testutil.FSCap("")
+	stage(t, e.d.Node, e.c, src, staging, vcap)
+	publish(t, e.d.Node, src, staging, target, vcap, false)
+	content := "written while mounted " + src.GetVolumeId()
+	writeFileSync(t, filepath.Join(target, "live.txt"), []byte(content))
+
+	snapResp, err := e.d.Controller.CreateSnapshot(ctx, &csi.CreateSnapshotRequest{SourceVolumeId: src.GetVolumeId(),
+		Name: uniqueName("snap"), Secrets: e.c.RBDSecrets(), Parameters: map[string]string{"clusterID": e.c.ClusterID}})
+	if err != nil {
+		t.Fatalf("CreateSnapshot: %v", err)
+	}
+	snapID := snapResp.GetSnapshot().GetSnapshotId()
+	t.Cleanup(func() {
+		c2, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		if _, err := e.d.Controller.DeleteSnapshot(c2, &csi.DeleteSnapshotRequest{SnapshotId: snapID, Secrets: e.c.RBDSecrets()}); err != nil {
+			t.Errorf("DeleteSnapshot: %v", err)
+		}
+	})
+	restored := createVolumeReq(t, e, e.d.Controller, &csi.CreateVolumeRequest{Name: uniqueName("restore"),
+		VolumeCapabilities: mountCap(), CapacityRange: &csi.CapacityRange{RequiredBytes: 128 << 20},
+		Parameters: params(e.c, "mounter", "rbd-fuse"), Secrets: e.c.RBDSecrets(),
+		VolumeContentSource: &csi.VolumeContentSource{Type: &csi.VolumeContentSource_Snapshot{
+			Snapshot: &csi.VolumeContentSource_SnapshotSource{SnapshotId: snapID}}}})
+	rstaging := filepath.Join(e.work, "rstaging")
+	rtarget := filepath.Join(e.work, "pod2", "mount")
+	stage(t, e.d.Node, e.c, restored, rstaging, vcap)
+	publish(t, e.d.Node, restored, rstaging, rtarget, vcap, false)
+	if got := readFileT(t, filepath.Join(rtarget, "live.txt")); got != content {
+		t.Errorf("restored file = %q, want %q", got, content)
+	}
+	if total, _ := statfs(t, rtarget); total < 110<<20 {
+		t.Errorf("restored filesystem is %d bytes, want it grown to the 128 MiB volume", total)
+	}
+	unpublish(t, e.d.Node, restored, rtarget)
+	unstage(t, e.d.Node, restored, rstaging)
+	unpublish(t, e.d.Node, src, target)
+	unstage(t, e.d.Node, src, staging)
+	assertCleanNode(t, e)
+}
