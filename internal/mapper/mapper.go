@@ -94,9 +94,6 @@ type Mapper interface {
 	// Map attaches the image and returns its device path. An image that is
 	// already attached returns the device it has.
 	Map(ctx context.Context, s Spec) (device string, err error)
-	// Find returns the device the image is attached to, "" when none. It
-	// needs only the pool, namespace and image of s.
-	Find(ctx context.Context, s Spec) (device string, err error)
 	// Unmap detaches the image; an image that is not attached is fine.
 	// opts are the unmap options. A device still in use gives ErrBusy.
 	Unmap(ctx context.Context, s Spec, opts string) error
