@@ -1,0 +1,144 @@
+package testutil
+
+import (
+	"errors"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/container-storage-interface/spec/lib/go/csi"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+)
+
+var (
+	buildMu  sync.Mutex
+	binaries = map[string]string{}
+)
+
+// BuildBinary builds cmd/cephcsi with the given build tags, once per test
+// process and tag set, and returns its path.
+func BuildBinary(t testing.TB, tags ...string) string {
+	t.Helper()
+	key := strings.Join(tags, ",")
+	buildMu.Lock()
+	defer buildMu.Unlock()
+	if bin, ok := binaries[key]; ok {
+		return bin
+	}
+	dir, err := os.MkdirTemp("", "cephcsi-bin")
+	if err != nil {
+		t.Fatal(err)
+	}
+	bin := filepath.Join(dir, "cephcsi")
+	args := []string{"build", "-o", bin}
+	if key != "" {
+		args = append(args, "-tags", key)
+	}
+	cmd := exec.Command("go", append(args, "./cmd/cephcsi")...)
+	cmd.Dir = RepoRoot()
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("building cephcsi (tags %q): %v\n%s", key, err, out)
+	}
+	binaries[key] = bin
+	return bin
+}
+
+// Process is the real cephcsi binary serving CSI on a unix socket.
+type Process struct {
+	Controller csi.ControllerClient
+	Node       csi.NodeClient
+	Identity   csi.IdentityClient
+	Socket     string
+
+	t    testing.TB
+	cmd  *exec.Cmd
+	conn *grpc.ClientConn
+	log  string
+	done chan struct{}
+	err  error
+}
+
+// StartProcess runs bin with args (and env added to the test's) serving on
+// a socket of its own, waits until it answers, and stops it when the test
+// ends. Its log is kept in a file of the test (Log).
+func StartProcess(t testing.TB, bin string, env []string, args ...string) *Process {
+	t.Helper()
+	sock := filepath.Join(shortTempDir(t), "csi.sock")
+	logf, err := os.CreateTemp(t.TempDir(), "cephcsi-*.log")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer logf.Close()
+	cmd := exec.Command(bin, append([]string{"--endpoint=unix://" + sock, "--v=4"}, args...)...)
+	cmd.Env = append(os.Environ(), env...)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	p := &Process{Socket: sock, t: t, cmd: cmd, log: logf.Name(), done: make(chan struct{})}
+	go func() { p.err = cmd.Wait(); close(p.done) }()
+	t.Cleanup(p.Kill)
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		if c, err := net.Dial("unix", sock); err == nil {
+			c.Close()
+			break
+		}
+		select {
+		case <-p.done:
+			t.Fatalf("cephcsi exited at start (%v); log:\n%s", p.err, p.Log())
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("cephcsi socket did not appear; log:\n%s", p.Log())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	p.conn, err = grpc.NewClient("unix:"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.Controller, p.Node, p.Identity = csi.NewControllerClient(p.conn), csi.NewNodeClient(p.conn), csi.NewIdentityClient(p.conn)
+	return p
+}
+
+// Log returns what the process printed so far.
+func (p *Process) Log() string {
+	b, _ := os.ReadFile(p.log)
+	return string(b)
+}
+
+// Exited waits up to timeout for the process to end on its own and
+// returns its exit code; ok is false when it is still running.
+func (p *Process) Exited(timeout time.Duration) (code int, ok bool) {
+	select {
+	case <-p.done:
+	case <-time.After(timeout):
+		return 0, false
+	}
+	var ee *exec.ExitError
+	if errors.As(p.err, &ee) {
+		return ee.ExitCode(), true
+	}
+	return 0, true
+}
+
+// Kill ends the process at once (SIGKILL) and closes the client.
+func (p *Process) Kill() {
+	if p.conn != nil {
+		p.conn.Close()
+	}
+	select {
+	case <-p.done:
+		return
+	default:
+	}
+	_ = p.cmd.Process.Kill()
+	<-p.done
+}
