@@ -5,6 +5,7 @@ package config
 import (
 	"flag"
 	"fmt"
+	"path/filepath"
 	"regexp"
 	"slices"
 	"strings"
@@ -112,9 +113,11 @@ func (o *Options) Register(fs *flag.FlagSet) {
 	fs.StringVar(&o.InstanceID, "instanceid", "default", "suffix of the journal's directory objects (csi.volumes.<instanceid>)")
 	fs.BoolVar(&o.IsControllerSrv, "controllerserver", false, "serve the CSI controller service")
 	fs.BoolVar(&o.IsNodeSrv, "nodeserver", false, "serve the CSI node service")
-	fs.StringVar(&o.StagingPath, none("stagingpath", "the staging path comes with each NodeStageVolume request"),
-		"/var/lib/kubelet/plugins/kubernetes.io/csi/", "kubelet's staging directory; no effect here (each request names its staging path)")
-	fs.StringVar(&o.PluginPath, "pluginpath", "/var/lib/kubelet/plugins/", "kubelet's plugin directory; node state is kept in <pluginpath>/<drivername>")
+	fs.StringVar(&o.StagingPath, "stagingpath", "/var/lib/kubelet/plugins/kubernetes.io/csi/",
+		"kubelet's staging directory, <kubelet dir>/plugins/kubernetes.io/csi/; each request names its own staging path, "+
+			"so this only sets --pluginpath when that is not given")
+	fs.StringVar(&o.PluginPath, "pluginpath", "/var/lib/kubelet/plugins/",
+		"kubelet's plugin directory; node state is kept in <pluginpath>/<drivername> (default: derived from --stagingpath when given)")
 	fs.StringVar(&o.Kubeconfig, none("kubeconfig", "the driver does not use the Kubernetes API"), "",
 		"kubeconfig file; no effect here (the driver does not talk to the Kubernetes API)")
 
@@ -196,8 +199,26 @@ func (o *Options) NoEffect() [][2]string {
 	return out
 }
 
+// given reports whether the command line set the flag name.
+func (o *Options) given(name string) bool {
+	found := false
+	if o.fs != nil {
+		o.fs.Visit(func(f *flag.Flag) { found = found || f.Name == name })
+	}
+	return found
+}
+
 // Validate checks the flag combination and fills in defaults.
 func (o *Options) Validate() error {
+	// The operator gives --stagingpath=<kubelet dir>/plugins/kubernetes.io/csi/
+	// and never --pluginpath, and mounts only <kubelet dir>/plugins: with a
+	// kubelet directory other than /var/lib/kubelet the default plugin path
+	// would live and die with the container.
+	if !o.given("pluginpath") && o.given("stagingpath") {
+		if dir, ok := strings.CutSuffix(filepath.Clean(o.StagingPath), "/kubernetes.io/csi"); ok && dir != "" {
+			o.PluginPath = dir
+		}
+	}
 	if o.PIDLimit < -1 {
 		return fmt.Errorf("--pidlimit=%d: give -1 (the maximum), 0 (leave the limit) or a positive number", o.PIDLimit)
 	}

@@ -170,7 +170,7 @@ func TestWarningsOnlyForWhatThisProcessWouldDo(t *testing.T) {
 }
 
 func TestNoEffectFlags(t *testing.T) {
-	o, err := parse(t, "--type=rbd", "--nodeserver=true", "--nodeid=n", "--stagingpath=/var/lib/kubelet/plugins/kubernetes.io/csi/",
+	o, err := parse(t, "--type=rbd", "--nodeserver=true", "--nodeid=n", "--skipforceflatten=true",
 		"--kubeconfig=/k", "--histogramoption=0.5,2,6", "--pluginpath=/p")
 	if err != nil {
 		t.Fatal(err)
@@ -180,7 +180,7 @@ func TestNoEffectFlags(t *testing.T) {
 		names = append(names, f[0])
 	}
 	slices.Sort(names)
-	if !slices.Equal(names, []string{"histogramoption", "kubeconfig", "stagingpath"}) {
+	if !slices.Equal(names, []string{"histogramoption", "kubeconfig", "skipforceflatten"}) {
 		t.Errorf("no-effect flags = %v", names)
 	}
 }
@@ -232,5 +232,28 @@ func TestOptionsValidate(t *testing.T) {
 	_, err := parse(t, "--type=nvmeof", "--controllerserver")
 	if err == nil || !strings.Contains(err.Error(), "not served by this driver") {
 		t.Errorf("nvmeof: err = %v", err)
+	}
+}
+
+// The operator passes --stagingpath but not --pluginpath; node state must
+// follow a non-default kubelet directory onto the host.
+func TestPluginPathFollowsStagingPath(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--stagingpath=/var/lib/k0s/kubelet/plugins/kubernetes.io/csi/"}, "/var/lib/k0s/kubelet/plugins"},
+		{[]string{"--stagingpath=/var/snap/microk8s/common/var/lib/kubelet/plugins/kubernetes.io/csi"}, "/var/snap/microk8s/common/var/lib/kubelet/plugins"},
+		{[]string{"--stagingpath=/k/plugins/kubernetes.io/csi/", "--pluginpath=/elsewhere"}, "/elsewhere"},
+		{[]string{"--stagingpath=/odd/staging"}, "/var/lib/kubelet/plugins/"},
+		{nil, "/var/lib/kubelet/plugins/"},
+	} {
+		o, err := parse(t, append([]string{"--type=cephfs", "--nodeserver", "--nodeid=n"}, tc.args...)...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if o.PluginPath != tc.want {
+			t.Errorf("%v: plugin path %q, want %q", tc.args, o.PluginPath, tc.want)
+		}
 	}
 }
