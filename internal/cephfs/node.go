@@ -191,7 +191,7 @@ func (n *NodeServer) decodeStage(req *csi.NodeStageVolumeRequest) (*stageRequest
 	}
 	if sr.mounter == "" {
 		sr.mounter = mounterFuse
-		if kernelClientAvailable() {
+		if kernelClientAvailable() && (n.Options.ForceKernelClient || KernelQuotaSupported()) {
 			sr.mounter = mounterKernel
 		}
 	}
