@@ -119,6 +119,7 @@ func TestSlowCallsLoggedUntilTheyEnd(t *testing.T) {
 		})
 	}
 	errc := make(chan error, 1)
+	start := time.Now()
 	go func() { _, err := h(context.Background(), &csi.NodeStageVolumeRequest{}); errc <- err }()
 
 	// Let the call run for several intervals.
@@ -127,6 +128,7 @@ func TestSlowCallsLoggedUntilTheyEnd(t *testing.T) {
 	if err := <-errc; err != nil {
 		t.Fatal(err)
 	}
+	elapsed := time.Since(start)
 	klog.Flush()
 	atEnd := buf.String()
 	time.Sleep(200 * time.Millisecond)
@@ -154,9 +156,10 @@ func TestSlowCallsLoggedUntilTheyEnd(t *testing.T) {
 			running++
 		}
 	}
-	// About five intervals passed; scheduling may cost one.
-	if running < 4 || running > 6 {
-		t.Fatalf("%d slow-call lines for a call of ~5 intervals:\n%s", running, atEnd)
+	// One line per interval the call outlived: never more, and on a busy
+	// machine a late timer may cost a few.
+	if most := int(elapsed/(50*time.Millisecond)) + 1; running < 2 || running > most {
+		t.Fatalf("%d slow-call lines for a call of %s (at most %d):\n%s", running, elapsed, most, atEnd)
 	}
 }
 
