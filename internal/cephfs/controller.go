@@ -157,6 +157,11 @@ func (s *ControllerServer) CreateVolume(ctx context.Context, req *csi.CreateVolu
 		}
 		return nil, err
 	}
+	if s.Options.SetMetadata && !params.BackingSnapshot {
+		if err := f.setMetadata(ctx, entry.ImageName, "", request.VolumeMetadata(req.GetParameters(), s.Options.ClusterName)); err != nil {
+			return nil, err
+		}
+	}
 	vc := request.PassThrough(req.GetParameters())
 	vc["clusterID"] = params.ClusterID
 	vc["fsName"] = f.fs.Name

@@ -93,6 +93,11 @@ func (s *ControllerServer) CreateSnapshot(ctx context.Context, req *csi.CreateSn
 		}
 		created = sinfo.CreatedAt.Time
 	}
+	if s.Options.SetMetadata {
+		if err := f.setMetadata(ctx, ref.name, entry.ImageName, request.SnapshotMetadata(req.GetParameters(), s.Options.ClusterName)); err != nil {
+			return nil, err
+		}
+	}
 	id, err := volid.ID{ClusterID: ref.id.ClusterID, LocationID: f.fs.ID, UUID: entry.UUID}.Encode()
 	if err != nil {
 		return nil, err

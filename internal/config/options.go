@@ -142,7 +142,7 @@ func (o *Options) Register(fs *flag.FlagSet) {
 	fs.DurationVar(&o.RBDTrashMaxDelay, "rbdtrashmaxdelay", 0, "keep deleted RBD images in the trash this long; not served yet: a positive value warns at start")
 	fs.DurationVar(&o.CloneWait, "clonewait", 0, "how long a CephFS CreateVolume from a snapshot or volume waits for the copy before answering Aborted (0: at once)")
 
-	fs.BoolVar(&o.SetMetadata, "setmetadata", true, "record PVC, PV and snapshot names as image and subvolume metadata; not served yet: the controller warns while true")
+	fs.BoolVar(&o.SetMetadata, "setmetadata", true, "record PVC, PV and snapshot names (from the sidecars' --extra-create-metadata) as image and subvolume metadata")
 	fs.StringVar(&o.ClusterName, "clustername", "", "Kubernetes cluster name recorded with --setmetadata (csi.ceph.com/cluster/name)")
 	fs.Var(listValue{&o.DomainLabels}, "domainlabels", "node labels, comma separated, that make up the topology domain; not served yet: the node warns when set")
 	fs.BoolVar(&o.EnableReadAffinity, "enable-read-affinity", false, "read from the OSDs nearest the node; not served yet: the node warns when true")
@@ -308,8 +308,6 @@ const (
 // what a user who asks for it loses. Whoever implements one removes its
 // entry here.
 var notServed = map[Behaviour]string{
-	Metadata: "PVC, PV and snapshot names (and --clustername) are not recorded as RBD image or CephFS subvolume metadata; " +
-		"pass --setmetadata=false to silence this",
 	Topology:     "NodeGetInfo reports no topology segments and volumes carry no accessibility constraints",
 	ReadAffinity: "reads are not directed to the OSDs nearest the node (no crush_location / read_from_replica=localize)",
 	CSIAddons:    "the CSI-Addons service (reclaim space, network fence) is not served yet; nothing listens on that endpoint",

@@ -178,6 +178,9 @@ func (s *ControllerServer) CreateVolume(ctx context.Context, req *csi.CreateVolu
 		return nil, csierr.Errorf(csierr.ErrExists, "volume %q exists, made by a request with other parameters, size or content source", name)
 	}
 	have, created, err := s.finishVolume(ctx, t, entry, params, size, req.GetCapacityRange(), src)
+	if err == nil {
+		err = s.recordMetadata(t.p, entry, request.VolumeMetadata(req.GetParameters(), s.Options.ClusterName))
+	}
 	if err != nil {
 		// Only what this call began is undone: a volume an earlier call made
 		// is never removed by a failing retry.
@@ -278,6 +281,20 @@ func (s *ControllerServer) completeImage(t *target, img image, entry *journal.En
 		entry.ImageID = id
 	}
 	return int64(have), nil
+}
+
+// recordMetadata writes the Kubernetes names of --setmetadata on the image
+// of entry (repeated retries write the same).
+func (s *ControllerServer) recordMetadata(p pool, entry *journal.Entry, kv map[string]string) error {
+	if !s.Options.SetMetadata {
+		return nil
+	}
+	// A clone starts with its parent's metadata: names of another PVC or
+	// snapshot, which this image must not carry.
+	if err := p.SetImageMetadata(entry.ImageID, kv, request.MetadataKeys()); err != nil {
+		return fmt.Errorf("recording metadata on %s: %w", imageSpec(p, entry.ImageName), err)
+	}
+	return nil
 }
 
 // matchExisting compares a volume made by another driver (its journal entry
