@@ -22,6 +22,7 @@ import (
 	"github.com/leanceph/cephcsi/internal/locks"
 	"github.com/leanceph/cephcsi/internal/request"
 	"github.com/leanceph/cephcsi/internal/service"
+	"github.com/leanceph/cephcsi/internal/topology"
 	"github.com/leanceph/cephcsi/internal/volid"
 )
 
@@ -79,6 +80,22 @@ func (s *ControllerServer) CreateVolume(ctx context.Context, req *csi.CreateVolu
 	params, err := parseVolumeParams(req.GetParameters())
 	if err != nil {
 		return nil, err
+	}
+	// topologyConstrainedPools picks the data pool that serves the
+	// requested topology.
+	pools, err := topology.ParsePools(req.GetParameters()["topologyConstrainedPools"])
+	if err != nil {
+		return nil, err
+	}
+	place, err := topology.Select(pools, req.GetAccessibilityRequirements())
+	if err != nil {
+		return nil, err
+	}
+	if place != nil {
+		if err := request.ValidPoolName("topologyConstrainedPools", place.Pool); err != nil {
+			return nil, err
+		}
+		params.Pool = place.Pool
 	}
 	size, err := request.RoundedSize(req.GetCapacityRange())
 	if err != nil {
@@ -171,11 +188,16 @@ func (s *ControllerServer) CreateVolume(ctx context.Context, req *csi.CreateVolu
 		vc["subvolumeName"] = src.snapshot.Source
 		vc["backingSnapshotID"] = backingID
 	}
+	var accessible []*csi.Topology
+	if place != nil {
+		accessible = []*csi.Topology{{Segments: place.Segments}}
+	}
 	return &csi.CreateVolumeResponse{Volume: &csi.Volume{
-		VolumeId:      volumeID,
-		CapacityBytes: res.size,
-		VolumeContext: vc,
-		ContentSource: req.GetVolumeContentSource(),
+		VolumeId:           volumeID,
+		CapacityBytes:      res.size,
+		VolumeContext:      vc,
+		ContentSource:      req.GetVolumeContentSource(),
+		AccessibleTopology: accessible,
 	}}, nil
 }
 

@@ -19,6 +19,7 @@ import (
 	"github.com/leanceph/cephcsi/internal/nodeutil"
 	"github.com/leanceph/cephcsi/internal/request"
 	"github.com/leanceph/cephcsi/internal/service"
+	"github.com/leanceph/cephcsi/internal/topology"
 	"github.com/leanceph/cephcsi/internal/volid"
 )
 
@@ -39,8 +40,8 @@ func NewNodeServer(d *service.Deps) (*NodeServer, error) {
 }
 
 // NodeGetInfo implements csi.NodeServer.
-func (n *NodeServer) NodeGetInfo(context.Context, *csi.NodeGetInfoRequest) (*csi.NodeGetInfoResponse, error) {
-	return &csi.NodeGetInfoResponse{NodeId: n.Options.NodeID}, nil
+func (n *NodeServer) NodeGetInfo(ctx context.Context, _ *csi.NodeGetInfoRequest) (*csi.NodeGetInfoResponse, error) {
+	return nodeutil.Info(ctx, n.Deps)
 }
 
 // NodeGetCapabilities implements csi.NodeServer.
@@ -91,7 +92,7 @@ func (n *NodeServer) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolu
 	if err := request.ValidateCapability("volume_capability", vcap, true); err != nil {
 		return nil, err
 	}
-	sr, err := n.decodeStage(req)
+	sr, err := n.decodeStage(ctx, req)
 	if err != nil {
 		return nil, err
 	}
@@ -133,7 +134,7 @@ func (n *NodeServer) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolu
 
 // decodeStage reads the volume context: where the volume lives, which
 // client mounts it, with which options and credentials.
-func (n *NodeServer) decodeStage(req *csi.NodeStageVolumeRequest) (*stageRequest, error) {
+func (n *NodeServer) decodeStage(ctx context.Context, req *csi.NodeStageVolumeRequest) (*stageRequest, error) {
 	vc := req.GetVolumeContext()
 	static := vc["staticVolume"] == "true"
 	sr := &stageRequest{clusterID: vc["clusterID"], subvolumeName: vc["subvolumeName"], backingSnapshotID: vc["backingSnapshotID"]}
@@ -217,6 +218,19 @@ func (n *NodeServer) decodeStage(req *csi.NodeStageVolumeRequest) (*stageRequest
 	}
 	sr.spec.Options = append(splitOptions(base), splitOptions(vc[scKey])...)
 	sr.spec.Options = append(sr.spec.Options, req.GetVolumeCapability().GetMount().GetMountFlags()...)
+	loc, err := n.CrushLocation(ctx, cl)
+	if err != nil {
+		return nil, err
+	}
+	switch {
+	case loc == nil:
+	case sr.mounter == mounterKernel:
+		sr.spec.Options = append(sr.spec.Options, "read_from_replica=localize", "crush_location="+topology.KernelCrushLocation(loc))
+	default:
+		// Only the kernel client takes read_from_replica; ceph-fuse is given
+		// no replica-read setting and reads from the primary OSDs.
+		klog.FromContext(ctx).V(1).Info("read affinity applies to the CephFS kernel client only; this ceph-fuse mount reads from the primary OSDs")
+	}
 	return sr, nil
 }
 

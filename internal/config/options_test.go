@@ -130,7 +130,7 @@ func TestWarningsOnlyForWhatThisProcessWouldDo(t *testing.T) {
 		"rbd node with topology and read affinity": {
 			[]string{"--type=rbd", "--nodeserver=true", "--nodeid=n", "--domainlabels=topology.kubernetes.io/zone",
 				"--enable-read-affinity=true", "--enable-fencing=false"},
-			[]string{"--domainlabels=topology.kubernetes.io/zone: NodeGetInfo", "--enable-read-affinity=true: reads"}},
+			nil},
 		// Topology and read affinity are node settings; metadata a controller one.
 		"cephfs controller with node settings": {
 			[]string{"--type=cephfs", "--controllerserver=true", "--domainlabels=a", "--enable-read-affinity=true"}, nil},
@@ -176,7 +176,7 @@ func TestNoEffectFlags(t *testing.T) {
 		names = append(names, f[0])
 	}
 	slices.Sort(names)
-	if !slices.Equal(names, []string{"histogramoption", "kubeconfig", "skipforceflatten"}) {
+	if !slices.Equal(names, []string{"histogramoption", "skipforceflatten"}) {
 		t.Errorf("no-effect flags = %v", names)
 	}
 }

@@ -17,6 +17,7 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/leanceph/cephcsi/internal/keyexec"
+	"github.com/leanceph/cephcsi/internal/topology"
 )
 
 // KernelKeys lends a cephx key to the kernel for the duration of one map
@@ -149,6 +150,9 @@ func (k *KRBD) Map(ctx context.Context, s Spec) (string, error) {
 			opts = append(opts, "_pool_ns="+s.Namespace)
 		}
 		opts = append(opts, userOpts...)
+		if s.CrushLocation != nil {
+			opts = append(opts, "read_from_replica=localize", "crush_location="+topology.KernelCrushLocation(s.CrushLocation))
+		}
 		if s.ReadOnly {
 			opts = append(opts, "ro")
 		}

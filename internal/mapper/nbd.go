@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/leanceph/cephcsi/internal/keyexec"
+	"github.com/leanceph/cephcsi/internal/topology"
 )
 
 // NBD maps with rbd-nbd: librbd in a user-space daemon serving /dev/nbdN.
@@ -62,6 +63,9 @@ func (n *NBD) Map(ctx context.Context, s Spec) (string, error) {
 		args = append(args, "--read-only")
 	}
 	args = append(args, flags...)
+	if s.CrushLocation != nil {
+		args = append(args, "--rbd_read_from_replica_policy=localize", "--crush_location="+topology.LibradosCrushLocation(s.CrushLocation))
+	}
 	args = append(args, "map", nbdImageSpec(s))
 	res, err := n.Runner.Run(ctx, keyexec.Command{Path: n.Binary, Args: args, Key: s.Key, Timeout: n.Timeout})
 	if err != nil {

@@ -4,6 +4,7 @@
 package nodeutil
 
 import (
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -19,6 +20,7 @@ import (
 	mount "k8s.io/mount-utils"
 
 	"github.com/leanceph/cephcsi/internal/csierr"
+	"github.com/leanceph/cephcsi/internal/service"
 )
 
 // Publisher bind-mounts staged volumes into pods' target paths.
@@ -332,4 +334,18 @@ func Require(fields ...[2]string) error {
 		}
 	}
 	return nil
+}
+
+// Info answers NodeGetInfo for both drivers: the node ID and, with
+// --domainlabels, the node's topology segments.
+func Info(ctx context.Context, d *service.Deps) (*csi.NodeGetInfoResponse, error) {
+	seg, err := d.NodeTopology(ctx)
+	if err != nil {
+		return nil, err
+	}
+	resp := &csi.NodeGetInfoResponse{NodeId: d.Options.NodeID}
+	if seg != nil {
+		resp.AccessibleTopology = &csi.Topology{Segments: seg}
+	}
+	return resp, nil
 }

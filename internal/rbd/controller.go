@@ -19,6 +19,7 @@ import (
 	"github.com/leanceph/cephcsi/internal/locks"
 	"github.com/leanceph/cephcsi/internal/request"
 	"github.com/leanceph/cephcsi/internal/service"
+	"github.com/leanceph/cephcsi/internal/topology"
 	"github.com/leanceph/cephcsi/internal/volid"
 )
 
@@ -135,6 +136,10 @@ func (s *ControllerServer) CreateVolume(ctx context.Context, req *csi.CreateVolu
 	if err != nil {
 		return nil, err
 	}
+	place, err := placeVolume(params, req)
+	if err != nil {
+		return nil, err
+	}
 	t, err := s.openTarget(params.ClusterID, params.Pool, 0, creds)
 	if errors.Is(err, errPoolNotFound) {
 		return nil, csierr.Param("pool", "%q does not exist in cluster %q", params.Pool, params.ClusterID)
@@ -189,7 +194,36 @@ func (s *ControllerServer) CreateVolume(ctx context.Context, req *csi.CreateVolu
 		}
 		return nil, err
 	}
-	return s.volumeResponse(t, params, entry, have, req)
+	resp, err := s.volumeResponse(t, params, entry, have, req)
+	if err == nil && place != nil {
+		resp.Volume.AccessibleTopology = []*csi.Topology{{Segments: place.Segments}}
+	}
+	return resp, err
+}
+
+// placeVolume applies topologyConstrainedPools: with accessibility
+// requirements in the request, the pool (and data pool) serving them
+// replaces the StorageClass's. It returns the choice, nil without one.
+func placeVolume(params *volumeParams, req *csi.CreateVolumeRequest) (*topology.Choice, error) {
+	pools, err := topology.ParsePools(req.GetParameters()["topologyConstrainedPools"])
+	if err != nil {
+		return nil, err
+	}
+	choice, err := topology.Select(pools, req.GetAccessibilityRequirements())
+	if err != nil || choice == nil {
+		return nil, err
+	}
+	if err := request.ValidPoolName("topologyConstrainedPools", choice.Pool); err != nil {
+		return nil, err
+	}
+	params.Pool = choice.Pool
+	if choice.DataPool != "" {
+		if err := request.ValidPoolName("topologyConstrainedPools", choice.DataPool); err != nil {
+			return nil, err
+		}
+		params.DataPool = choice.DataPool
+	}
+	return choice, nil
 }
 
 // finishVolume makes the image of entry, or checks and finishes one an

@@ -25,7 +25,7 @@ type stageRequest struct {
 	mkfsOpts   []string
 }
 
-func (s *NodeServer) parseStage(req *csi.NodeStageVolumeRequest) (*stageRequest, error) {
+func (s *NodeServer) parseStage(ctx context.Context, req *csi.NodeStageVolumeRequest) (*stageRequest, error) {
 	if err := nodeutil.Require([2]string{"volume_id", req.GetVolumeId()}); err != nil {
 		return nil, err
 	}
@@ -84,13 +84,17 @@ func (s *NodeServer) parseStage(req *csi.NodeStageVolumeRequest) (*stageRequest,
 	if ns == "" {
 		ns = cl.RBD.RadosNamespace
 	}
+	loc, err := s.CrushLocation(ctx, cl)
+	if err != nil {
+		return nil, err
+	}
 	block := vcap.GetBlock() != nil
 	readOnly := request.ReadOnly(vcap.GetAccessMode().GetMode())
 	sr := &stageRequest{
 		rec: stageRecord{Mapper: kind, ClusterID: cl.ClusterID, Pool: vc["pool"], Namespace: ns, Image: vc["imageName"],
 			StagingPath: req.GetStagingTargetPath(), Block: block, ReadOnly: readOnly, UnmapOptions: unmapOpts},
 		spec: mapper.Spec{Monitors: cl.Monitors, Pool: vc["pool"], Namespace: ns, Image: vc["imageName"],
-			UserID: creds.ID, Key: creds.Key, Options: mapOpts, ReadOnly: readOnly},
+			UserID: creds.ID, Key: creds.Key, Options: mapOpts, ReadOnly: readOnly, CrushLocation: loc},
 	}
 	if block {
 		return sr, nil
@@ -120,7 +124,7 @@ func (s *NodeServer) parseStage(req *csi.NodeStageVolumeRequest) (*stageRequest,
 // filesystem volume) format it if it has no filesystem and mount it at the
 // staging path.
 func (s *NodeServer) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRequest) (*csi.NodeStageVolumeResponse, error) {
-	sr, err := s.parseStage(req)
+	sr, err := s.parseStage(ctx, req)
 	if err != nil {
 		return nil, err
 	}
