@@ -3,6 +3,7 @@ package rbd
 import (
 	"context"
 	"fmt"
+	"maps"
 	"os"
 	"strings"
 
@@ -37,6 +38,12 @@ func (s *NodeServer) parseStage(ctx context.Context, req *csi.NodeStageVolumeReq
 		return nil, err
 	}
 	vc := req.GetVolumeContext()
+	if vc["staticVolume"] == "true" && vc["imageName"] == "" {
+		// A static PV (an image made outside the driver) names its image by
+		// the volume handle, as with ceph-csi.
+		vc = maps.Clone(vc)
+		vc["imageName"] = req.GetVolumeId()
+	}
 	if err := nodeutil.Require([2]string{"volume_context.clusterID", vc["clusterID"]},
 		[2]string{"volume_context.pool", vc["pool"]}, [2]string{"volume_context.imageName", vc["imageName"]}); err != nil {
 		return nil, err
