@@ -174,7 +174,8 @@ func (s *ControllerServer) CreateVolume(ctx context.Context, req *csi.CreateVolu
 	if err != nil {
 		return nil, err
 	}
-	if entry == nil {
+	fresh := entry == nil
+	if fresh {
 		if entry, err = s.volumes.Reserve(store, name, params.NamePrefix, journal.Entry{Request: digest}); err != nil {
 			return nil, err
 		}
@@ -182,7 +183,13 @@ func (s *ControllerServer) CreateVolume(ctx context.Context, req *csi.CreateVolu
 	} else if entry.Request != "" && entry.Request != digest {
 		return nil, csierr.Errorf(csierr.ErrExists, "volume %q exists, made by a request with other parameters, size or content source", name)
 	}
-	have, created, err := s.finishVolume(ctx, t, entry, params, size, req.GetCapacityRange(), src)
+	var have int64
+	created := fresh
+	if fresh {
+		have, err = s.newVolume(ctx, t, entry, params, size, src)
+	} else {
+		have, created, err = s.finishVolume(ctx, t, entry, params, size, req.GetCapacityRange(), src)
+	}
 	if err == nil {
 		err = s.recordMetadata(t.p, entry, request.VolumeMetadata(req.GetParameters(), s.Options.ClusterName))
 	}
@@ -224,6 +231,25 @@ func placeVolume(params *volumeParams, req *csi.CreateVolumeRequest) (*topology.
 		params.DataPool = choice.DataPool
 	}
 	return choice, nil
+}
+
+// newVolume makes the image of an entry just reserved: its UUID is new, so
+// no image can exist yet and nothing needs checking. The size is what was
+// made; the image ID is read from its rbd_id object instead of opening the
+// image.
+func (s *ControllerServer) newVolume(ctx context.Context, t *target, entry *journal.Entry, params *volumeParams, size int64, src *contentSource) (int64, error) {
+	if err := s.createImage(ctx, t, entry, params, size, src); err != nil {
+		return 0, err
+	}
+	id, err := t.p.ImageID(entry.ImageName)
+	if err != nil {
+		return 0, fmt.Errorf("reading the ID of the new image %s: %w", imageSpec(t.p, entry.ImageName), err)
+	}
+	if err := s.volumes.SetImageID(t.p.Journal(), entry.UUID, id); err != nil {
+		return 0, err
+	}
+	entry.ImageID = id
+	return size, nil
 }
 
 // finishVolume makes the image of entry, or checks and finishes one an
