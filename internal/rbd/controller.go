@@ -618,6 +618,25 @@ func (s *ControllerServer) DeleteVolume(ctx context.Context, req *csi.DeleteVolu
 	return &csi.DeleteVolumeResponse{}, nil
 }
 
+// openVolumeImage finds an existing volume of ours and opens its image;
+// anything missing is NotFound. The caller closes both.
+func (s *ControllerServer) openVolumeImage(volumeID string, creds cephconn.Credentials, readOnly bool) (*volumeRef, image, error) {
+	ref, err := s.findVolume(volumeID, creds)
+	if err != nil {
+		return nil, nil, notFoundVolume(volumeID, err)
+	}
+	if ref.entry == nil {
+		ref.close()
+		return nil, nil, notFoundVolume(volumeID, journal.ErrNotFound)
+	}
+	img, err := ref.p.OpenImage(ref.image(), readOnly)
+	if err != nil {
+		ref.close()
+		return nil, nil, notFoundVolume(volumeID, err)
+	}
+	return ref, img, nil
+}
+
 // ControllerExpandVolume implements csi.ControllerServer.
 func (s *ControllerServer) ControllerExpandVolume(ctx context.Context, req *csi.ControllerExpandVolumeRequest) (*csi.ControllerExpandVolumeResponse, error) {
 	if req.GetVolumeId() == "" {
@@ -634,18 +653,11 @@ func (s *ControllerServer) ControllerExpandVolume(ctx context.Context, req *csi.
 	if err != nil {
 		return nil, err
 	}
-	ref, err := s.findVolume(req.GetVolumeId(), creds)
+	ref, img, err := s.openVolumeImage(req.GetVolumeId(), creds, false)
 	if err != nil {
-		return nil, notFoundVolume(req.GetVolumeId(), err)
+		return nil, err
 	}
 	defer ref.close()
-	if ref.entry == nil {
-		return nil, notFoundVolume(req.GetVolumeId(), journal.ErrNotFound)
-	}
-	img, err := ref.p.OpenImage(ref.image(), false)
-	if err != nil {
-		return nil, notFoundVolume(req.GetVolumeId(), err)
-	}
 	defer img.Close()
 	have, err := img.Size()
 	if err != nil {
@@ -673,19 +685,12 @@ func (s *ControllerServer) ValidateVolumeCapabilities(ctx context.Context, req *
 	if err != nil {
 		return nil, err
 	}
-	ref, err := s.findVolume(req.GetVolumeId(), creds)
+	ref, img, err := s.openVolumeImage(req.GetVolumeId(), creds, true)
 	if err != nil {
-		return nil, notFoundVolume(req.GetVolumeId(), err)
-	}
-	defer ref.close()
-	if ref.entry == nil {
-		return nil, notFoundVolume(req.GetVolumeId(), journal.ErrNotFound)
-	}
-	img, err := ref.p.OpenImage(ref.image(), true)
-	if err != nil {
-		return nil, notFoundVolume(req.GetVolumeId(), err)
+		return nil, err
 	}
 	img.Close()
+	ref.close()
 	if err := request.ValidateCapabilities(req.GetVolumeCapabilities(), false); err != nil {
 		return &csi.ValidateVolumeCapabilitiesResponse{Message: err.Error()}, nil
 	}
