@@ -79,16 +79,10 @@ type stageRequest struct {
 // for a snapshot-backed volume, its snapshot) at the staging path.
 func (n *NodeServer) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRequest) (*csi.NodeStageVolumeResponse, error) {
 	volumeID, staging := req.GetVolumeId(), req.GetStagingTargetPath()
-	if err := nodeutil.Require([2]string{"volume_id", volumeID}); err != nil {
-		return nil, err
-	}
-	if err := nodeutil.Path("staging_target_path", staging); err != nil {
+	if err := nodeutil.VolumeAndPaths(volumeID, [2]string{"staging_target_path", staging}); err != nil {
 		return nil, err
 	}
 	vcap := req.GetVolumeCapability()
-	if vcap == nil {
-		return nil, csierr.Errorf(csierr.ErrInvalid, "volume_capability is required")
-	}
 	if err := request.ValidateCapability("volume_capability", vcap, true); err != nil {
 		return nil, err
 	}
@@ -358,10 +352,7 @@ func (n *NodeServer) unmountAll(ctx context.Context, path string) error {
 // NodeUnstageVolume implements csi.NodeServer.
 func (n *NodeServer) NodeUnstageVolume(ctx context.Context, req *csi.NodeUnstageVolumeRequest) (*csi.NodeUnstageVolumeResponse, error) {
 	volumeID, staging := req.GetVolumeId(), req.GetStagingTargetPath()
-	if err := nodeutil.Require([2]string{"volume_id", volumeID}); err != nil {
-		return nil, err
-	}
-	if err := nodeutil.Path("staging_target_path", staging); err != nil {
+	if err := nodeutil.VolumeAndPaths(volumeID, [2]string{"staging_target_path", staging}); err != nil {
 		return nil, err
 	}
 	if err := n.unmountAll(ctx, staging); err != nil {
@@ -377,19 +368,13 @@ func (n *NodeServer) NodeUnstageVolume(ctx context.Context, req *csi.NodeUnstage
 // path into the target path.
 func (n *NodeServer) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolumeRequest) (*csi.NodePublishVolumeResponse, error) {
 	volumeID, staging, target := req.GetVolumeId(), req.GetStagingTargetPath(), req.GetTargetPath()
-	if err := nodeutil.Require([2]string{"volume_id", volumeID}); err != nil {
-		return nil, err
-	}
-	if err := nodeutil.Paths([2]string{"staging_target_path", staging}, [2]string{"target_path", target}); err != nil {
+	if err := nodeutil.VolumeAndPaths(volumeID, [2]string{"staging_target_path", staging}, [2]string{"target_path", target}); err != nil {
 		return nil, err
 	}
 	if err := nodeutil.TargetApart(target, staging); err != nil {
 		return nil, err
 	}
 	vcap := req.GetVolumeCapability()
-	if vcap == nil {
-		return nil, csierr.Errorf(csierr.ErrInvalid, "volume_capability is required")
-	}
 	if err := request.ValidateCapability("volume_capability", vcap, true); err != nil {
 		return nil, err
 	}
@@ -425,10 +410,7 @@ func (n *NodeServer) NodePublishVolume(ctx context.Context, req *csi.NodePublish
 // NodeUnpublishVolume implements csi.NodeServer.
 func (n *NodeServer) NodeUnpublishVolume(ctx context.Context, req *csi.NodeUnpublishVolumeRequest) (*csi.NodeUnpublishVolumeResponse, error) {
 	volumeID, target := req.GetVolumeId(), req.GetTargetPath()
-	if err := nodeutil.Require([2]string{"volume_id", volumeID}); err != nil {
-		return nil, err
-	}
-	if err := nodeutil.Path("target_path", target); err != nil {
+	if err := nodeutil.VolumeAndPaths(volumeID, [2]string{"target_path", target}); err != nil {
 		return nil, err
 	}
 	var rec stagedVolume
@@ -446,10 +428,7 @@ func (n *NodeServer) NodeUnpublishVolume(ctx context.Context, req *csi.NodeUnpub
 
 // NodeGetVolumeStats implements csi.NodeServer.
 func (n *NodeServer) NodeGetVolumeStats(ctx context.Context, req *csi.NodeGetVolumeStatsRequest) (*csi.NodeGetVolumeStatsResponse, error) {
-	if err := nodeutil.Require([2]string{"volume_id", req.GetVolumeId()}); err != nil {
-		return nil, err
-	}
-	if err := nodeutil.Path("volume_path", req.GetVolumePath()); err != nil {
+	if err := nodeutil.VolumeAndPaths(req.GetVolumeId(), [2]string{"volume_path", req.GetVolumePath()}); err != nil {
 		return nil, err
 	}
 	p := req.GetVolumePath()

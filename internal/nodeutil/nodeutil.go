@@ -316,6 +316,15 @@ func Paths(fields ...[2]string) error {
 	return nil
 }
 
+// VolumeAndPaths checks the fields every node call starts with: the
+// volume ID is given and each named path field is a usable path.
+func VolumeAndPaths(volumeID string, paths ...[2]string) error {
+	if volumeID == "" {
+		return csierr.Field("volume_id", "is required")
+	}
+	return Paths(paths...)
+}
+
 // TargetApart refuses a publish target that is the staging path itself or
 // lies inside it.
 func TargetApart(target, staging string) error {

@@ -17,10 +17,7 @@ import (
 // filesystem, or the device itself for a block volume, at the target.
 func (s *NodeServer) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolumeRequest) (*csi.NodePublishVolumeResponse, error) {
 	volID, target, staging := req.GetVolumeId(), req.GetTargetPath(), req.GetStagingTargetPath()
-	if err := nodeutil.Require([2]string{"volume_id", volID}); err != nil {
-		return nil, err
-	}
-	if err := nodeutil.Paths([2]string{"target_path", target}, [2]string{"staging_target_path", staging}); err != nil {
+	if err := nodeutil.VolumeAndPaths(volID, [2]string{"target_path", target}, [2]string{"staging_target_path", staging}); err != nil {
 		return nil, err
 	}
 	if err := nodeutil.TargetApart(target, staging); err != nil {
@@ -73,10 +70,7 @@ func (s *NodeServer) NodePublishVolume(ctx context.Context, req *csi.NodePublish
 // NodeUnpublishVolume implements csi.NodeServer.
 func (s *NodeServer) NodeUnpublishVolume(ctx context.Context, req *csi.NodeUnpublishVolumeRequest) (*csi.NodeUnpublishVolumeResponse, error) {
 	volID, target := req.GetVolumeId(), req.GetTargetPath()
-	if err := nodeutil.Require([2]string{"volume_id", volID}); err != nil {
-		return nil, err
-	}
-	if err := nodeutil.Path("target_path", target); err != nil {
+	if err := nodeutil.VolumeAndPaths(volID, [2]string{"target_path", target}); err != nil {
 		return nil, err
 	}
 	var rec stageRecord
@@ -95,10 +89,7 @@ func (s *NodeServer) NodeUnpublishVolume(ctx context.Context, req *csi.NodeUnpub
 // NodeGetVolumeStats implements csi.NodeServer.
 func (s *NodeServer) NodeGetVolumeStats(ctx context.Context, req *csi.NodeGetVolumeStatsRequest) (*csi.NodeGetVolumeStatsResponse, error) {
 	path := req.GetVolumePath()
-	if err := nodeutil.Require([2]string{"volume_id", req.GetVolumeId()}); err != nil {
-		return nil, err
-	}
-	if err := nodeutil.Path("volume_path", path); err != nil {
+	if err := nodeutil.VolumeAndPaths(req.GetVolumeId(), [2]string{"volume_path", path}); err != nil {
 		return nil, err
 	}
 	fi, err := os.Stat(path)

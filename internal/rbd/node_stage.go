@@ -27,10 +27,7 @@ type stageRequest struct {
 }
 
 func (s *NodeServer) parseStage(ctx context.Context, req *csi.NodeStageVolumeRequest) (*stageRequest, error) {
-	if err := nodeutil.Require([2]string{"volume_id", req.GetVolumeId()}); err != nil {
-		return nil, err
-	}
-	if err := nodeutil.Path("staging_target_path", req.GetStagingTargetPath()); err != nil {
+	if err := nodeutil.VolumeAndPaths(req.GetVolumeId(), [2]string{"staging_target_path", req.GetStagingTargetPath()}); err != nil {
 		return nil, err
 	}
 	vcap := req.GetVolumeCapability()
@@ -246,10 +243,7 @@ func (s *NodeServer) mountStaged(ctx context.Context, sr *stageRequest) error {
 // and unmap the image.
 func (s *NodeServer) NodeUnstageVolume(ctx context.Context, req *csi.NodeUnstageVolumeRequest) (*csi.NodeUnstageVolumeResponse, error) {
 	volID, staging := req.GetVolumeId(), req.GetStagingTargetPath()
-	if err := nodeutil.Require([2]string{"volume_id", volID}); err != nil {
-		return nil, err
-	}
-	if err := nodeutil.Path("staging_target_path", staging); err != nil {
+	if err := nodeutil.VolumeAndPaths(volID, [2]string{"staging_target_path", staging}); err != nil {
 		return nil, err
 	}
 	var rec stageRecord
