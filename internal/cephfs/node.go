@@ -95,13 +95,13 @@ func (n *NodeServer) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolu
 	}
 	mounted, err := n.publisher.IsMountPoint(staging)
 	if err != nil {
-		return nil, fmt.Errorf("checking %s: %v", staging, err)
+		return nil, fmt.Errorf("checking %s: %w", staging, err)
 	}
 	if mounted {
 		return &csi.NodeStageVolumeResponse{}, nil
 	}
 	if err := os.MkdirAll(staging, 0o750); err != nil {
-		return nil, fmt.Errorf("creating staging path %s: %v", staging, err)
+		return nil, fmt.Errorf("creating staging path %s: %w", staging, err)
 	}
 	sr.spec.Target = staging
 	if sr.mounter == mounterFuse {
@@ -110,20 +110,28 @@ func (n *NodeServer) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolu
 		err = mountKernel(ctx, sr.spec)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("mounting %s:%s with the %s client: %v", sr.spec.FsName, sr.spec.Root, sr.mounter, err)
+		return nil, fmt.Errorf("mounting %s:%s with the %s client: %w", sr.spec.FsName, sr.spec.Root, sr.mounter, err)
 	}
 	rec := stagedVolume{StagingPath: staging, Mounter: sr.mounter, FsName: sr.spec.FsName, Root: sr.spec.Root}
 	if sr.backingSnapshotID != "" {
 		if rec.SnapshotDir, err = n.bindSnapshot(staging, sr.backingSnapshotID); err != nil {
-			n.unmountAll(ctx, staging)
+			n.undoStage(ctx, staging)
 			return nil, err
 		}
 	}
 	if err := n.state.Save(volumeID, rec); err != nil {
-		n.unmountAll(ctx, staging)
-		return nil, fmt.Errorf("recording the staged volume: %v", err)
+		n.undoStage(ctx, staging)
+		return nil, fmt.Errorf("recording the staged volume: %w", err)
 	}
 	return &csi.NodeStageVolumeResponse{}, nil
+}
+
+// undoStage unmounts a stage that failed half-way; what it cannot unmount
+// the next NodeStageVolume or NodeUnstageVolume retries.
+func (n *NodeServer) undoStage(ctx context.Context, staging string) {
+	if err := n.unmountAll(ctx, staging); err != nil {
+		klog.FromContext(ctx).Error(err, "undoing a failed stage", "stagingPath", staging)
+	}
 }
 
 // decodeStage reads the volume context: where the volume lives, which
@@ -283,10 +291,10 @@ func (n *NodeServer) bindSnapshot(staging, snapshotID string) (string, error) {
 	// Two system calls, not mount(8): once the bind covers staging, the
 	// source path (below staging) no longer resolves for a remount by path.
 	if err := unix.Mount(filepath.Join(staging, rel), staging, "", unix.MS_BIND, ""); err != nil {
-		return "", fmt.Errorf("bind-mounting snapshot directory %s: %v", rel, err)
+		return "", fmt.Errorf("bind-mounting snapshot directory %s: %w", rel, err)
 	}
 	if err := unix.Mount("", staging, "", unix.MS_REMOUNT|unix.MS_BIND|unix.MS_RDONLY, ""); err != nil {
-		return "", fmt.Errorf("making the snapshot bind mount read-only: %v", err)
+		return "", fmt.Errorf("making the snapshot bind mount read-only: %w", err)
 	}
 	return rel, nil
 }
@@ -356,10 +364,10 @@ func (n *NodeServer) NodeUnstageVolume(ctx context.Context, req *csi.NodeUnstage
 		return nil, err
 	}
 	if err := n.unmountAll(ctx, staging); err != nil {
-		return nil, fmt.Errorf("unmounting %s: %v", staging, err)
+		return nil, fmt.Errorf("unmounting %s: %w", staging, err)
 	}
 	if err := n.state.Remove(volumeID); err != nil {
-		return nil, fmt.Errorf("forgetting the staged volume: %v", err)
+		return nil, fmt.Errorf("forgetting the staged volume: %w", err)
 	}
 	return &csi.NodeUnstageVolumeResponse{}, nil
 }
@@ -380,7 +388,7 @@ func (n *NodeServer) NodePublishVolume(ctx context.Context, req *csi.NodePublish
 	}
 	staged, err := n.publisher.IsMountPoint(staging)
 	if err != nil {
-		return nil, fmt.Errorf("checking %s: %v", staging, err)
+		return nil, fmt.Errorf("checking %s: %w", staging, err)
 	}
 	if !staged {
 		return nil, csierr.Errorf(csierr.ErrPrecondition, "volume %s is not staged at %s", volumeID, staging)
@@ -388,7 +396,7 @@ func (n *NodeServer) NodePublishVolume(ctx context.Context, req *csi.NodePublish
 	var rec stagedVolume
 	recorded, err := n.state.Load(volumeID, &rec)
 	if err != nil {
-		return nil, fmt.Errorf("reading the staged volume's record: %v", err)
+		return nil, fmt.Errorf("reading the staged volume's record: %w", err)
 	}
 	if err := n.publisher.CheckSingleWriter(volumeID, vcap, &rec.Published, target); err != nil {
 		return nil, err
@@ -415,7 +423,7 @@ func (n *NodeServer) NodeUnpublishVolume(ctx context.Context, req *csi.NodeUnpub
 	}
 	var rec stagedVolume
 	if _, err := n.state.Load(volumeID, &rec); err != nil {
-		return nil, fmt.Errorf("reading the staged volume's record: %v", err)
+		return nil, fmt.Errorf("reading the staged volume's record: %w", err)
 	}
 	if err := n.publisher.Unpublish(target, rec.Owns(target)); err != nil {
 		return nil, err
@@ -436,7 +444,7 @@ func (n *NodeServer) NodeGetVolumeStats(ctx context.Context, req *csi.NodeGetVol
 		if errors.Is(err, os.ErrNotExist) {
 			return nil, csierr.Errorf(csierr.ErrNotFound, "volume path %s does not exist", p)
 		}
-		return nil, fmt.Errorf("stat %s: %v", p, err)
+		return nil, fmt.Errorf("stat %s: %w", p, err)
 	}
 	return quotaStats(p)
 }

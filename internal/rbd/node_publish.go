@@ -30,7 +30,7 @@ func (s *NodeServer) NodePublishVolume(ctx context.Context, req *csi.NodePublish
 	var rec stageRecord
 	staged, err := s.state.Load(volID, &rec)
 	if err != nil {
-		return nil, fmt.Errorf("reading node state of %s: %v", volID, err)
+		return nil, fmt.Errorf("reading node state of %s: %w", volID, err)
 	}
 	if err := s.publisher.CheckSingleWriter(volID, vcap, &rec.Published, target); err != nil {
 		return nil, err
@@ -55,7 +55,7 @@ func (s *NodeServer) NodePublishVolume(ctx context.Context, req *csi.NodePublish
 	} else {
 		mounted, err := s.publisher.IsMountPoint(staging)
 		if err != nil {
-			return nil, fmt.Errorf("checking staging path: %v", err)
+			return nil, fmt.Errorf("checking staging path: %w", err)
 		}
 		if !mounted {
 			return nil, csierr.Errorf(csierr.ErrPrecondition, "volume %s is not staged at %s", volID, staging)
@@ -75,7 +75,7 @@ func (s *NodeServer) NodeUnpublishVolume(ctx context.Context, req *csi.NodeUnpub
 	}
 	var rec stageRecord
 	if _, err := s.state.Load(volID, &rec); err != nil {
-		return nil, fmt.Errorf("reading node state of %s: %v", volID, err)
+		return nil, fmt.Errorf("reading node state of %s: %w", volID, err)
 	}
 	if err := s.publisher.Unpublish(target, rec.Owns(target)); err != nil {
 		return nil, err
@@ -97,18 +97,18 @@ func (s *NodeServer) NodeGetVolumeStats(ctx context.Context, req *csi.NodeGetVol
 		return nil, csierr.Errorf(csierr.ErrNotFound, "volume_path %s does not exist", path)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("volume_path %s: %v", path, err)
+		return nil, fmt.Errorf("volume_path %s: %w", path, err)
 	}
 	if fi.Mode()&os.ModeDevice != 0 {
 		size, err := nodeutil.BlockSize(path)
 		if err != nil {
-			return nil, fmt.Errorf("size of %s: %v", path, err)
+			return nil, fmt.Errorf("size of %s: %w", path, err)
 		}
 		return &csi.NodeGetVolumeStatsResponse{Usage: []*csi.VolumeUsage{{Unit: csi.VolumeUsage_BYTES, Total: size}}}, nil
 	}
 	mounted, err := s.publisher.IsMountPoint(path)
 	if err != nil {
-		return nil, fmt.Errorf("checking %s: %v", path, err)
+		return nil, fmt.Errorf("checking %s: %w", path, err)
 	}
 	if !mounted {
 		return nil, csierr.Errorf(csierr.ErrNotFound, "volume_path %s is not a mounted volume", path)
