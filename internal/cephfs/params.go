@@ -2,9 +2,10 @@ package cephfs
 
 import (
 	"strconv"
-	"strings"
 
 	"github.com/leanceph/cephcsi/internal/csierr"
+	"github.com/leanceph/cephcsi/internal/request"
+	"github.com/leanceph/cephcsi/internal/volid"
 )
 
 // Defaults of the StorageClass parameters.
@@ -29,31 +30,34 @@ type volumeParams struct {
 	BackingSnapshot bool
 }
 
-func validPrefix(name, prefix string) error {
-	if strings.ContainsAny(prefix, "/@ ") {
-		return csierr.Param(name, "%q may not contain '/', '@' or spaces", prefix)
-	}
-	return nil
-}
-
 func parseVolumeParams(p map[string]string) (*volumeParams, error) {
 	v := &volumeParams{
-		ClusterID:  p["clusterID"],
-		FsName:     p["fsName"],
-		Pool:       p["pool"],
-		Mounter:    p["mounter"],
-		NamePrefix: p["volumeNamePrefix"],
+		ClusterID: p["clusterID"],
+		FsName:    p["fsName"],
+		Pool:      p["pool"],
+		Mounter:   p["mounter"],
 	}
 	if v.ClusterID == "" {
 		return nil, csierr.Param("clusterID", "is required")
 	}
+	if len(v.ClusterID) > volid.MaxClusterIDLength {
+		return nil, csierr.Param("clusterID", "%q is longer than %d bytes", v.ClusterID, volid.MaxClusterIDLength)
+	}
 	if v.FsName == "" {
 		return nil, csierr.Param("fsName", "is required")
 	}
-	if v.NamePrefix == "" {
-		v.NamePrefix = defaultVolumePrefix
+	// The name goes into mount options (mds_namespace=) and onto the
+	// ceph-fuse command line.
+	if err := request.SafeValue(`parameter "fsName"`, v.FsName); err != nil {
+		return nil, err
 	}
-	if err := validPrefix("volumeNamePrefix", v.NamePrefix); err != nil {
+	if v.Pool != "" {
+		if err := request.ValidPoolName("pool", v.Pool); err != nil {
+			return nil, err
+		}
+	}
+	var err error
+	if v.NamePrefix, err = request.NamePrefix(p, "volumeNamePrefix", defaultVolumePrefix); err != nil {
 		return nil, err
 	}
 	if err := validMounter(v.Mounter); err != nil {
@@ -79,12 +83,5 @@ func validMounter(m string) error {
 
 // snapshotPrefix returns the snapshotNamePrefix parameter or its default.
 func snapshotPrefix(p map[string]string) (string, error) {
-	prefix := p["snapshotNamePrefix"]
-	if prefix == "" {
-		return defaultSnapshotPrefix, nil
-	}
-	if err := validPrefix("snapshotNamePrefix", prefix); err != nil {
-		return "", err
-	}
-	return prefix, nil
+	return request.NamePrefix(p, "snapshotNamePrefix", defaultSnapshotPrefix)
 }
