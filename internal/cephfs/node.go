@@ -166,6 +166,10 @@ func (n *NodeServer) decodeStage(req *csi.NodeStageVolumeRequest) (*stageRequest
 	if sr.spec.FsName == "" {
 		return nil, csierr.Errorf(csierr.ErrInvalid, "volume_context: fsName is required")
 	}
+	// The name and the root go into the helper's options and arguments.
+	if err := request.SafeValue("volume_context.fsName", sr.spec.FsName); err != nil {
+		return nil, err
+	}
 	backing := vc["backingSnapshot"] == "true" || sr.backingSnapshotID != ""
 	if backing && sr.backingSnapshotID == "" {
 		// A volume made by ceph-csi keeps the snapshot ID in the journal only.
@@ -181,9 +185,19 @@ func (n *NodeServer) decodeStage(req *csi.NodeStageVolumeRequest) (*stageRequest
 	if sr.spec.Root == "" {
 		return nil, csierr.Errorf(csierr.ErrInvalid, "volume_context: subvolumePath (or rootPath for a static volume) is required")
 	}
-	sr.mounter = vc["mounter"]
-	if err := validMounter(sr.mounter); err != nil {
+	rootField := "volume_context.subvolumePath"
+	if static {
+		rootField = "volume_context.rootPath"
+	}
+	if !strings.HasPrefix(sr.spec.Root, "/") {
+		return nil, csierr.Errorf(csierr.ErrInvalid, "%s: %q is not an absolute path", rootField, sr.spec.Root)
+	}
+	if err := request.SafeValue(rootField, sr.spec.Root); err != nil {
 		return nil, err
+	}
+	sr.mounter = vc["mounter"]
+	if validMounter(sr.mounter) != nil {
+		return nil, csierr.Errorf(csierr.ErrInvalid, "volume_context.mounter: %q is not kernel or fuse", sr.mounter)
 	}
 	if sr.mounter == "" {
 		sr.mounter = mounterFuse
@@ -202,6 +216,13 @@ func (n *NodeServer) decodeStage(req *csi.NodeStageVolumeRequest) (*stageRequest
 		if base == "" {
 			base = n.Options.FuseMountOpts
 		}
+	}
+	// The volume context's options come from whoever wrote the
+	// StorageClass or the PersistentVolume: none may carry another option,
+	// an argument or credentials (the mount flags were checked with the
+	// capability).
+	if err := request.SafeOptionList("volume_context."+scKey, vc[scKey]); err != nil {
+		return nil, err
 	}
 	sr.spec.Options = append(splitOptions(base), splitOptions(vc[scKey])...)
 	sr.spec.Options = append(sr.spec.Options, req.GetVolumeCapability().GetMount().GetMountFlags()...)

@@ -16,8 +16,10 @@ import (
 	"path"
 	"strings"
 	"time"
+	"unicode"
 
 	"github.com/leanceph/cephcsi/internal/csierr"
+	"github.com/leanceph/cephcsi/internal/request"
 )
 
 // Kinds of mapper, as named by the `mounter` volume attribute.
@@ -69,20 +71,34 @@ func (s Spec) String() string {
 // GoString keeps %#v from printing the key.
 func (s Spec) GoString() string { return "mapper.Spec{" + s.String() + "}" }
 
+// validate refuses a Spec that could make a helper or the kernel act on
+// more than the image: names that split an image spec, a krbd request or
+// an option list, a user ID that is not a plain token, and options that
+// request.SafeOption refuses. needCreds asks for monitors and credentials.
 func (s Spec) validate(needCreds bool) error {
 	if s.Pool == "" || s.Image == "" {
 		return fmt.Errorf("%w: pool and image are required", ErrInvalidOption)
 	}
 	for _, v := range []string{s.Pool, s.Namespace, s.Image} {
-		if strings.ContainsAny(v, " \t\n/@") {
-			return fmt.Errorf("%w: %q may not contain spaces, '/' or '@'", ErrInvalidOption, v)
+		if strings.ContainsAny(v, "/@,") || strings.HasPrefix(v, "-") || strings.ContainsFunc(v, isSpaceOrControl) {
+			return fmt.Errorf("%w: %q may not contain spaces, control characters, '/', '@' or ',', nor start with '-'", ErrInvalidOption, v)
 		}
 	}
 	if needCreds && (len(s.Monitors) == 0 || s.UserID == "" || s.Key == "") {
 		return fmt.Errorf("%w: monitors, user and key are required to map", ErrInvalidOption)
 	}
+	if s.UserID != "" && !request.SafeToken(s.UserID) {
+		return fmt.Errorf("%w: user %q may hold only letters, digits and . _ - (not first)", ErrInvalidOption, s.UserID)
+	}
+	if err := request.SafeOptionList("options", s.Options); err != nil {
+		return fmt.Errorf("%w: %w", ErrInvalidOption, err)
+	}
 	return nil
 }
+
+// isSpaceOrControl reports the characters that end a token of a krbd
+// request or a command line.
+func isSpaceOrControl(r rune) bool { return unicode.IsSpace(r) || unicode.IsControl(r) }
 
 // Mapper attaches images as block devices.
 type Mapper interface {
@@ -115,7 +131,7 @@ func KindOf(mounter string) (string, error) {
 // OptionsFor picks one mapper's options out of a mapOptions or unmapOptions
 // value. The value is a ';'-separated list of "kind:options" items, kind
 // being krbd, nbd or fuse; an item without a kind applies to krbd, as in
-// ceph-csi.
+// ceph-csi. Every item's options must pass request.SafeOptionList.
 func OptionsFor(value, kind string) (string, error) {
 	var out string
 	for _, item := range strings.Split(value, ";") {
@@ -140,6 +156,9 @@ func OptionsFor(value, kind string) (string, error) {
 			itemKind = KindFuse
 		default:
 			return "", fmt.Errorf("%w: unknown mapper %q in %q", ErrInvalidOption, prefix, item)
+		}
+		if err := request.SafeOptionList(prefix, opts); err != nil {
+			return "", fmt.Errorf("%w: %w", ErrInvalidOption, err)
 		}
 		if itemKind == kind {
 			out = strings.TrimSpace(opts)
