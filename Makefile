@@ -18,7 +18,7 @@ tags       = $(subst $(eval) ,$(comma),$(strip $(GO_CEPH_TAGS) $(1)))
 # The test cluster lives here unless CEPHCSI_CLUSTER_DIR says otherwise.
 export CEPHCSI_CLUSTER_DIR ?= $(OUT)/ceph
 
-.PHONY: all build root deps test unit integration sanity e2e test-kernel test-compat image bench demo lint \
+.PHONY: all build root deps test unit fuzz integration sanity e2e test-kernel test-compat image bench demo lint \
 	cluster-start cluster-stop cluster-purge clean
 
 all: build
@@ -44,6 +44,13 @@ test: deps
 unit: root
 	$(IN_ROOT) $(GO) vet -tags '$(call tags,integration)' ./...
 	$(IN_ROOT) $(GO) test -tags '$(call tags)' -count=1 ./...
+
+# Every go test -fuzz target (one per run, as go test wants) for FUZZTIME
+# each, timed; the seed corpora in testdata/fuzz/ run first. A failing
+# input is left in the package's testdata/fuzz/<target>/. See scripts/fuzz.sh.
+FUZZTIME ?= 10s
+fuzz: root
+	$(IN_ROOT) env GO=$(GO) FUZZTIME=$(FUZZTIME) TAGS='$(call tags)' scripts/fuzz.sh
 
 integration: build
 	$(IN_ROOT) $(GO) test -tags '$(call tags,integration)' -count=1 -p 1 -timeout 30m ./...
