@@ -13,7 +13,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"path"
 	"strings"
 	"time"
 	"unicode"
@@ -60,12 +59,15 @@ type Spec struct {
 	ReadOnly bool
 }
 
-// String names the image as pool[/namespace]/image; it never shows the key.
+// String names the image as pool[/namespace]/image, the image spec of the
+// Ceph tools; it never shows the key. The names are joined as they are, not
+// as a path: path.Join would clean "./img" to "img" (the default pool) and
+// "rbd/../img" to "img", another image.
 func (s Spec) String() string {
 	if s.Namespace != "" {
-		return path.Join(s.Pool, s.Namespace, s.Image)
+		return s.Pool + "/" + s.Namespace + "/" + s.Image
 	}
-	return path.Join(s.Pool, s.Image)
+	return s.Pool + "/" + s.Image
 }
 
 // GoString keeps %#v from printing the key.

@@ -3,6 +3,7 @@ package mapper
 import (
 	"context"
 	"errors"
+	"strings"
 	"testing"
 
 	"google.golang.org/grpc/codes"
@@ -55,5 +56,30 @@ func TestMapRefusesUnsafeSpecs(t *testing.T) {
 		if _, err := (&NBD{Binary: "rbd-nbd", Runner: r}).Map(context.Background(), s); !errors.Is(err, ErrInvalidOption) || len(r.calls) != 0 {
 			t.Errorf("rbd-nbd, %s: %v, commands %q", name, err, r.commands())
 		}
+	}
+}
+
+// TestSpecStringIsTheImageSpec: FuzzNBDMapArgs found pool "." mapped as
+// image "0" of the default pool, path.Join having cleaned "./0" to "0".
+func TestSpecStringIsTheImageSpec(t *testing.T) {
+	for _, tc := range []struct {
+		s    Spec
+		want string
+	}{
+		{Spec{Pool: ".", Image: "0"}, "./0"},
+		{Spec{Pool: "rbd", Namespace: "..", Image: "img"}, "rbd/../img"},
+		{Spec{Pool: "rbd", Image: ".."}, "rbd/.."},
+		{Spec{Pool: "rbd", Namespace: "ns", Image: "img"}, "rbd/ns/img"},
+	} {
+		if got := tc.s.String(); got != tc.want {
+			t.Errorf("%#v.String() = %q, want %q", tc.s, got, tc.want)
+		}
+	}
+	r := &fakeRunner{}
+	s := testSpec()
+	s.Pool, s.Namespace, s.Image = "rbd", "..", "img"
+	_, _ = (&NBD{Binary: "rbd-nbd", Runner: r}).Map(context.Background(), s)
+	if cmds := r.commands(); len(cmds) != 2 || !strings.HasSuffix(cmds[1], " map rbd/../img") {
+		t.Errorf("rbd-nbd commands = %q", cmds)
 	}
 }
