@@ -192,7 +192,8 @@ func FuzzKRBDMapRequest(f *testing.F) {
 // ErrInvalidOption before running rbd-nbd map, or runs it with the
 // driver's arguments in place, each option as one --flag that is not a
 // credential however spelled, and one image spec that does not look like
-// an argument and splits into the pool, namespace and image.
+// an argument and splits into the pool, namespace and image, none of them
+// "." or "..".
 func FuzzNBDMapArgs(f *testing.F) {
 	for _, s := range [][5]string{
 		{"rbd", "ns1", "csi-vol-1", "csi-rbd-node", "try-netlink,reattach-timeout=180"},
@@ -250,6 +251,11 @@ func FuzzNBDMapArgs(f *testing.F) {
 		}
 		if strings.HasPrefix(user, "-") || strings.ContainsAny(user, ",= \t\n") {
 			t.Fatalf("rbd-nbd --id %q", user)
+		}
+		for _, v := range []string{pool, ns, image} {
+			if v == "." || v == ".." {
+				t.Fatalf("accepted the name %q, a path component", v)
+			}
 		}
 	})
 }

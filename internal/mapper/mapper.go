@@ -85,6 +85,10 @@ func (s Spec) validate(needCreds bool) error {
 		if strings.ContainsAny(v, "/@,") || strings.HasPrefix(v, "-") || strings.ContainsFunc(v, isSpaceOrControl) {
 			return fmt.Errorf("%w: %q may not contain spaces, control characters, '/', '@' or ',', nor start with '-'", ErrInvalidOption, v)
 		}
+		// The rbd-fuse mapper makes a path of the image name.
+		if v == "." || v == ".." {
+			return fmt.Errorf("%w: %q is not a name", ErrInvalidOption, v)
+		}
 	}
 	if needCreds && (len(s.Monitors) == 0 || s.UserID == "" || s.Key == "") {
 		return fmt.Errorf("%w: monitors, user and key are required to map", ErrInvalidOption)
