@@ -49,8 +49,9 @@ unit: root
 # each, timed; the seed corpora in testdata/fuzz/ run first. A failing
 # input is left in the package's testdata/fuzz/<target>/. See scripts/fuzz.sh.
 FUZZTIME ?= 10s
+FUZZMINIMIZETIME ?= 1s
 fuzz: root
-	$(IN_ROOT) env GO=$(GO) FUZZTIME=$(FUZZTIME) TAGS='$(call tags)' scripts/fuzz.sh
+	$(IN_ROOT) env GO=$(GO) FUZZTIME=$(FUZZTIME) FUZZMINIMIZETIME=$(FUZZMINIMIZETIME) TAGS='$(call tags)' scripts/fuzz.sh
 
 integration: build
 	$(IN_ROOT) $(GO) test -tags '$(call tags,integration)' -count=1 -p 1 -timeout 30m ./...
