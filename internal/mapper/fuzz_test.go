@@ -116,7 +116,8 @@ var errStopped = errors.New("stopped after the request")
 // the rbd module splits (at " \f\n\r\t\v", as its next_token does) into the
 // monitors, one option list, the pool, the image and no snapshot; the
 // option list is the driver's name= and key= (or secret=), the namespace,
-// then the options given item for item, none of them a credential.
+// then the options given item for item, none of them a credential. No
+// error shows the key.
 func FuzzKRBDMapRequest(f *testing.F) {
 	type seed struct {
 		pool, ns, image, user, key, opts string
@@ -154,6 +155,9 @@ func FuzzKRBDMapRequest(f *testing.F) {
 		s := Spec{Monitors: []string{"10.0.0.1:6789", "[fd00::2]:3300"}, Pool: pool, Namespace: ns, Image: image,
 			UserID: user, Key: key, Options: opts, ReadOnly: ro}
 		_, err := m.Map(context.Background(), s)
+		if len(key) >= 8 && err != nil && strings.Contains(err.Error(), key) && !strings.Contains(pool+ns+image+user+opts, key) {
+			t.Fatalf("the error shows the key: %v", err)
+		}
 		if len(writes) == 0 {
 			wantInvalidOption(t, "KRBD.Map without a request", err)
 			return

@@ -75,8 +75,9 @@ func (s Spec) GoString() string { return "mapper.Spec{" + s.String() + "}" }
 
 // validate refuses a Spec that could make a helper or the kernel act on
 // more than the image: names that split an image spec, a krbd request or
-// an option list, a user ID that is not a plain token, and options that
-// request.SafeOption refuses. needCreds asks for monitors and credentials.
+// an option list, a key that is not base64 text, a user ID that is not a
+// plain token, and options that request.SafeOption refuses. needCreds asks
+// for monitors and credentials.
 func (s Spec) validate(needCreds bool) error {
 	if s.Pool == "" || s.Image == "" {
 		return fmt.Errorf("%w: pool and image are required", ErrInvalidOption)
@@ -93,6 +94,11 @@ func (s Spec) validate(needCreds bool) error {
 	if needCreds && (len(s.Monitors) == 0 || s.UserID == "" || s.Key == "") {
 		return fmt.Errorf("%w: monitors, user and key are required to map", ErrInvalidOption)
 	}
+	// krbd may put the key into its request: base64 text only (Go's
+	// decoder skips '\r' and '\n', which would split the request).
+	if strings.ContainsFunc(s.Key, notBase64) {
+		return fmt.Errorf("%w: the key is not base64 text", ErrInvalidOption)
+	}
 	if s.UserID != "" && !request.SafeToken(s.UserID) {
 		return fmt.Errorf("%w: user %q may hold only letters, digits and . _ - (not first)", ErrInvalidOption, s.UserID)
 	}
@@ -100,6 +106,11 @@ func (s Spec) validate(needCreds bool) error {
 		return fmt.Errorf("%w: %w", ErrInvalidOption, err)
 	}
 	return nil
+}
+
+// notBase64 reports the characters no base64 text holds.
+func notBase64(r rune) bool {
+	return !(r >= 'A' && r <= 'Z' || r >= 'a' && r <= 'z' || r >= '0' && r <= '9' || r == '+' || r == '/' || r == '=')
 }
 
 // isSpaceOrControl reports the characters that end a token of a krbd

@@ -45,6 +45,7 @@ func TestMapRefusesUnsafeSpecs(t *testing.T) {
 		"option with a space":    func(s *Spec) { s.Options = "noshare rbd other" },
 		"monitors by option":     func(s *Spec) { s.Options = "mon-host=10.9.9.9" },
 		"image ..":               func(s *Spec) { s.Image = ".." },
+		"key with a newline":     func(s *Spec) { s.Key = testKey[:8] + "\r\n" + testKey[8:] },
 		"namespace .":            func(s *Spec) { s.Namespace = "." },
 	} {
 		s := testSpec()
