@@ -14,7 +14,10 @@
 #
 # A target that fails leaves its failing input in the package's
 # testdata/fuzz/<target>/ (rerun it with go test -run <target>/<file>);
-# every target runs, and the exit status is 1 when any failed.
+# every target runs, and the exit status is 1 when any failed. A run that
+# fails with nothing but "context deadline exceeded" and no failing input
+# is Go's own race at the end of -fuzztime (go.dev/issue/75804, fixed in Go
+# 1.27): that target runs once more, and its second result counts.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -38,6 +41,9 @@ fi
 	exit 1
 }
 
+out=$(mktemp)
+trap 'rm -f "$out"' EXIT
+
 now() { date +%s.%N; }
 since() { awk -v t0="$1" -v t1="$(now)" 'BEGIN { printf "%.1f", t1 - t0 }'; }
 declare -a rows
@@ -51,14 +57,26 @@ for pkg in "${pkgs[@]}"; do
 		continue
 	fi
 	for target in $targets; do
-		log "=== $pkg $target ($FUZZTIME)"
 		t0=$(now)
-		if "$GO" test -tags "$TAGS" -run '^$' -fuzz "^${target}\$" -fuzztime "$FUZZTIME" -fuzzminimizetime "$FUZZMINIMIZETIME" "$pkg"; then
-			result=ok
-		else
-			result=FAILED
-			status=1
-		fi
+		result=FAILED
+		for try in 1 2; do
+			log "=== $pkg $target ($FUZZTIME)"
+			inputs=$(ls "$pkg/testdata/fuzz/$target" 2>/dev/null || true)
+			if "$GO" test -tags "$TAGS" -run '^$' -fuzz "^${target}\$" -fuzztime "$FUZZTIME" \
+				-fuzzminimizetime "$FUZZMINIMIZETIME" "$pkg" 2>&1 | tee "$out"; [[ ${PIPESTATUS[0]} == 0 ]]; then
+				result=ok
+				[[ $try == 1 ]] || result="ok (second run: go.dev/issue/75804)"
+				break
+			fi
+			# Go's deadline race: the target's only complaint, no input kept.
+			if [[ $try == 1 && $(ls "$pkg/testdata/fuzz/$target" 2>/dev/null || true) == "$inputs" ]] &&
+				grep -A1 -- "^--- FAIL: $target " "$out" | grep -qx $'\tcontext deadline exceeded\|    context deadline exceeded'; then
+				log "$pkg $target: context deadline exceeded without a failing input (go.dev/issue/75804); once more"
+				continue
+			fi
+			break
+		done
+		[[ $result != FAILED ]] || status=1
 		rows+=("$(printf '%-28s %-26s %7ss  %s' "$pkg" "$target" "$(since "$t0")" "$result")")
 	done
 done
