@@ -142,3 +142,6 @@ func (p *Process) Kill() {
 	_ = p.cmd.Process.Kill()
 	<-p.done
 }
+
+// PID is the process ID of the running binary.
+func (p *Process) PID() int { return p.cmd.Process.Pid }
