@@ -98,6 +98,7 @@ func run(m *testing.M) int {
 		mem := b.memory()
 		theBed = b
 		code = m.Run()
+		testutil.RemoveBinaries()
 		b.c.Close()
 		timings = append([]string{fmt.Sprintf("%-34s up in %.0f s, daemons %s", "bed", upTook.Seconds(), mem)}, timings...)
 	}
@@ -280,12 +281,29 @@ func (b *bed) driver(t *testing.T, kind string, extra ...string) (*testutil.Proc
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The plugin path is a shared mount, as the kubelet's is: a daemon
+	// (re)started while a volume is staged gets a copy of the node's mounts
+	// (ip netns exec makes it a mount namespace of its own, a slave of
+	// ours), and the node's unmounts must reach that copy, or the copy keeps
+	// the staged filesystem and its loop device busy.
+	if err := syscall.Mount(plugins, plugins, "", syscall.MS_BIND, ""); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Mount("", plugins, "", syscall.MS_SHARED|syscall.MS_REC, ""); err != nil {
+		t.Fatal(err)
+	}
 	t.Cleanup(func() {
-		if left := testutil.NodeLeftovers(plugins); len(left) > 0 {
+		left := testutil.NodeLeftovers(plugins)
+		if len(left) > 0 {
 			t.Errorf("left on the node: %s", strings.Join(left, "; "))
+		}
+		if err := syscall.Unmount(plugins, 0); err != nil {
+			t.Errorf("unmounting %s: %v", plugins, err)
 			return
 		}
-		os.RemoveAll(plugins)
+		if len(left) == 0 {
+			os.RemoveAll(plugins)
+		}
 	})
 	args := append([]string{"--type=" + kind, "--controllerserver", "--nodeserver", "--nodeid=fault-node",
 		"--configpath=" + b.c.ConfigJSON, "--pluginpath=" + plugins, "--logslowopinterval=5s"}, extra...)

@@ -147,12 +147,13 @@ func (c *Cluster) cephfsLeftovers(t testing.TB, match func(string) bool) []strin
 }
 
 // NodeLeftovers lists the mounts, loop devices and FUSE helper processes
-// whose paths lie under dir (a plugin path of a test).
+// whose paths lie under dir (a plugin path of a test; a mount of dir itself
+// is the test's own).
 func NodeLeftovers(dir string) []string {
 	var left []string
 	if mi, err := os.ReadFile("/proc/self/mountinfo"); err == nil {
 		for _, line := range strings.Split(string(mi), "\n") {
-			if f := strings.Fields(line); len(f) > 4 && strings.HasPrefix(f[4], dir) {
+			if f := strings.Fields(line); len(f) > 4 && strings.HasPrefix(f[4], dir) && f[4] != dir {
 				left = append(left, "mount "+f[4])
 			}
 		}
