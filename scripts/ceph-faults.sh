@@ -378,9 +378,9 @@ add_mon() {
 	local id=$1 d=mon.$1 tmp
 	grep -qx "$id" "$dir/mons" && die "monitor $id exists"
 	addr_of "$d" >/dev/null
+	ceph_ mon add "$id" "$(addr_of "$d")" >/dev/null
 	echo "$id" >>"$dir/mons"
 	write_conf "$(ceph-conf -c "$conf" --lookup fsid)"
-	ceph_ mon add "$id" "[v2:$(addr_of "$d"):3300,v1:$(addr_of "$d"):6789]" >/dev/null 2>&1
 	tmp=$(mktemp -d)
 	ceph_ mon getmap -o "$tmp/monmap" >/dev/null 2>&1
 	mkdir -p "$dir/$d"
@@ -466,7 +466,10 @@ down) down ;;
 start)
 	ds=("$@")
 	[[ ${#ds[@]} -gt 0 ]] || mapfile -t ds < <(daemons)
-	for d in "${ds[@]}"; do run_daemon "$d"; done
+	# Each daemon's start waits for its initialisation (an OSD's takes
+	# seconds): start them side by side.
+	for d in "${ds[@]}"; do run_daemon "$d" & done
+	wait
 	;;
 stop)
 	ds=("$@")
