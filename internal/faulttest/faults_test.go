@@ -591,9 +591,10 @@ func TestClusterRestart(t *testing.T) {
 	b.waitFor(t, 2*time.Minute, "a quorum", func(s clusterState) bool { return len(s.Quorum) >= 2 })
 	quorum := time.Now()
 	record(t, "cluster started: quorum %.1f s after the start", quorum.Sub(starting).Seconds())
+	// One request, repeated as the sidecar repeats it until it succeeds.
 	served := false
+	name := newName("back")
 	for time.Since(quorum) < 2*time.Minute {
-		name := newName("back")
 		err, _ := timed(5*time.Second, func(ctx context.Context) error {
 			resp, err := p.Controller.CreateVolume(ctx, v.createReq(name, 16*mib, nil))
 			if err == nil {
