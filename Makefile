@@ -18,7 +18,7 @@ tags       = $(subst $(eval) ,$(comma),$(strip $(GO_CEPH_TAGS) $(1)))
 # The test cluster lives here unless CEPHCSI_CLUSTER_DIR says otherwise.
 export CEPHCSI_CLUSTER_DIR ?= $(OUT)/ceph
 
-.PHONY: all build root deps test unit fuzz integration sanity e2e test-kernel test-compat image bench demo lint \
+.PHONY: all build root deps test unit fuzz integration sanity e2e test-kernel test-compat test-faults image bench demo lint \
 	cluster-start cluster-stop cluster-purge clean
 
 all: build
@@ -84,6 +84,16 @@ test-kernel: build
 test-compat: build
 	$(IN_ROOT) $(GO) vet -tags '$(call tags,compat)' ./e2e/compat/
 	GO=$(GO) scripts/compat-test.sh
+
+# Faults under the real binary: a cluster of three monitors and three OSDs,
+# each daemon in a network namespace of its own on a test bridge
+# (scripts/ceph-faults.sh, 10.98.0.0/24), loses a monitor, one and two OSDs,
+# the node's link, all of itself (a restart) and its monitors' addresses.
+# Prints each fault's timings and checks that nothing is left. See
+# docs/faults.md.
+test-faults: root
+	$(IN_ROOT) $(GO) vet -tags '$(call tags,faults)' ./internal/faulttest/
+	$(IN_ROOT) $(GO) test -tags '$(call tags,faults)' -count=1 -v -timeout 40m ./internal/faulttest/
 
 # The OCI image, built offline into _output/cephcsi-image.tar, then unpacked
 # and checked (e2e/image_test.go: the layout, the Dockerfile's entrypoint,

@@ -297,8 +297,20 @@ func (i *radosImage) Snapshots() ([]snapshotInfo, error) {
 	return out, nil
 }
 
+// refusedAfterFailover says whether a snapshot call should be made once
+// more: the monitors may refuse, EPERM, a self-managed snapshot request
+// that the client resent to another monitor after losing its own (seen with
+// Tentacle 20.2.4: the leader logs "got unmanaged-snap pool op from entity
+// with insufficient privileges" for the resent request), while a fresh
+// request goes through. A real lack of permission fails the second time
+// too, at the cost of one round trip.
+func refusedAfterFailover(err error) bool { return csierr.IsErrno(err, syscall.EPERM) }
+
 func (i *radosImage) CreateSnapshot(name string) error {
 	_, err := i.img.CreateSnapshot(name)
+	if refusedAfterFailover(err) {
+		_, err = i.img.CreateSnapshot(name)
+	}
 	if csierr.IsErrno(err, syscall.EEXIST) {
 		return nil
 	}
@@ -307,6 +319,9 @@ func (i *radosImage) CreateSnapshot(name string) error {
 
 func (i *radosImage) RemoveSnapshot(name string) error {
 	err := i.img.GetSnapshot(name).Remove()
+	if refusedAfterFailover(err) {
+		err = i.img.GetSnapshot(name).Remove()
+	}
 	if csierr.IsNotFound(err) {
 		return nil
 	}

@@ -13,6 +13,8 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"k8s.io/klog/v2"
+
+	"github.com/leanceph/cephcsi/internal/locks"
 )
 
 // captureLogs sends klog output at verbosity 2 into a buffer for one test.
@@ -181,5 +183,59 @@ func TestFastCallsNotLoggedAsSlow(t *testing.T) {
 	klog.Flush()
 	if strings.Contains(buf.String(), "call still running") {
 		t.Fatalf("a fast call was logged as slow:\n%s", buf.String())
+	}
+}
+
+// A handler stuck past the call's deadline (a Ceph call in C): the call is
+// answered DeadlineExceeded at the deadline, the handler's locks stay held
+// while it runs (a retry answers Aborted, not racing it), and are free once
+// it returns.
+func TestAnswerByDeadline(t *testing.T) {
+	set := &locks.Set{}
+	info := &grpc.UnaryServerInfo{FullMethod: "/csi.v1.Controller/DeleteVolume"}
+	unblock := make(chan struct{})
+	ended := make(chan struct{})
+	stuck := func(ctx context.Context, req any) (any, error) {
+		<-unblock
+		defer close(ended)
+		return &csi.DeleteVolumeResponse{}, nil
+	}
+	call := func(ctx context.Context, h grpc.UnaryHandler) error {
+		_, err := toStatus(ctx, &csi.DeleteVolumeRequest{VolumeId: "vol-1"}, info, func(ctx context.Context, req any) (any, error) {
+			return answerByDeadline(ctx, req, info, func(ctx context.Context, req any) (any, error) {
+				return locks.Interceptor(set)(ctx, req, info, h)
+			})
+		})
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	err := call(ctx, stuck)
+	if status.Code(err) != codes.DeadlineExceeded || time.Since(start) > 2*time.Second {
+		t.Fatalf("stuck call answered %v after %s, want DeadlineExceeded at its deadline", err, time.Since(start))
+	}
+	quick := func(ctx context.Context, req any) (any, error) { return &csi.DeleteVolumeResponse{}, nil }
+	if err := call(context.Background(), quick); status.Code(err) != codes.Aborted {
+		t.Fatalf("retry while the first call runs: %v, want Aborted", err)
+	}
+	close(unblock)
+	<-ended
+	deadline := time.Now().Add(2 * time.Second)
+	for {
+		err := call(context.Background(), quick)
+		if err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("retry after the first call ended: %v", err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	// A handler that returns in time is answered as it returned.
+	if err := call(context.Background(), func(context.Context, any) (any, error) {
+		return nil, status.Error(codes.NotFound, "gone")
+	}); status.Code(err) != codes.NotFound {
+		t.Fatalf("prompt handler's answer: %v", err)
 	}
 }

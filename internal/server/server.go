@@ -72,7 +72,9 @@ func WithSlowCallLog(interval time.Duration) Option {
 
 // New builds a server for svcs on lis with the standard middleware: request
 // IDs, the slow-call log, logging without secrets, the gRPC status of every
-// error (the RPC edge), panic recovery and the operation locks of opLocks.
+// error (the RPC edge), an answer by the call's deadline (the handler, its
+// panic recovery and its operation locks of opLocks go on in the
+// background past it; see answerByDeadline).
 func New(lis net.Listener, svcs Services, opLocks *locks.Set, opts ...Option) *Server {
 	var set settings
 	for _, o := range opts {
@@ -82,7 +84,7 @@ func New(lis net.Listener, svcs Services, opLocks *locks.Set, opts ...Option) *S
 	if set.slowCallInterval > 0 {
 		chain = append(chain, logSlowCalls(set.slowCallInterval))
 	}
-	chain = append(chain, logCalls, toStatus, recoverPanics, locks.Interceptor(opLocks))
+	chain = append(chain, logCalls, toStatus, answerByDeadline, recoverPanics, locks.Interceptor(opLocks))
 	g := grpc.NewServer(grpc.ChainUnaryInterceptor(chain...))
 	if svcs.Identity != nil {
 		csi.RegisterIdentityServer(g, svcs.Identity)

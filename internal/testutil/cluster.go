@@ -64,6 +64,10 @@ func (c *Cluster) CephFSNodeSecrets() map[string]string {
 // Admin returns a client.admin connection for checking the cluster.
 func (c *Cluster) Admin() *rados.Conn { return c.admin }
 
+// Close ends the admin connection (of a cluster from LoadCluster; the
+// shared one of RequireCluster stays open for the test process).
+func (c *Cluster) Close() { c.admin.Shutdown() }
+
 // RepoRoot finds the repository root from this source file.
 func RepoRoot() string {
 	_, file, _, _ := runtime.Caller(0)
@@ -99,6 +103,14 @@ func startCluster() (*Cluster, error) {
 	if err := cmd.Run(); err != nil {
 		return nil, fmt.Errorf("%s start %s: %w", script, dir, err)
 	}
+	return LoadCluster(script, dir)
+}
+
+// LoadCluster describes a running cluster by what `script env dir` prints
+// (scripts/ceph-cluster.sh or a script printing the same variables) and
+// connects to it as admin. Admin calls give up after a minute, so that a
+// test against a cluster it breaks on purpose fails instead of hanging.
+func LoadCluster(script, dir string) (*Cluster, error) {
 	out, err := exec.Command(script, "env", dir).Output()
 	if err != nil {
 		return nil, fmt.Errorf("%s env: %w", script, err)
@@ -119,8 +131,11 @@ func startCluster() (*Cluster, error) {
 	if err := conn.ReadConfigFile(c.Conf); err != nil {
 		return nil, err
 	}
-	if err := conn.SetConfigOption("keyring", vars["CEPH_ADMIN_KEYRING"]); err != nil {
-		return nil, err
+	for _, kv := range [][2]string{{"keyring", vars["CEPH_ADMIN_KEYRING"]},
+		{"rados_osd_op_timeout", "60"}, {"rados_mon_op_timeout", "60"}, {"client_mount_timeout", "60"}} {
+		if err := conn.SetConfigOption(kv[0], kv[1]); err != nil {
+			return nil, err
+		}
 	}
 	if err := conn.Connect(); err != nil {
 		return nil, fmt.Errorf("connecting as admin: %w", err)
