@@ -71,6 +71,13 @@ func TestCephFS(t *testing.T) {
 	payload := make([]byte, 128<<10)
 	_, _ = rand.Read(payload)
 	writeFile(t, files, path.Join(src.attrs["subvolumePath"], "e2e-data"), payload)
+	// --setmetadata: the names ceph-csi records on the subvolume.
+	for k, want := range map[string]string{"csi.storage.k8s.io/pvc/name": "src", "csi.storage.k8s.io/pvc/namespace": ns,
+		"csi.storage.k8s.io/pv/name": src.pv} {
+		if got, err := fsa.GetMetadata(fsName, subvolumeGroup, src.attrs["subvolumeName"], k); err != nil || got != want {
+			t.Errorf("subvolume %s metadata %s = %q, %v; want %q", src.attrs["subvolumeName"], k, got, err, want)
+		}
+	}
 
 	// 2. VolumeSnapshot -> a subvolume snapshot of the source.
 	d = snapshot(t, e, ns, "snap", vsc, "src")
@@ -83,6 +90,12 @@ func TestCephFS(t *testing.T) {
 	}
 	if snaps := subvolumeSnaps(t, fsa, src.attrs["subvolumeName"]); !slices.Contains(snaps, snapName) {
 		t.Errorf("subvolume %s has snapshots %v, want %s", src.attrs["subvolumeName"], snaps, snapName)
+	}
+	for k, want := range map[string]string{"csi.storage.k8s.io/volumesnapshot/name": "snap",
+		"csi.storage.k8s.io/volumesnapshot/namespace": ns, "csi.storage.k8s.io/volumesnapshotcontent/name": sn.content} {
+		if got, err := fsa.GetSnapshotMetadata(fsName, subvolumeGroup, src.attrs["subvolumeName"], snapName, k); err != nil || got != want {
+			t.Errorf("snapshot %s metadata %s = %q, %v; want %q", snapName, k, got, err, want)
+		}
 	}
 	if got := omap(t, journal, "csi.snaps.default")["csi.snap.snapshot-"+sn.uid]; got != sn.id.UUID {
 		t.Errorf("journal: csi.snap.snapshot-%s -> %q, want %s", sn.uid, got, sn.id.UUID)

@@ -5,6 +5,7 @@ package e2e
 import (
 	"bytes"
 	"crypto/rand"
+	"errors"
 	"fmt"
 	"strings"
 	"testing"
@@ -60,6 +61,10 @@ func TestRBD(t *testing.T) {
 	payload := make([]byte, 256<<10)
 	_, _ = rand.Read(payload)
 	writeImage(t, io, src.attrs["imageName"], payload)
+	// --setmetadata (the deploy's controller) with the provisioner's
+	// --extra-create-metadata: the names ceph-csi records on the image.
+	checkImageMetadata(t, io, src.attrs["imageName"], map[string]string{
+		"csi.storage.k8s.io/pvc/name": "src", "csi.storage.k8s.io/pvc/namespace": ns, "csi.storage.k8s.io/pv/name": src.pv})
 
 	// The attacher marks a VolumeAttachment attached (our controller has no
 	// ControllerPublish, as ceph-csi's) and detaches it again.
@@ -89,6 +94,11 @@ func TestRBD(t *testing.T) {
 	if p := parentOf(t, io, snapImage); !strings.HasPrefix(p, src.attrs["imageName"]+"@") {
 		t.Errorf("parent of %s is %q, want %s@...", snapImage, p, src.attrs["imageName"])
 	}
+	checkImageMetadata(t, io, snapImage, map[string]string{
+		"csi.storage.k8s.io/volumesnapshot/name": "snap", "csi.storage.k8s.io/volumesnapshot/namespace": ns,
+		"csi.storage.k8s.io/volumesnapshotcontent/name": sn.content,
+		// The source's names are not inherited by the snapshot's image.
+		"csi.storage.k8s.io/pvc/name": "", "csi.storage.k8s.io/pv/name": ""})
 	if s := userSnaps(t, io, src.attrs["imageName"]); len(s) != 0 {
 		t.Errorf("source image keeps snapshots %v", s)
 	}
@@ -115,6 +125,8 @@ func TestRBD(t *testing.T) {
 		if got := readImage(t, io, img, len(payload)); !bytes.Equal(got, payload) {
 			t.Errorf("%s: %s does not hold the bytes written before the snapshot", name, img)
 		}
+		checkImageMetadata(t, io, img, map[string]string{"csi.storage.k8s.io/pvc/name": name, "csi.storage.k8s.io/pv/name": v.pv,
+			"csi.storage.k8s.io/volumesnapshot/name": ""})
 		want := gib
 		if name == "restore-big" {
 			want = 2 * gib
@@ -302,6 +314,22 @@ func userSnaps(t testing.TB, io *rados.IOContext, name string) []string {
 		}
 	}
 	return out
+}
+
+// checkImageMetadata checks image metadata keys; "" wants the key absent.
+func checkImageMetadata(t testing.TB, io *rados.IOContext, name string, want map[string]string) {
+	t.Helper()
+	img := openImage(t, io, name)
+	defer img.Close()
+	for k, v := range want {
+		got, err := img.GetMetadata(k)
+		if errors.Is(err, rbd.ErrNotFound) {
+			got, err = "", nil
+		}
+		if err != nil || got != v {
+			t.Errorf("image %s metadata %s = %q, %v; want %q", name, k, got, err, v)
+		}
+	}
 }
 
 func imageSize(t testing.TB, io *rados.IOContext, name string) uint64 {
