@@ -41,6 +41,10 @@ type Options struct {
 	// CloneWait is how long CreateVolume waits for a CephFS clone to finish
 	// before answering Aborted.
 	CloneWait time.Duration
+	// KubeletRegistrationPath, when set, makes the node plugin register
+	// itself with the kubelet (no node-driver-registrar): the CSI socket's
+	// path as the kubelet sees it.
+	KubeletRegistrationPath string
 
 	fs *flag.FlagSet
 	// used lists the flags this driver acts on; the rest are accepted only.
@@ -81,6 +85,7 @@ func (o *Options) Register(fs *flag.FlagSet) {
 	fs.UintVar(&o.MaxSnapsOnImage, use("maxsnapshotsonimage"), 450, "snapshots on an image at which its clones are flattened before a new one")
 	fs.UintVar(&o.MinSnapsOnImage, use("minsnapshotsonimage"), 250, "snapshots on an image past which new clones are flattened in the background")
 	fs.BoolVar(&o.SkipForceFlatten, use("skipforceflatten"), false, "do not flatten when the kernel lacks deep-flatten support")
+	fs.StringVar(&o.KubeletRegistrationPath, use("kubelet-registration-path"), "", "with --nodeserver: register with the kubelet through <pluginpath>/../plugins_registry, naming this path (the CSI socket as the kubelet sees it), instead of a node-driver-registrar sidecar")
 	fs.DurationVar(&o.CloneWait, use("clonewait"), 0, "how long a CephFS CreateVolume from a snapshot or volume waits for the copy before answering Aborted (0: at once)")
 
 	// Accepted for compatibility with the manifests that run ceph-csi; unused.
