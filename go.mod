@@ -6,6 +6,7 @@ require (
 	github.com/ceph/go-ceph v0.41.0
 	github.com/container-storage-interface/spec v1.13.0
 	github.com/google/uuid v1.6.0
+	github.com/hanwen/go-fuse/v2 v2.12.1
 	github.com/kubernetes-csi/csi-lib-utils v0.25.0
 	golang.org/x/sys v0.48.0
 	google.golang.org/grpc v1.85.0

@@ -52,18 +52,13 @@ func provisionerCredentials(secrets map[string]string) (cephconn.Credentials, er
 
 // ControllerGetCapabilities implements csi.ControllerServer.
 func (s *ControllerServer) ControllerGetCapabilities(context.Context, *csi.ControllerGetCapabilitiesRequest) (*csi.ControllerGetCapabilitiesResponse, error) {
-	var caps []*csi.ControllerServiceCapability
-	for _, c := range []csi.ControllerServiceCapability_RPC_Type{
+	return &csi.ControllerGetCapabilitiesResponse{Capabilities: request.ControllerCapabilities(
 		csi.ControllerServiceCapability_RPC_CREATE_DELETE_VOLUME,
 		csi.ControllerServiceCapability_RPC_EXPAND_VOLUME,
 		csi.ControllerServiceCapability_RPC_CREATE_DELETE_SNAPSHOT,
 		csi.ControllerServiceCapability_RPC_CLONE_VOLUME,
 		csi.ControllerServiceCapability_RPC_SINGLE_NODE_MULTI_WRITER,
-	} {
-		caps = append(caps, &csi.ControllerServiceCapability{Type: &csi.ControllerServiceCapability_Rpc{
-			Rpc: &csi.ControllerServiceCapability_RPC{Type: c}}})
-	}
-	return &csi.ControllerGetCapabilitiesResponse{Capabilities: caps}, nil
+	)}, nil
 }
 
 // provisioned is where a volume's data lives and how big it is.
@@ -277,7 +272,6 @@ func (s *ControllerServer) awaitClone(ctx context.Context, f *fsConn, entry *jou
 	}
 }
 
-// createSubvolume makes an empty subvolume with a quota, creating the
 // subvolume group on first use.
 func (f *fsConn) createSubvolume(name string, size int64, pool string) error {
 	opts := &admin.SubVolumeOptions{Size: admin.ByteCount(size), Mode: subvolumeMode, PoolLayout: pool}
@@ -294,7 +288,6 @@ func (f *fsConn) createSubvolume(name string, size int64, pool string) error {
 	return nil
 }
 
-// removeSnapshot removes a subvolume snapshot; a missing one is fine. One
 // that clones still copy from is FailedPrecondition.
 func (f *fsConn) removeSnapshot(subvolume, snapshot string) error {
 	err := f.admin.RemoveSubVolumeSnapshot(f.fs.Name, f.group, subvolume, snapshot)
@@ -308,7 +301,6 @@ func (f *fsConn) removeSnapshot(subvolume, snapshot string) error {
 	return fmt.Errorf("removing snapshot %s of %s: %w", snapshot, subvolume, err)
 }
 
-// removeSubvolume removes a subvolume, keeping its snapshots (the subvolume
 // then lingers as "snapshot-retained" until its last snapshot goes, when
 // Ceph purges it). A clone still copying is cancelled first; its source is
 // returned so the caller can drop a temporary snapshot.

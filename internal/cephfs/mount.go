@@ -2,28 +2,26 @@ package cephfs
 
 import (
 	"bufio"
-	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"strings"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/leanceph/cephcsi/internal/cephconn"
+	"github.com/leanceph/cephcsi/internal/keyexec"
 )
 
-// The key reaches ceph-fuse and mount.ceph through an anonymous memory file
-// (memfd) handed over as file descriptor 3 and named as /proc/self/fd/3 in
-// the `keyfile`/`secretfile` option. It is never written to a filesystem,
-// never appears on a command line or in the environment, and disappears with
-// the last process holding it. (A pipe does not work: ceph-fuse sizes the key
-// file with fstat before reading it.) Not /dev/fd/3: /dev/fd is a symlink
-// that systemd or a container runtime creates, not the kernel's devtmpfs, so
-// a node whose /dev lacks it could not mount with the kernel client.
-const keyFD = "/proc/self/fd/3"
+// The key reaches ceph-fuse and mount.ceph through keyexec's sealed
+// in-memory file on descriptor 3, named as /proc/self/fd/3 in the
+// `keyfile`/`secretfile` option. It is never written to a filesystem,
+// never appears on a command line or in the environment. (A pipe does not
+// work: ceph-fuse sizes the key file with fstat, reads nothing from a pipe
+// and fails to authenticate.) Not /dev/fd/3: /dev/fd is a symlink that
+// systemd or a container runtime creates, not the kernel's devtmpfs, so a
+// node whose /dev lacks it could not mount with the kernel client.
+const keyFD = keyexec.KeyFilePath
 
 // mountTimeout bounds one mount or unmount helper run.
 const mountTimeout = 2 * time.Minute
@@ -66,30 +64,23 @@ func kernelArgs(s mountSpec) []string {
 	return []string{strings.Join(s.Monitors, ",") + ":" + s.Root, s.Target, "-o", strings.Join(opts, ",")}
 }
 
-// runWithKey runs a mount helper with the key on file descriptor 3.
+// runWithKey runs a mount helper with the key on file descriptor 3. The
+// key file is emptied when the helper returns: ceph-fuse reads the key
+// while it starts, before its foreground process exits, and the daemon it
+// leaves behind keeps descriptor 3 open for as long as the mount lives.
 func runWithKey(ctx context.Context, key, name string, args ...string) error {
-	fd, err := unix.MemfdCreate("cephcsi-key", unix.MFD_CLOEXEC)
-	if err != nil {
-		return fmt.Errorf("creating the key memfd: %w", err)
+	_, err := runner.Run(ctx, keyexec.Command{Path: name, Args: args, Key: key, EmptyKeyOnReturn: true, Timeout: mountTimeout})
+	var failed *keyexec.RunError
+	if errors.As(err, &failed) {
+		// ceph-fuse writes its errors to stdout and stderr both.
+		out := failed.Result.Stdout + "\n" + failed.Result.Stderr
+		return fmt.Errorf("%s %s: %w: %s", name, strings.Join(args, " "), failed.Err, helperOutput(out, key))
 	}
-	keyFile := os.NewFile(uintptr(fd), "cephcsi-key")
-	defer keyFile.Close()
-	if _, err := keyFile.WriteString(key); err != nil {
-		return fmt.Errorf("writing the key memfd: %w", err)
-	}
-	ctx, cancel := context.WithTimeout(ctx, mountTimeout)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, name, args...)
-	cmd.ExtraFiles = []*os.File{keyFile} // becomes fd 3, without CLOEXEC
-	var out bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &out
-	// ceph-fuse forks a daemon; do not wait for it should it keep our pipes.
-	cmd.WaitDelay = 5 * time.Second
-	if err := cmd.Run(); err != nil {
-		return fmt.Errorf("%s %s: %w: %s", name, strings.Join(args, " "), err, helperOutput(out.String(), key))
-	}
-	return nil
+	return err
 }
+
+// runner runs the mount helpers; tests replace it.
+var runner keyexec.Runner = keyexec.Exec{}
 
 // helperOutput keeps the lines of a helper's output worth reporting, with
 // the key masked should a tool ever echo it.
@@ -101,9 +92,7 @@ func helperOutput(out, key string) string {
 		if line == "" || strings.Contains(line, "newargv") {
 			continue
 		}
-		if key != "" {
-			line = strings.ReplaceAll(line, key, "<key>")
-		}
+		line = keyexec.Redact(line, key)
 		keep = append(keep, line)
 	}
 	if len(keep) > 8 {

@@ -64,7 +64,7 @@ func TestRunWithKeyPassesKeyOnFD3(t *testing.T) {
 	if strings.Contains(msg, testKey) {
 		t.Fatalf("the error carries the key: %s", msg)
 	}
-	if !strings.Contains(msg, "size 40: <key>") {
+	if !strings.Contains(msg, "size 40: <redacted>") {
 		t.Errorf("the helper did not read the 40-byte key from fd 3: %s", msg)
 	}
 	if err := runWithKey(context.Background(), testKey, "sh", "-c", "test -r "+keyFD); err != nil {

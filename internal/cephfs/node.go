@@ -45,16 +45,11 @@ func (n *NodeServer) NodeGetInfo(context.Context, *csi.NodeGetInfoRequest) (*csi
 
 // NodeGetCapabilities implements csi.NodeServer.
 func (n *NodeServer) NodeGetCapabilities(context.Context, *csi.NodeGetCapabilitiesRequest) (*csi.NodeGetCapabilitiesResponse, error) {
-	var caps []*csi.NodeServiceCapability
-	for _, c := range []csi.NodeServiceCapability_RPC_Type{
+	return &csi.NodeGetCapabilitiesResponse{Capabilities: request.NodeCapabilities(
 		csi.NodeServiceCapability_RPC_STAGE_UNSTAGE_VOLUME,
 		csi.NodeServiceCapability_RPC_GET_VOLUME_STATS,
 		csi.NodeServiceCapability_RPC_SINGLE_NODE_MULTI_WRITER,
-	} {
-		caps = append(caps, &csi.NodeServiceCapability{Type: &csi.NodeServiceCapability_Rpc{
-			Rpc: &csi.NodeServiceCapability_RPC{Type: c}}})
-	}
-	return &csi.NodeGetCapabilitiesResponse{Capabilities: caps}, nil
+	)}, nil
 }
 
 // stagedVolume is what NodeStageVolume records about a staged volume; no
@@ -83,7 +78,10 @@ type stageRequest struct {
 // for a snapshot-backed volume, its snapshot) at the staging path.
 func (n *NodeServer) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRequest) (*csi.NodeStageVolumeResponse, error) {
 	volumeID, staging := req.GetVolumeId(), req.GetStagingTargetPath()
-	if err := nodeutil.Require([2]string{"volume_id", volumeID}, [2]string{"staging_target_path", staging}); err != nil {
+	if err := nodeutil.Require([2]string{"volume_id", volumeID}); err != nil {
+		return nil, err
+	}
+	if err := nodeutil.Path("staging_target_path", staging); err != nil {
 		return nil, err
 	}
 	vcap := req.GetVolumeCapability()
@@ -166,6 +164,9 @@ func (n *NodeServer) decodeStage(req *csi.NodeStageVolumeRequest) (*stageRequest
 	if sr.spec.FsName == "" {
 		return nil, csierr.Errorf(csierr.ErrInvalid, "volume_context: fsName is required")
 	}
+	if err := request.ValidPoolName("volume_context.fsName", sr.spec.FsName); err != nil {
+		return nil, err
+	}
 	backing := vc["backingSnapshot"] == "true" || sr.backingSnapshotID != ""
 	if backing && sr.backingSnapshotID == "" {
 		// A volume made by ceph-csi keeps the snapshot ID in the journal only.
@@ -181,13 +182,16 @@ func (n *NodeServer) decodeStage(req *csi.NodeStageVolumeRequest) (*stageRequest
 	if sr.spec.Root == "" {
 		return nil, csierr.Errorf(csierr.ErrInvalid, "volume_context: subvolumePath (or rootPath for a static volume) is required")
 	}
+	if err := nodeutil.Path("volume_context.subvolumePath", sr.spec.Root); err != nil {
+		return nil, err
+	}
 	sr.mounter = vc["mounter"]
 	if err := validMounter(sr.mounter); err != nil {
 		return nil, err
 	}
 	if sr.mounter == "" {
 		sr.mounter = mounterFuse
-		if kernelClientAvailable() {
+		if kernelClientAvailable() && (n.Options.ForceKernelClient || KernelQuotaSupported()) {
 			sr.mounter = mounterKernel
 		}
 	}
@@ -202,6 +206,14 @@ func (n *NodeServer) decodeStage(req *csi.NodeStageVolumeRequest) (*stageRequest
 		if base == "" {
 			base = n.Options.FuseMountOpts
 		}
+	}
+	// Every option is checked, wherever it comes from: none may smuggle in
+	// credentials, another source or more options.
+	if err := request.SafeOptionList("config.json/--"+strings.ToLower(scKey), base); err != nil {
+		return nil, err
+	}
+	if err := request.SafeOptionList("volume_context."+scKey, vc[scKey]); err != nil {
+		return nil, err
 	}
 	sr.spec.Options = append(splitOptions(base), splitOptions(vc[scKey])...)
 	sr.spec.Options = append(sr.spec.Options, req.GetVolumeCapability().GetMount().GetMountFlags()...)
@@ -332,7 +344,10 @@ func (n *NodeServer) unmountAll(ctx context.Context, path string) error {
 // NodeUnstageVolume implements csi.NodeServer.
 func (n *NodeServer) NodeUnstageVolume(ctx context.Context, req *csi.NodeUnstageVolumeRequest) (*csi.NodeUnstageVolumeResponse, error) {
 	volumeID, staging := req.GetVolumeId(), req.GetStagingTargetPath()
-	if err := nodeutil.Require([2]string{"volume_id", volumeID}, [2]string{"staging_target_path", staging}); err != nil {
+	if err := nodeutil.Require([2]string{"volume_id", volumeID}); err != nil {
+		return nil, err
+	}
+	if err := nodeutil.Path("staging_target_path", staging); err != nil {
 		return nil, err
 	}
 	if err := n.unmountAll(ctx, staging); err != nil {
@@ -348,8 +363,13 @@ func (n *NodeServer) NodeUnstageVolume(ctx context.Context, req *csi.NodeUnstage
 // path into the target path.
 func (n *NodeServer) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolumeRequest) (*csi.NodePublishVolumeResponse, error) {
 	volumeID, staging, target := req.GetVolumeId(), req.GetStagingTargetPath(), req.GetTargetPath()
-	if err := nodeutil.Require([2]string{"volume_id", volumeID}, [2]string{"staging_target_path", staging},
-		[2]string{"target_path", target}); err != nil {
+	if err := nodeutil.Require([2]string{"volume_id", volumeID}); err != nil {
+		return nil, err
+	}
+	if err := nodeutil.Paths([2]string{"staging_target_path", staging}, [2]string{"target_path", target}); err != nil {
+		return nil, err
+	}
+	if err := nodeutil.TargetApart(target, staging); err != nil {
 		return nil, err
 	}
 	vcap := req.GetVolumeCapability()
@@ -375,13 +395,15 @@ func (n *NodeServer) NodePublishVolume(ctx context.Context, req *csi.NodePublish
 		return nil, err
 	}
 	readOnly := req.GetReadonly() || request.ReadOnlyModes([]*csi.VolumeCapability{vcap})
-	if err := n.publisher.BindDir(staging, target, readOnly, vcap.GetMount().GetMountFlags()); err != nil {
-		return nil, err
-	}
+	// The target is recorded before it is made, so that unpublish (also
+	// after a crash in between) knows the driver created it.
 	if recorded {
 		if err := n.state.AddTarget(volumeID, &rec, target); err != nil {
 			return nil, err
 		}
+	}
+	if err := n.publisher.BindDir(staging, target, readOnly, vcap.GetMount().GetMountFlags()); err != nil {
+		return nil, err
 	}
 	return &csi.NodePublishVolumeResponse{}, nil
 }
@@ -389,10 +411,17 @@ func (n *NodeServer) NodePublishVolume(ctx context.Context, req *csi.NodePublish
 // NodeUnpublishVolume implements csi.NodeServer.
 func (n *NodeServer) NodeUnpublishVolume(ctx context.Context, req *csi.NodeUnpublishVolumeRequest) (*csi.NodeUnpublishVolumeResponse, error) {
 	volumeID, target := req.GetVolumeId(), req.GetTargetPath()
-	if err := nodeutil.Require([2]string{"volume_id", volumeID}, [2]string{"target_path", target}); err != nil {
+	if err := nodeutil.Require([2]string{"volume_id", volumeID}); err != nil {
 		return nil, err
 	}
-	if err := n.publisher.Unpublish(target); err != nil {
+	if err := nodeutil.Path("target_path", target); err != nil {
+		return nil, err
+	}
+	var rec stagedVolume
+	if _, err := n.state.Load(volumeID, &rec); err != nil {
+		return nil, fmt.Errorf("reading the staged volume's record: %v", err)
+	}
+	if err := n.publisher.Unpublish(target, rec.Owns(target)); err != nil {
 		return nil, err
 	}
 	if err := n.state.ForgetTarget(volumeID, &stagedVolume{}, target); err != nil {
@@ -403,7 +432,10 @@ func (n *NodeServer) NodeUnpublishVolume(ctx context.Context, req *csi.NodeUnpub
 
 // NodeGetVolumeStats implements csi.NodeServer.
 func (n *NodeServer) NodeGetVolumeStats(ctx context.Context, req *csi.NodeGetVolumeStatsRequest) (*csi.NodeGetVolumeStatsResponse, error) {
-	if err := nodeutil.Require([2]string{"volume_id", req.GetVolumeId()}, [2]string{"volume_path", req.GetVolumePath()}); err != nil {
+	if err := nodeutil.Require([2]string{"volume_id", req.GetVolumeId()}); err != nil {
+		return nil, err
+	}
+	if err := nodeutil.Path("volume_path", req.GetVolumePath()); err != nil {
 		return nil, err
 	}
 	p := req.GetVolumePath()

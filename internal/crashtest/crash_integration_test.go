@@ -43,6 +43,8 @@ type env struct {
 	// name is the request name of the call under test, the same for the
 	// call that dies and the one repeated after the restart.
 	name string
+	// staged lists volume ID and staging path pairs to unstage at the end.
+	staged [][2]string
 }
 
 func (e *env) start(armed string) *testutil.Process {
@@ -371,6 +373,100 @@ func snapshotOnly(e *env, p *testutil.Process) any {
 
 func withSource(e *env, p *testutil.Process) any { return source(e, p) }
 
+// stageState is a volume for the node cases and where it is staged.
+type stageState struct {
+	vol     *csi.Volume
+	staging string
+}
+
+// fuseVolume makes a volume for the FUSE mapper this host can use.
+func fuseVolume(e *env, p *testutil.Process) any {
+	req := e.createReq(newName("node"), 32*mib, nil)
+	req.Parameters["mounter"] = "rbd-fuse"
+	e.marks = append(e.marks, req.Name)
+	resp, err := p.Controller.CreateVolume(e.ctx, req)
+	e.must(err, "creating the volume")
+	e.track(&e.vols, resp.GetVolume().GetVolumeId())
+	return &stageState{vol: resp.GetVolume(), staging: filepath.Join(e.dir, "staging")}
+}
+
+func (e *env) stageReq(st *stageState) *csi.NodeStageVolumeRequest {
+	return &csi.NodeStageVolumeRequest{VolumeId: st.vol.GetVolumeId(), StagingTargetPath: st.staging,
+		VolumeCapability: testutil.FSCap("ext4"), VolumeContext: st.vol.GetVolumeContext(), Secrets: e.c.RBDNodeSecrets()}
+}
+
+// stagedFuseVolume makes a volume and stages it, with a file in it.
+func stagedFuseVolume(e *env, p *testutil.Process) any {
+	st := fuseVolume(e, p).(*stageState)
+	_, err := p.Node.NodeStageVolume(e.ctx, e.stageReq(st))
+	e.must(err, "staging the volume")
+	e.staged = append(e.staged, [2]string{st.vol.GetVolumeId(), st.staging})
+	e.must(os.WriteFile(filepath.Join(st.staging, "data"), data, 0o600), "writing into the staged volume")
+	return st
+}
+
+func stageCall(e *env, p *testutil.Process, state any) (any, error) {
+	st := state.(*stageState)
+	e.staged = append(e.staged, [2]string{st.vol.GetVolumeId(), st.staging})
+	_, err := p.Node.NodeStageVolume(e.ctx, e.stageReq(st))
+	return st, err
+}
+
+func unstageCall(e *env, p *testutil.Process, state any) (any, error) {
+	st := state.(*stageState)
+	_, err := p.Node.NodeUnstageVolume(e.ctx, &csi.NodeUnstageVolumeRequest{VolumeId: st.vol.GetVolumeId(), StagingTargetPath: st.staging})
+	return st, err
+}
+
+// checkStaged writes through the staged volume, restages it after an
+// unstage and finds the file again.
+func checkStaged(e *env, _, result any) {
+	st := result.(*stageState)
+	e.must(os.WriteFile(filepath.Join(st.staging, "data"), data, 0o600), "writing into the staged volume")
+	p := e.start("")
+	defer p.Kill()
+	_, err := p.Node.NodeUnstageVolume(e.ctx, &csi.NodeUnstageVolumeRequest{VolumeId: st.vol.GetVolumeId(), StagingTargetPath: st.staging})
+	e.must(err, "unstaging")
+	_, err = p.Node.NodeStageVolume(e.ctx, e.stageReq(st))
+	e.must(err, "restaging")
+	got, err := os.ReadFile(filepath.Join(st.staging, "data"))
+	if err != nil || !bytes.Equal(got, data) {
+		e.t.Errorf("the file written before the unstage is not back (%v)", err)
+	}
+}
+
+// checkUnstaged finds no mount, loop device or helper of the volume left.
+func checkUnstaged(e *env, _, result any) {
+	if left := nodeLeftovers(e.dir); len(left) > 0 {
+		e.t.Errorf("after the repeated unstage: %s", strings.Join(left, "; "))
+	}
+}
+
+// nodeLeftovers lists mounts, loop devices and helper processes under dir.
+func nodeLeftovers(dir string) []string {
+	var left []string
+	if mi, err := os.ReadFile("/proc/self/mountinfo"); err == nil {
+		for _, line := range strings.Split(string(mi), "\n") {
+			if f := strings.Fields(line); len(f) > 4 && strings.HasPrefix(f[4], dir) {
+				left = append(left, "mount "+f[4])
+			}
+		}
+	}
+	loops, _ := filepath.Glob("/sys/block/loop*/loop/backing_file")
+	for _, l := range loops {
+		if b, _ := os.ReadFile(l); strings.HasPrefix(strings.TrimSpace(string(b)), dir) {
+			left = append(left, "loop device backed by "+strings.TrimSpace(string(b)))
+		}
+	}
+	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
+	for _, pc := range procs {
+		if b, _ := os.ReadFile(pc); strings.Contains(string(b), dir) && strings.Contains(string(b), "rbd-fuse-helper") {
+			left = append(left, "helper process "+filepath.Base(filepath.Dir(pc)))
+		}
+	}
+	return left
+}
+
 var cases = []crashCase{
 	{"journal-reserve-after-directory", "rbd", "CreateVolume", nil, plainCreate, checkPlain},
 	{"create-volume-after-reserve", "rbd", "CreateVolume", nil, plainCreate, checkPlain},
@@ -383,6 +479,9 @@ var cases = []crashCase{
 	{"delete-volume-before-release", "rbd", "DeleteVolume", plainVolume, deleteCall, checkDeleted},
 	{"journal-release-after-directory", "rbd", "DeleteVolume", plainVolume, deleteCall, checkDeleted},
 	{"delete-snapshot-before-release", "rbd", "DeleteSnapshot", snapshotOnly, deleteCall, checkDeleted},
+	{"node-stage-after-map", "rbd", "NodeStageVolume", fuseVolume, stageCall, checkStaged},
+	{"node-unstage-after-unmount", "rbd", "NodeUnstageVolume", stagedFuseVolume, unstageCall, checkUnstaged},
+	{"node-unstage-after-unmap", "rbd", "NodeUnstageVolume", stagedFuseVolume, unstageCall, checkUnstaged},
 	{"cephfs-create-volume-after-reserve", "cephfs", "CreateVolume", nil, plainCreate, checkPlain},
 	{"cephfs-clone-after-temp-snapshot", "cephfs", "PVC clone", withSource, cloneTo(8 * mib), checkCopy(8 * mib)},
 	{"cephfs-clone-after-start", "cephfs", "restore", sourceAndSnapshot, restoreTo(8 * mib), checkCopy(8 * mib)},
@@ -452,6 +551,11 @@ func runCase(t *testing.T, c *testutil.Cluster, bin string, tc crashCase) {
 func cleanup(e *env) {
 	p := e.start("")
 	defer p.Kill()
+	for _, st := range e.staged {
+		if _, err := p.Node.NodeUnstageVolume(e.ctx, &csi.NodeUnstageVolumeRequest{VolumeId: st[0], StagingTargetPath: st[1]}); err != nil {
+			e.t.Errorf("unstaging %s: %v", st[0], err)
+		}
+	}
 	for i := len(e.snaps) - 1; i >= 0; i-- {
 		if err := e.deleteSnapshot(p, e.snaps[i]); err != nil {
 			e.t.Errorf("deleting snapshot %s: %v", e.snaps[i], err)
@@ -473,6 +577,9 @@ func cleanup(e *env) {
 			}
 			time.Sleep(time.Second)
 		}
+	}
+	if left := nodeLeftovers(e.dir); len(left) > 0 {
+		e.t.Errorf("left on the node: %s", strings.Join(left, "; "))
 	}
 	// CephFS purges deleted subvolumes in the background: give it a moment.
 	deadline := time.Now().Add(30 * time.Second)

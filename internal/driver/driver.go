@@ -26,21 +26,59 @@ const connectTimeout = 30 * time.Second
 
 // Run serves the driver described by opts until SIGINT or SIGTERM.
 func Run(opts *config.Options) error {
-	for _, f := range opts.Unused() {
-		klog.InfoS("flag accepted for compatibility and ignored", "flag", f)
-	}
+	announce(opts)
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
+	if opts.PIDLimit != 0 {
+		applyPIDLimit(hostCgroups, opts.PIDLimit)
+	}
 	switch opts.Type {
 	case "liveness":
 		return runLiveness(ctx, opts)
 	case "controller":
-		// ceph-csi's Kubernetes-side controller has nothing to do here.
-		klog.InfoS("--type=controller has no work in this driver; idling")
+		// What ceph-csi does here is not implemented (announce warned).
 		<-ctx.Done()
 		return nil
 	}
+	if opts.EnableProfiling {
+		startProfiling(ctx, opts)
+	}
 	return Serve(ctx, opts)
+}
+
+// announce logs, once at start, a warning for each flag that asks for a
+// behaviour this build does not serve, the flags given that have no effect,
+// and the optional behaviours in force.
+func announce(opts *config.Options) {
+	for _, w := range opts.Warnings() {
+		klog.Warningf("%s", w)
+	}
+	for _, f := range opts.NoEffect() {
+		klog.InfoS("flag has no effect in this driver", "flag", "--"+f[0], "why", f[1])
+	}
+	if opts.Type == "cephfs" && opts.IsNodeSrv && !opts.ForceKernelClient && !cephfs.KernelQuotaSupported() {
+		klog.InfoS("this kernel's CephFS client may not enforce quotas (before 4.17): volumes without a mounter parameter " +
+			"are mounted with ceph-fuse; --forcecephkernelclient=true uses the kernel client anyway")
+	}
+	active := make([]string, 0, len(opts.Active()))
+	for _, b := range opts.Active() {
+		active = append(active, string(b))
+	}
+	klog.InfoS("optional behaviours in force", "active", active)
+}
+
+// applyPIDLimit is --pidlimit: it never stops the driver from starting.
+func applyPIDLimit(c cgroupFS, limit int) {
+	before, err := c.setPIDLimit(limit)
+	if err != nil {
+		klog.Warningf("--pidlimit=%d: the pids cgroup limit was not changed (%v); the limit the container runtime set stays in force", limit, err)
+		return
+	}
+	want := "max"
+	if limit > 0 {
+		want = fmt.Sprint(limit)
+	}
+	klog.InfoS("pids cgroup limit set", "limit", want, "was", before)
 }
 
 // Serve runs the CSI services for opts until ctx ends.
@@ -61,7 +99,7 @@ func Serve(ctx context.Context, opts *config.Options) error {
 	if err != nil {
 		return err
 	}
-	srv := server.New(lis, svcs, deps.Locks)
+	srv := server.New(lis, svcs, deps.Locks, server.WithSlowCallLog(opts.LogSlowOpInterval))
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve() }()
 	// Registered with the kubelet once the CSI socket answers; deregistered

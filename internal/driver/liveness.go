@@ -58,7 +58,7 @@ func runLiveness(ctx context.Context, opts *config.Options) error {
 		w.Header().Set("Content-Type", "text/plain; version=0.0.4")
 		fmt.Fprintf(w, "# HELP csi_liveness Liveness of the CSI driver (1 when its Probe succeeds).\n# TYPE csi_liveness gauge\ncsi_liveness %d\n", live.Load())
 	})
-	addr := net.JoinHostPort("", fmt.Sprint(opts.MetricsPort))
+	addr := net.JoinHostPort(opts.MetricsHost, fmt.Sprint(opts.MetricsPort))
 	klog.InfoS("serving liveness metrics", "address", addr, "path", opts.MetricsPath)
 	srv := &http.Server{Addr: addr, Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	go func() {

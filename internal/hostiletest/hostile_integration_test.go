@@ -7,6 +7,7 @@ package hostiletest
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math"
 	"os"
@@ -17,6 +18,7 @@ import (
 	"time"
 
 	"github.com/ceph/go-ceph/cephfs/admin"
+	"github.com/ceph/go-ceph/rados"
 	"github.com/ceph/go-ceph/rbd"
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"github.com/google/uuid"
@@ -36,26 +38,29 @@ func snapshotWorld(t *testing.T, c *testutil.Cluster, dirs ...string) world {
 	w := world{}
 	for _, p := range testutil.RBDPools {
 		io := c.IOContext(t, p)
-		names, _ := rbd.GetImageNames(io)
+		names, err := rbd.GetImageNames(io)
+		must(t, err, "listing images")
 		for _, n := range names {
 			w["image "+p+"/"+n] = true
 		}
-		trash, _ := rbd.GetTrashList(io)
+		trash, err := rbd.GetTrashList(io)
+		must(t, err, "listing the trash")
 		for _, e := range trash {
 			w["trash "+p+"/"+e.Name] = true
 		}
 		for _, dir := range []string{"csi.volumes.default", "csi.snaps.default"} {
-			_ = io.ListOmapValues(dir, "", "", 100000, func(k string, _ []byte) { w["journal "+p+"/"+dir+"/"+k] = true })
+			journalKeys(t, io, dir, "journal "+p+"/"+dir+"/", w)
 		}
 	}
-	subs, _ := admin.NewFromConn(c.Admin()).ListSubVolumes(testutil.FSName, testutil.FSGroup)
+	subs, err := admin.NewFromConn(c.Admin()).ListSubVolumes(testutil.FSName, testutil.FSGroup)
+	must(t, err, "listing subvolumes")
 	for _, s := range subs {
 		w["subvolume "+s] = true
 	}
 	meta := c.IOContext(t, testutil.FSMetadataPool)
 	meta.SetNamespace("csi")
 	for _, dir := range []string{"csi.volumes.default", "csi.snaps.default"} {
-		_ = meta.ListOmapValues(dir, "", "", 100000, func(k string, _ []byte) { w["journal cephfs/"+dir+"/"+k] = true })
+		journalKeys(t, meta, dir, "journal cephfs/"+dir+"/", w)
 	}
 	// Mounts and loop devices where the drivers of this test could make
 	// them: its directories, the drivers' temporary plugin paths, and the
@@ -95,6 +100,23 @@ func snapshotWorld(t *testing.T, c *testutil.Cluster, dirs ...string) world {
 		})
 	}
 	return w
+}
+
+func must(t *testing.T, err error, what string) {
+	t.Helper()
+	if err != nil {
+		t.Fatalf("%s: %v", what, err)
+	}
+}
+
+// journalKeys adds the keys of a journal directory object (none when the
+// object does not exist yet).
+func journalKeys(t *testing.T, io *rados.IOContext, oid, prefix string, w world) {
+	t.Helper()
+	err := io.ListOmapValues(oid, "", "", 100000, func(k string, _ []byte) { w[prefix+k] = true })
+	if err != nil && !errors.Is(err, rados.ErrNotFound) {
+		t.Fatalf("listing %s: %v", oid, err)
+	}
 }
 
 // diff lists what after has that before had not, and what it lost.

@@ -45,7 +45,9 @@ func readAttr(path string) (value string, ok bool, err error) {
 }
 
 // loopsBackedBy lists the loop devices (as devRoot/loopN) whose backing file
-// is file, in name order.
+// is file, in name order. A file whose dentry the kernel dropped shows with
+// " (deleted)" appended and is still that file: a FUSE file does once its
+// server has died and a lookup of it failed.
 func loopsBackedBy(sysfs, devRoot, file string) ([]string, error) {
 	entries, err := os.ReadDir(filepath.Join(sysfs, "block"))
 	if err != nil {
@@ -61,7 +63,7 @@ func loopsBackedBy(sysfs, devRoot, file string) ([]string, error) {
 		if err != nil {
 			return nil, err
 		}
-		if ok && backing == file {
+		if ok && (backing == file || backing == file+" (deleted)") {
 			out = append(out, filepath.Join(devRoot, name))
 		}
 	}

@@ -15,6 +15,8 @@ import (
 
 	"golang.org/x/sys/unix"
 	"k8s.io/klog/v2"
+
+	"github.com/leanceph/cephcsi/internal/keyexec"
 )
 
 // KernelKeys lends a cephx key to the kernel for the duration of one map
@@ -63,14 +65,14 @@ type KRBD struct {
 	// Resolve turns a monitor host name into addresses (the kernel needs
 	// addresses).
 	Resolve func(ctx context.Context, host string) ([]string, error)
-	Runner  Runner
+	Runner  keyexec.Runner
 	Busy    BusyFunc
 	// Timeout bounds one map or unmap request.
 	Timeout time.Duration
 }
 
 // NewKRBD returns the krbd mapper for this machine.
-func NewKRBD(r Runner) *KRBD {
+func NewKRBD(r keyexec.Runner) *KRBD {
 	return &KRBD{Sysfs: "/sys", Dev: "/dev", Write: writeSysfs, Keys: ThreadKeyring{},
 		Resolve: net.DefaultResolver.LookupHost, Runner: r, Busy: DeviceBusy, Timeout: 90 * time.Second}
 }
@@ -104,7 +106,7 @@ func (k *KRBD) ensureModule(ctx context.Context) error {
 	if _, err := os.Stat(k.bus("")); err == nil {
 		return nil
 	}
-	_, merr := k.Runner.Run(ctx, Command{Path: "modprobe", Args: []string{"rbd"}, Timeout: 30 * time.Second})
+	_, merr := k.Runner.Run(ctx, keyexec.Command{Path: "modprobe", Args: []string{"rbd"}, Timeout: 30 * time.Second})
 	if _, err := os.Stat(k.bus("")); err == nil {
 		return nil
 	}

@@ -1,8 +1,9 @@
 // Package mapper attaches RBD images to this node as block devices.
 //
 // Three implementations sit behind one interface: the kernel RBD client
-// (krbd, /dev/rbdN), rbd-nbd (/dev/nbdN) and rbd-fuse plus a loop device
-// (/dev/loopN) for kernels that have neither the rbd nor the nbd module.
+// (krbd, /dev/rbdN), rbd-nbd (/dev/nbdN) and, for kernels that have
+// neither the rbd nor the nbd module, our own FUSE helper (package
+// rbdfuse) plus a loop device (/dev/loopN), the kind named "rbd-fuse".
 // Every implementation is idempotent, finds what an earlier process mapped
 // (the node plugin may restart between stage and unstage), bounds every step
 // with a timeout, and hands the cephx key over without writing it to a file.
@@ -15,6 +16,7 @@ import (
 	"os"
 	"path"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/leanceph/cephcsi/internal/csierr"
@@ -42,6 +44,9 @@ var (
 	ErrStale = fmt.Errorf("stale mapping: %w", csierr.ErrPrecondition)
 	// ErrInvalidOption: a map or unmap option this mapper does not accept.
 	ErrInvalidOption = fmt.Errorf("map option: %w", csierr.ErrInvalid)
+	// ErrPermission: the cluster refused the user's key, or its caps do not
+	// reach the image (the errno gives PermissionDenied).
+	ErrPermission = fmt.Errorf("cephx: %w", syscall.EACCES)
 )
 
 // Spec names an image and how to reach it. Key is held in memory only:
@@ -89,9 +94,6 @@ type Mapper interface {
 	// Map attaches the image and returns its device path. An image that is
 	// already attached returns the device it has.
 	Map(ctx context.Context, s Spec) (device string, err error)
-	// Find returns the device the image is attached to, "" when none. It
-	// needs only the pool, namespace and image of s.
-	Find(ctx context.Context, s Spec) (device string, err error)
 	// Unmap detaches the image; an image that is not attached is fine.
 	// opts are the unmap options. A device still in use gives ErrBusy.
 	Unmap(ctx context.Context, s Spec, opts string) error

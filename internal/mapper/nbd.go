@@ -6,23 +6,25 @@ import (
 	"fmt"
 	"strings"
 	"time"
+
+	"github.com/leanceph/cephcsi/internal/keyexec"
 )
 
 // NBD maps with rbd-nbd: librbd in a user-space daemon serving /dev/nbdN.
-// The key reaches rbd-nbd through an in-memory file (Command.Secret).
+// The key reaches rbd-nbd through an in-memory file (keyexec.Command.Key).
 type NBD struct {
 	Binary string // rbd-nbd
 	// Conf is the ceph.conf given to rbd-nbd ("" for /etc/ceph/ceph.conf
 	// when it exists, else none); the monitors always come from the Spec.
 	Conf   string
-	Runner Runner
+	Runner keyexec.Runner
 	Busy   BusyFunc
 	// Timeout bounds one rbd-nbd command.
 	Timeout time.Duration
 }
 
 // NewNBD returns the rbd-nbd mapper.
-func NewNBD(r Runner) *NBD {
+func NewNBD(r keyexec.Runner) *NBD {
 	return &NBD{Binary: "rbd-nbd", Runner: r, Busy: DeviceBusy, Timeout: 90 * time.Second}
 }
 
@@ -55,13 +57,13 @@ func (n *NBD) Map(ctx context.Context, s Spec) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	args := []string{"-c", cephConf(n.Conf), "--id", s.UserID, "--keyfile", KeyFilePath, "-m", strings.Join(s.Monitors, ",")}
+	args := []string{"-c", cephConf(n.Conf), "--id", s.UserID, "--keyfile", keyexec.KeyFilePath, "-m", strings.Join(s.Monitors, ",")}
 	if s.ReadOnly {
 		args = append(args, "--read-only")
 	}
 	args = append(args, flags...)
 	args = append(args, "map", nbdImageSpec(s))
-	res, err := n.Runner.Run(ctx, Command{Path: n.Binary, Args: args, Secret: s.Key, Timeout: n.Timeout})
+	res, err := n.Runner.Run(ctx, keyexec.Command{Path: n.Binary, Args: args, Key: s.Key, Timeout: n.Timeout})
 	if err != nil {
 		return "", n.mapError(s, err)
 	}
@@ -100,7 +102,7 @@ type nbdMapping struct {
 
 // Find implements Mapper.
 func (n *NBD) Find(ctx context.Context, s Spec) (string, error) {
-	res, err := n.Runner.Run(ctx, Command{Path: n.Binary, Args: []string{"list-mapped", "--format", "json"}, Timeout: n.Timeout})
+	res, err := n.Runner.Run(ctx, keyexec.Command{Path: n.Binary, Args: []string{"list-mapped", "--format", "json"}, Timeout: n.Timeout})
 	if err != nil {
 		return "", fmt.Errorf("listing rbd-nbd mappings: %w", err)
 	}
@@ -139,7 +141,7 @@ func (n *NBD) Unmap(ctx context.Context, s Spec, opts string) error {
 		return fmt.Errorf("%w: %s (%s) is mounted or held open", ErrBusy, dev, s)
 	}
 	args := append(append([]string{}, flags...), "unmap", dev)
-	if _, err := n.Runner.Run(ctx, Command{Path: n.Binary, Args: args, Timeout: n.Timeout}); err != nil {
+	if _, err := n.Runner.Run(ctx, keyexec.Command{Path: n.Binary, Args: args, Timeout: n.Timeout}); err != nil {
 		if strings.Contains(err.Error(), "Device or resource busy") {
 			return fmt.Errorf("%w: %s: %v", ErrBusy, dev, err)
 		}

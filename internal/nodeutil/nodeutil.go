@@ -12,11 +12,10 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"golang.org/x/sys/unix"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 	mount "k8s.io/mount-utils"
 
 	"github.com/leanceph/cephcsi/internal/csierr"
@@ -103,21 +102,46 @@ func (p *Publisher) CheckSingleWriter(volumeID string, vcap *csi.VolumeCapabilit
 			continue
 		}
 		if mounted, _ := p.IsMountPoint(other); mounted {
-			return status.Errorf(codes.FailedPrecondition,
+			return csierr.Errorf(csierr.ErrPrecondition,
 				"volume %s has access mode SINGLE_NODE_SINGLE_WRITER and is already published at %s", volumeID, other)
 		}
 	}
 	return nil
 }
 
-// Unpublish unmounts target and removes it; a target that is already gone
-// is fine.
-func (p *Publisher) Unpublish(target string) error {
-	if err := mount.CleanupMountPoint(target, p.Mounter, true); err != nil {
-		return fmt.Errorf("unmounting %s: %v", target, err)
+// Unpublish unmounts target (every mount stacked there) and, when ours says
+// the driver created it, removes the empty directory or the device file
+// left behind. A path the driver did not create is never removed, mounted
+// or not; a target that is already gone is fine.
+func (p *Publisher) Unpublish(target string, ours bool) error {
+	for i := 0; ; i++ {
+		mounted, err := p.IsMountPoint(target)
+		if err != nil && !mount.IsCorruptedMnt(err) {
+			return fmt.Errorf("checking %s: %v", target, err)
+		}
+		if !mounted && err == nil {
+			break
+		}
+		if i == 4 {
+			return fmt.Errorf("%s is still mounted after 4 unmounts", target)
+		}
+		if err := p.Mounter.Unmount(target); err != nil {
+			return fmt.Errorf("unmounting %s: %v", target, err)
+		}
+	}
+	if !ours {
+		return nil
+	}
+	// os.Remove takes an empty directory or a file, never a tree.
+	if err := os.Remove(target); err != nil && !errors.Is(err, os.ErrNotExist) && !errors.Is(err, unix.ENOTEMPTY) {
+		return fmt.Errorf("removing %s: %v", target, err)
 	}
 	return nil
 }
+
+// Owns reports whether rec records target as one of its publish targets:
+// the driver created it.
+func (p *Published) Owns(target string) bool { return slices.Contains(p.Targets, target) }
 
 // FilesystemStats reports bytes and inodes of the filesystem at path.
 func FilesystemStats(path string) (*csi.NodeGetVolumeStatsResponse, error) {
@@ -163,7 +187,9 @@ func (s StateStore) path(volumeID string) string {
 	return filepath.Join(s.Dir, hex.EncodeToString(sum[:12])+".json")
 }
 
-// Save records v for volumeID.
+// Save records v for volumeID, durably: the file and the directory entry
+// are synced before Save returns, so a node that loses power right after a
+// stage still knows what it mapped.
 func (s StateStore) Save(volumeID string, v any) error {
 	if err := os.MkdirAll(s.Dir, 0o700); err != nil {
 		return err
@@ -173,10 +199,33 @@ func (s StateStore) Save(volumeID string, v any) error {
 		return err
 	}
 	tmp := s.path(volumeID) + ".tmp"
-	if err := os.WriteFile(tmp, data, 0o600); err != nil {
+	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
+	if err != nil {
 		return err
 	}
-	return os.Rename(tmp, s.path(volumeID))
+	_, err = f.Write(data)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return err
+	}
+	if err := os.Rename(tmp, s.path(volumeID)); err != nil {
+		return err
+	}
+	return syncDir(s.Dir)
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
 }
 
 // AddTarget adds target to rec, the record of volumeID already loaded, and
@@ -230,7 +279,49 @@ func (s StateStore) Remove(volumeID string) error {
 	if errors.Is(err, os.ErrNotExist) {
 		return nil
 	}
-	return err
+	if err != nil {
+		return err
+	}
+	return syncDir(s.Dir)
+}
+
+// Path checks a path field of a node request: given, absolute and clean
+// (a trailing slash aside), so that nothing lands under the plugin's
+// working directory or outside the directory the CO meant.
+func Path(field, p string) error {
+	if p == "" {
+		return csierr.Field(field, "is required")
+	}
+	if !filepath.IsAbs(p) {
+		return csierr.Field(field, "%q is not an absolute path", p)
+	}
+	if strings.ContainsAny(p, "\x00\n") {
+		return csierr.Field(field, "%q holds a control character", p)
+	}
+	if c := filepath.Clean(p); c != p && c+"/" != p {
+		return csierr.Field(field, "%q is not a clean path (%q)", p, c)
+	}
+	return nil
+}
+
+// Paths checks several path fields; each pair is a field name and its value.
+func Paths(fields ...[2]string) error {
+	for _, f := range fields {
+		if err := Path(f[0], f[1]); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// TargetApart refuses a publish target that is the staging path itself or
+// lies inside it.
+func TargetApart(target, staging string) error {
+	t, s := filepath.Clean(target), filepath.Clean(staging)
+	if t == s || strings.HasPrefix(t, s+"/") {
+		return csierr.Field("target_path", "%q is the staging path or inside it", target)
+	}
+	return nil
 }
 
 // Require returns InvalidArgument naming the first empty field.

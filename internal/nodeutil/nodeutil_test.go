@@ -1,7 +1,10 @@
 package nodeutil
 
 import (
+	"os"
+	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 
 	"google.golang.org/grpc/codes"
@@ -55,14 +58,70 @@ func TestBindIsIdempotentWithFakeMounter(t *testing.T) {
 	if len(want) != 0 {
 		t.Fatalf("mount options %v miss %v", opts, want)
 	}
-	if err := p.Unpublish(target); err != nil {
+	if err := p.Unpublish(target, true); err != nil {
 		t.Fatal(err)
 	}
 	if mps, _ := fake.List(); len(mps) != 0 {
 		t.Fatalf("mounts after unpublish = %v", mps)
 	}
-	if err := p.Unpublish(target); err != nil {
+	if _, err := os.Stat(target); !os.IsNotExist(err) {
+		t.Fatalf("the target the driver made is still there: %v", err)
+	}
+	if err := p.Unpublish(target, true); err != nil {
 		t.Fatalf("second unpublish: %v", err)
+	}
+}
+
+func TestUnpublishNeverRemovesWhatItDidNotMake(t *testing.T) {
+	p := &Publisher{Mounter: mount.NewFakeMounter(nil)}
+	dir := t.TempDir()
+	file := filepath.Join(dir, "someones-file")
+	if err := os.WriteFile(file, []byte("keep"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	sub := filepath.Join(dir, "someones-dir")
+	if err := os.Mkdir(sub, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	for _, target := range []string{file, sub} {
+		if err := p.Unpublish(target, false); err != nil {
+			t.Fatalf("Unpublish(%s): %v", target, err)
+		}
+		if _, err := os.Stat(target); err != nil {
+			t.Fatalf("%s was removed: %v", target, err)
+		}
+	}
+	// Even one the driver made is removed only when empty.
+	if err := os.WriteFile(filepath.Join(sub, "data"), nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Unpublish(sub, true); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(sub, "data")); err != nil {
+		t.Fatalf("a file inside a target was removed: %v", err)
+	}
+}
+
+func TestPathsMustBeAbsoluteAndClean(t *testing.T) {
+	for _, ok := range []string{"/var/lib/kubelet/plugins/x/globalmount", "/a/b/"} {
+		if err := Path("staging_target_path", ok); err != nil {
+			t.Errorf("Path(%q) = %v", ok, err)
+		}
+	}
+	for _, bad := range []string{"", "rel/dir", "./x", "/a/../b", "/a//b", "/a/./b", "/a\nb"} {
+		if err := Path("staging_target_path", bad); csierr.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), "staging_target_path") {
+			t.Errorf("Path(%q) = %v, want InvalidArgument naming the field", bad, err)
+		}
+	}
+	if err := TargetApart("/s/x", "/s"); err == nil {
+		t.Error("a target inside the staging path was accepted")
+	}
+	if err := TargetApart("/s", "/s/"); err == nil {
+		t.Error("the staging path itself was accepted as target")
+	}
+	if err := TargetApart("/s2", "/s"); err != nil {
+		t.Errorf("a sibling target was refused: %v", err)
 	}
 }
 

@@ -45,6 +45,39 @@ func logCalls(ctx context.Context, req any, info *grpc.UnaryServerInfo, next grp
 	return resp, err
 }
 
+// logSlowCalls returns middleware that logs one line for a call each time
+// another interval passes while it runs, so that a stuck call (a hung Ceph
+// command, a mount that never returns) shows in the log with its request ID
+// long before the sidecar's timeout. It must run inside withRequestID.
+func logSlowCalls(interval time.Duration) grpc.UnaryServerInterceptor {
+	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, next grpc.UnaryHandler) (any, error) {
+		done, stopped := make(chan struct{}), make(chan struct{})
+		// No line once the call has returned: wait for the logger to stop.
+		defer func() { close(done); <-stopped }()
+		start := time.Now()
+		go func() {
+			defer close(stopped)
+			t := time.NewTicker(interval)
+			defer t.Stop()
+			logger := klog.FromContext(ctx)
+			for {
+				select {
+				case <-done:
+					return
+				case <-t.C:
+					select {
+					case <-done: // the call ended as the tick came
+						return
+					default:
+					}
+					logger.Info("call still running", "method", info.FullMethod, "running", time.Since(start).Round(time.Millisecond))
+				}
+			}
+		}()
+		return next(ctx, req)
+	}
+}
+
 // toStatus is the RPC edge: the error a handler returns becomes a gRPC
 // status chosen from its kind (csierr).
 func toStatus(ctx context.Context, req any, info *grpc.UnaryServerInfo, next grpc.UnaryHandler) (any, error) {

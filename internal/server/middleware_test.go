@@ -6,6 +6,7 @@ import (
 	"flag"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"google.golang.org/grpc"
@@ -100,5 +101,85 @@ func TestIdentity(t *testing.T) {
 	p, _ := id.Probe(context.Background(), nil)
 	if !p.GetReady().GetValue() {
 		t.Fatal("not ready")
+	}
+}
+
+func TestSlowCallsLoggedUntilTheyEnd(t *testing.T) {
+	buf := captureLogs(t)
+	info := &grpc.UnaryServerInfo{FullMethod: "/csi.v1.Node/NodeStageVolume"}
+	release := make(chan struct{})
+	slow := func(ctx context.Context, req any) (any, error) {
+		klog.FromContext(ctx).Info("handler started")
+		<-release
+		return &csi.NodeStageVolumeResponse{}, nil
+	}
+	h := func(ctx context.Context, req any) (any, error) {
+		return withRequestID(ctx, req, info, func(ctx context.Context, req any) (any, error) {
+			return logSlowCalls(50*time.Millisecond)(ctx, req, info, slow)
+		})
+	}
+	errc := make(chan error, 1)
+	start := time.Now()
+	go func() { _, err := h(context.Background(), &csi.NodeStageVolumeRequest{}); errc <- err }()
+
+	// Let the call run for several intervals.
+	time.Sleep(280 * time.Millisecond)
+	close(release)
+	if err := <-errc; err != nil {
+		t.Fatal(err)
+	}
+	elapsed := time.Since(start)
+	klog.Flush()
+	atEnd := buf.String()
+	time.Sleep(200 * time.Millisecond)
+	klog.Flush()
+	if after := buf.String(); after != atEnd {
+		t.Fatalf("logged after the call ended:\n%s", after[len(atEnd):])
+	}
+
+	var id string
+	running := 0
+	for _, line := range strings.Split(strings.TrimSpace(atEnd), "\n") {
+		i := strings.Index(line, `req="`)
+		if i < 0 {
+			t.Fatalf("line without request ID: %s", line)
+		}
+		if id == "" {
+			id = line[i : i+18]
+		} else if line[i:i+18] != id {
+			t.Fatalf("request IDs differ within one call:\n%s", atEnd)
+		}
+		if strings.Contains(line, "call still running") {
+			if !strings.Contains(line, `method="/csi.v1.Node/NodeStageVolume"`) {
+				t.Errorf("slow-call line without the method: %s", line)
+			}
+			running++
+		}
+	}
+	// One line per interval the call outlived: never more, and on a busy
+	// machine a late timer may cost a few.
+	if most := int(elapsed/(50*time.Millisecond)) + 1; running < 2 || running > most {
+		t.Fatalf("%d slow-call lines for a call of %s (at most %d):\n%s", running, elapsed, most, atEnd)
+	}
+}
+
+func TestFastCallsNotLoggedAsSlow(t *testing.T) {
+	buf := captureLogs(t)
+	info := &grpc.UnaryServerInfo{FullMethod: "/csi.v1.Identity/Probe"}
+	for i := 0; i < 20; i++ {
+		_, err := withRequestID(context.Background(), nil, info, func(ctx context.Context, req any) (any, error) {
+			return logSlowCalls(50*time.Millisecond)(ctx, req, info, func(context.Context, any) (any, error) {
+				time.Sleep(5 * time.Millisecond)
+				return &csi.ProbeResponse{}, nil
+			})
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	time.Sleep(100 * time.Millisecond)
+	klog.Flush()
+	if strings.Contains(buf.String(), "call still running") {
+		t.Fatalf("a fast call was logged as slow:\n%s", buf.String())
 	}
 }

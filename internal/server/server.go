@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"google.golang.org/grpc"
@@ -58,11 +59,31 @@ func Listen(endpoint string) (net.Listener, error) {
 	}
 }
 
+// Option tunes the server.
+type Option func(*settings)
+
+type settings struct{ slowCallInterval time.Duration }
+
+// WithSlowCallLog logs, every interval, each call still running (with its
+// method and request ID); 0 turns it off.
+func WithSlowCallLog(interval time.Duration) Option {
+	return func(s *settings) { s.slowCallInterval = interval }
+}
+
 // New builds a server for svcs on lis with the standard middleware: request
-// IDs, logging without secrets, the gRPC status of every error (the RPC
-// edge), panic recovery and the operation locks of opLocks.
-func New(lis net.Listener, svcs Services, opLocks *locks.Set) *Server {
-	g := grpc.NewServer(grpc.ChainUnaryInterceptor(withRequestID, logCalls, toStatus, recoverPanics, locks.Interceptor(opLocks)))
+// IDs, the slow-call log, logging without secrets, the gRPC status of every
+// error (the RPC edge), panic recovery and the operation locks of opLocks.
+func New(lis net.Listener, svcs Services, opLocks *locks.Set, opts ...Option) *Server {
+	var set settings
+	for _, o := range opts {
+		o(&set)
+	}
+	chain := []grpc.UnaryServerInterceptor{withRequestID}
+	if set.slowCallInterval > 0 {
+		chain = append(chain, logSlowCalls(set.slowCallInterval))
+	}
+	chain = append(chain, logCalls, toStatus, recoverPanics, locks.Interceptor(opLocks))
+	g := grpc.NewServer(grpc.ChainUnaryInterceptor(chain...))
 	if svcs.Identity != nil {
 		csi.RegisterIdentityServer(g, svcs.Identity)
 	}

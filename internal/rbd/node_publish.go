@@ -1,0 +1,126 @@
+package rbd
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+
+	"github.com/container-storage-interface/spec/lib/go/csi"
+
+	"github.com/leanceph/cephcsi/internal/csierr"
+	"github.com/leanceph/cephcsi/internal/nodeutil"
+	"github.com/leanceph/cephcsi/internal/request"
+)
+
+// NodePublishVolume implements csi.NodeServer: bind-mount the staged
+// filesystem, or the device itself for a block volume, at the target.
+func (s *NodeServer) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolumeRequest) (*csi.NodePublishVolumeResponse, error) {
+	volID, target, staging := req.GetVolumeId(), req.GetTargetPath(), req.GetStagingTargetPath()
+	if err := nodeutil.Require([2]string{"volume_id", volID}); err != nil {
+		return nil, err
+	}
+	if err := nodeutil.Paths([2]string{"target_path", target}, [2]string{"staging_target_path", staging}); err != nil {
+		return nil, err
+	}
+	if err := nodeutil.TargetApart(target, staging); err != nil {
+		return nil, err
+	}
+	vcap := req.GetVolumeCapability()
+	if err := request.ValidateCapability("volume_capability", vcap, false); err != nil {
+		return nil, err
+	}
+	var rec stageRecord
+	staged, err := s.state.Load(volID, &rec)
+	if err != nil {
+		return nil, fmt.Errorf("reading node state of %s: %v", volID, err)
+	}
+	if err := s.publisher.CheckSingleWriter(volID, vcap, &rec.Published, target); err != nil {
+		return nil, err
+	}
+	// The target is recorded before it is made, so that unpublish (also
+	// after a crash in between) knows the driver created it.
+	if staged {
+		if err := s.state.AddTarget(volID, &rec, target); err != nil {
+			return nil, err
+		}
+	}
+	if vcap.GetBlock() != nil {
+		if !staged || rec.Device == "" || !rec.Block {
+			return nil, csierr.Errorf(csierr.ErrPrecondition, "volume %s is not staged as a block volume on this node", volID)
+		}
+		if _, err := os.Stat(rec.Device); err != nil {
+			return nil, csierr.Errorf(csierr.ErrPrecondition, "device %s of volume %s: %v", rec.Device, volID, err)
+		}
+		if err := s.publisher.BindFile(rec.Device, target, req.GetReadonly()); err != nil {
+			return nil, err
+		}
+	} else {
+		mounted, err := s.publisher.IsMountPoint(staging)
+		if err != nil {
+			return nil, fmt.Errorf("checking staging path: %v", err)
+		}
+		if !mounted {
+			return nil, csierr.Errorf(csierr.ErrPrecondition, "volume %s is not staged at %s", volID, staging)
+		}
+		if err := s.publisher.BindDir(staging, target, req.GetReadonly(), vcap.GetMount().GetMountFlags()); err != nil {
+			return nil, err
+		}
+	}
+	return &csi.NodePublishVolumeResponse{}, nil
+}
+
+// NodeUnpublishVolume implements csi.NodeServer.
+func (s *NodeServer) NodeUnpublishVolume(ctx context.Context, req *csi.NodeUnpublishVolumeRequest) (*csi.NodeUnpublishVolumeResponse, error) {
+	volID, target := req.GetVolumeId(), req.GetTargetPath()
+	if err := nodeutil.Require([2]string{"volume_id", volID}); err != nil {
+		return nil, err
+	}
+	if err := nodeutil.Path("target_path", target); err != nil {
+		return nil, err
+	}
+	var rec stageRecord
+	if _, err := s.state.Load(volID, &rec); err != nil {
+		return nil, fmt.Errorf("reading node state of %s: %v", volID, err)
+	}
+	if err := s.publisher.Unpublish(target, rec.Owns(target)); err != nil {
+		return nil, err
+	}
+	if err := s.state.ForgetTarget(volID, &stageRecord{}, target); err != nil {
+		return nil, err
+	}
+	return &csi.NodeUnpublishVolumeResponse{}, nil
+}
+
+// NodeGetVolumeStats implements csi.NodeServer.
+func (s *NodeServer) NodeGetVolumeStats(ctx context.Context, req *csi.NodeGetVolumeStatsRequest) (*csi.NodeGetVolumeStatsResponse, error) {
+	path := req.GetVolumePath()
+	if err := nodeutil.Require([2]string{"volume_id", req.GetVolumeId()}); err != nil {
+		return nil, err
+	}
+	if err := nodeutil.Path("volume_path", path); err != nil {
+		return nil, err
+	}
+	fi, err := os.Stat(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, csierr.Errorf(csierr.ErrNotFound, "volume_path %s does not exist", path)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("volume_path %s: %v", path, err)
+	}
+	if fi.Mode()&os.ModeDevice != 0 {
+		size, err := nodeutil.BlockSize(path)
+		if err != nil {
+			return nil, fmt.Errorf("size of %s: %v", path, err)
+		}
+		return &csi.NodeGetVolumeStatsResponse{Usage: []*csi.VolumeUsage{{Unit: csi.VolumeUsage_BYTES, Total: size}}}, nil
+	}
+	mounted, err := s.publisher.IsMountPoint(path)
+	if err != nil {
+		return nil, fmt.Errorf("checking %s: %v", path, err)
+	}
+	if !mounted {
+		return nil, csierr.Errorf(csierr.ErrNotFound, "volume_path %s is not a mounted volume", path)
+	}
+	return nodeutil.FilesystemStats(path)
+}
