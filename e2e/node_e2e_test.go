@@ -52,7 +52,7 @@ func hostMountNS() (string, error) {
 		return "", err
 	}
 	pid := os.Getpid()
-	for pid > 1 {
+	for pid > 1 { // up to init, whose namespace is checked last
 		data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 		if err != nil {
 			return "", err

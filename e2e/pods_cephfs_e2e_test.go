@@ -64,8 +64,8 @@ func TestPodsCephFS(t *testing.T) {
 	}
 	dataA, sumA := randomData(1 << 20)
 	dataB, sumB := randomData(1 << 20)
-	inPod(t, e, ns, "pod-a", dataA, "cat >/data/a.bin && sync")
-	inPod(t, e, ns, "pod-b", dataB, "cat >/data/b.bin && sync")
+	upload(t, e, ns, "pod-a", "/data/a.bin", dataA)
+	upload(t, e, ns, "pod-b", "/data/b.bin", dataB)
 	if got := podSHA256(t, e, ns, "pod-b", "/data/a.bin", 0, 0); got != sumA {
 		t.Errorf("pod-b reads a.bin as %s, pod-a wrote %s", got, sumA)
 	}
@@ -132,7 +132,7 @@ func TestPodsCephFS(t *testing.T) {
 		t.Errorf("with the node plugin dead, pod-a reads b.bin as %s, want %s", got, sumB)
 	}
 	dataD, sumD := randomData(256 << 10)
-	inPod(t, e, ns, "pod-b", dataD, "cat >/data/d.bin && sync")
+	upload(t, e, ns, "pod-b", "/data/d.bin", dataD)
 	plugin.start(t, e)
 	if got := podSHA256(t, e, ns, "pod-a", "/data/d.bin", 0, 0); got != sumD {
 		t.Errorf("pod-a reads d.bin (written by pod-b while the plugin was down) as %s, want %s", got, sumD)

@@ -86,6 +86,27 @@ func inPod(t testing.TB, e *env, ns, pod string, stdin []byte, script string) st
 	return strings.TrimSpace(string(out))
 }
 
+// upload writes data to path in the pod through kubectl exec's stdin and
+// checks in the pod that all of it arrived. The exec stream was seen to end
+// early now and then (busybox dd reading it directly got 48 of 256 blocks
+// once); that is the transport, not the volume under test, so a short
+// upload is sent again, said in the log, up to three times.
+func upload(t testing.TB, e *env, ns, pod, path string, data []byte) {
+	t.Helper()
+	sum := sha256.Sum256(data)
+	want := hex.EncodeToString(sum[:])
+	for try := 1; ; try++ {
+		got := strings.Fields(inPod(t, e, ns, pod, data, fmt.Sprintf("cat >%s && sync && sha256sum %s", path, path)))
+		if len(got) > 0 && got[0] == want {
+			return
+		}
+		if try == 3 {
+			t.Fatalf("uploading %d bytes to %s in %s: the pod holds %v, want %s", len(data), path, pod, got, want)
+		}
+		t.Logf("upload to %s in %s arrived short (%v); sending it again", path, pod, got)
+	}
+}
+
 // randomData returns n random bytes and their SHA-256 as sha256sum prints it.
 func randomData(n int) ([]byte, string) {
 	b := make([]byte, n)
