@@ -379,6 +379,9 @@ evictionHard:
   nodefs.inodesFree: 1%%
   imagefs.available: 1%%
 serializeImagePulls: false
+# A running pod's volumes are grown (NodeExpandVolume) when the kubelet
+# syncs the pod: every minute by default, every 10 s here.
+syncFrequency: 10s
 `, ports[0], ports[1], serveCert, serveKey, e.pki.CA, n.sock, n.cgroup, filepath.Join(n.dir, "pod-logs"))
 	cfgPath := filepath.Join(n.dir, "kubelet-config.yaml")
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
@@ -422,24 +425,41 @@ serializeImagePulls: false
 // hostMounts lists the mount points below n.dir in the host's namespace,
 // deepest first.
 func (n *node) hostMounts() []string {
+	var mps []string
+	for _, m := range n.hostMountsTyped() {
+		mps = append(mps, m.path)
+	}
+	return mps
+}
+
+type mountEntry struct{ path, fstype string }
+
+func (n *node) hostMountsTyped() []mountEntry {
 	f, err := os.Open(filepath.Join(n.hostProc(), "mountinfo"))
 	if err != nil {
 		return nil
 	}
 	defer f.Close()
-	var mps []string
+	var mps []mountEntry
 	sc := bufio.NewScanner(f)
 	for sc.Scan() {
-		fields := strings.Fields(sc.Text())
+		line := sc.Text()
+		fields := strings.Fields(line)
 		if len(fields) < 5 {
 			continue
 		}
 		mp := unescapeMount(fields[4])
+		fstype := ""
+		if i := strings.Index(line, " - "); i >= 0 {
+			if f := strings.Fields(line[i+3:]); len(f) > 0 {
+				fstype = f[0]
+			}
+		}
 		if mp == n.dir || strings.HasPrefix(mp, n.dir+"/") {
-			mps = append(mps, mp)
+			mps = append(mps, mountEntry{mp, fstype})
 		}
 	}
-	sort.SliceStable(mps, func(i, j int) bool { return strings.Count(mps[i], "/") > strings.Count(mps[j], "/") })
+	sort.SliceStable(mps, func(i, j int) bool { return strings.Count(mps[i].path, "/") > strings.Count(mps[j].path, "/") })
 	return mps
 }
 
@@ -513,7 +533,9 @@ func (n *node) loopDevices() []string {
 	matches, _ := filepath.Glob("/sys/block/loop*/loop/backing_file")
 	for _, m := range matches {
 		data, err := os.ReadFile(m)
-		if err == nil && strings.HasPrefix(strings.TrimSpace(string(data)), n.dir+"/") {
+		// The kernel shows the path as the namespace that attached the device
+		// sees it: from inside the Ceph root, with the root's path before it.
+		if err == nil && strings.Contains(string(data), n.dir+"/") {
 			devs = append(devs, "/dev/"+filepath.Base(filepath.Dir(filepath.Dir(m))))
 		}
 	}
@@ -596,9 +618,21 @@ func (n *node) teardown() []string {
 	for _, s := range shimSockets {
 		_ = n.host("rm", "-f", s)
 	}
-	// Loop devices (the rbd-fuse mapper's) before the mounts they sit on.
+	// The filesystems on loop devices and the bind mounts of the volumes,
+	// then the loop devices (the rbd-fuse mapper's), then the FUSE mounts
+	// under them.
+	umount := func(mp string) {
+		if err := n.host("umount", mp); err != nil {
+			_ = n.host("umount", "-l", mp)
+		}
+		forced = append(forced, "mount "+mp)
+	}
+	for _, m := range n.hostMountsTyped() {
+		if m.path != n.kubeletRoot && !strings.HasPrefix(m.fstype, "fuse") {
+			umount(m.path)
+		}
+	}
 	for _, dev := range n.loopDevices() {
-		_ = n.host("umount", dev)
 		if err := n.host("losetup", "-d", dev); err != nil {
 			forced = append(forced, err.Error())
 		} else {
@@ -606,13 +640,9 @@ func (n *node) teardown() []string {
 		}
 	}
 	for _, mp := range n.hostMounts() {
-		if mp == n.kubeletRoot {
-			continue
+		if mp != n.kubeletRoot {
+			umount(mp)
 		}
-		if err := n.host("umount", mp); err != nil {
-			_ = n.host("umount", "-l", mp)
-		}
-		forced = append(forced, "mount "+mp)
 	}
 	// Node plugins and FUSE daemons.
 	var rest []int

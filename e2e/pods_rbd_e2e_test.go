@@ -170,20 +170,23 @@ func TestPodsRBD(t *testing.T) {
 			extOnline = true
 			return ""
 		}
-		out, _ := e.kubectl(nil, "get", "events", "-n", ns, "-o",
-			"jsonpath={range .items[*]}{.involvedObject.kind}/{.involvedObject.name} {.reason}: {.message}{\"\\n\"}{end}")
-		for _, line := range strings.Split(string(out), "\n") {
+		events := e.getJSON(t, "events", "-n", ns)
+		var seen []string
+		for _, ev := range events.items() {
+			line := fmt.Sprintf("%s/%s %s: %s", ev.str("involvedObject.kind"), ev.str("involvedObject.name"),
+				ev.str("reason"), ev.str("message"))
 			if strings.Contains(line, "CAP_SYS_RESOURCE") {
 				extFailure = line
 				return ""
 			}
+			seen = append(seen, line)
 		}
-		return "ext4 neither grew online nor reported why:\n" + string(out)
+		return "ext4 neither grew online nor reported why; events:\n" + strings.Join(seen, "\n")
 	})
 	if extOnline {
 		t.Log("rbd: ext4 grew online")
 	} else {
-		t.Logf("rbd: ext4 did not grow online here; the PVC's event: %s", extFailure)
+		t.Logf("rbd: ext4 did not grow online here; the event: %s", extFailure)
 	}
 
 	// 5a. The writer deleted and recreated on the same PVC: the file is
@@ -233,7 +236,12 @@ func TestPodsRBD(t *testing.T) {
 	for _, v := range []volume{fs, restored, clone, blk, blkRestored, grow} {
 		pvs = append(pvs, "pv/"+v.pv)
 	}
-	deleteAndWait(t, e, "-n", ns, "pvc/fs", "pvc/fs-restored", "pvc/fs-clone", "pvc/blk", "pvc/blk-restored", "pvc/grow")
+	// The restores and the clone before their sources: deleting a source
+	// together with its last clone left the source in the RBD trash, never
+	// purged, in one run here (docs/e2e.md); that race is not this test's.
+	deleteAndWait(t, e, "-n", ns, "pvc/fs-restored", "pvc/fs-clone", "pvc/blk-restored")
+	e.wait(t, 3*time.Minute, append([]string{"--for=delete"}, "pv/"+restored.pv, "pv/"+clone.pv, "pv/"+blkRestored.pv)...)
+	deleteAndWait(t, e, "-n", ns, "pvc/fs", "pvc/blk", "pvc/grow")
 	e.wait(t, 3*time.Minute, append([]string{"--for=delete"}, pvs...)...)
 	eventually(t, 2*time.Minute, func() string {
 		if left := rbdLeftovers(t, io, ours...); len(left) > 0 {
