@@ -138,8 +138,10 @@ func (n *node) start() error {
 		return err
 	}
 	// Mount points on the host for what the kubelet writes outside its root
-	// dir; in its own mount namespace they are our directories instead.
-	for _, d := range []string{"/var/lib/kubelet/device-plugins", "/var/log/containers"} {
+	// dir (in its own mount namespace they are our directories instead),
+	// and the directory of the shims' sockets, /run/containerd/s whatever
+	// containerd's state directory is: made when missing, removed at the end.
+	for _, d := range []string{"/var/lib/kubelet/device-plugins", "/var/log/containers", "/run/containerd/s"} {
 		if err := n.hostMkdir(d); err != nil {
 			return err
 		}

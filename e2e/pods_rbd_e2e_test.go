@@ -38,7 +38,7 @@ func TestPodsRBD(t *testing.T) {
 	applyExample(t, e, "deploy/rbd/storageclass.yaml", append(fuse, "name: csi-rbd-sc", "name: csi-rbd-sc-xfs",
 		"csi.storage.k8s.io/fstype: ext4", "csi.storage.k8s.io/fstype: xfs")...)
 	applyExample(t, e, "deploy/rbd/snapshotclass.yaml", "<cluster-id>", c.ClusterID)
-	const sc, scXFS, vsc, rwo = "csi-rbd-sc", "csi-rbd-sc-xfs", "csi-rbdplugin-snapclass", "ReadWriteOnce"
+	const sc, scXFS, vsc, rwo, rbdFSGroup = "csi-rbd-sc", "csi-rbd-sc-xfs", "csi-rbdplugin-snapclass", "ReadWriteOnce", 3000
 	cleanupOnFailure(t, e, ns)
 	cleanupPods(t, e, ns)
 	var ours, uids []string
@@ -55,12 +55,17 @@ func TestPodsRBD(t *testing.T) {
 	t.Logf("rbd pods timing: PVC Bound in %s", ms(d))
 	fs := checkRBDVolume(t, e, c, io, ns, "fs")
 	ours = append(ours, fs.id.UUID)
-	run(podSpec{name: "writer", pvc: "fs"}, "fs")
+	run(podSpec{name: "writer", pvc: "fs", fsGroup: rbdFSGroup}, "fs")
 	checkAttached(t, e, fs.pv, true)
 	data, sum := randomData(4 << 20)
 	upload(t, e, ns, "writer", "/data/file.bin", data)
 	if got := podSHA256(t, e, ns, "writer", "/data/file.bin", 0, 0); got != sum {
 		t.Fatalf("writer reads back %s, wrote %s", got, sum)
+	}
+	// fsGroupPolicy File (deploy/rbd/csidriver.yaml): the volume and what
+	// is written to it belong to the pod's fsGroup.
+	if got := inPod(t, e, ns, "writer", nil, "stat -c %g /data /data/file.bin"); got != fmt.Sprintf("%d\n%d", rbdFSGroup, rbdFSGroup) {
+		t.Errorf("group of /data and /data/file.bin: %q, want %d (fsGroup)", got, rbdFSGroup)
 	}
 	if got := inPod(t, e, ns, "writer", nil, "grep ' /data ' /proc/mounts | cut -d' ' -f3"); got != "ext4" {
 		t.Errorf("/data in the pod is %q, want ext4 (the StorageClass's fstype)", got)
@@ -193,7 +198,7 @@ func TestPodsRBD(t *testing.T) {
 	// there (and ext4 has grown at this stage if it could not online).
 	deletePods(t, e, ns, "writer")
 	checkAttached(t, e, fs.pv, false)
-	run(podSpec{name: "writer", pvc: "fs"}, "recreated")
+	run(podSpec{name: "writer", pvc: "fs", fsGroup: rbdFSGroup}, "recreated")
 	if got := podSHA256(t, e, ns, "writer", "/data/file.bin", 0, 0); got != sum {
 		t.Errorf("the recreated writer reads file.bin as %s, want %s", got, sum)
 	}
