@@ -692,7 +692,17 @@ func (n *node) teardown() []string {
 		return forced
 	}
 	if err := os.RemoveAll(n.dir); err != nil {
-		forced = append(forced, err.Error())
+		// This test's own mount namespace holds copies of mounts that were
+		// on the host when it started (an earlier, killed run's): they are
+		// outside our root, so unmounted from the namespace's own root.
+		_ = exec.Command("nsenter", fmt.Sprintf("--mount=/proc/%d/ns/mnt", os.Getpid()), "--", "sh", "-c",
+			`awk -v d="$1" '$5 == d || index($5, d "/") == 1 {print $5}' /proc/self/mountinfo | sort -r |
+			while read -r mp; do umount -l "$mp"; done`, "sh", n.dir).Run()
+		if err := os.RemoveAll(n.dir); err != nil {
+			forced = append(forced, err.Error())
+		} else {
+			forced = append(forced, "copies of an earlier run's mounts in this test's namespace")
+		}
 	}
 	return forced
 }
