@@ -92,7 +92,8 @@ func sameFileElsewhere(dev, backing, file string) bool {
 	if err != nil {
 		return false
 	}
-	defer unix.Close(fd)
+	// Opened read-only for the ioctl alone: nothing to lose on close.
+	defer func() { _ = unix.Close(fd) }()
 	info, err := unix.IoctlLoopGetStatus64(fd)
 	if err != nil {
 		return false
