@@ -47,6 +47,12 @@ func (f *fakeAdmin) call(name string, args ...any) error {
 	return nil
 }
 
+func (f *fakeAdmin) SetMetadata(volume, group, subvolume, key, value string) error {
+	return f.call("SetMetadata", subvolume, key, value)
+}
+func (f *fakeAdmin) SetSnapshotMetadata(volume, group, subvolume, snapname, key, value string) error {
+	return f.call("SetSnapshotMetadata", subvolume, snapname, key, value)
+}
 func (f *fakeAdmin) CreateSubVolumeGroup(volume, name string, o *admin.SubVolumeGroupOptions) error {
 	return f.call("CreateSubVolumeGroup", name)
 }

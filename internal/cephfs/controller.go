@@ -22,6 +22,7 @@ import (
 	"github.com/leanceph/cephcsi/internal/locks"
 	"github.com/leanceph/cephcsi/internal/request"
 	"github.com/leanceph/cephcsi/internal/service"
+	"github.com/leanceph/cephcsi/internal/topology"
 	"github.com/leanceph/cephcsi/internal/volid"
 )
 
@@ -79,6 +80,22 @@ func (s *ControllerServer) CreateVolume(ctx context.Context, req *csi.CreateVolu
 	params, err := parseVolumeParams(req.GetParameters())
 	if err != nil {
 		return nil, err
+	}
+	// topologyConstrainedPools picks the data pool that serves the
+	// requested topology.
+	pools, err := topology.ParsePools(req.GetParameters()["topologyConstrainedPools"])
+	if err != nil {
+		return nil, err
+	}
+	place, err := topology.Select(pools, req.GetAccessibilityRequirements())
+	if err != nil {
+		return nil, err
+	}
+	if place != nil {
+		if err := request.ValidPoolName("topologyConstrainedPools", place.Pool); err != nil {
+			return nil, err
+		}
+		params.Pool = place.Pool
 	}
 	size, err := request.RoundedSize(req.GetCapacityRange())
 	if err != nil {
@@ -157,6 +174,11 @@ func (s *ControllerServer) CreateVolume(ctx context.Context, req *csi.CreateVolu
 		}
 		return nil, err
 	}
+	if s.Options.SetMetadata && !params.BackingSnapshot {
+		if err := f.setMetadata(ctx, entry.ImageName, "", request.VolumeMetadata(req.GetParameters(), s.Options.ClusterName)); err != nil {
+			return nil, err
+		}
+	}
 	vc := request.PassThrough(req.GetParameters())
 	vc["clusterID"] = params.ClusterID
 	vc["fsName"] = f.fs.Name
@@ -166,11 +188,16 @@ func (s *ControllerServer) CreateVolume(ctx context.Context, req *csi.CreateVolu
 		vc["subvolumeName"] = src.snapshot.Source
 		vc["backingSnapshotID"] = backingID
 	}
+	var accessible []*csi.Topology
+	if place != nil {
+		accessible = []*csi.Topology{{Segments: place.Segments}}
+	}
 	return &csi.CreateVolumeResponse{Volume: &csi.Volume{
-		VolumeId:      volumeID,
-		CapacityBytes: res.size,
-		VolumeContext: vc,
-		ContentSource: req.GetVolumeContentSource(),
+		VolumeId:           volumeID,
+		CapacityBytes:      res.size,
+		VolumeContext:      vc,
+		ContentSource:      req.GetVolumeContentSource(),
+		AccessibleTopology: accessible,
 	}}, nil
 }
 
@@ -373,7 +400,14 @@ func (r *volumeRef) backing() bool { return r.entry != nil && r.entry.BackingSna
 // findVolume opens the filesystem of a volume ID and reads its journal
 // entry; a volume the journal does not know is not ours to touch
 // (journal.ErrNotFound).
-func (s *ControllerServer) findVolume(volumeID string, creds cephconn.Credentials) (*volumeRef, error) {
+func (s *ControllerServer) findVolume(field, volumeID string, secrets map[string]string) (*volumeRef, error) {
+	if volumeID == "" {
+		return nil, csierr.Field(field, "is required")
+	}
+	creds, err := provisionerCredentials(secrets)
+	if err != nil {
+		return nil, err
+	}
 	id, err := volid.Decode(volumeID)
 	if err != nil {
 		return nil, err
@@ -390,6 +424,16 @@ func (s *ControllerServer) findVolume(volumeID string, creds cephconn.Credential
 	return &volumeRef{f: f, id: id, entry: entry, name: entry.ImageName}, nil
 }
 
+// existingVolume is findVolume for calls on a volume that must exist: an
+// ID that cannot name one of ours is NotFound.
+func (s *ControllerServer) existingVolume(field, volumeID string, secrets map[string]string) (*volumeRef, error) {
+	ref, err := s.findVolume(field, volumeID, secrets)
+	if err != nil {
+		return nil, notFoundVolume(volumeID, err)
+	}
+	return ref, nil
+}
+
 // notFoundVolume maps lookup failures of an existing-volume call to NotFound.
 func notFoundVolume(volumeID string, err error) error {
 	if errors.Is(err, volid.ErrMalformed) || errors.Is(err, errFSNotFound) || csierr.IsNotFound(err) {
@@ -401,14 +445,7 @@ func notFoundVolume(volumeID string, err error) error {
 // DeleteVolume implements csi.ControllerServer.
 func (s *ControllerServer) DeleteVolume(ctx context.Context, req *csi.DeleteVolumeRequest) (*csi.DeleteVolumeResponse, error) {
 	volumeID := req.GetVolumeId()
-	if volumeID == "" {
-		return nil, csierr.Errorf(csierr.ErrInvalid, "volume_id is required")
-	}
-	creds, err := provisionerCredentials(req.GetSecrets())
-	if err != nil {
-		return nil, err
-	}
-	ref, err := s.findVolume(volumeID, creds)
+	ref, err := s.findVolume("volume_id", volumeID, req.GetSecrets())
 	switch {
 	case errors.Is(err, volid.ErrMalformed), errors.Is(err, errFSNotFound), errors.Is(err, journal.ErrNotFound):
 		// Not an ID of ours, its filesystem is gone, or the journal does not
@@ -453,22 +490,18 @@ func (s *ControllerServer) DeleteVolume(ctx context.Context, req *csi.DeleteVolu
 // size; nothing is left for the node to do.
 func (s *ControllerServer) ControllerExpandVolume(ctx context.Context, req *csi.ControllerExpandVolumeRequest) (*csi.ControllerExpandVolumeResponse, error) {
 	if req.GetVolumeId() == "" {
-		return nil, csierr.Errorf(csierr.ErrInvalid, "volume_id is required")
+		return nil, csierr.Field("volume_id", "is required")
 	}
 	if req.GetCapacityRange() == nil {
-		return nil, csierr.Errorf(csierr.ErrInvalid, "capacity_range is required")
+		return nil, csierr.Field("capacity_range", "is required")
 	}
 	size, err := request.RoundedSize(req.GetCapacityRange())
 	if err != nil {
 		return nil, err
 	}
-	creds, err := provisionerCredentials(req.GetSecrets())
+	ref, err := s.existingVolume("volume_id", req.GetVolumeId(), req.GetSecrets())
 	if err != nil {
 		return nil, err
-	}
-	ref, err := s.findVolume(req.GetVolumeId(), creds)
-	if err != nil {
-		return nil, notFoundVolume(req.GetVolumeId(), err)
 	}
 	defer ref.f.close()
 	if ref.backing() {
@@ -491,18 +524,14 @@ func (s *ControllerServer) ControllerExpandVolume(ctx context.Context, req *csi.
 // ValidateVolumeCapabilities implements csi.ControllerServer.
 func (s *ControllerServer) ValidateVolumeCapabilities(ctx context.Context, req *csi.ValidateVolumeCapabilitiesRequest) (*csi.ValidateVolumeCapabilitiesResponse, error) {
 	if req.GetVolumeId() == "" {
-		return nil, csierr.Errorf(csierr.ErrInvalid, "volume_id is required")
+		return nil, csierr.Field("volume_id", "is required")
 	}
 	if len(req.GetVolumeCapabilities()) == 0 {
-		return nil, csierr.Errorf(csierr.ErrInvalid, "volume_capabilities is required")
+		return nil, csierr.Field("volume_capabilities", "is required")
 	}
-	creds, err := provisionerCredentials(req.GetSecrets())
+	ref, err := s.existingVolume("volume_id", req.GetVolumeId(), req.GetSecrets())
 	if err != nil {
 		return nil, err
-	}
-	ref, err := s.findVolume(req.GetVolumeId(), creds)
-	if err != nil {
-		return nil, notFoundVolume(req.GetVolumeId(), err)
 	}
 	defer ref.f.close()
 	if ref.backing() {

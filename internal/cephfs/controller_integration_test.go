@@ -3,6 +3,7 @@
 package cephfs_test
 
 import (
+	"reflect"
 	"testing"
 	"time"
 
@@ -11,6 +12,8 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
+
+	"github.com/leanceph/cephcsi/internal/config"
 )
 
 func TestCreateVolumeShapeJournalAndDelete(t *testing.T) {
@@ -239,4 +242,49 @@ func snapSource(id string) *csi.VolumeContentSource {
 
 func volSource(id string) *csi.VolumeContentSource {
 	return &csi.VolumeContentSource{Type: &csi.VolumeContentSource_Volume{Volume: &csi.VolumeContentSource_VolumeSource{VolumeId: id}}}
+}
+
+// --setmetadata: the Kubernetes names are recorded as subvolume and
+// subvolume snapshot metadata, as `ceph fs subvolume metadata ls` shows
+// them; with --setmetadata=false none are.
+func TestSetMetadataRecordsKubernetesNames(t *testing.T) {
+	for _, on := range []bool{true, false} {
+		e := newEnv(t, func(o *config.Options) { o.SetMetadata, o.ClusterName = on, "prod" })
+		vol, _ := e.createVolume(&csi.CreateVolumeRequest{Name: uniqueName("meta"), CapacityRange: size(8 << 20),
+			VolumeCapabilities: rwo(), Secrets: e.secrets,
+			Parameters: params(e.c, "csi.storage.k8s.io/pvc/name", "data", "csi.storage.k8s.io/pvc/namespace", "team-a",
+				"csi.storage.k8s.io/pv/name", "pvc-1234")})
+		sub := vol.GetVolumeContext()["subvolumeName"]
+		got, err := e.fsa.ListMetadata(fsName, group, sub)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := map[string]string{"csi.storage.k8s.io/pvc/name": "data", "csi.storage.k8s.io/pvc/namespace": "team-a",
+			"csi.storage.k8s.io/pv/name": "pvc-1234", "csi.ceph.com/cluster/name": "prod"}
+		if !on {
+			want = map[string]string{}
+		}
+		if !reflect.DeepEqual(got, want) {
+			t.Errorf("setmetadata=%v: subvolume metadata = %v, want %v", on, got, want)
+		}
+		resp, err := e.d.Controller.CreateSnapshot(e.ctx, &csi.CreateSnapshotRequest{Name: uniqueName("metasnap"),
+			SourceVolumeId: vol.GetVolumeId(), Secrets: e.secrets,
+			Parameters: map[string]string{"csi.storage.k8s.io/volumesnapshot/name": "snap-1"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		e.track(&e.snapshots, resp.GetSnapshot().GetSnapshotId())
+		snapName := "csi-snap-" + uuidOf(t, resp.GetSnapshot().GetSnapshotId())
+		gotSnap, err := e.fsa.ListSnapshotMetadata(fsName, group, sub, snapName)
+		if err != nil {
+			t.Fatal(err)
+		}
+		wantSnap := map[string]string{"csi.storage.k8s.io/volumesnapshot/name": "snap-1", "csi.ceph.com/cluster/name": "prod"}
+		if !on {
+			wantSnap = map[string]string{}
+		}
+		if !reflect.DeepEqual(gotSnap, wantSnap) {
+			t.Errorf("setmetadata=%v: snapshot metadata = %v, want %v", on, gotSnap, wantSnap)
+		}
+	}
 }

@@ -30,6 +30,8 @@ type fsAdmin interface {
 	CloneSubVolumeSnapshot(volume, group, subvolume, snapshot, name string, o *admin.CloneOptions) error
 	CloneStatus(volume, group, clone string) (*admin.CloneStatus, error)
 	CancelClone(volume, group, clone string) error
+	SetMetadata(volume, group, subvolume, key, value string) error
+	SetSnapshotMetadata(volume, group, subvolume, snapname, key, value string) error
 }
 
 // filesystem is one CephFS as the FSMap describes it.

@@ -14,7 +14,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ceph/go-ceph/cephfs"
 	"github.com/container-storage-interface/spec/lib/go/csi"
+	"github.com/google/uuid"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -382,4 +384,48 @@ func TestSingleWriterPublishedOnce(t *testing.T) {
 	e.unpublish(e.d, vol, second)
 	e.unstage(e.d, vol, staging)
 	e.deleteVolume(vol.GetVolumeId())
+}
+
+// A static PV: a directory made outside the driver (no subvolume, no
+// journal entry), named by rootPath. It mounts, and what is written there
+// is in that directory.
+func TestNodeMountsAStaticDirectory(t *testing.T) {
+	e := newEnv(t)
+	dir := "/static-" + uuid.NewString()[:8]
+	m, err := cephfs.CreateFromRados(e.c.Admin())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Release()
+	if err := m.SelectFilesystem(fsName); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Mount(); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.MakeDir(dir, 0o777); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = m.Unlink(dir + "/static.txt")
+		if err := m.RemoveDir(dir); err != nil {
+			t.Errorf("removing %s: %v", dir, err)
+		}
+	})
+	vol := &csi.Volume{VolumeId: "static-pv-" + uuid.NewString()[:8], VolumeContext: map[string]string{"staticVolume": "true",
+		"clusterID": e.c.ClusterID, "fsName": fsName, "rootPath": dir, "mounter": "fuse"}}
+	vcap := fsCap(csi.VolumeCapability_AccessMode_MULTI_NODE_MULTI_WRITER)
+	staging := e.stage(e.d, vol, vcap)
+	writeFile(t, filepath.Join(staging, "static.txt"), []byte("static directory"))
+	e.unstage(e.d, vol, staging)
+	f, err := m.Open(dir+"/static.txt", os.O_RDONLY, 0)
+	if err != nil {
+		t.Fatalf("the file written through the static PV is not in %s: %v", dir, err)
+	}
+	buf := make([]byte, 64)
+	n, _ := f.Read(buf)
+	f.Close()
+	if string(buf[:n]) != "static directory" {
+		t.Errorf("%s/static.txt holds %q", dir, buf[:n])
+	}
 }

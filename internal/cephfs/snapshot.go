@@ -33,13 +33,9 @@ func (s *ControllerServer) CreateSnapshot(ctx context.Context, req *csi.CreateSn
 	if err != nil {
 		return nil, err
 	}
-	creds, err := provisionerCredentials(req.GetSecrets())
+	ref, err := s.existingVolume("source_volume_id", sourceID, req.GetSecrets())
 	if err != nil {
 		return nil, err
-	}
-	ref, err := s.findVolume(sourceID, creds)
-	if err != nil {
-		return nil, notFoundVolume(sourceID, err)
 	}
 	f := ref.f
 	defer f.close()
@@ -92,6 +88,11 @@ func (s *ControllerServer) CreateSnapshot(ctx context.Context, req *csi.CreateSn
 			return nil, err
 		}
 		created = sinfo.CreatedAt.Time
+	}
+	if s.Options.SetMetadata {
+		if err := f.setMetadata(ctx, ref.name, entry.ImageName, request.SnapshotMetadata(req.GetParameters(), s.Options.ClusterName)); err != nil {
+			return nil, err
+		}
 	}
 	id, err := volid.ID{ClusterID: ref.id.ClusterID, LocationID: f.fs.ID, UUID: entry.UUID}.Encode()
 	if err != nil {

@@ -122,8 +122,8 @@ func (o *Options) Register(fs *flag.FlagSet) {
 			"so this only sets --pluginpath when that is not given")
 	fs.StringVar(&o.PluginPath, "pluginpath", "/var/lib/kubelet/plugins/",
 		"kubelet's plugin directory; node state is kept in <pluginpath>/<drivername> (default: derived from --stagingpath when given)")
-	fs.StringVar(&o.Kubeconfig, none("kubeconfig", "the driver does not use the Kubernetes API"), "",
-		"kubeconfig file; no effect here (the driver does not talk to the Kubernetes API)")
+	fs.StringVar(&o.Kubeconfig, "kubeconfig", "",
+		"kubeconfig file for reading this node's labels (--domainlabels, read affinity); default: $KUBERNETES_CONFIG_PATH, else the pod's service account")
 
 	fs.StringVar(&o.KernelMountOpts, "kernelmountoptions", "", "default CephFS kernel mount options, comma separated (config.json's cephFS.kernelMountOptions wins)")
 	fs.StringVar(&o.FuseMountOpts, "fusemountoptions", "", "default ceph-fuse mount options, comma separated (config.json's cephFS.fuseMountOptions wins)")
@@ -147,10 +147,10 @@ func (o *Options) Register(fs *flag.FlagSet) {
 	fs.DurationVar(&o.CloneWait, "clonewait", 0, "how long a CephFS CreateVolume from a snapshot or volume waits for the copy before answering Aborted (0: at once)")
 	fs.StringVar(&o.KubeletRegistrationPath, "kubelet-registration-path", "", "with --nodeserver: register with the kubelet through <pluginpath>/../plugins_registry, naming this path (the CSI socket as the kubelet sees it), instead of a node-driver-registrar sidecar")
 
-	fs.BoolVar(&o.SetMetadata, "setmetadata", true, "record PVC, PV and snapshot names as image and subvolume metadata; not served yet: the controller warns while true")
+	fs.BoolVar(&o.SetMetadata, "setmetadata", true, "record PVC, PV and snapshot names (from the sidecars' --extra-create-metadata) as image and subvolume metadata")
 	fs.StringVar(&o.ClusterName, "clustername", "", "Kubernetes cluster name recorded with --setmetadata (csi.ceph.com/cluster/name)")
-	fs.Var(listValue{&o.DomainLabels}, "domainlabels", "node labels, comma separated, that make up the topology domain; not served yet: the node warns when set")
-	fs.BoolVar(&o.EnableReadAffinity, "enable-read-affinity", false, "read from the OSDs nearest the node; not served yet: the node warns when true")
+	fs.Var(listValue{&o.DomainLabels}, "domainlabels", "node labels, comma separated, whose values on this node are its topology (NodeGetInfo), for topologyConstrainedPools")
+	fs.BoolVar(&o.EnableReadAffinity, "enable-read-affinity", false, "read from the OSDs nearest the node, located by --crush-location-labels (krbd, rbd-nbd, the FUSE mapper and the CephFS kernel client)")
 	fs.Var(listValue{&o.CrushLocationLabels}, "crush-location-labels", "node labels, comma separated, that give the node's CRUSH location for --enable-read-affinity")
 	fs.StringVar(&o.CSIAddonsEndpoint, "csi-addons-endpoint", "", "CSI-Addons endpoint (unix:///path); not served yet: warns when set")
 	fs.BoolVar(&o.EnableFencing, "enable-fencing", false, "fence nodes through CSI-Addons network fences; not served yet: warns when true")
@@ -313,13 +313,9 @@ const (
 // what a user who asks for it loses. Whoever implements one removes its
 // entry here.
 var notServed = map[Behaviour]string{
-	Metadata: "PVC, PV and snapshot names (and --clustername) are not recorded as RBD image or CephFS subvolume metadata; " +
-		"pass --setmetadata=false to silence this",
-	Topology:     "NodeGetInfo reports no topology segments and volumes carry no accessibility constraints",
-	ReadAffinity: "reads are not directed to the OSDs nearest the node (no crush_location / read_from_replica=localize)",
-	CSIAddons:    "the CSI-Addons service (reclaim space, network fence) is not served yet; nothing listens on that endpoint",
-	Fencing:      "nodes are not fenced: the CSI-Addons service (reclaim space, network fence) is not served yet",
-	GRPCMetrics:  "no per-call gRPC metrics are exported (ceph-csi removed them as well; the CSI sidecars export call metrics)",
+	CSIAddons:   "the CSI-Addons service (reclaim space, network fence) is not served yet; nothing listens on that endpoint",
+	Fencing:     "nodes are not fenced: the CSI-Addons service (reclaim space, network fence) is not served yet",
+	GRPCMetrics: "no per-call gRPC metrics are exported (ceph-csi removed them as well; the CSI sidecars export call metrics)",
 	TrashRetention: "deleted RBD volumes are removed at once (moved to the trash only while clones depend on them), " +
 		"not kept in the trash for that delay",
 	KubeController: "ceph-csi's Kubernetes-side controller is not implemented: the omap journal of PVs whose RBD images were " +

@@ -112,13 +112,10 @@ func TestWarningsNameFlagAndLoss(t *testing.T) {
 	if !contains(w, "--enable-fencing=true", addons) || !contains(w, "--csi-addons-endpoint=unix:///csi/csi-addons.sock", addons) {
 		t.Errorf("warnings lack fencing or CSI-Addons:\n%s", strings.Join(w, "\n"))
 	}
-	if !contains(w, "--setmetadata=true --clustername=prod", "metadata") {
-		t.Errorf("warnings lack the default --setmetadata:\n%s", strings.Join(w, "\n"))
+	if len(w) != 2 {
+		t.Errorf("want exactly 2 warnings, got:\n%s", strings.Join(w, "\n"))
 	}
-	if len(w) != 3 {
-		t.Errorf("want exactly 3 warnings, got:\n%s", strings.Join(w, "\n"))
-	}
-	if a := o.Active(); !slices.Contains(a, SlowCallLog) || !slices.Contains(a, PIDLimit) || slices.Contains(a, Fencing) {
+	if a := o.Active(); !slices.Contains(a, SlowCallLog) || !slices.Contains(a, PIDLimit) || !slices.Contains(a, Metadata) || slices.Contains(a, Fencing) {
 		t.Errorf("active = %v", a)
 	}
 }
@@ -133,11 +130,10 @@ func TestWarningsOnlyForWhatThisProcessWouldDo(t *testing.T) {
 		"rbd node with topology and read affinity": {
 			[]string{"--type=rbd", "--nodeserver=true", "--nodeid=n", "--domainlabels=topology.kubernetes.io/zone",
 				"--enable-read-affinity=true", "--enable-fencing=false"},
-			[]string{"--domainlabels=topology.kubernetes.io/zone: NodeGetInfo", "--enable-read-affinity=true: reads"}},
+			nil},
 		// Topology and read affinity are node settings; metadata a controller one.
 		"cephfs controller with node settings": {
-			[]string{"--type=cephfs", "--controllerserver=true", "--domainlabels=a", "--enable-read-affinity=true"},
-			[]string{"--setmetadata=true: PVC"}},
+			[]string{"--type=cephfs", "--controllerserver=true", "--domainlabels=a", "--enable-read-affinity=true"}, nil},
 		"rbd controller keeping trash": {
 			[]string{"--type=rbd", "--controllerserver=true", "--setmetadata=false", "--rbdtrashmaxdelay=24h"},
 			[]string{"--rbdtrashmaxdelay=24h0m0s: deleted RBD volumes are removed at once"}},
@@ -180,7 +176,7 @@ func TestNoEffectFlags(t *testing.T) {
 		names = append(names, f[0])
 	}
 	slices.Sort(names)
-	if !slices.Equal(names, []string{"histogramoption", "kubeconfig", "skipforceflatten"}) {
+	if !slices.Equal(names, []string{"histogramoption", "skipforceflatten"}) {
 		t.Errorf("no-effect flags = %v", names)
 	}
 }

@@ -136,7 +136,9 @@ func Serve(ctx context.Context, opts *config.Options) error {
 
 func services(deps *service.Deps) (server.Services, error) {
 	opts := deps.Options
-	id := &server.Identity{Name: opts.DriverName, Controller: opts.IsControllerSrv}
+	// Volumes may carry accessibility constraints (topologyConstrainedPools),
+	// as with ceph-csi, whose controllers always say so.
+	id := &server.Identity{Name: opts.DriverName, Controller: opts.IsControllerSrv, Topology: opts.IsControllerSrv}
 	svcs := server.Services{Identity: id}
 	switch opts.Type {
 	case "rbd":

@@ -326,7 +326,7 @@ func rbdControllerCalls(c *testutil.Cluster, d *testutil.Driver, vol *csi.Volume
 		create("encrypted", ia, param("encrypted", "true")),
 		create("with encryptionKMSID", ia, param("encryptionKMSID", "vault")),
 		create("thick-provisioned", ia, param("thickProvision", "true")),
-		create("with topologyConstrainedPools", ia, param("topologyConstrainedPools", `[{"poolName":"rbd"}]`)),
+		create("with topologyConstrainedPools lacking domain segments", ia, param("topologyConstrainedPools", `[{"poolName":"rbd"}]`)),
 		create("with QoS limits", ia, param("BaseReadIops", "100")),
 		create("with imageFormat 1", ia, param("imageFormat", "1")),
 		create("with mounter nfs", ia, param("mounter", "nfs")),

@@ -17,6 +17,7 @@ import (
 
 	"github.com/leanceph/cephcsi/internal/keyexec"
 	"github.com/leanceph/cephcsi/internal/rbdfuse"
+	"github.com/leanceph/cephcsi/internal/topology"
 )
 
 // Fuse maps through FUSE and a loop device, for nodes whose kernel has
@@ -206,6 +207,9 @@ func (f *Fuse) startHelper(ctx context.Context, s Spec) error {
 	}
 	cfg := rbdfuse.Config{Monitors: s.Monitors, UserID: s.UserID, CephConf: cephConf(f.Conf), Pool: s.Pool,
 		Namespace: s.Namespace, Image: s.Image, ReadOnly: s.ReadOnly, Options: opts, MountPoint: mnt}
+	if s.CrushLocation != nil {
+		cfg.CrushLocation = topology.LibradosCrushLocation(s.CrushLocation)
+	}
 	logf, err := os.OpenFile(logFile, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
 	if err != nil {
 		f.cleanupMount(mnt)

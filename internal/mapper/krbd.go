@@ -17,6 +17,7 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/leanceph/cephcsi/internal/keyexec"
+	"github.com/leanceph/cephcsi/internal/topology"
 )
 
 // KernelKeys lends a cephx key to the kernel for the duration of one map
@@ -113,7 +114,7 @@ func (k *KRBD) ensureModule(ctx context.Context) error {
 	if merr == nil {
 		merr = errors.New("no /sys/bus/rbd after loading it")
 	}
-	return fmt.Errorf("%w: the kernel has no rbd module (%v); use mounter rbd-nbd or rbd-fuse", ErrUnsupported, merr)
+	return fmt.Errorf("%w: the kernel has no rbd module (%w); use mounter rbd-nbd or rbd-fuse", ErrUnsupported, merr)
 }
 
 // Map implements Mapper.
@@ -149,6 +150,9 @@ func (k *KRBD) Map(ctx context.Context, s Spec) (string, error) {
 			opts = append(opts, "_pool_ns="+s.Namespace)
 		}
 		opts = append(opts, userOpts...)
+		if s.CrushLocation != nil {
+			opts = append(opts, "read_from_replica=localize", "crush_location="+topology.KernelCrushLocation(s.CrushLocation))
+		}
 		if s.ReadOnly {
 			opts = append(opts, "ro")
 		}
@@ -234,7 +238,7 @@ func (k *KRBD) monitorAddrs(ctx context.Context, mons []string) (string, error) 
 		addrs := []string{host}
 		if net.ParseIP(host) == nil {
 			if addrs, err = k.Resolve(ctx, host); err != nil || len(addrs) == 0 {
-				return "", fmt.Errorf("resolving monitor %q: %v", host, err)
+				return "", fmt.Errorf("resolving monitor %q: %w", host, err)
 			}
 		}
 		for _, a := range addrs {

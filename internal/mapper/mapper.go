@@ -61,6 +61,9 @@ type Spec struct {
 	// Options are this mapper's map options (comma separated).
 	Options  string
 	ReadOnly bool
+	// CrushLocation is where the node sits in the CRUSH map (bucket type to
+	// bucket) when reads should go to the nearest OSD; nil otherwise.
+	CrushLocation map[string]string
 }
 
 // String names the image as pool[/namespace]/image; it never shows the key.

@@ -450,3 +450,33 @@ func TestNBDErrors(t *testing.T) {
 		t.Errorf("a keyring in mapOptions = %v", err)
 	}
 }
+
+// Read affinity: the node's CRUSH location reaches each mapper in its own
+// form, with localized replica reads.
+func TestReadAffinityReachesEveryMapper(t *testing.T) {
+	loc := map[string]string{"zone": "z1", "region": "r1"}
+	k := newFakeKernel(t)
+	m := newTestKRBD(k, &fakeKeys{}, false)
+	s := testSpec()
+	s.CrushLocation = loc
+	if _, err := m.Map(context.Background(), s); err != nil {
+		t.Fatal(err)
+	}
+	if w := k.written(); len(w) != 1 || !strings.Contains(w[0], ",read_from_replica=localize,crush_location=region:r1|zone:z1 ") {
+		t.Errorf("krbd request %q lacks the localized reads", w)
+	}
+
+	r := &fakeRunner{answer: func(c keyexec.Command) (keyexec.Result, error) {
+		if strings.Contains(c.String(), "list-mapped") {
+			return keyexec.Result{Stdout: "[]"}, nil
+		}
+		return keyexec.Result{Stdout: "/dev/nbd3\n"}, nil
+	}}
+	n := &NBD{Binary: "rbd-nbd", Runner: r, Busy: func(string) (bool, error) { return false, nil }}
+	if _, err := n.Map(context.Background(), s); err != nil {
+		t.Fatal(err)
+	}
+	if got := r.commands(); len(got) < 2 || !strings.Contains(got[1], " --rbd_read_from_replica_policy=localize --crush_location=region=r1 zone=z1 map ") {
+		t.Errorf("rbd-nbd command %q lacks the localized reads", got)
+	}
+}

@@ -55,6 +55,10 @@ type pool interface {
 	Trash() ([]trashEntry, error)
 	// ImageID reads the ID of an image without opening it.
 	ImageID(name string) (string, error)
+	// SetImageMetadata sets the image metadata keys kv and removes the keys
+	// drop (missing ones are fine) of the image with this ID, in one round
+	// trip.
+	SetImageMetadata(id string, kv map[string]string, drop []string) error
 	// QueueFlatten asks the Ceph manager to flatten an image in the
 	// background; repeating the request is harmless.
 	QueueFlatten(name string) error

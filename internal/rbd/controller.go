@@ -19,6 +19,7 @@ import (
 	"github.com/leanceph/cephcsi/internal/locks"
 	"github.com/leanceph/cephcsi/internal/request"
 	"github.com/leanceph/cephcsi/internal/service"
+	"github.com/leanceph/cephcsi/internal/topology"
 	"github.com/leanceph/cephcsi/internal/volid"
 )
 
@@ -135,6 +136,10 @@ func (s *ControllerServer) CreateVolume(ctx context.Context, req *csi.CreateVolu
 	if err != nil {
 		return nil, err
 	}
+	place, err := placeVolume(params, req)
+	if err != nil {
+		return nil, err
+	}
 	t, err := s.openTarget(params.ClusterID, params.Pool, 0, creds)
 	if errors.Is(err, errPoolNotFound) {
 		return nil, csierr.Param("pool", "%q does not exist in cluster %q", params.Pool, params.ClusterID)
@@ -169,7 +174,8 @@ func (s *ControllerServer) CreateVolume(ctx context.Context, req *csi.CreateVolu
 	if err != nil {
 		return nil, err
 	}
-	if entry == nil {
+	fresh := entry == nil
+	if fresh {
 		if entry, err = s.volumes.Reserve(store, name, params.NamePrefix, journal.Entry{Request: digest}); err != nil {
 			return nil, err
 		}
@@ -177,7 +183,16 @@ func (s *ControllerServer) CreateVolume(ctx context.Context, req *csi.CreateVolu
 	} else if entry.Request != "" && entry.Request != digest {
 		return nil, csierr.Errorf(csierr.ErrExists, "volume %q exists, made by a request with other parameters, size or content source", name)
 	}
-	have, created, err := s.finishVolume(ctx, t, entry, params, size, req.GetCapacityRange(), src)
+	var have int64
+	created := fresh
+	if fresh {
+		have, err = s.newVolume(ctx, t, entry, params, size, src)
+	} else {
+		have, created, err = s.finishVolume(ctx, t, entry, params, size, req.GetCapacityRange(), src)
+	}
+	if err == nil {
+		err = s.recordMetadata(t.p, entry, request.VolumeMetadata(req.GetParameters(), s.Options.ClusterName))
+	}
 	if err != nil {
 		// Only what this call began is undone: a volume an earlier call made
 		// is never removed by a failing retry.
@@ -186,7 +201,55 @@ func (s *ControllerServer) CreateVolume(ctx context.Context, req *csi.CreateVolu
 		}
 		return nil, err
 	}
-	return s.volumeResponse(t, params, entry, have, req)
+	resp, err := s.volumeResponse(t, params, entry, have, req)
+	if err == nil && place != nil {
+		resp.Volume.AccessibleTopology = []*csi.Topology{{Segments: place.Segments}}
+	}
+	return resp, err
+}
+
+// placeVolume applies topologyConstrainedPools: with accessibility
+// requirements in the request, the pool (and data pool) serving them
+// replaces the StorageClass's. It returns the choice, nil without one.
+func placeVolume(params *volumeParams, req *csi.CreateVolumeRequest) (*topology.Choice, error) {
+	pools, err := topology.ParsePools(req.GetParameters()["topologyConstrainedPools"])
+	if err != nil {
+		return nil, err
+	}
+	choice, err := topology.Select(pools, req.GetAccessibilityRequirements())
+	if err != nil || choice == nil {
+		return nil, err
+	}
+	if err := request.ValidPoolName("topologyConstrainedPools", choice.Pool); err != nil {
+		return nil, err
+	}
+	params.Pool = choice.Pool
+	if choice.DataPool != "" {
+		if err := request.ValidPoolName("topologyConstrainedPools", choice.DataPool); err != nil {
+			return nil, err
+		}
+		params.DataPool = choice.DataPool
+	}
+	return choice, nil
+}
+
+// newVolume makes the image of an entry just reserved: its UUID is new, so
+// no image can exist yet and nothing needs checking. The size is what was
+// made; the image ID is read from its rbd_id object instead of opening the
+// image.
+func (s *ControllerServer) newVolume(ctx context.Context, t *target, entry *journal.Entry, params *volumeParams, size int64, src *contentSource) (int64, error) {
+	if err := s.createImage(ctx, t, entry, params, size, src); err != nil {
+		return 0, err
+	}
+	id, err := t.p.ImageID(entry.ImageName)
+	if err != nil {
+		return 0, fmt.Errorf("reading the ID of the new image %s: %w", imageSpec(t.p, entry.ImageName), err)
+	}
+	if err := s.volumes.SetImageID(t.p.Journal(), entry.UUID, id); err != nil {
+		return 0, err
+	}
+	entry.ImageID = id
+	return size, nil
 }
 
 // finishVolume makes the image of entry, or checks and finishes one an
@@ -278,6 +341,20 @@ func (s *ControllerServer) completeImage(t *target, img image, entry *journal.En
 		entry.ImageID = id
 	}
 	return int64(have), nil
+}
+
+// recordMetadata writes the Kubernetes names of --setmetadata on the image
+// of entry (repeated retries write the same).
+func (s *ControllerServer) recordMetadata(p pool, entry *journal.Entry, kv map[string]string) error {
+	if !s.Options.SetMetadata {
+		return nil
+	}
+	// A clone starts with its parent's metadata: names of another PVC or
+	// snapshot, which this image must not carry.
+	if err := p.SetImageMetadata(entry.ImageID, kv, request.MetadataKeys()); err != nil {
+		return fmt.Errorf("recording metadata on %s: %w", imageSpec(p, entry.ImageName), err)
+	}
+	return nil
 }
 
 // matchExisting compares a volume made by another driver (its journal entry
@@ -541,6 +618,25 @@ func (s *ControllerServer) DeleteVolume(ctx context.Context, req *csi.DeleteVolu
 	return &csi.DeleteVolumeResponse{}, nil
 }
 
+// openVolumeImage finds an existing volume of ours and opens its image;
+// anything missing is NotFound. The caller closes both.
+func (s *ControllerServer) openVolumeImage(volumeID string, creds cephconn.Credentials, readOnly bool) (*volumeRef, image, error) {
+	ref, err := s.findVolume(volumeID, creds)
+	if err != nil {
+		return nil, nil, notFoundVolume(volumeID, err)
+	}
+	if ref.entry == nil {
+		ref.close()
+		return nil, nil, notFoundVolume(volumeID, journal.ErrNotFound)
+	}
+	img, err := ref.p.OpenImage(ref.image(), readOnly)
+	if err != nil {
+		ref.close()
+		return nil, nil, notFoundVolume(volumeID, err)
+	}
+	return ref, img, nil
+}
+
 // ControllerExpandVolume implements csi.ControllerServer.
 func (s *ControllerServer) ControllerExpandVolume(ctx context.Context, req *csi.ControllerExpandVolumeRequest) (*csi.ControllerExpandVolumeResponse, error) {
 	if req.GetVolumeId() == "" {
@@ -557,18 +653,11 @@ func (s *ControllerServer) ControllerExpandVolume(ctx context.Context, req *csi.
 	if err != nil {
 		return nil, err
 	}
-	ref, err := s.findVolume(req.GetVolumeId(), creds)
+	ref, img, err := s.openVolumeImage(req.GetVolumeId(), creds, false)
 	if err != nil {
-		return nil, notFoundVolume(req.GetVolumeId(), err)
+		return nil, err
 	}
 	defer ref.close()
-	if ref.entry == nil {
-		return nil, notFoundVolume(req.GetVolumeId(), journal.ErrNotFound)
-	}
-	img, err := ref.p.OpenImage(ref.image(), false)
-	if err != nil {
-		return nil, notFoundVolume(req.GetVolumeId(), err)
-	}
 	defer img.Close()
 	have, err := img.Size()
 	if err != nil {
@@ -596,19 +685,12 @@ func (s *ControllerServer) ValidateVolumeCapabilities(ctx context.Context, req *
 	if err != nil {
 		return nil, err
 	}
-	ref, err := s.findVolume(req.GetVolumeId(), creds)
+	ref, img, err := s.openVolumeImage(req.GetVolumeId(), creds, true)
 	if err != nil {
-		return nil, notFoundVolume(req.GetVolumeId(), err)
-	}
-	defer ref.close()
-	if ref.entry == nil {
-		return nil, notFoundVolume(req.GetVolumeId(), journal.ErrNotFound)
-	}
-	img, err := ref.p.OpenImage(ref.image(), true)
-	if err != nil {
-		return nil, notFoundVolume(req.GetVolumeId(), err)
+		return nil, err
 	}
 	img.Close()
+	ref.close()
 	if err := request.ValidateCapabilities(req.GetVolumeCapabilities(), false); err != nil {
 		return &csi.ValidateVolumeCapabilitiesResponse{Message: err.Error()}, nil
 	}

@@ -3,17 +3,20 @@
 package rbd_test
 
 import (
+	"reflect"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/ceph/go-ceph/rados"
 	"github.com/ceph/go-ceph/rbd"
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/leanceph/cephcsi/internal/config"
 	"github.com/leanceph/cephcsi/internal/testutil"
 )
 
@@ -201,7 +204,11 @@ func TestExpandGrowsImage(t *testing.T) {
 	}
 	id := resp.GetVolume().GetVolumeId()
 	image := "csi-vol-" + uuidOf(t, id)
-	defer d.Controller.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: id, Secrets: c.RBDSecrets()})
+	defer func() {
+		if _, err := d.Controller.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: id, Secrets: c.RBDSecrets()}); err != nil {
+			t.Errorf("DeleteVolume: %v", err)
+		}
+	}()
 
 	exp, err := d.Controller.ControllerExpandVolume(ctx, &csi.ControllerExpandVolumeRequest{VolumeId: id,
 		CapacityRange: &csi.CapacityRange{RequiredBytes: 20 << 20}, Secrets: c.RBDSecrets(), VolumeCapability: mountCap()[0]})
@@ -322,4 +329,88 @@ func TestBadRequestsArePreciseAndLeaveNothing(t *testing.T) {
 			t.Errorf("delete %q: %v", id, err)
 		}
 	}
+}
+
+// --setmetadata: the Kubernetes names the sidecars add to the parameters
+// are recorded on the image (and the snapshot image) under ceph-csi's keys,
+// as `rbd image-meta list` shows them; with --setmetadata=false none are.
+func TestSetMetadataRecordsKubernetesNames(t *testing.T) {
+	for _, on := range []bool{true, false} {
+		c := testutil.RequireCluster(t)
+		d := testutil.StartDriver(t, c, "rbd", func(o *config.Options) { o.SetMetadata, o.ClusterName = on, "prod" })
+		ctx := ctxT(t)
+		io := c.IOContext(t, pool)
+		p := params(c, "csi.storage.k8s.io/pvc/name", "data", "csi.storage.k8s.io/pvc/namespace", "team-a",
+			"csi.storage.k8s.io/pv/name", "pvc-1234")
+		resp, err := d.Controller.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: uniqueName("meta"), VolumeCapabilities: mountCap(),
+			CapacityRange: &csi.CapacityRange{RequiredBytes: 4 << 20}, Parameters: p, Secrets: c.RBDSecrets()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		vol := resp.GetVolume()
+		snap, err := d.Controller.CreateSnapshot(ctx, &csi.CreateSnapshotRequest{Name: uniqueName("metasnap"), SourceVolumeId: vol.GetVolumeId(),
+			Secrets: c.RBDSecrets(), Parameters: map[string]string{"csi.storage.k8s.io/volumesnapshot/name": "snap-1",
+				"csi.storage.k8s.io/volumesnapshot/namespace": "team-a", "csi.storage.k8s.io/volumesnapshotcontent/name": "snapcontent-9"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := map[string]string{"csi.storage.k8s.io/pvc/name": "data", "csi.storage.k8s.io/pvc/namespace": "team-a",
+			"csi.storage.k8s.io/pv/name": "pvc-1234", "csi.ceph.com/cluster/name": "prod"}
+		wantSnap := map[string]string{"csi.storage.k8s.io/volumesnapshot/name": "snap-1", "csi.storage.k8s.io/volumesnapshot/namespace": "team-a",
+			"csi.storage.k8s.io/volumesnapshotcontent/name": "snapcontent-9", "csi.ceph.com/cluster/name": "prod"}
+		if !on {
+			want, wantSnap = map[string]string{}, map[string]string{}
+		}
+		if got := imageMeta(t, io, vol.GetVolumeContext()["imageName"]); !reflect.DeepEqual(got, want) {
+			t.Errorf("setmetadata=%v: volume metadata = %v, want %v", on, got, want)
+		}
+		if got := imageMeta(t, io, "csi-snap-"+uuidOf(t, snap.GetSnapshot().GetSnapshotId())); !reflect.DeepEqual(got, wantSnap) {
+			t.Errorf("setmetadata=%v: snapshot metadata = %v, want %v", on, got, wantSnap)
+		}
+		// A restore names its own PVC, not the source's or the snapshot's.
+		rp := params(c, "csi.storage.k8s.io/pvc/name", "restored", "csi.storage.k8s.io/pvc/namespace", "team-b",
+			"csi.storage.k8s.io/pv/name", "pvc-5678")
+		rresp, err := d.Controller.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: uniqueName("metarestore"), VolumeCapabilities: mountCap(),
+			CapacityRange: &csi.CapacityRange{RequiredBytes: 4 << 20}, Parameters: rp, Secrets: c.RBDSecrets(),
+			VolumeContentSource: &csi.VolumeContentSource{Type: &csi.VolumeContentSource_Snapshot{
+				Snapshot: &csi.VolumeContentSource_SnapshotSource{SnapshotId: snap.GetSnapshot().GetSnapshotId()}}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		wantRestore := map[string]string{"csi.storage.k8s.io/pvc/name": "restored", "csi.storage.k8s.io/pvc/namespace": "team-b",
+			"csi.storage.k8s.io/pv/name": "pvc-5678", "csi.ceph.com/cluster/name": "prod"}
+		if !on {
+			wantRestore = map[string]string{}
+		}
+		if got := imageMeta(t, io, rresp.GetVolume().GetVolumeContext()["imageName"]); !reflect.DeepEqual(got, wantRestore) {
+			t.Errorf("setmetadata=%v: restored volume metadata = %v, want %v", on, got, wantRestore)
+		}
+		for _, id := range []string{rresp.GetVolume().GetVolumeId()} {
+			if _, err := d.Controller.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: id, Secrets: c.RBDSecrets()}); err != nil {
+				t.Error(err)
+			}
+		}
+		if _, err := d.Controller.DeleteSnapshot(ctx, &csi.DeleteSnapshotRequest{SnapshotId: snap.GetSnapshot().GetSnapshotId(), Secrets: c.RBDSecrets()}); err != nil {
+			t.Error(err)
+		}
+		if _, err := d.Controller.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: vol.GetVolumeId(), Secrets: c.RBDSecrets()}); err != nil {
+			t.Error(err)
+		}
+	}
+}
+
+// imageMeta lists an image's metadata through librbd, as `rbd image-meta
+// list` does.
+func imageMeta(t *testing.T, io *rados.IOContext, name string) map[string]string {
+	t.Helper()
+	img, err := rbd.OpenImageReadOnly(io, name, rbd.NoSnapshot)
+	if err != nil {
+		t.Fatalf("opening %s: %v", name, err)
+	}
+	defer img.Close()
+	m, err := img.ListMetadata()
+	if err != nil {
+		t.Fatalf("listing the metadata of %s: %v", name, err)
+	}
+	return m
 }

@@ -795,3 +795,40 @@ func TestInterruptedDeleteFinishesOnRetry(t *testing.T) {
 		})
 	}
 }
+
+// topologyConstrainedPools: the pool serving the request's preferred
+// topology (else a requisite one) holds the image, and the volume carries
+// that topology; no pool for it is ResourceExhausted and makes nothing.
+func TestTopologyConstrainedPoolsPlaceTheImage(t *testing.T) {
+	c := newCtl(t)
+	pools := `[{"poolName":"rbd","domainSegments":[{"domainLabel":"zone","value":"zone-a"}]},
+		{"poolName":"rbd2","domainSegments":[{"domainLabel":"zone","value":"zone-b"}]}]`
+	zone := func(z string) *csi.Topology {
+		return &csi.Topology{Segments: map[string]string{"topology.rbd.csi.ceph.com/zone": z}}
+	}
+	req := c.volReq("pvc-topo", 8<<20, nil, "topologyConstrainedPools", pools)
+	req.AccessibilityRequirements = &csi.TopologyRequirement{Requisite: []*csi.Topology{zone("zone-a"), zone("zone-b")},
+		Preferred: []*csi.Topology{zone("zone-b")}}
+	vol, err := c.create(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if vol.GetVolumeContext()["pool"] != "rbd2" || c.f.pool("rbd2").live(vol.GetVolumeContext()["imageName"]) == nil {
+		t.Errorf("image placed in %q, want rbd2 (zone-b)", vol.GetVolumeContext()["pool"])
+	}
+	if len(vol.GetAccessibleTopology()) != 1 || vol.GetAccessibleTopology()[0].GetSegments()["topology.rbd.csi.ceph.com/zone"] != "zone-b" {
+		t.Errorf("accessible topology = %v, want zone-b", vol.GetAccessibleTopology())
+	}
+	before := c.state()
+	req = c.volReq("pvc-nowhere", 8<<20, nil, "topologyConstrainedPools", pools)
+	req.AccessibilityRequirements = &csi.TopologyRequirement{Requisite: []*csi.Topology{zone("zone-c")}}
+	if _, err := c.create(req); csierr.Code(err) != codes.ResourceExhausted {
+		t.Errorf("no pool for zone-c: %v, want ResourceExhausted", err)
+	}
+	c.sameState("a create with no pool for its topology", before)
+	// Without requirements the StorageClass's pool is used.
+	plain, err := c.create(c.volReq("pvc-plain", 8<<20, nil, "topologyConstrainedPools", pools))
+	if err != nil || plain.GetVolumeContext()["pool"] != "rbd" || plain.GetAccessibleTopology() != nil {
+		t.Errorf("without requirements: %v, %v", plain, err)
+	}
+}

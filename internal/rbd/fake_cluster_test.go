@@ -394,6 +394,24 @@ func (h *fakePoolHandle) Trash() ([]trashEntry, error) {
 	return out, nil
 }
 
+func (h *fakePoolHandle) SetImageMetadata(id string, kv map[string]string, drop []string) error {
+	if err := h.p.f.step("SetImageMetadata", id); err != nil {
+		return err
+	}
+	for _, img := range h.p.sortedImages() {
+		if img.id == id {
+			for _, k := range drop {
+				delete(img.meta, k)
+			}
+			for k, v := range kv {
+				img.meta[k] = v
+			}
+			return nil
+		}
+	}
+	return errno(syscall.ENOENT, "image ID %s", id)
+}
+
 func (h *fakePoolHandle) ImageID(name string) (string, error) {
 	img := h.p.live(name)
 	if img == nil {
@@ -759,13 +777,6 @@ func (img *fakeImage) userSnaps() []string {
 		}
 	}
 	return out
-}
-
-// queued reports whether a flatten of the live image name is queued (`rbd
-// task list`).
-func (f *fakeCluster) queued(pool, name string) bool {
-	img := f.image(pool, name)
-	return img != nil && f.tasks[f.taskKey(img.pool, img.id)]
 }
 
 // queuedImages names the images with a queued flatten in pool.

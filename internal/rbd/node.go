@@ -107,8 +107,8 @@ func (s *NodeServer) NodeGetCapabilities(context.Context, *csi.NodeGetCapabiliti
 }
 
 // NodeGetInfo implements csi.NodeServer.
-func (s *NodeServer) NodeGetInfo(context.Context, *csi.NodeGetInfoRequest) (*csi.NodeGetInfoResponse, error) {
-	return &csi.NodeGetInfoResponse{NodeId: s.Options.NodeID}, nil
+func (s *NodeServer) NodeGetInfo(ctx context.Context, _ *csi.NodeGetInfoRequest) (*csi.NodeGetInfoResponse, error) {
+	return nodeutil.Info(ctx, s.Deps)
 }
 
 // timeoutExec bounds every command that mount-utils runs (blkid, mkfs,
@@ -122,5 +122,5 @@ type timeoutExec struct {
 func (e timeoutExec) Command(cmd string, args ...string) utilexec.Cmd {
 	ctx, cancel := context.WithCancel(context.Background())
 	time.AfterFunc(e.timeout, cancel)
-	return e.Interface.CommandContext(ctx, cmd, args...)
+	return e.CommandContext(ctx, cmd, args...)
 }

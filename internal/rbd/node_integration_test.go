@@ -22,6 +22,7 @@ import (
 
 	"github.com/ceph/go-ceph/rbd"
 	"github.com/container-storage-interface/spec/lib/go/csi"
+	"github.com/google/uuid"
 	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -1417,5 +1418,40 @@ func TestNodeRestoreLargerFromSnapshotOfMountedVolume(t *testing.T) {
 	unstage(t, e.d.Node, restored, rstaging)
 	unpublish(t, e.d.Node, src, target)
 	unstage(t, e.d.Node, src, staging)
+	assertCleanNode(t, e)
+}
+
+// A static PV: an image made with the rbd tools outside the driver, named
+// by the volume handle, with no journal entry. It stages, keeps what is
+// written through an unstage and a restage, and is left to its owner.
+func TestNodeStagesAStaticImage(t *testing.T) {
+	e := startNodeEnv(t)
+	io := e.c.IOContext(t, pool)
+	image := "static-" + uuid.NewString()[:8]
+	opts := rbd.NewRbdImageOptions()
+	defer opts.Destroy()
+	if err := opts.SetUint64(rbd.ImageOptionFeatures, rbd.FeatureLayering); err != nil {
+		t.Fatal(err)
+	}
+	if err := rbd.CreateImage(io, image, 64<<20, opts); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := rbd.RemoveImage(io, image); err != nil {
+			t.Errorf("removing the static image: %v", err)
+		}
+	})
+	vol := &csi.Volume{VolumeId: image, VolumeContext: map[string]string{"staticVolume": "true", "clusterID": e.c.ClusterID,
+		"pool": pool, "imageFeatures": "layering", "mounter": "rbd-fuse"}}
+	staging := filepath.Join(e.work, "staging")
+	vcap := testutil.FSCap("")
+	stage(t, e.d.Node, e.c, vol, staging, vcap)
+	writeFileSync(t, filepath.Join(staging, "static.txt"), []byte("static volume"))
+	unstage(t, e.d.Node, vol, staging)
+	stage(t, e.d.Node, e.c, vol, staging, vcap)
+	if got := readFileT(t, filepath.Join(staging, "static.txt")); got != "static volume" {
+		t.Errorf("after a restage the file holds %q", got)
+	}
+	unstage(t, e.d.Node, vol, staging)
 	assertCleanNode(t, e)
 }

@@ -3,6 +3,7 @@ package rbd
 import (
 	"context"
 	"fmt"
+	"maps"
 	"os"
 	"strings"
 
@@ -25,11 +26,8 @@ type stageRequest struct {
 	mkfsOpts   []string
 }
 
-func (s *NodeServer) parseStage(req *csi.NodeStageVolumeRequest) (*stageRequest, error) {
-	if err := nodeutil.Require([2]string{"volume_id", req.GetVolumeId()}); err != nil {
-		return nil, err
-	}
-	if err := nodeutil.Path("staging_target_path", req.GetStagingTargetPath()); err != nil {
+func (s *NodeServer) parseStage(ctx context.Context, req *csi.NodeStageVolumeRequest) (*stageRequest, error) {
+	if err := nodeutil.VolumeAndPaths(req.GetVolumeId(), [2]string{"staging_target_path", req.GetStagingTargetPath()}); err != nil {
 		return nil, err
 	}
 	vcap := req.GetVolumeCapability()
@@ -37,6 +35,12 @@ func (s *NodeServer) parseStage(req *csi.NodeStageVolumeRequest) (*stageRequest,
 		return nil, err
 	}
 	vc := req.GetVolumeContext()
+	if vc["staticVolume"] == "true" && vc["imageName"] == "" {
+		// A static PV (an image made outside the driver) names its image by
+		// the volume handle, as with ceph-csi.
+		vc = maps.Clone(vc)
+		vc["imageName"] = req.GetVolumeId()
+	}
 	if err := nodeutil.Require([2]string{"volume_context.clusterID", vc["clusterID"]},
 		[2]string{"volume_context.pool", vc["pool"]}, [2]string{"volume_context.imageName", vc["imageName"]}); err != nil {
 		return nil, err
@@ -84,13 +88,17 @@ func (s *NodeServer) parseStage(req *csi.NodeStageVolumeRequest) (*stageRequest,
 	if ns == "" {
 		ns = cl.RBD.RadosNamespace
 	}
+	loc, err := s.CrushLocation(ctx, cl)
+	if err != nil {
+		return nil, err
+	}
 	block := vcap.GetBlock() != nil
 	readOnly := request.ReadOnly(vcap.GetAccessMode().GetMode())
 	sr := &stageRequest{
 		rec: stageRecord{Mapper: kind, ClusterID: cl.ClusterID, Pool: vc["pool"], Namespace: ns, Image: vc["imageName"],
 			StagingPath: req.GetStagingTargetPath(), Block: block, ReadOnly: readOnly, UnmapOptions: unmapOpts},
 		spec: mapper.Spec{Monitors: cl.Monitors, Pool: vc["pool"], Namespace: ns, Image: vc["imageName"],
-			UserID: creds.ID, Key: creds.Key, Options: mapOpts, ReadOnly: readOnly},
+			UserID: creds.ID, Key: creds.Key, Options: mapOpts, ReadOnly: readOnly, CrushLocation: loc},
 	}
 	if block {
 		return sr, nil
@@ -120,7 +128,7 @@ func (s *NodeServer) parseStage(req *csi.NodeStageVolumeRequest) (*stageRequest,
 // filesystem volume) format it if it has no filesystem and mount it at the
 // staging path.
 func (s *NodeServer) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRequest) (*csi.NodeStageVolumeResponse, error) {
-	sr, err := s.parseStage(req)
+	sr, err := s.parseStage(ctx, req)
 	if err != nil {
 		return nil, err
 	}
@@ -130,7 +138,7 @@ func (s *NodeServer) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolu
 	var old stageRecord
 	staged, err := s.state.Load(volID, &old)
 	if err != nil {
-		return nil, fmt.Errorf("reading node state of %s: %v", volID, err)
+		return nil, fmt.Errorf("reading node state of %s: %w", volID, err)
 	}
 	if staged {
 		if old.StagingPath != sr.rec.StagingPath {
@@ -150,7 +158,7 @@ func (s *NodeServer) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolu
 	// Record the intent first: a crash between mapping and saving must not
 	// leave a mapping that unstage cannot find.
 	if err := s.state.Save(volID, &sr.rec); err != nil {
-		return nil, fmt.Errorf("saving node state of %s: %v", volID, err)
+		return nil, fmt.Errorf("saving node state of %s: %w", volID, err)
 	}
 	dev, err := m.Map(ctx, sr.spec)
 	if err != nil {
@@ -162,7 +170,7 @@ func (s *NodeServer) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolu
 	failpoint.Hit("node-stage-after-map")
 	sr.rec.Device = dev
 	if err := s.state.Save(volID, &sr.rec); err != nil {
-		return nil, fmt.Errorf("saving node state of %s: %v", volID, err)
+		return nil, fmt.Errorf("saving node state of %s: %w", volID, err)
 	}
 	logger.V(2).Info("image mapped", "device", dev, "mapper", sr.rec.Mapper)
 	if sr.rec.Block {
@@ -170,7 +178,7 @@ func (s *NodeServer) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolu
 	}
 	mounted, err := s.publisher.IsMountPoint(sr.rec.StagingPath)
 	if err != nil {
-		return nil, fmt.Errorf("checking staging path: %v", err)
+		return nil, fmt.Errorf("checking staging path: %w", err)
 	}
 	if mounted {
 		return &csi.NodeStageVolumeResponse{}, nil
@@ -192,11 +200,11 @@ func (s *NodeServer) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolu
 func (s *NodeServer) mountStaged(ctx context.Context, sr *stageRequest) error {
 	rec := &sr.rec
 	if err := os.MkdirAll(rec.StagingPath, 0o750); err != nil {
-		return fmt.Errorf("creating staging path: %v", err)
+		return fmt.Errorf("creating staging path: %w", err)
 	}
 	existing, err := s.mounter.GetDiskFormat(rec.Device)
 	if err != nil {
-		return fmt.Errorf("probing %s: %v", rec.Device, err)
+		return fmt.Errorf("probing %s: %w", rec.Device, err)
 	}
 	switch {
 	case existing == "" && rec.ReadOnly:
@@ -219,7 +227,7 @@ func (s *NodeServer) mountStaged(ctx context.Context, sr *stageRequest) error {
 		opts = append(opts, "nouuid")
 	}
 	if err := s.mounter.FormatAndMountSensitiveWithFormatOptions(rec.Device, rec.StagingPath, rec.FsType, opts, nil, sr.mkfsOpts); err != nil {
-		return fmt.Errorf("mounting %s (%s) at %s: %v", rec.Device, sr.spec, rec.StagingPath, err)
+		return fmt.Errorf("mounting %s (%s) at %s: %w", rec.Device, sr.spec, rec.StagingPath, err)
 	}
 	if existing == "xfs" && !rec.ReadOnly {
 		if need, err := s.resizer.NeedResize(rec.Device, rec.StagingPath); err == nil && need {
@@ -235,27 +243,24 @@ func (s *NodeServer) mountStaged(ctx context.Context, sr *stageRequest) error {
 // and unmap the image.
 func (s *NodeServer) NodeUnstageVolume(ctx context.Context, req *csi.NodeUnstageVolumeRequest) (*csi.NodeUnstageVolumeResponse, error) {
 	volID, staging := req.GetVolumeId(), req.GetStagingTargetPath()
-	if err := nodeutil.Require([2]string{"volume_id", volID}); err != nil {
-		return nil, err
-	}
-	if err := nodeutil.Path("staging_target_path", staging); err != nil {
+	if err := nodeutil.VolumeAndPaths(volID, [2]string{"staging_target_path", staging}); err != nil {
 		return nil, err
 	}
 	var rec stageRecord
 	staged, err := s.state.Load(volID, &rec)
 	if err != nil {
-		return nil, fmt.Errorf("reading node state of %s: %v", volID, err)
+		return nil, fmt.Errorf("reading node state of %s: %w", volID, err)
 	}
 	mounted, err := s.publisher.IsMountPoint(staging)
 	if err != nil && !mount.IsCorruptedMnt(err) {
-		return nil, fmt.Errorf("checking staging path: %v", err)
+		return nil, fmt.Errorf("checking staging path: %w", err)
 	}
 	if mounted || mount.IsCorruptedMnt(err) {
 		if err := s.mounter.Unmount(staging); err != nil {
 			if strings.Contains(err.Error(), "busy") {
 				return nil, csierr.Errorf(csierr.ErrPrecondition, "staging path %s is still in use: %v", staging, err)
 			}
-			return nil, fmt.Errorf("unmounting %s: %v", staging, err)
+			return nil, fmt.Errorf("unmounting %s: %w", staging, err)
 		}
 	}
 	if !staged {
@@ -271,7 +276,7 @@ func (s *NodeServer) NodeUnstageVolume(ctx context.Context, req *csi.NodeUnstage
 	}
 	failpoint.Hit("node-unstage-after-unmap")
 	if err := s.state.Remove(volID); err != nil {
-		return nil, fmt.Errorf("removing node state of %s: %v", volID, err)
+		return nil, fmt.Errorf("removing node state of %s: %w", volID, err)
 	}
 	return &csi.NodeUnstageVolumeResponse{}, nil
 }

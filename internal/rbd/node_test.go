@@ -4,6 +4,7 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"sync"
 	"testing"
@@ -358,5 +359,46 @@ func TestNodeSingleWriterIsPublishedOnce(t *testing.T) {
 	}
 	if err := publish(second); err != nil {
 		t.Errorf("publishing at the second target after the first is gone: %v", err)
+	}
+}
+
+// --domainlabels: NodeGetInfo reports the node's topology from its labels,
+// keyed by the driver name; a node lacking a domain label is refused.
+func TestNodeGetInfoReportsTopology(t *testing.T) {
+	u := newUnitNode(t)
+	u.deps.Options.DomainLabels = []string{"topology.kubernetes.io/zone", "topology.kubernetes.io/region"}
+	u.deps.Labels = func(context.Context) (map[string]string, error) {
+		return map[string]string{"topology.kubernetes.io/zone": "zone-a", "topology.kubernetes.io/region": "r1"}, nil
+	}
+	info, err := u.srv.NodeGetInfo(context.Background(), &csi.NodeGetInfoRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]string{"topology.rbd.csi.ceph.com/zone": "zone-a", "topology.rbd.csi.ceph.com/region": "r1"}
+	if info.GetNodeId() != "node-1" || !reflect.DeepEqual(info.GetAccessibleTopology().GetSegments(), want) {
+		t.Errorf("NodeGetInfo = %v, want node-1 with %v", info, want)
+	}
+	v := newUnitNode(t)
+	v.deps.Options.DomainLabels = []string{"topology.kubernetes.io/rack"}
+	v.deps.Labels = u.deps.Labels
+	if _, err := v.srv.NodeGetInfo(context.Background(), &csi.NodeGetInfoRequest{}); csierr.Code(err) != codes.FailedPrecondition {
+		t.Errorf("a node without the domain label: %v, want FailedPrecondition", err)
+	}
+}
+
+// Read affinity: the map request carries the node's CRUSH location from
+// its labels (config.json's labels over the flag's).
+func TestNodeStagePassesTheCrushLocation(t *testing.T) {
+	u := newUnitNode(t)
+	u.deps.Options.EnableReadAffinity = true
+	u.deps.Options.CrushLocationLabels = []string{"topology.kubernetes.io/zone"}
+	u.deps.Labels = func(context.Context) (map[string]string, error) {
+		return map[string]string{"topology.kubernetes.io/zone": "zone-a"}, nil
+	}
+	if _, err := u.srv.NodeStageVolume(context.Background(), u.stageReq(unitBlockCap())); err != nil {
+		t.Fatal(err)
+	}
+	if len(u.fm.maps) != 1 || !reflect.DeepEqual(u.fm.maps[0].CrushLocation, map[string]string{"zone": "zone-a"}) {
+		t.Errorf("the mapper got %+v, want crush location zone=zone-a", u.fm.maps)
 	}
 }

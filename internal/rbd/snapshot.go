@@ -80,6 +80,9 @@ func (s *ControllerServer) CreateSnapshot(ctx context.Context, req *csi.CreateSn
 			if info, err = restoreSnapshotOf(img); err == nil {
 				err = s.finishSnapshot(ref, entry, img)
 				img.Close()
+				if err == nil {
+					err = s.recordMetadata(ref.p, entry, request.SnapshotMetadata(req.GetParameters(), s.Options.ClusterName))
+				}
 				if err != nil {
 					return nil, err
 				}
@@ -95,6 +98,9 @@ func (s *ControllerServer) CreateSnapshot(ctx context.Context, req *csi.CreateSn
 		return nil, err
 	}
 	info, err := s.snapshotImage(ctx, ref, entry)
+	if err == nil {
+		err = s.recordMetadata(ref.p, entry, request.SnapshotMetadata(req.GetParameters(), s.Options.ClusterName))
+	}
 	if err != nil {
 		if !errors.Is(err, csierr.ErrInProgress) {
 			s.undoCreate(ctx, ref.target, s.snapshots, entry)
@@ -117,6 +123,7 @@ func (s *ControllerServer) finishSnapshot(ref *volumeRef, entry *journal.Entry, 
 		if err := s.snapshots.SetImageID(ref.p.Journal(), entry.UUID, id); err != nil {
 			return err
 		}
+		entry.ImageID = id
 	}
 	depth, err := cloneDepth(ref.c, img)
 	if err != nil || depth == 0 {
@@ -189,6 +196,7 @@ func (s *ControllerServer) snapshotImage(ctx context.Context, ref *volumeRef, en
 	if err := s.snapshots.SetImageID(ref.p.Journal(), entry.UUID, id); err != nil {
 		return nil, err
 	}
+	entry.ImageID = id
 	if flattenNew || depth > int(s.Options.SoftMaxClones) {
 		if err := queueFlatten(ref.p, snap); err != nil {
 			return nil, err

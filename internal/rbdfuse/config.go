@@ -108,6 +108,8 @@ type Config struct {
 	Image     string
 	ReadOnly  bool
 	Options   Options
+	// CrushLocation ("type=name ...") makes reads go to the nearest OSD.
+	CrushLocation string
 	// MountPoint is an existing, empty directory.
 	MountPoint string
 }
@@ -131,6 +133,9 @@ func (c Config) Args() []string {
 	if c.ReadOnly {
 		args = append(args, "--read-only")
 	}
+	if c.CrushLocation != "" {
+		args = append(args, "--crush-location="+c.CrushLocation)
+	}
 	return append(args, c.MountPoint)
 }
 
@@ -146,6 +151,7 @@ func ParseArgs(args []string) (Config, error) {
 	fs.StringVar(&c.Namespace, "namespace", "", "RADOS namespace")
 	fs.StringVar(&c.Image, "image", "", "image")
 	fs.BoolVar(&c.ReadOnly, "read-only", false, "open the image read-only")
+	fs.StringVar(&c.CrushLocation, "crush-location", "", "the node's CRUSH location; reads go to the nearest OSD")
 	opts := fs.String("o", "", "map options")
 	if err := fs.Parse(args); err != nil {
 		return Config{}, fmt.Errorf("%s: %w", HelperCommand, err)

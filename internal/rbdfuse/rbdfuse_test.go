@@ -297,7 +297,7 @@ func TestCloseFlushesOnceAndEndsService(t *testing.T) {
 
 func TestArgsRoundTrip(t *testing.T) {
 	c := Config{Monitors: []string{"10.0.0.1:6789", "[fd00::1]:3300"}, UserID: "csi-rbd-node", CephConf: "/etc/ceph/ceph.conf",
-		Pool: "rbd", Namespace: "ns1", Image: "csi-vol-1", ReadOnly: true,
+		Pool: "rbd", Namespace: "ns1", Image: "csi-vol-1", ReadOnly: true, CrushLocation: "region=r1 zone=z1",
 		Options: Options{Debug: true, MaxWrite: 65536, MaxBackground: 8}, MountPoint: "/var/lib/kubelet/plugins/x/rbd-fuse/abc"}
 	args := c.Args()
 	if args[len(args)-1] != c.MountPoint {

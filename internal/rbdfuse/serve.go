@@ -122,6 +122,13 @@ func openImage(cfg Config, key string) (img *rbd.Image, closeImage func() error,
 			return nil, nil, fmt.Errorf("setting %s: %w", kv[0], err)
 		}
 	}
+	if cfg.CrushLocation != "" {
+		for _, kv := range [][2]string{{"crush_location", cfg.CrushLocation}, {"rbd_read_from_replica_policy", "localize"}} {
+			if err := conn.SetConfigOption(kv[0], kv[1]); err != nil {
+				return nil, nil, fmt.Errorf("setting %s: %w", kv[0], err)
+			}
+		}
+	}
 	if err := conn.Connect(); err != nil {
 		hint := ""
 		if csierr.IsErrno(err, syscall.ETIMEDOUT) {

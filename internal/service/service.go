@@ -4,10 +4,15 @@
 package service
 
 import (
+	"context"
+	"sync"
+
 	"github.com/leanceph/cephcsi/internal/cephconn"
 	"github.com/leanceph/cephcsi/internal/config"
 	"github.com/leanceph/cephcsi/internal/csierr"
+	"github.com/leanceph/cephcsi/internal/kube"
 	"github.com/leanceph/cephcsi/internal/locks"
+	"github.com/leanceph/cephcsi/internal/topology"
 )
 
 // Deps are the long-lived pieces every service uses.
@@ -19,6 +24,13 @@ type Deps struct {
 	// takes the keys a request names before the handler runs; handlers
 	// take only the keys they learn on the way (Lock).
 	Locks *locks.Set
+	// Labels reads the node's Kubernetes labels; nil for the Kubernetes API
+	// (tests give a fake).
+	Labels func(ctx context.Context) (map[string]string, error)
+
+	labelsOnce sync.Once
+	labels     map[string]string
+	labelsErr  error
 }
 
 // Lock takes more operation locks, or fails with ErrInProgress (Aborted,
@@ -40,4 +52,50 @@ func (d *Deps) Connect(clusterID string, creds cephconn.Credentials) (*config.Cl
 		return nil, nil, err
 	}
 	return cl, conn, nil
+}
+
+// NodeLabels returns this node's Kubernetes labels, read once per process
+// (through Labels, or the Kubernetes API).
+func (d *Deps) NodeLabels(ctx context.Context) (map[string]string, error) {
+	d.labelsOnce.Do(func() {
+		read := d.Labels
+		if read == nil {
+			client := &kube.Client{Kubeconfig: d.Options.Kubeconfig}
+			read = func(ctx context.Context) (map[string]string, error) { return client.NodeLabels(ctx, d.Options.NodeID) }
+		}
+		d.labels, d.labelsErr = read(ctx)
+	})
+	return d.labels, d.labelsErr
+}
+
+// NodeTopology returns the node's topology segments of --domainlabels, nil
+// when topology is off.
+func (d *Deps) NodeTopology(ctx context.Context) (map[string]string, error) {
+	if len(d.Options.DomainLabels) == 0 {
+		return nil, nil
+	}
+	labels, err := d.NodeLabels(ctx)
+	if err != nil {
+		return nil, csierr.Errorf(csierr.ErrUnavailable, "reading the labels of node %q for --domainlabels: %w", d.Options.NodeID, err)
+	}
+	seg, err := topology.ForNode(labels, d.Options.DomainLabels, d.Options.DriverName)
+	if err != nil {
+		return nil, csierr.Errorf(csierr.ErrPrecondition, "node %q: %w", d.Options.NodeID, err)
+	}
+	return seg, nil
+}
+
+// CrushLocation returns where the node sits in the CRUSH map for reads of
+// the cluster cl to be served by the nearest OSDs, nil when read affinity
+// is off (neither --enable-read-affinity nor config.json's readAffinity)
+// or no crush location label is on the node.
+func (d *Deps) CrushLocation(ctx context.Context, cl *config.Cluster) (map[string]string, error) {
+	if !d.Options.EnableReadAffinity && !cl.ReadAffinity.Enabled {
+		return nil, nil
+	}
+	labels, err := d.NodeLabels(ctx)
+	if err != nil {
+		return nil, csierr.Errorf(csierr.ErrUnavailable, "reading the labels of node %q for read affinity: %w", d.Options.NodeID, err)
+	}
+	return topology.CrushLocation(labels, cl.CrushLocationLabels(d.Options.CrushLocationLabels)), nil
 }

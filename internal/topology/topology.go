@@ -9,6 +9,8 @@ package topology
 import (
 	"encoding/json"
 	"fmt"
+	"maps"
+	"slices"
 	"strings"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
@@ -145,4 +147,41 @@ func match(pools []ConstrainedPool, t *csi.Topology) *ConstrainedPool {
 		}
 	}
 	return nil
+}
+
+// CrushLocation locates the node in the CRUSH map for read affinity: for
+// each crush location label on the node, the bucket type is the label's
+// name after its prefix and the bucket its value (as ceph-csi reads them).
+// Labels missing from the node are skipped; nil when none is found.
+func CrushLocation(labels map[string]string, crushLabels []string) map[string]string {
+	out := map[string]string{}
+	for _, l := range crushLabels {
+		if v, ok := labels[l]; ok && v != "" {
+			out[labelName(l)] = v
+		}
+	}
+	if len(out) == 0 {
+		return nil
+	}
+	return out
+}
+
+// KernelCrushLocation formats a location for the kernel clients' option
+// crush_location=type:name|type:name, in a stable order.
+func KernelCrushLocation(loc map[string]string) string {
+	var parts []string
+	for _, k := range slices.Sorted(maps.Keys(loc)) {
+		parts = append(parts, k+":"+loc[k])
+	}
+	return strings.Join(parts, "|")
+}
+
+// LibradosCrushLocation formats a location for librados' crush_location
+// setting: "type=name type=name".
+func LibradosCrushLocation(loc map[string]string) string {
+	var parts []string
+	for _, k := range slices.Sorted(maps.Keys(loc)) {
+		parts = append(parts, k+"="+loc[k])
+	}
+	return strings.Join(parts, " ")
 }

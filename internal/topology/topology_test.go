@@ -66,3 +66,20 @@ func TestParsePoolsNamesTheParameter(t *testing.T) {
 		}
 	}
 }
+
+func TestCrushLocationFromNodeLabels(t *testing.T) {
+	labels := map[string]string{"topology.kubernetes.io/zone": "z1", "topology.kubernetes.io/region": "r1", "topology.rook.io/rack": "rack7"}
+	loc := CrushLocation(labels, []string{"topology.kubernetes.io/zone", "topology.kubernetes.io/region", "topology.rook.io/host"})
+	if !reflect.DeepEqual(loc, map[string]string{"zone": "z1", "region": "r1"}) {
+		t.Fatalf("CrushLocation = %v", loc)
+	}
+	if got := KernelCrushLocation(loc); got != "region:r1|zone:z1" {
+		t.Errorf("KernelCrushLocation = %q", got)
+	}
+	if got := LibradosCrushLocation(loc); got != "region=r1 zone=z1" {
+		t.Errorf("LibradosCrushLocation = %q", got)
+	}
+	if CrushLocation(labels, []string{"absent"}) != nil {
+		t.Error("a location from no label")
+	}
+}
