@@ -204,6 +204,8 @@ func TestPodsRBD(t *testing.T) {
 	}
 	if size := podFSSize(t, e, ns, "writer", "/data"); size < extBefore+gib*9/10 {
 		t.Errorf("after the restage, the expanded ext4 is %d bytes, %d before", size, extBefore)
+	} else {
+		t.Logf("rbd: ext4 after the restage %d bytes, %d before the expansion", size, extBefore)
 	}
 	e.wait(t, 2*time.Minute, "-n", ns, "--for=jsonpath={.status.capacity.storage}=2Gi", "pvc/fs")
 
