@@ -197,7 +197,9 @@ func TestPodsRBD(t *testing.T) {
 	// 5a. The writer deleted and recreated on the same PVC: the file is
 	// there (and ext4 has grown at this stage if it could not online).
 	deletePods(t, e, ns, "writer")
+	begin = time.Now()
 	checkAttached(t, e, fs.pv, false)
+	t.Logf("rbd pods timing: writer's volume unstaged and detached in %s", ms(time.Since(begin)))
 	run(podSpec{name: "writer", pvc: "fs", fsGroup: rbdFSGroup}, "recreated")
 	if got := podSHA256(t, e, ns, "writer", "/data/file.bin", 0, 0); got != sum {
 		t.Errorf("the recreated writer reads file.bin as %s, want %s", got, sum)
@@ -229,7 +231,7 @@ func TestPodsRBD(t *testing.T) {
 	// on Ceph.
 	d = deletePods(t, e, ns, "writer", "reader", "clone-reader", "blk-writer", "blk-reader", "grower")
 	t.Logf("rbd pods timing: 6 pods deleted in %s", ms(d))
-	eventually(t, 2*time.Minute, func() string {
+	eventually(t, 3*time.Minute, func() string {
 		if left := nodeLeftovers(e, rbdDriver, uids...); len(left) > 0 {
 			return fmt.Sprintf("left on the node: %v", left)
 		}
@@ -265,7 +267,9 @@ func TestPodsRBD(t *testing.T) {
 // (the attach/detach controller asked, the csi-attacher answered), or gone.
 func checkAttached(t testing.TB, e *env, pv string, want bool) {
 	t.Helper()
-	eventually(t, time.Minute, func() string {
+	// Detaching waits for the unstage, which was seen to take two minutes
+	// once (docs/e2e.md).
+	eventually(t, 3*time.Minute, func() string {
 		list := e.getJSON(t, "volumeattachment")
 		found := false
 		for _, va := range list.items() {
