@@ -63,10 +63,13 @@ sanity: build
 	$(IN_ROOT) scripts/sanity.sh $(SANITY_SUITES)
 
 # End to end on a local Kubernetes control plane with the real CSI sidecars
-# under the RBAC of deploy/, plus the chart checks. The Kubernetes programs are
+# under the RBAC of deploy/, a node (containerd and a kubelet on the host, the
+# node plugins in the Ceph root) running pods on the volumes, plus the chart
+# checks (docs/e2e.md). The Kubernetes programs are
 # built from the Go module proxy once (about 30 minutes cold) and cached in
 # ~/.cache/cephcsi-e2e (E2E_CACHE). See e2e/.
 e2e: build
+	@scripts/install-deps.sh e2e
 	e2e/build-tools.sh
 	$(IN_ROOT) $(GO) vet -tags '$(call tags,e2e)' ./e2e/
 	$(IN_ROOT) $(GO) test -tags '$(call tags,e2e)' -count=1 -v -timeout 45m ./e2e/

@@ -47,6 +47,10 @@ type container struct {
 			} `json:"fieldRef"`
 		} `json:"valueFrom"`
 	} `json:"env"`
+	VolumeMounts []struct {
+		Name      string `json:"name"`
+		MountPath string `json:"mountPath"`
+	} `json:"volumeMounts"`
 }
 
 type deployment struct {

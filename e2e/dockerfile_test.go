@@ -184,7 +184,8 @@ func TestDockerfileMatchesTree(t *testing.T) {
 		t.Errorf("Dockerfile ENTRYPOINT %q, want [%s]", df.entrypoint, imageBinaryPath)
 	}
 
-	// What the node service runs must be in the list both images install.
+	// What the node service runs must be in the list both images install
+	// (not rbd-fuse: the rbd-fuse mapper's helper is the driver binary).
 	ceph, other := imagePackages(env)
 	for _, pkg := range []string{"librados2", "librbd1", "libcephfs2", "ceph-common", "ceph-fuse", "rbd-nbd",
 		"e2fsprogs", "xfsprogs", "util-linux", "mount", "kmod", "fuse3", "logrotate"} {

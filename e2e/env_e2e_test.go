@@ -34,6 +34,7 @@ type env struct {
 	tools  map[string]string
 	pki    *pki
 
+	node        *node
 	server      string // https://127.0.0.1:<port>
 	kubeconfig  string // cluster-admin (system:masters)
 	adminCert   string
@@ -241,6 +242,10 @@ func (e *env) startControlPlane() error {
 	if e.adminCert, e.adminKey, err = e.pki.issue("e2e-admin", []string{"system:masters"}); err != nil {
 		return err
 	}
+	kubeletClientCert, kubeletClientKey, err := e.pki.issue("kube-apiserver-kubelet-client", []string{"system:masters"})
+	if err != nil {
+		return err
+	}
 	saPub, saKey, err := e.pki.serviceAccountKeys()
 	if err != nil {
 		return err
@@ -252,7 +257,13 @@ func (e *env) startControlPlane() error {
 		"--etcd-certfile="+etcdClientCert, "--etcd-keyfile="+etcdClientKey,
 		"--tls-cert-file="+apiCert, "--tls-private-key-file="+apiKey,
 		"--client-ca-file="+e.pki.CA,
-		"--authorization-mode=RBAC",
+		// The Node authorizer and NodeRestriction for the kubelet, as on
+		// real clusters.
+		"--authorization-mode=Node,RBAC", "--enable-admission-plugins=NodeRestriction",
+		// Reaching the kubelet (exec, logs) at its InternalIP, both sides
+		// checked against the test CA.
+		"--kubelet-client-certificate="+kubeletClientCert, "--kubelet-client-key="+kubeletClientKey,
+		"--kubelet-certificate-authority="+e.pki.CA, "--kubelet-preferred-address-types=InternalIP",
 		// As on real clusters: the node plugins run privileged.
 		"--allow-privileged=true",
 		"--service-account-issuer=https://kubernetes.default.svc",

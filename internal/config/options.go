@@ -63,6 +63,10 @@ type Options struct {
 	// CloneWait is how long CreateVolume waits for a CephFS clone to finish
 	// before answering Aborted.
 	CloneWait time.Duration
+	// KubeletRegistrationPath, when set, makes the node plugin register
+	// itself with the kubelet (no node-driver-registrar): the CSI socket's
+	// path as the kubelet sees it.
+	KubeletRegistrationPath string
 
 	// SetMetadata asks the controller to record PVC, PV and snapshot names
 	// (and ClusterName) as image and subvolume metadata.
@@ -141,6 +145,7 @@ func (o *Options) Register(fs *flag.FlagSet) {
 		"no effect here: the node never flattens an image before mapping it, which is what true asks for")
 	fs.DurationVar(&o.RBDTrashMaxDelay, "rbdtrashmaxdelay", 0, "keep deleted RBD images in the trash this long; not served yet: a positive value warns at start")
 	fs.DurationVar(&o.CloneWait, "clonewait", 0, "how long a CephFS CreateVolume from a snapshot or volume waits for the copy before answering Aborted (0: at once)")
+	fs.StringVar(&o.KubeletRegistrationPath, "kubelet-registration-path", "", "with --nodeserver: register with the kubelet through <pluginpath>/../plugins_registry, naming this path (the CSI socket as the kubelet sees it), instead of a node-driver-registrar sidecar")
 
 	fs.BoolVar(&o.SetMetadata, "setmetadata", true, "record PVC, PV and snapshot names (from the sidecars' --extra-create-metadata) as image and subvolume metadata")
 	fs.StringVar(&o.ClusterName, "clustername", "", "Kubernetes cluster name recorded with --setmetadata (csi.ceph.com/cluster/name)")

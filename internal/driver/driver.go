@@ -15,6 +15,7 @@ import (
 	"github.com/leanceph/cephcsi/internal/config"
 	"github.com/leanceph/cephcsi/internal/locks"
 	"github.com/leanceph/cephcsi/internal/rbd"
+	"github.com/leanceph/cephcsi/internal/registration"
 	"github.com/leanceph/cephcsi/internal/server"
 	"github.com/leanceph/cephcsi/internal/service"
 )
@@ -101,13 +102,31 @@ func Serve(ctx context.Context, opts *config.Options) error {
 	srv := server.New(lis, svcs, deps.Locks, server.WithSlowCallLog(opts.LogSlowOpInterval))
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve() }()
+	// Registered with the kubelet once the CSI socket answers; deregistered
+	// before the CSI server stops, so that the kubelet stops calling a
+	// driver that is going away.
+	var reg *registration.Server
+	if opts.IsNodeSrv && opts.KubeletRegistrationPath != "" {
+		reg, err = registration.Start(registration.SocketPath(registration.RegistryDir(opts.PluginPath), opts.DriverName),
+			opts.DriverName, opts.KubeletRegistrationPath)
+		if err != nil {
+			srv.Stop(context.Background())
+			return err
+		}
+	}
 	klog.InfoS("driver started", "name", opts.DriverName, "type", opts.Type, "version", server.Version,
 		"controller", opts.IsControllerSrv, "node", opts.IsNodeSrv)
 	select {
 	case err := <-errc:
+		if reg != nil {
+			reg.Stop()
+		}
 		return err
 	case <-ctx.Done():
 		klog.InfoS("stopping")
+		if reg != nil {
+			reg.Stop()
+		}
 		stopCtx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
 		srv.Stop(stopCtx)
