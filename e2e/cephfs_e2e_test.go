@@ -52,7 +52,7 @@ func TestCephFS(t *testing.T) {
 	e.mustKubectl(t, nil, "create", "namespace", ns)
 	adminKey, userKey := c.Var("CEPH_FS_PROVISIONER_KEY"), c.Var("CEPH_FS_NODE_KEY")
 	applyExample(t, e, "deploy/cephfs/secret.yaml", "<admin-id>", c.Var("CEPH_FS_PROVISIONER_ID"), "<admin-key>", adminKey,
-		"<user-id>", c.Var("CEPH_FS_NODE_ID"), "<user-key>", userKey)
+		"<node-id>", c.Var("CEPH_FS_NODE_ID"), "<node-key>", userKey)
 	applyExample(t, e, "deploy/cephfs/storageclass.yaml", "<cluster-id>", c.ClusterID, "<fs-name>", fsName)
 	applyExample(t, e, "deploy/cephfs/storageclass.yaml", "<cluster-id>", c.ClusterID, "<fs-name>", fsName,
 		"name: csi-cephfs-sc", "name: csi-cephfs-sc-retain", "reclaimPolicy: Delete", "reclaimPolicy: Retain")

@@ -301,10 +301,21 @@ func (e *env) startControlPlane() error {
 	if out, err := e.kubectl(nil, "apply", "-k", e.snapshotCRD); err != nil {
 		return fmt.Errorf("snapshot CRDs: %v\n%s", err, out)
 	}
-	if out, err := e.kubectl(nil, "wait", "--for=condition=Established", "--timeout=60s",
-		"crd/volumesnapshots.snapshot.storage.k8s.io", "crd/volumesnapshotcontents.snapshot.storage.k8s.io",
-		"crd/volumesnapshotclasses.snapshot.storage.k8s.io"); err != nil {
-		return fmt.Errorf("snapshot CRDs not established: %v\n%s", err, out)
+	// Polled rather than kubectl wait, which fails at once on a CRD whose
+	// status has no conditions yet ("accessor error: <nil>").
+	for _, crd := range []string{"volumesnapshots", "volumesnapshotcontents", "volumesnapshotclasses"} {
+		deadline := time.Now().Add(60 * time.Second)
+		for {
+			out, err := e.kubectl(nil, "get", "crd/"+crd+".snapshot.storage.k8s.io",
+				`-o=jsonpath={.status.conditions[?(@.type=="Established")].status}`)
+			if err == nil && strings.TrimSpace(string(out)) == "True" {
+				break
+			}
+			if time.Now().After(deadline) {
+				return fmt.Errorf("snapshot CRD %s not established after 60s: %v\n%s", crd, err, out)
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
 	}
 	if _, err := e.start("snapshot-controller", e.tools["snapshot-controller"],
 		"--kubeconfig="+e.kubeconfig, "--leader-election=false", "--v=2"); err != nil {

@@ -33,18 +33,12 @@ func TestPodsCephFS(t *testing.T) {
 	ns := "e2e-pods-cephfs"
 	e.mustKubectl(t, nil, "create", "namespace", ns)
 	adminKey, userKey := c.Var("CEPH_FS_PROVISIONER_KEY"), c.Var("CEPH_FS_NODE_KEY")
+	// Two secrets as under Rook: the node stages with the node user (the
+	// provisioner's OSD caps reach the metadata pool only, so its mounts
+	// could not write file data).
 	applyExample(t, e, "deploy/cephfs/secret.yaml", "<admin-id>", c.Var("CEPH_FS_PROVISIONER_ID"), "<admin-key>", adminKey,
-		"<user-id>", c.Var("CEPH_FS_NODE_ID"), "<user-key>", userKey)
-	// The node stages with a secret of its own, as under Rook
-	// (rook-csi-cephfs-node): the driver mounts a provisioned volume with
-	// the secret's admin pair, as ceph-csi does, and with the single secret
-	// of deploy/cephfs/secret.yaml that pair is the provisioner, whose OSD
-	// caps (Rook's: the metadata pool only) refuse writes to file data
-	// with EPERM. See docs/e2e.md.
-	applyExample(t, e, "deploy/cephfs/secret.yaml", "<admin-id>", c.Var("CEPH_FS_NODE_ID"), "<admin-key>", userKey,
-		"<user-id>", c.Var("CEPH_FS_NODE_ID"), "<user-key>", userKey, "name: csi-cephfs-secret", "name: csi-cephfs-node-secret")
-	applyExample(t, e, "deploy/cephfs/storageclass.yaml", "<cluster-id>", c.ClusterID, "<fs-name>", fsName,
-		"node-stage-secret-name: csi-cephfs-secret", "node-stage-secret-name: csi-cephfs-node-secret")
+		"<node-id>", c.Var("CEPH_FS_NODE_ID"), "<node-key>", userKey)
+	applyExample(t, e, "deploy/cephfs/storageclass.yaml", "<cluster-id>", c.ClusterID, "<fs-name>", fsName)
 	applyExample(t, e, "deploy/cephfs/snapshotclass.yaml", "<cluster-id>", c.ClusterID)
 	const sc, vsc, rwx, fsGroup = "csi-cephfs-sc", "csi-cephfsplugin-snapclass", "ReadWriteMany", 2000
 	cleanupOnFailure(t, e, ns)
