@@ -37,7 +37,7 @@ build: root
 # Every test, each suite timed: unit tests, the integration tests against the
 # local cluster (started on demand), then the conformance, end-to-end,
 # kernel and compatibility suites.
-SUITES ?= unit lint fuzz integration sanity e2e test-kernel test-compat image
+SUITES ?= unit lint fuzz integration sanity e2e test-kernel test-compat test-faults image
 test: deps
 	@scripts/run-suites.sh $(SUITES)
 
