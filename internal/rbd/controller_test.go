@@ -629,6 +629,19 @@ func TestDeleteVolumeTrashesImageWithClones(t *testing.T) {
 	wantList(t, "trash after the last clone went", c.f.trash("rbd"), nil)
 }
 
+// A source deleted while its last clone is deleted too: the clone's delete
+// ends between the source's refused removal and its move to the trash, so
+// it finds no trashed parent to purge; the source's delete purges it.
+func TestDeleteRacingLastCloneLeavesNoTrash(t *testing.T) {
+	c := newCtl(t)
+	vol := c.volume("pvc", 8<<20, nil)
+	snap := c.snapshot("snap", vol.GetVolumeId())
+	c.f.before("TrashImage", volImage(vol), func() { c.mustDeleteSnapshot(snap.GetSnapshotId()) })
+	c.mustDeleteVolume(vol.GetVolumeId())
+	wantList(t, "images", c.f.images("rbd"), nil)
+	wantList(t, "trash", c.f.trash("rbd"), nil)
+}
+
 // Deleting the last clone purges every trashed ancestor of ours that no
 // clone needs any more, up the chain, and stops at one still needed.
 func TestPurgeWalksUpTheChain(t *testing.T) {

@@ -53,6 +53,9 @@ type fakeRule struct {
 	op, match string
 	left      int
 	err       error
+	// run, when set, runs before the call goes on: another client acting
+	// in between.
+	run func()
 }
 
 type fakeCluster struct {
@@ -88,6 +91,11 @@ func (f *fakeCluster) failWith(op string, nth int, match string, err error) {
 	f.rules = append(f.rules, &fakeRule{op: op, match: match, left: nth, err: err})
 }
 
+// before runs fn just before the next matching call of op does anything.
+func (f *fakeCluster) before(op, match string, fn func()) {
+	f.rules = append(f.rules, &fakeRule{op: op, match: match, left: 1, run: fn})
+}
+
 // crash makes the nth matching call of op panic before it does anything.
 func (f *fakeCluster) crash(op string, nth int, match string) {
 	f.rules = append(f.rules, &fakeRule{op: op, match: match, left: nth})
@@ -106,7 +114,11 @@ func (f *fakeCluster) step(op, target string) error {
 			continue
 		}
 		f.rules = append(f.rules[:i], f.rules[i+1:]...)
-		if r.err == nil {
+		switch {
+		case r.run != nil:
+			r.run()
+			return nil
+		case r.err == nil:
 			panic(fakeCrash{op: op, target: target})
 		}
 		return r.err
