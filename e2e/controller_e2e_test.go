@@ -33,6 +33,8 @@ type controllerPod struct {
 	liveness  *proc
 	sidecars  []*proc
 	metrics   string // liveness URL
+	// driverMetrics is the driver's own metrics URL (--enablegrpcmetrics).
+	driverMetrics string
 }
 
 type container struct {
@@ -141,6 +143,17 @@ func startControllerPod(t *testing.T, e *env, c *testutil.Cluster, kind string) 
 	// The driver. The manifest mounts config.json at its default path; here
 	// it comes from the test cluster.
 	dargs := append(args(*driverC), "--configpath="+c.ConfigJSON)
+	// The driver's metrics on a free port too: the host's may be taken.
+	mport, err := freePort()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, a := range dargs {
+		if strings.HasPrefix(a, "--metricsport=") {
+			dargs[i] = fmt.Sprintf("--metricsport=%d", mport)
+			pod.driverMetrics = fmt.Sprintf("http://127.0.0.1:%d/metrics", mport)
+		}
+	}
 	var socket string
 	for _, a := range dargs {
 		if strings.HasPrefix(a, "--endpoint=unix://") {

@@ -55,17 +55,20 @@ type method struct {
 // process's own metrics.
 func New(driver, version string, conns func() int) *Exporter {
 	e := &Exporter{reg: prometheus.NewRegistry()}
-	e.calls = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: Namespace, Name: "grpc_requests_total",
+	// The driver label on every series lets one dashboard filter RBD and
+	// CephFS alike.
+	own := prometheus.Labels{"driver": driver}
+	e.calls = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: Namespace, Name: "grpc_requests_total", ConstLabels: own,
 		Help: "CSI calls served, by service, method and gRPC status code."}, []string{"grpc_service", "grpc_method", "grpc_code"})
-	e.callTime = prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: Namespace, Name: "grpc_request_duration_seconds",
+	e.callTime = prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: Namespace, Name: "grpc_request_duration_seconds", ConstLabels: own,
 		Help: "Time from the arrival of a CSI call to its answer, operation-lock waits included.", Buckets: callBuckets},
 		[]string{"grpc_service", "grpc_method"})
-	e.inFlight = prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: Namespace, Name: "grpc_requests_in_flight",
+	e.inFlight = prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: Namespace, Name: "grpc_requests_in_flight", ConstLabels: own,
 		Help: "CSI calls being served now."}, []string{"grpc_service", "grpc_method"})
 	e.steps = prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: Namespace, Name: "controller_step_duration_seconds",
 		Help:    "Time of one step of a controller call (journal, create, clone, snapshot, flatten queued, remove), by result.",
 		Buckets: callBuckets}, []string{"driver", "step", "result"})
-	e.connects = prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: Namespace, Name: "ceph_connect_duration_seconds",
+	e.connects = prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: Namespace, Name: "ceph_connect_duration_seconds", ConstLabels: own,
 		Help: "Time to open a new connection to a Ceph cluster (the cache missed), by result.", Buckets: callBuckets},
 		[]string{"result"})
 	e.nodeOps = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: Namespace, Name: "node_operations_total",
@@ -74,7 +77,7 @@ func New(driver, version string, conns func() int) *Exporter {
 	e.nodeTime = prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: Namespace, Name: "node_operation_duration_seconds",
 		Help: "Time of one map, unmap, mount or unmount on the node.", Buckets: callBuckets},
 		[]string{"driver", "mechanism", "operation"})
-	cache := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: Namespace, Name: "ceph_connections",
+	cache := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: Namespace, Name: "ceph_connections", ConstLabels: own,
 		Help: "Connections to Ceph clusters held in the connection cache."}, func() float64 { return float64(conns()) })
 	info := prometheus.NewGauge(prometheus.GaugeOpts{Namespace: Namespace, Name: "build_info",
 		Help: "Always 1; the labels name the driver and its version.", ConstLabels: prometheus.Labels{"driver": driver, "version": version}})

@@ -31,12 +31,12 @@ func TestExporterSeries(t *testing.T) {
 	e.Methods([]string{"/csi.v1.Controller/CreateVolume", "/csi.v1.Identity/Probe"})
 	out := scrape(t, e)
 	for _, want := range []string{
-		`cephcsi_grpc_requests_total{grpc_code="OK",grpc_method="CreateVolume",grpc_service="csi.v1.Controller"} 0`,
-		`cephcsi_grpc_requests_in_flight{grpc_method="Probe",grpc_service="csi.v1.Identity"} 0`,
+		`cephcsi_grpc_requests_total{driver="rbd",grpc_code="OK",grpc_method="CreateVolume",grpc_service="csi.v1.Controller"} 0`,
+		`cephcsi_grpc_requests_in_flight{driver="rbd",grpc_method="Probe",grpc_service="csi.v1.Identity"} 0`,
 		`cephcsi_controller_step_duration_seconds_count{driver="rbd",result="error",step="flatten_queue"} 0`,
 		`cephcsi_node_operations_total{driver="rbd",mechanism="rbd-nbd",operation="map",result="ok"} 0`,
-		`cephcsi_ceph_connect_duration_seconds_count{result="ok"} 0`,
-		`cephcsi_ceph_connections 3`,
+		`cephcsi_ceph_connect_duration_seconds_count{driver="rbd",result="ok"} 0`,
+		`cephcsi_ceph_connections{driver="rbd"} 3`,
 		`cephcsi_build_info{driver="rbd",version="v1.2.3"} 1`,
 		"go_goroutines", "process_resident_memory_bytes",
 	} {
@@ -72,9 +72,9 @@ func TestExporterSeries(t *testing.T) {
 		`cephcsi_controller_step_duration_seconds_count{driver="rbd",result="error",step="clone"} 1`,
 		`cephcsi_controller_step_duration_seconds_bucket{driver="rbd",result="error",step="clone",le="1"} 0`,
 		`cephcsi_controller_step_duration_seconds_bucket{driver="rbd",result="error",step="clone",le="2.5"} 1`,
-		`cephcsi_ceph_connect_duration_seconds_count{result="ok"} 1`,
+		`cephcsi_ceph_connect_duration_seconds_count{driver="rbd",result="ok"} 1`,
 		`cephcsi_node_operations_total{driver="rbd",mechanism="krbd",operation="map",result="ok"} 1`,
-		`cephcsi_grpc_request_duration_seconds_count{grpc_method="CreateVolume",grpc_service="csi.v1.Controller"} 1`,
+		`cephcsi_grpc_request_duration_seconds_count{driver="rbd",grpc_method="CreateVolume",grpc_service="csi.v1.Controller"} 1`,
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("scrape lacks %s", want)
