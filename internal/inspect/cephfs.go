@@ -96,7 +96,7 @@ func (s *session) inspectFilesystem(conn *rados.Conn, fa *fsadmin.FSAdmin, clust
 		fail("listing the subvolumes of group %s: %v", group, err)
 		return
 	}
-	s.scanned[scanKey{clusterID, "cephfs", f.id}] = true
+	s.scanned[scanKey{clusterID, "cephfs", f.id}] = f.name
 	exists := map[string]bool{}
 	for _, sv := range subs {
 		exists[sv] = true

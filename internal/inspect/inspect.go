@@ -72,8 +72,9 @@ type session struct {
 	found map[string]Entry
 	// closers end what gc still needs after the reading.
 	closers []func()
-	// scanned are the locations read, by cluster and location ID.
-	scanned map[scanKey]bool
+	// scanned are the locations read, by cluster and location ID, with
+	// their pool or filesystem name.
+	scanned map[scanKey]string
 }
 
 type scanKey struct {
@@ -112,7 +113,7 @@ func Inspect(ctx context.Context, o *Options) (*Report, *session, error) {
 	}
 	opts := &config.Options{Type: "rbd", ConfigPath: o.ConfigPath, InstanceID: o.InstanceID, RadosNSCephFS: o.RadosNamespaceCephFS,
 		IsControllerSrv: true}
-	s := &session{opts: o, now: now, report: &Report{Grace: o.Grace.String()}, found: map[string]Entry{}, scanned: map[scanKey]bool{}}
+	s := &session{opts: o, now: now, report: &Report{Grace: o.Grace.String()}, found: map[string]Entry{}, scanned: map[scanKey]string{}}
 	s.deps = &service.Deps{Options: opts, Clusters: config.NewClusters(o.ConfigPath),
 		Conns: cephconn.NewPool(time.Minute, 30*time.Second), Locks: &locks.Set{}}
 	s.rbd = rbd.NewControllerServer(s.deps)
@@ -181,6 +182,8 @@ func (s *session) connect(clusterID, driver string) (*config.Cluster, *cephconn.
 // ours, older than the grace period, and removable.
 func (s *session) orphan(o *Orphan) {
 	switch {
+	case o.Why != "":
+		// decided by the caller
 	case !o.Ours:
 		o.Why = "not ours"
 	case o.remove == nil:
@@ -191,9 +194,6 @@ func (s *session) orphan(o *Orphan) {
 		o.Why = "younger than the grace period"
 	default:
 		o.Collect = true
-	}
-	if o.Collect && o.Why == "" {
-		o.Why = ""
 	}
 	s.report.Orphans = append(s.report.Orphans, o)
 }
@@ -219,6 +219,9 @@ func (s *session) kubeOrphans() {
 	}
 }
 
+// kubeWhy is why gc keeps a Kubernetes object.
+const kubeWhy = "a Kubernetes object, never removed"
+
 func (s *session) kubeOrphan(kind, name, handle, driverName string) {
 	driver := "rbd"
 	if driverName == s.opts.CephFSDriverName {
@@ -227,25 +230,27 @@ func (s *session) kubeOrphan(kind, name, handle, driverName string) {
 	id, err := volid.Decode(handle)
 	if err != nil {
 		s.orphan(&Orphan{Kind: kind, Location: Location{Driver: driver}, Name: name, Handle: handle,
-			Detail: "its handle is not a volume or snapshot ID of this driver"})
+			Detail: "its handle is not a volume or snapshot ID of this driver", Why: kubeWhy})
 		return
 	}
-	if !s.scanned[scanKey{id.ClusterID, driver, id.LocationID}] {
+	where, ok := s.scanned[scanKey{id.ClusterID, driver, id.LocationID}]
+	if !ok {
 		if !slices.Contains(s.opts.Drivers, driver) || (len(s.opts.ClusterIDs) > 0 && !slices.Contains(s.opts.ClusterIDs, id.ClusterID)) {
 			return // outside what was asked for
 		}
 		s.orphan(&Orphan{Kind: kind, Location: Location{ClusterID: id.ClusterID, Driver: driver}, Name: name, UUID: id.UUID, Handle: handle,
-			Detail: fmt.Sprintf("its pool or filesystem (ID %d) was not found or could not be read", id.LocationID)})
+			Detail: fmt.Sprintf("its pool or filesystem (ID %d) was not found or could not be read", id.LocationID), Why: kubeWhy})
 		return
 	}
+	loc := Location{ClusterID: id.ClusterID, Driver: driver, Pool: where}
 	e, ok := s.found[handle]
 	switch {
 	case !ok:
-		s.orphan(&Orphan{Kind: kind, Location: Location{ClusterID: id.ClusterID, Driver: driver}, Name: name, UUID: id.UUID, Handle: handle,
-			Detail: "the journal has no entry for it"})
+		s.orphan(&Orphan{Kind: kind, Location: loc, Name: name, UUID: id.UUID, Handle: handle,
+			Detail: "the journal has no entry for it", Why: kubeWhy})
 	case !e.Exists:
-		s.orphan(&Orphan{Kind: kind, Location: Location{ClusterID: id.ClusterID, Driver: driver}, Name: name, UUID: id.UUID, Handle: handle,
-			Detail: "its journal entry names " + e.Image + ", which does not exist"})
+		s.orphan(&Orphan{Kind: kind, Location: loc, Name: name, UUID: id.UUID, Handle: handle,
+			Detail: "its journal entry names " + e.Image + ", which does not exist", Why: kubeWhy})
 	}
 }
 

@@ -141,7 +141,7 @@ func (s *session) inspectPool(ctx context.Context, conn *rados.Conn, clusterID, 
 		fail("listing images: %v", err)
 		return
 	}
-	s.scanned[scanKey{clusterID, "rbd", poolID}] = true
+	s.scanned[scanKey{clusterID, "rbd", poolID}] = pool
 	p := &rbdPool{io: io, images: map[string]bool{}, known: map[string]bool{}}
 	for _, n := range names {
 		p.images[n] = true
