@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 
 	"github.com/leanceph/cephcsi/internal/csierr"
@@ -60,10 +61,12 @@ func ReadSecrets(path string) (map[string]string, error) {
 			continue
 		}
 		k, v, ok := strings.Cut(line, "=")
-		if !ok {
-			return nil, csierr.Errorf(csierr.ErrInvalid, "--secrets %s: line %d is not KEY=VALUE", path, n)
+		k = strings.TrimSpace(k)
+		// The line is never quoted back: it may be a key.
+		if !ok || !slices.Contains(secretKeys, k) {
+			return nil, csierr.Errorf(csierr.ErrInvalid, "--secrets %s: line %d is not KEY=VALUE with a key of %s", path, n, strings.Join(secretKeys, ", "))
 		}
-		out[strings.TrimSpace(k)] = strings.TrimSpace(v)
+		out[k] = strings.TrimSpace(v)
 	}
 	return out, nil
 }
