@@ -17,8 +17,10 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"slices"
@@ -135,6 +137,47 @@ func ctxT(t *testing.T) context.Context {
 // operatorEnv is the environment the operator gives the plugin containers.
 var operatorEnv = []string{"POD_IP=127.0.0.1", "NODE_ID=" + nodeID, "POD_NAMESPACE=" + driverNS}
 
+// nodeLabels are the labels of node-1 as the Kubernetes API serves them.
+var nodeLabels = map[string]string{
+	"kubernetes.io/hostname":        nodeID,
+	"topology.kubernetes.io/zone":   "zone-a",
+	"topology.kubernetes.io/region": "region-1",
+}
+
+// serveNodeAPI answers the one Kubernetes API call the plugins make, GET
+// of node-1, and returns a kubeconfig for it. In a pod the plugin reaches
+// the API through its service account; here $KUBERNETES_CONFIG_PATH names
+// the kubeconfig, so the containers' arguments stay exactly the operator's.
+func serveNodeAPI(t *testing.T) string {
+	t.Helper()
+	node, err := json.Marshal(map[string]any{"kind": "Node", "apiVersion": "v1",
+		"metadata": map[string]any{"name": nodeID, "labels": nodeLabels}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method != http.MethodGet || r.URL.Path != "/api/v1/nodes/"+nodeID {
+			http.NotFound(w, r)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = w.Write(node)
+	}))
+	t.Cleanup(srv.Close)
+	kubeconfig := filepath.Join(t.TempDir(), "kubeconfig")
+	doc := fmt.Sprintf(`apiVersion: v1
+kind: Config
+clusters: [{name: test, cluster: {server: %q}}]
+users: [{name: test, user: {}}]
+contexts: [{name: test, context: {cluster: test, user: test}}]
+current-context: test
+`, srv.URL)
+	if err := os.WriteFile(kubeconfig, []byte(doc), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return kubeconfig
+}
+
 // checkServes checks what kubelet and the sidecars see first: a ready
 // Probe and the driver name.
 func checkServes(t *testing.T, p *testutil.Process, name string) {
@@ -171,13 +214,11 @@ func checkWarnings(t *testing.T, p *testutil.Process, want ...string) {
 }
 
 // The warnings of this machine: --pidlimit=-1 cannot be set (the test runs
-// in the root pids cgroup, which has no pids.max), and the operator's
-// config.json turns read affinity on for the cluster.
+// in the root pids cgroup, which has no pids.max). What is not served yet
+// warns too.
 const (
-	pidWarning      = "--pidlimit=-1: the pids cgroup limit was not changed"
-	affinityWarning = "readAffinity.enabled: reads are not directed"
-	addonsLoss      = "the CSI-Addons service (reclaim space, network fence) is not served yet"
-	metadataWarning = "--setmetadata=true: PVC, PV and snapshot names"
+	pidWarning = "--pidlimit=-1: the pids cgroup limit was not changed"
+	addonsLoss = "the CSI-Addons service (reclaim space, network fence) is not served yet"
 )
 
 func volumeRequest(name string, params, secrets map[string]string) *csi.CreateVolumeRequest {
@@ -239,11 +280,20 @@ func cephfsCreateDelete(t *testing.T, c *testutil.Cluster, p *testutil.Process) 
 	}
 }
 
-func checkNode(t *testing.T, p *testutil.Process) {
+// checkNode checks NodeGetInfo: the node ID and, for --domainlabels, the
+// segments made of those labels of the node.
+func checkNode(t *testing.T, p *testutil.Process, driver string, domainLabels ...string) {
 	t.Helper()
 	info, err := p.Node.NodeGetInfo(ctxT(t), &csi.NodeGetInfoRequest{})
 	if err != nil || info.GetNodeId() != nodeID {
 		t.Fatalf("NodeGetInfo = %v, %v", info, err)
+	}
+	want := map[string]string{}
+	for _, l := range domainLabels {
+		want["topology."+driver+"/"+l[strings.LastIndex(l, "/")+1:]] = nodeLabels[l]
+	}
+	if got := info.GetAccessibleTopology().GetSegments(); !maps.Equal(got, want) {
+		t.Errorf("NodeGetInfo topology segments = %v, want %v", got, want)
 	}
 }
 
@@ -281,8 +331,9 @@ func TestOperatorContainers(t *testing.T) {
 	c := testutil.RequireCluster(t)
 	bin := testutil.BuildBinary(t)
 	cfg := operatorConfig(t, c)
+	env := append(slices.Clone(operatorEnv), "KUBERNETES_CONFIG_PATH="+serveNodeAPI(t))
 	start := func(t *testing.T, pd pod, args ...string) *testutil.Process {
-		return testutil.StartArgv(t, testutil.ArgvProcess{Bin: bin, Args: pd.expand(args...), Env: operatorEnv, Dir: pd.workDir})
+		return testutil.StartArgv(t, testutil.ArgvProcess{Bin: bin, Args: pd.expand(args...), Env: env, Dir: pd.workDir})
 	}
 
 	t.Run("rbd controller", func(t *testing.T) {
@@ -291,7 +342,7 @@ func TestOperatorContainers(t *testing.T) {
 			"--controllerserver=true", "--drivername="+rbdDriver, "--pidlimit=-1", "--enable-fencing=false")
 		checkServes(t, p, rbdDriver)
 		rbdCreateDelete(t, c, p)
-		checkWarnings(t, p, pidWarning, affinityWarning, metadataWarning)
+		checkWarnings(t, p, pidWarning)
 	})
 
 	t.Run("rbd controller with fencing, CSI-Addons and log rotation", func(t *testing.T) {
@@ -303,7 +354,7 @@ func TestOperatorContainers(t *testing.T) {
 		checkServes(t, p, rbdDriver)
 		rbdCreateDelete(t, c, p)
 		checkLogFile(t, p, pd, "csi-rbdplugin")
-		checkWarnings(t, p, pidWarning, affinityWarning, "--setmetadata=true --clustername=prod-east: PVC",
+		checkWarnings(t, p, pidWarning,
 			"--enable-fencing=true: nodes are not fenced: "+addonsLoss,
 			"--csi-addons-endpoint=unix://"+pd.sockDir+"/csi-addons.sock: "+addonsLoss)
 	})
@@ -314,7 +365,7 @@ func TestOperatorContainers(t *testing.T) {
 			"--controllerserver=true", "--drivername="+cephfsDriver, "--pidlimit=-1", "--enable-fencing=false")
 		checkServes(t, p, cephfsDriver)
 		cephfsCreateDelete(t, c, p)
-		checkWarnings(t, p, pidWarning, affinityWarning, metadataWarning)
+		checkWarnings(t, p, pidWarning)
 	})
 
 	t.Run("cephfs controller with kernel client, CSI-Addons and log rotation", func(t *testing.T) {
@@ -326,7 +377,7 @@ func TestOperatorContainers(t *testing.T) {
 		checkServes(t, p, cephfsDriver)
 		cephfsCreateDelete(t, c, p)
 		checkLogFile(t, p, pd, "csi-cephfsplugin")
-		checkWarnings(t, p, pidWarning, affinityWarning, "--setmetadata=true --clustername=prod-east: PVC",
+		checkWarnings(t, p, pidWarning,
 			"--enable-fencing=true: nodes are not fenced: "+addonsLoss,
 			"--csi-addons-endpoint=unix://"+pd.sockDir+"/csi-addons.sock: "+addonsLoss)
 	})
@@ -337,7 +388,7 @@ func TestOperatorContainers(t *testing.T) {
 			"--enable-fencing=false", "--endpoint=unix:///csi/csi.sock", "--pidlimit=-1",
 			"--stagingpath=<kubeletDir>/plugins/kubernetes.io/csi/")
 		checkServes(t, p, rbdDriver)
-		checkNode(t, p)
+		checkNode(t, p, rbdDriver)
 		checkWarnings(t, p, pidWarning)
 	})
 
@@ -349,10 +400,9 @@ func TestOperatorContainers(t *testing.T) {
 			"--domainlabels=topology.kubernetes.io/zone,topology.kubernetes.io/region"}
 		p := start(t, pd, append(args, logRotation("csi-rbdplugin")...)...)
 		checkServes(t, p, rbdDriver)
-		checkNode(t, p)
+		checkNode(t, p, rbdDriver, "topology.kubernetes.io/zone", "topology.kubernetes.io/region")
 		checkLogFile(t, p, pd, "csi-rbdplugin")
 		checkWarnings(t, p, pidWarning,
-			"--domainlabels=topology.kubernetes.io/zone,topology.kubernetes.io/region: NodeGetInfo reports no topology",
 			"--enable-fencing=true: nodes are not fenced: "+addonsLoss,
 			"--csi-addons-endpoint=unix://"+pd.sockDir+"/csi-addons.sock: "+addonsLoss)
 	})
@@ -365,12 +415,12 @@ func TestOperatorContainers(t *testing.T) {
 			"--domainlabels=topology.kubernetes.io/zone"}
 		p := start(t, pd, append(args, logRotation("csi-cephfsplugin")...)...)
 		checkServes(t, p, cephfsDriver)
-		checkNode(t, p)
+		checkNode(t, p, cephfsDriver, "topology.kubernetes.io/zone")
 		checkLogFile(t, p, pd, "csi-cephfsplugin")
 		if !strings.Contains(p.Log(), `"force-kernel-client"`) {
 			t.Errorf("--forcecephkernelclient not among the behaviours in force; log:\n%s", p.Log())
 		}
-		checkWarnings(t, p, pidWarning, "--domainlabels=topology.kubernetes.io/zone: NodeGetInfo reports no topology")
+		checkWarnings(t, p, pidWarning)
 	})
 
 	t.Run("omap generator", func(t *testing.T) {

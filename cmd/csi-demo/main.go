@@ -30,8 +30,9 @@ func main() {
 	}
 	cfg.Out = os.Stdout
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
-	defer stop()
-	if err := demo.Run(ctx, cfg, demo.RBDSteps()); err != nil {
+	err := demo.Run(ctx, cfg, demo.RBDSteps())
+	stop()
+	if err != nil {
 		fmt.Fprintln(os.Stderr, "csi-demo:", err)
 		os.Exit(1)
 	}

@@ -435,11 +435,14 @@ func startBinary(b *testing.B, c *testutil.Cluster, kind string) csi.ControllerC
 	b.Cleanup(func() {
 		_ = cmd.Process.Signal(syscall.SIGTERM)
 		select {
-		case <-exited:
+		case err := <-exited:
+			if err != nil {
+				b.Errorf("driver exited with %v on SIGTERM", err)
+			}
 		case <-time.After(15 * time.Second):
 			b.Error("driver did not stop on SIGTERM; killing it")
 			_ = cmd.Process.Kill()
-			<-exited
+			<-exited //nolint:errcheck // killed: its exit status says nothing
 		}
 		logFile.Close()
 		checkLogHasNoKeys(b, c, logPath)

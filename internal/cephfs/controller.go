@@ -406,7 +406,14 @@ func (r *volumeRef) backing() bool { return r.entry != nil && r.entry.BackingSna
 // findVolume opens the filesystem of a volume ID and reads its journal
 // entry; a volume the journal does not know is not ours to touch
 // (journal.ErrNotFound).
-func (s *ControllerServer) findVolume(volumeID string, creds cephconn.Credentials) (*volumeRef, error) {
+func (s *ControllerServer) findVolume(field, volumeID string, secrets map[string]string) (*volumeRef, error) {
+	if volumeID == "" {
+		return nil, csierr.Field(field, "is required")
+	}
+	creds, err := provisionerCredentials(secrets)
+	if err != nil {
+		return nil, err
+	}
 	id, err := volid.Decode(volumeID)
 	if err != nil {
 		return nil, err
@@ -423,6 +430,16 @@ func (s *ControllerServer) findVolume(volumeID string, creds cephconn.Credential
 	return &volumeRef{f: f, id: id, entry: entry, name: entry.ImageName}, nil
 }
 
+// existingVolume is findVolume for calls on a volume that must exist: an
+// ID that cannot name one of ours is NotFound.
+func (s *ControllerServer) existingVolume(field, volumeID string, secrets map[string]string) (*volumeRef, error) {
+	ref, err := s.findVolume(field, volumeID, secrets)
+	if err != nil {
+		return nil, notFoundVolume(volumeID, err)
+	}
+	return ref, nil
+}
+
 // notFoundVolume maps lookup failures of an existing-volume call to NotFound.
 func notFoundVolume(volumeID string, err error) error {
 	if errors.Is(err, volid.ErrMalformed) || errors.Is(err, errFSNotFound) || csierr.IsNotFound(err) {
@@ -434,14 +451,7 @@ func notFoundVolume(volumeID string, err error) error {
 // DeleteVolume implements csi.ControllerServer.
 func (s *ControllerServer) DeleteVolume(ctx context.Context, req *csi.DeleteVolumeRequest) (*csi.DeleteVolumeResponse, error) {
 	volumeID := req.GetVolumeId()
-	if volumeID == "" {
-		return nil, csierr.Errorf(csierr.ErrInvalid, "volume_id is required")
-	}
-	creds, err := provisionerCredentials(req.GetSecrets())
-	if err != nil {
-		return nil, err
-	}
-	ref, err := s.findVolume(volumeID, creds)
+	ref, err := s.findVolume("volume_id", volumeID, req.GetSecrets())
 	switch {
 	case errors.Is(err, volid.ErrMalformed), errors.Is(err, errFSNotFound), errors.Is(err, journal.ErrNotFound):
 		// Not an ID of ours, its filesystem is gone, or the journal does not
@@ -488,22 +498,18 @@ func (s *ControllerServer) DeleteVolume(ctx context.Context, req *csi.DeleteVolu
 // size; nothing is left for the node to do.
 func (s *ControllerServer) ControllerExpandVolume(ctx context.Context, req *csi.ControllerExpandVolumeRequest) (*csi.ControllerExpandVolumeResponse, error) {
 	if req.GetVolumeId() == "" {
-		return nil, csierr.Errorf(csierr.ErrInvalid, "volume_id is required")
+		return nil, csierr.Field("volume_id", "is required")
 	}
 	if req.GetCapacityRange() == nil {
-		return nil, csierr.Errorf(csierr.ErrInvalid, "capacity_range is required")
+		return nil, csierr.Field("capacity_range", "is required")
 	}
 	size, err := request.RoundedSize(req.GetCapacityRange())
 	if err != nil {
 		return nil, err
 	}
-	creds, err := provisionerCredentials(req.GetSecrets())
+	ref, err := s.existingVolume("volume_id", req.GetVolumeId(), req.GetSecrets())
 	if err != nil {
 		return nil, err
-	}
-	ref, err := s.findVolume(req.GetVolumeId(), creds)
-	if err != nil {
-		return nil, notFoundVolume(req.GetVolumeId(), err)
 	}
 	defer ref.f.close()
 	if ref.backing() {
@@ -526,18 +532,14 @@ func (s *ControllerServer) ControllerExpandVolume(ctx context.Context, req *csi.
 // ValidateVolumeCapabilities implements csi.ControllerServer.
 func (s *ControllerServer) ValidateVolumeCapabilities(ctx context.Context, req *csi.ValidateVolumeCapabilitiesRequest) (*csi.ValidateVolumeCapabilitiesResponse, error) {
 	if req.GetVolumeId() == "" {
-		return nil, csierr.Errorf(csierr.ErrInvalid, "volume_id is required")
+		return nil, csierr.Field("volume_id", "is required")
 	}
 	if len(req.GetVolumeCapabilities()) == 0 {
-		return nil, csierr.Errorf(csierr.ErrInvalid, "volume_capabilities is required")
+		return nil, csierr.Field("volume_capabilities", "is required")
 	}
-	creds, err := provisionerCredentials(req.GetSecrets())
+	ref, err := s.existingVolume("volume_id", req.GetVolumeId(), req.GetSecrets())
 	if err != nil {
 		return nil, err
-	}
-	ref, err := s.findVolume(req.GetVolumeId(), creds)
-	if err != nil {
-		return nil, notFoundVolume(req.GetVolumeId(), err)
 	}
 	defer ref.f.close()
 	if ref.backing() {

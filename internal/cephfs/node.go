@@ -81,16 +81,10 @@ type stageRequest struct {
 // for a snapshot-backed volume, its snapshot) at the staging path.
 func (n *NodeServer) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRequest) (*csi.NodeStageVolumeResponse, error) {
 	volumeID, staging := req.GetVolumeId(), req.GetStagingTargetPath()
-	if err := nodeutil.Require([2]string{"volume_id", volumeID}); err != nil {
-		return nil, err
-	}
-	if err := nodeutil.Path("staging_target_path", staging); err != nil {
+	if err := nodeutil.VolumeAndPaths(volumeID, [2]string{"staging_target_path", staging}); err != nil {
 		return nil, err
 	}
 	vcap := req.GetVolumeCapability()
-	if vcap == nil {
-		return nil, csierr.Errorf(csierr.ErrInvalid, "volume_capability is required")
-	}
 	if err := request.ValidateCapability("volume_capability", vcap, true); err != nil {
 		return nil, err
 	}
@@ -103,13 +97,13 @@ func (n *NodeServer) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolu
 	}
 	mounted, err := n.publisher.IsMountPoint(staging)
 	if err != nil {
-		return nil, fmt.Errorf("checking %s: %v", staging, err)
+		return nil, fmt.Errorf("checking %s: %w", staging, err)
 	}
 	if mounted {
 		return &csi.NodeStageVolumeResponse{}, nil
 	}
 	if err := os.MkdirAll(staging, 0o750); err != nil {
-		return nil, fmt.Errorf("creating staging path %s: %v", staging, err)
+		return nil, fmt.Errorf("creating staging path %s: %w", staging, err)
 	}
 	sr.spec.Target = staging
 	began := time.Now()
@@ -119,20 +113,28 @@ func (n *NodeServer) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolu
 		err = mountKernel(ctx, sr.spec)
 	}
 	if metrics.Node(metrics.CephFS, sr.mounter, metrics.OpMount, began, err) != nil {
-		return nil, fmt.Errorf("mounting %s:%s with the %s client: %v", sr.spec.FsName, sr.spec.Root, sr.mounter, err)
+		return nil, fmt.Errorf("mounting %s:%s with the %s client: %w", sr.spec.FsName, sr.spec.Root, sr.mounter, err)
 	}
 	rec := stagedVolume{StagingPath: staging, Mounter: sr.mounter, FsName: sr.spec.FsName, Root: sr.spec.Root}
 	if sr.backingSnapshotID != "" {
 		if rec.SnapshotDir, err = n.bindSnapshot(staging, sr.backingSnapshotID); err != nil {
-			n.unmountAll(ctx, staging)
+			n.undoStage(ctx, staging)
 			return nil, err
 		}
 	}
 	if err := n.state.Save(volumeID, rec); err != nil {
-		n.unmountAll(ctx, staging)
-		return nil, fmt.Errorf("recording the staged volume: %v", err)
+		n.undoStage(ctx, staging)
+		return nil, fmt.Errorf("recording the staged volume: %w", err)
 	}
 	return &csi.NodeStageVolumeResponse{}, nil
+}
+
+// undoStage unmounts a stage that failed half-way; what it cannot unmount
+// the next NodeStageVolume or NodeUnstageVolume retries.
+func (n *NodeServer) undoStage(ctx context.Context, staging string) {
+	if err := n.unmountAll(ctx, staging); err != nil {
+		klog.FromContext(ctx).Error(err, "undoing a failed stage", "stagingPath", staging)
+	}
 }
 
 // decodeStage reads the volume context: where the volume lives, which
@@ -292,10 +294,10 @@ func (n *NodeServer) bindSnapshot(staging, snapshotID string) (string, error) {
 	// Two system calls, not mount(8): once the bind covers staging, the
 	// source path (below staging) no longer resolves for a remount by path.
 	if err := unix.Mount(filepath.Join(staging, rel), staging, "", unix.MS_BIND, ""); err != nil {
-		return "", fmt.Errorf("bind-mounting snapshot directory %s: %v", rel, err)
+		return "", fmt.Errorf("bind-mounting snapshot directory %s: %w", rel, err)
 	}
 	if err := unix.Mount("", staging, "", unix.MS_REMOUNT|unix.MS_BIND|unix.MS_RDONLY, ""); err != nil {
-		return "", fmt.Errorf("making the snapshot bind mount read-only: %v", err)
+		return "", fmt.Errorf("making the snapshot bind mount read-only: %w", err)
 	}
 	return rel, nil
 }
@@ -362,17 +364,14 @@ func (n *NodeServer) unmountAll(ctx context.Context, path string) error {
 // NodeUnstageVolume implements csi.NodeServer.
 func (n *NodeServer) NodeUnstageVolume(ctx context.Context, req *csi.NodeUnstageVolumeRequest) (*csi.NodeUnstageVolumeResponse, error) {
 	volumeID, staging := req.GetVolumeId(), req.GetStagingTargetPath()
-	if err := nodeutil.Require([2]string{"volume_id", volumeID}); err != nil {
-		return nil, err
-	}
-	if err := nodeutil.Path("staging_target_path", staging); err != nil {
+	if err := nodeutil.VolumeAndPaths(volumeID, [2]string{"staging_target_path", staging}); err != nil {
 		return nil, err
 	}
 	if err := n.unmountAll(ctx, staging); err != nil {
-		return nil, fmt.Errorf("unmounting %s: %v", staging, err)
+		return nil, fmt.Errorf("unmounting %s: %w", staging, err)
 	}
 	if err := n.state.Remove(volumeID); err != nil {
-		return nil, fmt.Errorf("forgetting the staged volume: %v", err)
+		return nil, fmt.Errorf("forgetting the staged volume: %w", err)
 	}
 	return &csi.NodeUnstageVolumeResponse{}, nil
 }
@@ -381,25 +380,19 @@ func (n *NodeServer) NodeUnstageVolume(ctx context.Context, req *csi.NodeUnstage
 // path into the target path.
 func (n *NodeServer) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolumeRequest) (*csi.NodePublishVolumeResponse, error) {
 	volumeID, staging, target := req.GetVolumeId(), req.GetStagingTargetPath(), req.GetTargetPath()
-	if err := nodeutil.Require([2]string{"volume_id", volumeID}); err != nil {
-		return nil, err
-	}
-	if err := nodeutil.Paths([2]string{"staging_target_path", staging}, [2]string{"target_path", target}); err != nil {
+	if err := nodeutil.VolumeAndPaths(volumeID, [2]string{"staging_target_path", staging}, [2]string{"target_path", target}); err != nil {
 		return nil, err
 	}
 	if err := nodeutil.TargetApart(target, staging); err != nil {
 		return nil, err
 	}
 	vcap := req.GetVolumeCapability()
-	if vcap == nil {
-		return nil, csierr.Errorf(csierr.ErrInvalid, "volume_capability is required")
-	}
 	if err := request.ValidateCapability("volume_capability", vcap, true); err != nil {
 		return nil, err
 	}
 	staged, err := n.publisher.IsMountPoint(staging)
 	if err != nil {
-		return nil, fmt.Errorf("checking %s: %v", staging, err)
+		return nil, fmt.Errorf("checking %s: %w", staging, err)
 	}
 	if !staged {
 		return nil, csierr.Errorf(csierr.ErrPrecondition, "volume %s is not staged at %s", volumeID, staging)
@@ -407,7 +400,7 @@ func (n *NodeServer) NodePublishVolume(ctx context.Context, req *csi.NodePublish
 	var rec stagedVolume
 	recorded, err := n.state.Load(volumeID, &rec)
 	if err != nil {
-		return nil, fmt.Errorf("reading the staged volume's record: %v", err)
+		return nil, fmt.Errorf("reading the staged volume's record: %w", err)
 	}
 	if err := n.publisher.CheckSingleWriter(volumeID, vcap, &rec.Published, target); err != nil {
 		return nil, err
@@ -429,15 +422,12 @@ func (n *NodeServer) NodePublishVolume(ctx context.Context, req *csi.NodePublish
 // NodeUnpublishVolume implements csi.NodeServer.
 func (n *NodeServer) NodeUnpublishVolume(ctx context.Context, req *csi.NodeUnpublishVolumeRequest) (*csi.NodeUnpublishVolumeResponse, error) {
 	volumeID, target := req.GetVolumeId(), req.GetTargetPath()
-	if err := nodeutil.Require([2]string{"volume_id", volumeID}); err != nil {
-		return nil, err
-	}
-	if err := nodeutil.Path("target_path", target); err != nil {
+	if err := nodeutil.VolumeAndPaths(volumeID, [2]string{"target_path", target}); err != nil {
 		return nil, err
 	}
 	var rec stagedVolume
 	if _, err := n.state.Load(volumeID, &rec); err != nil {
-		return nil, fmt.Errorf("reading the staged volume's record: %v", err)
+		return nil, fmt.Errorf("reading the staged volume's record: %w", err)
 	}
 	if err := n.publisher.Unpublish(target, rec.Owns(target)); err != nil {
 		return nil, err
@@ -450,10 +440,7 @@ func (n *NodeServer) NodeUnpublishVolume(ctx context.Context, req *csi.NodeUnpub
 
 // NodeGetVolumeStats implements csi.NodeServer.
 func (n *NodeServer) NodeGetVolumeStats(ctx context.Context, req *csi.NodeGetVolumeStatsRequest) (*csi.NodeGetVolumeStatsResponse, error) {
-	if err := nodeutil.Require([2]string{"volume_id", req.GetVolumeId()}); err != nil {
-		return nil, err
-	}
-	if err := nodeutil.Path("volume_path", req.GetVolumePath()); err != nil {
+	if err := nodeutil.VolumeAndPaths(req.GetVolumeId(), [2]string{"volume_path", req.GetVolumePath()}); err != nil {
 		return nil, err
 	}
 	p := req.GetVolumePath()
@@ -461,7 +448,7 @@ func (n *NodeServer) NodeGetVolumeStats(ctx context.Context, req *csi.NodeGetVol
 		if errors.Is(err, os.ErrNotExist) {
 			return nil, csierr.Errorf(csierr.ErrNotFound, "volume path %s does not exist", p)
 		}
-		return nil, fmt.Errorf("stat %s: %v", p, err)
+		return nil, fmt.Errorf("stat %s: %w", p, err)
 	}
 	return quotaStats(p)
 }

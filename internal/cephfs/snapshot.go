@@ -34,13 +34,9 @@ func (s *ControllerServer) CreateSnapshot(ctx context.Context, req *csi.CreateSn
 	if err != nil {
 		return nil, err
 	}
-	creds, err := provisionerCredentials(req.GetSecrets())
+	ref, err := s.existingVolume("source_volume_id", sourceID, req.GetSecrets())
 	if err != nil {
 		return nil, err
-	}
-	ref, err := s.findVolume(sourceID, creds)
-	if err != nil {
-		return nil, notFoundVolume(sourceID, err)
 	}
 	f := ref.f
 	defer f.close()

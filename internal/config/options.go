@@ -119,7 +119,7 @@ func (o *Options) Register(fs *flag.FlagSet) {
 	fs.StringVar(&o.PluginPath, "pluginpath", "/var/lib/kubelet/plugins/",
 		"kubelet's plugin directory; node state is kept in <pluginpath>/<drivername> (default: derived from --stagingpath when given)")
 	fs.StringVar(&o.Kubeconfig, "kubeconfig", "",
-		"kubeconfig file for reading this node's labels (--domainlabels, read affinity); default: the pod's service account")
+		"kubeconfig file for reading this node's labels (--domainlabels, read affinity); default: $KUBERNETES_CONFIG_PATH, else the pod's service account")
 
 	fs.StringVar(&o.KernelMountOpts, "kernelmountoptions", "", "default CephFS kernel mount options, comma separated (config.json's cephFS.kernelMountOptions wins)")
 	fs.StringVar(&o.FuseMountOpts, "fusemountoptions", "", "default ceph-fuse mount options, comma separated (config.json's cephFS.fuseMountOptions wins)")

@@ -170,7 +170,7 @@ func (st *rbdState) showImage(d *Demo, name string) error {
 	if err != nil {
 		return fmt.Errorf("image %s/%s: %w", d.cfg.Pool, name, err)
 	}
-	defer img.Close()
+	defer func() { _ = img.Close() }() // opened read-only to show
 	sz, err := img.GetSize()
 	if err != nil {
 		return err

@@ -28,7 +28,7 @@ func runLiveness(ctx context.Context, opts *config.Options) error {
 	if err != nil {
 		return fmt.Errorf("driver endpoint %q: %w", opts.Endpoint, err)
 	}
-	defer conn.Close()
+	defer func() { _ = conn.Close() }() // nothing to do about a failed close at exit
 	var live atomic.Int32
 	probe := func() {
 		ctx, cancel := context.WithTimeout(context.Background(), opts.Timeout)

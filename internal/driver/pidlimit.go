@@ -90,7 +90,7 @@ func (c cgroupFS) setPIDLimit(limit int) (before string, err error) {
 		return "", err
 	}
 	if _, err := f.WriteString(want); err != nil {
-		f.Close()
+		_ = f.Close() // the write error is the one to report
 		return "", fmt.Errorf("writing %s to %s: %w", want, path, err)
 	}
 	if err := f.Close(); err != nil {

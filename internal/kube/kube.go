@@ -1,11 +1,13 @@
 // Package kube reaches the Kubernetes API for the little the driver reads
 // from it: a node's labels (topology, read affinity). It uses the pod's
-// service account, or a kubeconfig file when one is named.
+// service account, or a kubeconfig file when one is named (--kubeconfig,
+// or the KUBERNETES_CONFIG_PATH environment variable ceph-csi reads).
 package kube
 
 import (
 	"context"
 	"fmt"
+	"os"
 	"sync"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -14,9 +16,13 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 )
 
+// ConfigPathEnv names a kubeconfig file when --kubeconfig is not given.
+const ConfigPathEnv = "KUBERNETES_CONFIG_PATH"
+
 // Client reads from the Kubernetes API; it connects on first use.
 type Client struct {
-	// Kubeconfig is a kubeconfig file; "" for the in-cluster service account.
+	// Kubeconfig is a kubeconfig file; "" for $KUBERNETES_CONFIG_PATH or,
+	// without it, the in-cluster service account.
 	Kubeconfig string
 
 	once sync.Once
@@ -27,8 +33,12 @@ type Client struct {
 func (c *Client) clientset() (kubernetes.Interface, error) {
 	c.once.Do(func() {
 		var cfg *rest.Config
-		if c.Kubeconfig != "" {
-			cfg, c.err = clientcmd.BuildConfigFromFlags("", c.Kubeconfig)
+		path := c.Kubeconfig
+		if path == "" {
+			path = os.Getenv(ConfigPathEnv)
+		}
+		if path != "" {
+			cfg, c.err = clientcmd.BuildConfigFromFlags("", path)
 		} else {
 			cfg, c.err = rest.InClusterConfig()
 		}

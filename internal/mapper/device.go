@@ -21,7 +21,7 @@ func DeviceBusy(device string) (bool, error) {
 	fd, err := unix.Open(device, unix.O_RDONLY|unix.O_EXCL|unix.O_CLOEXEC, 0)
 	switch {
 	case err == nil:
-		unix.Close(fd)
+		_ = unix.Close(fd) // opened read-only to probe; nothing to flush
 		return false, nil
 	case errors.Is(err, unix.EBUSY):
 		return true, nil

@@ -114,7 +114,7 @@ func (k *KRBD) ensureModule(ctx context.Context) error {
 	if merr == nil {
 		merr = errors.New("no /sys/bus/rbd after loading it")
 	}
-	return fmt.Errorf("%w: the kernel has no rbd module (%v); use mounter rbd-nbd or rbd-fuse", ErrUnsupported, merr)
+	return fmt.Errorf("%w: the kernel has no rbd module (%w); use mounter rbd-nbd or rbd-fuse", ErrUnsupported, merr)
 }
 
 // Map implements Mapper.
@@ -238,7 +238,7 @@ func (k *KRBD) monitorAddrs(ctx context.Context, mons []string) (string, error) 
 		addrs := []string{host}
 		if net.ParseIP(host) == nil {
 			if addrs, err = k.Resolve(ctx, host); err != nil || len(addrs) == 0 {
-				return "", fmt.Errorf("resolving monitor %q: %v", host, err)
+				return "", fmt.Errorf("resolving monitor %q: %w", host, err)
 			}
 		}
 		for _, a := range addrs {

@@ -85,11 +85,11 @@ func (n *NBD) mapError(s Spec, err error) error {
 		return fmt.Errorf("rbd-nbd map of %s: %w", s, err)
 	case strings.Contains(msg, "No such file or directory") && strings.Contains(msg, "image"),
 		strings.Contains(msg, "error opening image"):
-		return fmt.Errorf("%w: rbd-nbd map of %s: %v", ErrImageNotFound, s, err)
+		return fmt.Errorf("%w: rbd-nbd map of %s: %w", ErrImageNotFound, s, err)
 	case strings.Contains(msg, "failed to find unused device"),
 		strings.Contains(msg, "failed to load nbd kernel module"),
 		strings.Contains(msg, "Module nbd not found"):
-		return fmt.Errorf("%w: rbd-nbd map of %s: %v", ErrUnsupported, s, err)
+		return fmt.Errorf("%w: rbd-nbd map of %s: %w", ErrUnsupported, s, err)
 	}
 	return fmt.Errorf("rbd-nbd map of %s: %w", s, err)
 }
@@ -147,7 +147,7 @@ func (n *NBD) Unmap(ctx context.Context, s Spec, opts string) error {
 	args := append(append([]string{}, flags...), "unmap", dev)
 	if _, err := n.Runner.Run(ctx, keyexec.Command{Path: n.Binary, Args: args, Timeout: n.Timeout}); err != nil {
 		if strings.Contains(err.Error(), "Device or resource busy") {
-			return fmt.Errorf("%w: %s: %v", ErrBusy, dev, err)
+			return fmt.Errorf("%w: %s: %w", ErrBusy, dev, err)
 		}
 		return fmt.Errorf("rbd-nbd unmap of %s (%s): %w", dev, s, err)
 	}

@@ -44,7 +44,7 @@ func (p *Publisher) IsMountPoint(path string) (bool, error) {
 // missing), read-only when asked. An existing mount at target is kept.
 func (p *Publisher) BindDir(source, target string, readOnly bool, flags []string) error {
 	if err := os.MkdirAll(target, 0o750); err != nil {
-		return fmt.Errorf("creating target %s: %v", target, err)
+		return fmt.Errorf("creating target %s: %w", target, err)
 	}
 	return p.bind(source, target, readOnly, flags)
 }
@@ -53,20 +53,22 @@ func (p *Publisher) BindDir(source, target string, readOnly bool, flags []string
 // when missing): raw block volumes are published as the device itself.
 func (p *Publisher) BindFile(source, target string, readOnly bool) error {
 	if err := os.MkdirAll(filepath.Dir(target), 0o750); err != nil {
-		return fmt.Errorf("creating %s: %v", filepath.Dir(target), err)
+		return fmt.Errorf("creating %s: %w", filepath.Dir(target), err)
 	}
 	f, err := os.OpenFile(target, os.O_CREATE, 0o640)
 	if err != nil {
-		return fmt.Errorf("creating target file %s: %v", target, err)
+		return fmt.Errorf("creating target file %s: %w", target, err)
 	}
-	f.Close()
+	if err := f.Close(); err != nil {
+		return fmt.Errorf("creating target file %s: %w", target, err)
+	}
 	return p.bind(source, target, readOnly, nil)
 }
 
 func (p *Publisher) bind(source, target string, readOnly bool, flags []string) error {
 	mounted, err := p.IsMountPoint(target)
 	if err != nil {
-		return fmt.Errorf("checking %s: %v", target, err)
+		return fmt.Errorf("checking %s: %w", target, err)
 	}
 	if mounted {
 		return nil
@@ -76,7 +78,7 @@ func (p *Publisher) bind(source, target string, readOnly bool, flags []string) e
 		opts = append(opts, "ro")
 	}
 	if err := p.Mounter.Mount(source, target, "", opts); err != nil {
-		return fmt.Errorf("bind-mounting %s on %s: %v", source, target, err)
+		return fmt.Errorf("bind-mounting %s on %s: %w", source, target, err)
 	}
 	return nil
 }
@@ -119,7 +121,7 @@ func (p *Publisher) Unpublish(target string, ours bool) error {
 	for i := 0; ; i++ {
 		mounted, err := p.IsMountPoint(target)
 		if err != nil && !mount.IsCorruptedMnt(err) {
-			return fmt.Errorf("checking %s: %v", target, err)
+			return fmt.Errorf("checking %s: %w", target, err)
 		}
 		if !mounted && err == nil {
 			break
@@ -128,7 +130,7 @@ func (p *Publisher) Unpublish(target string, ours bool) error {
 			return fmt.Errorf("%s is still mounted after 4 unmounts", target)
 		}
 		if err := p.Mounter.Unmount(target); err != nil {
-			return fmt.Errorf("unmounting %s: %v", target, err)
+			return fmt.Errorf("unmounting %s: %w", target, err)
 		}
 	}
 	if !ours {
@@ -136,7 +138,7 @@ func (p *Publisher) Unpublish(target string, ours bool) error {
 	}
 	// os.Remove takes an empty directory or a file, never a tree.
 	if err := os.Remove(target); err != nil && !errors.Is(err, os.ErrNotExist) && !errors.Is(err, unix.ENOTEMPTY) {
-		return fmt.Errorf("removing %s: %v", target, err)
+		return fmt.Errorf("removing %s: %w", target, err)
 	}
 	return nil
 }
@@ -152,9 +154,9 @@ func FilesystemStats(path string) (*csi.NodeGetVolumeStatsResponse, error) {
 		if errors.Is(err, unix.ENOENT) {
 			return nil, csierr.Errorf(csierr.ErrNotFound, "volume path %s does not exist", path)
 		}
-		return nil, fmt.Errorf("statfs %s: %v", path, err)
+		return nil, fmt.Errorf("statfs %s: %w", path, err)
 	}
-	bs := int64(st.Bsize)
+	bs := st.Bsize
 	return &csi.NodeGetVolumeStatsResponse{Usage: []*csi.VolumeUsage{
 		{Unit: csi.VolumeUsage_BYTES, Total: int64(st.Blocks) * bs, Available: int64(st.Bavail) * bs,
 			Used: int64(st.Blocks-st.Bfree) * bs},
@@ -169,7 +171,7 @@ func BlockSize(path string) (int64, error) {
 	if err != nil {
 		return 0, err
 	}
-	defer f.Close()
+	defer func() { _ = f.Close() }() // opened read-only for the ioctl
 	size, err := unix.IoctlGetInt(int(f.Fd()), unix.BLKGETSIZE64)
 	if err != nil {
 		return 0, fmt.Errorf("BLKGETSIZE64 on %s: %w", path, err)
@@ -226,8 +228,11 @@ func syncDir(dir string) error {
 	if err != nil {
 		return err
 	}
-	defer d.Close()
-	return d.Sync()
+	if err := d.Sync(); err != nil {
+		_ = d.Close()
+		return err
+	}
+	return d.Close()
 }
 
 // AddTarget adds target to rec, the record of volumeID already loaded, and
@@ -239,7 +244,7 @@ func (s StateStore) AddTarget(volumeID string, rec publishedRecord, target strin
 	}
 	p.Targets = append(p.Targets, target)
 	if err := s.Save(volumeID, rec); err != nil {
-		return fmt.Errorf("recording target %s of %s: %v", target, volumeID, err)
+		return fmt.Errorf("recording target %s of %s: %w", target, volumeID, err)
 	}
 	return nil
 }
@@ -249,7 +254,7 @@ func (s StateStore) AddTarget(volumeID string, rec publishedRecord, target strin
 func (s StateStore) ForgetTarget(volumeID string, rec publishedRecord, target string) error {
 	ok, err := s.Load(volumeID, rec)
 	if err != nil {
-		return fmt.Errorf("reading node state of %s: %v", volumeID, err)
+		return fmt.Errorf("reading node state of %s: %w", volumeID, err)
 	}
 	p := rec.published()
 	i := slices.Index(p.Targets, target)
@@ -258,7 +263,7 @@ func (s StateStore) ForgetTarget(volumeID string, rec publishedRecord, target st
 	}
 	p.Targets = slices.Delete(p.Targets, i, i+1)
 	if err := s.Save(volumeID, rec); err != nil {
-		return fmt.Errorf("forgetting target %s of %s: %v", target, volumeID, err)
+		return fmt.Errorf("forgetting target %s of %s: %w", target, volumeID, err)
 	}
 	return nil
 }
@@ -314,6 +319,15 @@ func Paths(fields ...[2]string) error {
 		}
 	}
 	return nil
+}
+
+// VolumeAndPaths checks the fields every node call starts with: the
+// volume ID is given and each named path field is a usable path.
+func VolumeAndPaths(volumeID string, paths ...[2]string) error {
+	if volumeID == "" {
+		return csierr.Field("volume_id", "is required")
+	}
+	return Paths(paths...)
 }
 
 // TargetApart refuses a publish target that is the staging path itself or

@@ -177,7 +177,8 @@ func (s *ControllerServer) CreateVolume(ctx context.Context, req *csi.CreateVolu
 	if metrics.Step(metrics.RBD, metrics.StepJournalLookup, began, err) != nil {
 		return nil, err
 	}
-	if entry == nil {
+	fresh := entry == nil
+	if fresh {
 		began = time.Now()
 		if entry, err = s.volumes.Reserve(store, name, params.NamePrefix, journal.Entry{Request: digest}); metrics.Step(metrics.RBD, metrics.StepJournalReserve, began, err) != nil {
 			return nil, err
@@ -186,7 +187,13 @@ func (s *ControllerServer) CreateVolume(ctx context.Context, req *csi.CreateVolu
 	} else if entry.Request != "" && entry.Request != digest {
 		return nil, csierr.Errorf(csierr.ErrExists, "volume %q exists, made by a request with other parameters, size or content source", name)
 	}
-	have, created, err := s.finishVolume(ctx, t, entry, params, size, req.GetCapacityRange(), src)
+	var have int64
+	created := fresh
+	if fresh {
+		have, err = s.newVolume(ctx, t, entry, params, size, src)
+	} else {
+		have, created, err = s.finishVolume(ctx, t, entry, params, size, req.GetCapacityRange(), src)
+	}
 	if err == nil {
 		err = s.recordMetadata(t.p, entry, request.VolumeMetadata(req.GetParameters(), s.Options.ClusterName))
 	}
@@ -228,6 +235,25 @@ func placeVolume(params *volumeParams, req *csi.CreateVolumeRequest) (*topology.
 		params.DataPool = choice.DataPool
 	}
 	return choice, nil
+}
+
+// newVolume makes the image of an entry just reserved: its UUID is new, so
+// no image can exist yet and nothing needs checking. The size is what was
+// made; the image ID is read from its rbd_id object instead of opening the
+// image.
+func (s *ControllerServer) newVolume(ctx context.Context, t *target, entry *journal.Entry, params *volumeParams, size int64, src *contentSource) (int64, error) {
+	if err := s.createImage(ctx, t, entry, params, size, src); err != nil {
+		return 0, err
+	}
+	id, err := t.p.ImageID(entry.ImageName)
+	if err != nil {
+		return 0, fmt.Errorf("reading the ID of the new image %s: %w", imageSpec(t.p, entry.ImageName), err)
+	}
+	if err := s.volumes.SetImageID(t.p.Journal(), entry.UUID, id); err != nil {
+		return 0, err
+	}
+	entry.ImageID = id
+	return size, nil
 }
 
 // finishVolume makes the image of entry, or checks and finishes one an
@@ -601,6 +627,25 @@ func (s *ControllerServer) DeleteVolume(ctx context.Context, req *csi.DeleteVolu
 	return &csi.DeleteVolumeResponse{}, nil
 }
 
+// openVolumeImage finds an existing volume of ours and opens its image;
+// anything missing is NotFound. The caller closes both.
+func (s *ControllerServer) openVolumeImage(volumeID string, creds cephconn.Credentials, readOnly bool) (*volumeRef, image, error) {
+	ref, err := s.findVolume(volumeID, creds)
+	if err != nil {
+		return nil, nil, notFoundVolume(volumeID, err)
+	}
+	if ref.entry == nil {
+		ref.close()
+		return nil, nil, notFoundVolume(volumeID, journal.ErrNotFound)
+	}
+	img, err := ref.p.OpenImage(ref.image(), readOnly)
+	if err != nil {
+		ref.close()
+		return nil, nil, notFoundVolume(volumeID, err)
+	}
+	return ref, img, nil
+}
+
 // ControllerExpandVolume implements csi.ControllerServer.
 func (s *ControllerServer) ControllerExpandVolume(ctx context.Context, req *csi.ControllerExpandVolumeRequest) (*csi.ControllerExpandVolumeResponse, error) {
 	if req.GetVolumeId() == "" {
@@ -617,18 +662,11 @@ func (s *ControllerServer) ControllerExpandVolume(ctx context.Context, req *csi.
 	if err != nil {
 		return nil, err
 	}
-	ref, err := s.findVolume(req.GetVolumeId(), creds)
+	ref, img, err := s.openVolumeImage(req.GetVolumeId(), creds, false)
 	if err != nil {
-		return nil, notFoundVolume(req.GetVolumeId(), err)
+		return nil, err
 	}
 	defer ref.close()
-	if ref.entry == nil {
-		return nil, notFoundVolume(req.GetVolumeId(), journal.ErrNotFound)
-	}
-	img, err := ref.p.OpenImage(ref.image(), false)
-	if err != nil {
-		return nil, notFoundVolume(req.GetVolumeId(), err)
-	}
 	defer img.Close()
 	have, err := img.Size()
 	if err != nil {
@@ -656,19 +694,12 @@ func (s *ControllerServer) ValidateVolumeCapabilities(ctx context.Context, req *
 	if err != nil {
 		return nil, err
 	}
-	ref, err := s.findVolume(req.GetVolumeId(), creds)
+	ref, img, err := s.openVolumeImage(req.GetVolumeId(), creds, true)
 	if err != nil {
-		return nil, notFoundVolume(req.GetVolumeId(), err)
-	}
-	defer ref.close()
-	if ref.entry == nil {
-		return nil, notFoundVolume(req.GetVolumeId(), journal.ErrNotFound)
-	}
-	img, err := ref.p.OpenImage(ref.image(), true)
-	if err != nil {
-		return nil, notFoundVolume(req.GetVolumeId(), err)
+		return nil, err
 	}
 	img.Close()
+	ref.close()
 	if err := request.ValidateCapabilities(req.GetVolumeCapabilities(), false); err != nil {
 		return &csi.ValidateVolumeCapabilitiesResponse{Message: err.Error()}, nil
 	}

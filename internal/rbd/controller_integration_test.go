@@ -204,7 +204,11 @@ func TestExpandGrowsImage(t *testing.T) {
 	}
 	id := resp.GetVolume().GetVolumeId()
 	image := "csi-vol-" + uuidOf(t, id)
-	defer d.Controller.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: id, Secrets: c.RBDSecrets()})
+	defer func() {
+		if _, err := d.Controller.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: id, Secrets: c.RBDSecrets()}); err != nil {
+			t.Errorf("DeleteVolume: %v", err)
+		}
+	}()
 
 	exp, err := d.Controller.ControllerExpandVolume(ctx, &csi.ControllerExpandVolumeRequest{VolumeId: id,
 		CapacityRange: &csi.CapacityRange{RequiredBytes: 20 << 20}, Secrets: c.RBDSecrets(), VolumeCapability: mountCap()[0]})

@@ -779,13 +779,6 @@ func (img *fakeImage) userSnaps() []string {
 	return out
 }
 
-// queued reports whether a flatten of the live image name is queued (`rbd
-// task list`).
-func (f *fakeCluster) queued(pool, name string) bool {
-	img := f.image(pool, name)
-	return img != nil && f.tasks[f.taskKey(img.pool, img.id)]
-}
-
 // queuedImages names the images with a queued flatten in pool.
 func (f *fakeCluster) queuedImages(pool string) []string {
 	var out []string

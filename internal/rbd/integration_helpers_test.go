@@ -4,6 +4,7 @@ package rbd_test
 
 import (
 	"context"
+	"errors"
 	"strings"
 	"testing"
 	"time"
@@ -46,7 +47,7 @@ func uniqueName(prefix string) string { return prefix + "-" + uuid.NewString()[:
 func omap(t *testing.T, io *rados.IOContext, oid string) map[string]string {
 	t.Helper()
 	vals, err := io.GetAllOmapValues(oid, "", "", 100)
-	if err == rados.ErrNotFound {
+	if errors.Is(err, rados.ErrNotFound) {
 		return nil
 	}
 	if err != nil {

@@ -122,5 +122,5 @@ type timeoutExec struct {
 func (e timeoutExec) Command(cmd string, args ...string) utilexec.Cmd {
 	ctx, cancel := context.WithCancel(context.Background())
 	time.AfterFunc(e.timeout, cancel)
-	return e.Interface.CommandContext(ctx, cmd, args...)
+	return e.CommandContext(ctx, cmd, args...)
 }

@@ -23,16 +23,13 @@ import (
 // the image, make the device follow and grow the filesystem online.
 func (s *NodeServer) NodeExpandVolume(ctx context.Context, req *csi.NodeExpandVolumeRequest) (*csi.NodeExpandVolumeResponse, error) {
 	volID, volPath := req.GetVolumeId(), req.GetVolumePath()
-	if err := nodeutil.Require([2]string{"volume_id", volID}); err != nil {
-		return nil, err
-	}
-	if err := nodeutil.Path("volume_path", volPath); err != nil {
+	if err := nodeutil.VolumeAndPaths(volID, [2]string{"volume_path", volPath}); err != nil {
 		return nil, err
 	}
 	var rec stageRecord
 	staged, err := s.state.Load(volID, &rec)
 	if err != nil {
-		return nil, fmt.Errorf("reading node state of %s: %v", volID, err)
+		return nil, fmt.Errorf("reading node state of %s: %w", volID, err)
 	}
 	if !staged || rec.Device == "" {
 		return nil, csierr.Errorf(csierr.ErrNotFound, "volume %s is not staged on this node", volID)
@@ -71,7 +68,7 @@ func (s *NodeServer) waitDeviceSize(ctx context.Context, dev string, want int64)
 	for {
 		size, err := nodeutil.BlockSize(dev)
 		if err != nil {
-			return 0, fmt.Errorf("size of %s: %v", dev, err)
+			return 0, fmt.Errorf("size of %s: %w", dev, err)
 		}
 		if size >= want {
 			return size, nil
@@ -104,11 +101,11 @@ func (s *NodeServer) growExtOffline(dev string) error {
 	if err != nil {
 		var ee utilexec.ExitError
 		if !errors.As(err, &ee) || ee.ExitStatus() > 1 {
-			return fmt.Errorf("e2fsck %s before growing it: %v: %s", dev, err, strings.TrimSpace(string(out)))
+			return fmt.Errorf("e2fsck %s before growing it: %w: %s", dev, err, strings.TrimSpace(string(out)))
 		}
 	}
 	if _, err := s.resizer.Resize(dev, ""); err != nil {
-		return fmt.Errorf("growing the filesystem on %s: %v", dev, err)
+		return fmt.Errorf("growing the filesystem on %s: %w", dev, err)
 	}
 	return nil
 }

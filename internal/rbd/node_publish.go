@@ -17,10 +17,7 @@ import (
 // filesystem, or the device itself for a block volume, at the target.
 func (s *NodeServer) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolumeRequest) (*csi.NodePublishVolumeResponse, error) {
 	volID, target, staging := req.GetVolumeId(), req.GetTargetPath(), req.GetStagingTargetPath()
-	if err := nodeutil.Require([2]string{"volume_id", volID}); err != nil {
-		return nil, err
-	}
-	if err := nodeutil.Paths([2]string{"target_path", target}, [2]string{"staging_target_path", staging}); err != nil {
+	if err := nodeutil.VolumeAndPaths(volID, [2]string{"target_path", target}, [2]string{"staging_target_path", staging}); err != nil {
 		return nil, err
 	}
 	if err := nodeutil.TargetApart(target, staging); err != nil {
@@ -33,7 +30,7 @@ func (s *NodeServer) NodePublishVolume(ctx context.Context, req *csi.NodePublish
 	var rec stageRecord
 	staged, err := s.state.Load(volID, &rec)
 	if err != nil {
-		return nil, fmt.Errorf("reading node state of %s: %v", volID, err)
+		return nil, fmt.Errorf("reading node state of %s: %w", volID, err)
 	}
 	if err := s.publisher.CheckSingleWriter(volID, vcap, &rec.Published, target); err != nil {
 		return nil, err
@@ -58,7 +55,7 @@ func (s *NodeServer) NodePublishVolume(ctx context.Context, req *csi.NodePublish
 	} else {
 		mounted, err := s.publisher.IsMountPoint(staging)
 		if err != nil {
-			return nil, fmt.Errorf("checking staging path: %v", err)
+			return nil, fmt.Errorf("checking staging path: %w", err)
 		}
 		if !mounted {
 			return nil, csierr.Errorf(csierr.ErrPrecondition, "volume %s is not staged at %s", volID, staging)
@@ -73,15 +70,12 @@ func (s *NodeServer) NodePublishVolume(ctx context.Context, req *csi.NodePublish
 // NodeUnpublishVolume implements csi.NodeServer.
 func (s *NodeServer) NodeUnpublishVolume(ctx context.Context, req *csi.NodeUnpublishVolumeRequest) (*csi.NodeUnpublishVolumeResponse, error) {
 	volID, target := req.GetVolumeId(), req.GetTargetPath()
-	if err := nodeutil.Require([2]string{"volume_id", volID}); err != nil {
-		return nil, err
-	}
-	if err := nodeutil.Path("target_path", target); err != nil {
+	if err := nodeutil.VolumeAndPaths(volID, [2]string{"target_path", target}); err != nil {
 		return nil, err
 	}
 	var rec stageRecord
 	if _, err := s.state.Load(volID, &rec); err != nil {
-		return nil, fmt.Errorf("reading node state of %s: %v", volID, err)
+		return nil, fmt.Errorf("reading node state of %s: %w", volID, err)
 	}
 	if err := s.publisher.Unpublish(target, rec.Owns(target)); err != nil {
 		return nil, err
@@ -95,10 +89,7 @@ func (s *NodeServer) NodeUnpublishVolume(ctx context.Context, req *csi.NodeUnpub
 // NodeGetVolumeStats implements csi.NodeServer.
 func (s *NodeServer) NodeGetVolumeStats(ctx context.Context, req *csi.NodeGetVolumeStatsRequest) (*csi.NodeGetVolumeStatsResponse, error) {
 	path := req.GetVolumePath()
-	if err := nodeutil.Require([2]string{"volume_id", req.GetVolumeId()}); err != nil {
-		return nil, err
-	}
-	if err := nodeutil.Path("volume_path", path); err != nil {
+	if err := nodeutil.VolumeAndPaths(req.GetVolumeId(), [2]string{"volume_path", path}); err != nil {
 		return nil, err
 	}
 	fi, err := os.Stat(path)
@@ -106,18 +97,18 @@ func (s *NodeServer) NodeGetVolumeStats(ctx context.Context, req *csi.NodeGetVol
 		return nil, csierr.Errorf(csierr.ErrNotFound, "volume_path %s does not exist", path)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("volume_path %s: %v", path, err)
+		return nil, fmt.Errorf("volume_path %s: %w", path, err)
 	}
 	if fi.Mode()&os.ModeDevice != 0 {
 		size, err := nodeutil.BlockSize(path)
 		if err != nil {
-			return nil, fmt.Errorf("size of %s: %v", path, err)
+			return nil, fmt.Errorf("size of %s: %w", path, err)
 		}
 		return &csi.NodeGetVolumeStatsResponse{Usage: []*csi.VolumeUsage{{Unit: csi.VolumeUsage_BYTES, Total: size}}}, nil
 	}
 	mounted, err := s.publisher.IsMountPoint(path)
 	if err != nil {
-		return nil, fmt.Errorf("checking %s: %v", path, err)
+		return nil, fmt.Errorf("checking %s: %w", path, err)
 	}
 	if !mounted {
 		return nil, csierr.Errorf(csierr.ErrNotFound, "volume_path %s is not a mounted volume", path)

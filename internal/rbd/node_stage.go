@@ -29,10 +29,7 @@ type stageRequest struct {
 }
 
 func (s *NodeServer) parseStage(ctx context.Context, req *csi.NodeStageVolumeRequest) (*stageRequest, error) {
-	if err := nodeutil.Require([2]string{"volume_id", req.GetVolumeId()}); err != nil {
-		return nil, err
-	}
-	if err := nodeutil.Path("staging_target_path", req.GetStagingTargetPath()); err != nil {
+	if err := nodeutil.VolumeAndPaths(req.GetVolumeId(), [2]string{"staging_target_path", req.GetStagingTargetPath()}); err != nil {
 		return nil, err
 	}
 	vcap := req.GetVolumeCapability()
@@ -143,7 +140,7 @@ func (s *NodeServer) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolu
 	var old stageRecord
 	staged, err := s.state.Load(volID, &old)
 	if err != nil {
-		return nil, fmt.Errorf("reading node state of %s: %v", volID, err)
+		return nil, fmt.Errorf("reading node state of %s: %w", volID, err)
 	}
 	if staged {
 		if old.StagingPath != sr.rec.StagingPath {
@@ -163,7 +160,7 @@ func (s *NodeServer) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolu
 	// Record the intent first: a crash between mapping and saving must not
 	// leave a mapping that unstage cannot find.
 	if err := s.state.Save(volID, &sr.rec); err != nil {
-		return nil, fmt.Errorf("saving node state of %s: %v", volID, err)
+		return nil, fmt.Errorf("saving node state of %s: %w", volID, err)
 	}
 	began := time.Now()
 	dev, err := m.Map(ctx, sr.spec)
@@ -176,7 +173,7 @@ func (s *NodeServer) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolu
 	failpoint.Hit("node-stage-after-map")
 	sr.rec.Device = dev
 	if err := s.state.Save(volID, &sr.rec); err != nil {
-		return nil, fmt.Errorf("saving node state of %s: %v", volID, err)
+		return nil, fmt.Errorf("saving node state of %s: %w", volID, err)
 	}
 	logger.V(2).Info("image mapped", "device", dev, "mapper", sr.rec.Mapper)
 	if sr.rec.Block {
@@ -184,7 +181,7 @@ func (s *NodeServer) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolu
 	}
 	mounted, err := s.publisher.IsMountPoint(sr.rec.StagingPath)
 	if err != nil {
-		return nil, fmt.Errorf("checking staging path: %v", err)
+		return nil, fmt.Errorf("checking staging path: %w", err)
 	}
 	if mounted {
 		return &csi.NodeStageVolumeResponse{}, nil
@@ -207,11 +204,11 @@ func (s *NodeServer) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolu
 func (s *NodeServer) mountStaged(ctx context.Context, sr *stageRequest) error {
 	rec := &sr.rec
 	if err := os.MkdirAll(rec.StagingPath, 0o750); err != nil {
-		return fmt.Errorf("creating staging path: %v", err)
+		return fmt.Errorf("creating staging path: %w", err)
 	}
 	existing, err := s.mounter.GetDiskFormat(rec.Device)
 	if err != nil {
-		return fmt.Errorf("probing %s: %v", rec.Device, err)
+		return fmt.Errorf("probing %s: %w", rec.Device, err)
 	}
 	switch {
 	case existing == "" && rec.ReadOnly:
@@ -236,7 +233,7 @@ func (s *NodeServer) mountStaged(ctx context.Context, sr *stageRequest) error {
 	began := time.Now()
 	err = s.mounter.FormatAndMountSensitiveWithFormatOptions(rec.Device, rec.StagingPath, rec.FsType, opts, nil, sr.mkfsOpts)
 	if metrics.Node(metrics.RBD, "fs", metrics.OpMount, began, err) != nil {
-		return fmt.Errorf("mounting %s (%s) at %s: %v", rec.Device, sr.spec, rec.StagingPath, err)
+		return fmt.Errorf("mounting %s (%s) at %s: %w", rec.Device, sr.spec, rec.StagingPath, err)
 	}
 	if existing == "xfs" && !rec.ReadOnly {
 		if need, err := s.resizer.NeedResize(rec.Device, rec.StagingPath); err == nil && need {
@@ -252,20 +249,17 @@ func (s *NodeServer) mountStaged(ctx context.Context, sr *stageRequest) error {
 // and unmap the image.
 func (s *NodeServer) NodeUnstageVolume(ctx context.Context, req *csi.NodeUnstageVolumeRequest) (*csi.NodeUnstageVolumeResponse, error) {
 	volID, staging := req.GetVolumeId(), req.GetStagingTargetPath()
-	if err := nodeutil.Require([2]string{"volume_id", volID}); err != nil {
-		return nil, err
-	}
-	if err := nodeutil.Path("staging_target_path", staging); err != nil {
+	if err := nodeutil.VolumeAndPaths(volID, [2]string{"staging_target_path", staging}); err != nil {
 		return nil, err
 	}
 	var rec stageRecord
 	staged, err := s.state.Load(volID, &rec)
 	if err != nil {
-		return nil, fmt.Errorf("reading node state of %s: %v", volID, err)
+		return nil, fmt.Errorf("reading node state of %s: %w", volID, err)
 	}
 	mounted, err := s.publisher.IsMountPoint(staging)
 	if err != nil && !mount.IsCorruptedMnt(err) {
-		return nil, fmt.Errorf("checking staging path: %v", err)
+		return nil, fmt.Errorf("checking staging path: %w", err)
 	}
 	if mounted || mount.IsCorruptedMnt(err) {
 		began := time.Now()
@@ -273,7 +267,7 @@ func (s *NodeServer) NodeUnstageVolume(ctx context.Context, req *csi.NodeUnstage
 			if strings.Contains(err.Error(), "busy") {
 				return nil, csierr.Errorf(csierr.ErrPrecondition, "staging path %s is still in use: %v", staging, err)
 			}
-			return nil, fmt.Errorf("unmounting %s: %v", staging, err)
+			return nil, fmt.Errorf("unmounting %s: %w", staging, err)
 		}
 	}
 	if !staged {
@@ -290,7 +284,7 @@ func (s *NodeServer) NodeUnstageVolume(ctx context.Context, req *csi.NodeUnstage
 	}
 	failpoint.Hit("node-unstage-after-unmap")
 	if err := s.state.Remove(volID); err != nil {
-		return nil, fmt.Errorf("removing node state of %s: %v", volID, err)
+		return nil, fmt.Errorf("removing node state of %s: %w", volID, err)
 	}
 	return &csi.NodeUnstageVolumeResponse{}, nil
 }

@@ -55,11 +55,16 @@ func Credentials(secrets map[string]string, pairs ...[2]string) (cephconn.Creden
 // cephx key is.
 func base64Text(s string) bool {
 	for _, r := range s {
-		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '+' || r == '/' || r == '=') {
+		if !alnum(r) && r != '+' && r != '/' && r != '=' {
 			return false
 		}
 	}
 	return s != ""
+}
+
+// alnum reports whether r is an ASCII letter or digit.
+func alnum(r rune) bool {
+	return r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9'
 }
 
 // safeToken reports whether s is a non-empty run of letters, digits, '.',
@@ -69,7 +74,7 @@ func safeToken(s string) bool {
 		return false
 	}
 	for _, r := range s {
-		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '.' || r == '_' || r == '-') {
+		if !alnum(r) && r != '.' && r != '_' && r != '-' {
 			return false
 		}
 	}

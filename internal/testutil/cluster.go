@@ -175,7 +175,10 @@ func StartDriver(t testing.TB, c *Cluster, kind string, tweak func(*config.Optio
 	t.Cleanup(func() {
 		cancel()
 		select {
-		case <-done:
+		case err := <-done:
+			if err != nil {
+				t.Errorf("driver stopped with %v", err)
+			}
 		case <-time.After(15 * time.Second):
 			t.Error("driver did not stop")
 		}

@@ -2,7 +2,6 @@ package testutil
 
 import (
 	"errors"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -13,7 +12,6 @@ import (
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 )
 
 var (
@@ -70,42 +68,8 @@ type Process struct {
 func StartProcess(t testing.TB, bin string, env []string, args ...string) *Process {
 	t.Helper()
 	sock := filepath.Join(shortTempDir(t), "csi.sock")
-	logf, err := os.CreateTemp(t.TempDir(), "cephcsi-*.log")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer logf.Close()
-	cmd := exec.Command(bin, append([]string{"--endpoint=unix://" + sock, "--v=4"}, args...)...)
-	cmd.Env = append(os.Environ(), env...)
-	cmd.Stdout, cmd.Stderr = logf, logf
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	p := &Process{Socket: sock, t: t, cmd: cmd, log: logf.Name(), done: make(chan struct{})}
-	go func() { p.err = cmd.Wait(); close(p.done) }()
-	t.Cleanup(p.Kill)
-	deadline := time.Now().Add(15 * time.Second)
-	for {
-		if c, err := net.Dial("unix", sock); err == nil {
-			c.Close()
-			break
-		}
-		select {
-		case <-p.done:
-			t.Fatalf("cephcsi exited at start (%v); log:\n%s", p.err, p.Log())
-		default:
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("cephcsi socket did not appear; log:\n%s", p.Log())
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	p.conn, err = grpc.NewClient("unix:"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	p.Controller, p.Node, p.Identity = csi.NewControllerClient(p.conn), csi.NewNodeClient(p.conn), csi.NewIdentityClient(p.conn)
-	return p
+	return StartArgv(t, ArgvProcess{Bin: bin, Env: env, Dir: ".",
+		Args: append([]string{"--endpoint=unix://" + sock, "--v=4"}, args...)})
 }
 
 // Log returns what the process printed so far.
