@@ -59,7 +59,7 @@ func TestMetricsAndProfilesShareThePort(t *testing.T) {
 	port := freePort(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	metrics := http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "cephcsi_test 1\n") })
+	metrics := http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "cephcsi_test 1\n") })
 	startHTTP(ctx, &config.Options{MetricsHost: "127.0.0.1", MetricsPort: port, MetricsPath: "/m"}, metrics)
 	base := "http://127.0.0.1:" + strconv.Itoa(port)
 	if code, body := get(t, base+"/m"); code != http.StatusOK || body != "cephcsi_test 1\n" {

@@ -294,7 +294,7 @@ func GC(ctx context.Context, o *Options, yes bool) (*Report, error) {
 		if !or.Collect {
 			continue
 		}
-		d := Removed{Kind: or.Kind, Name: or.Name, Where: or.Location.String()}
+		d := Removed{Kind: or.Kind, Name: or.Name, Where: or.String()}
 		if yes {
 			if err := or.remove(); err != nil {
 				d.Error = err.Error()

@@ -221,7 +221,7 @@ func imageCreated(io *rados.IOContext, name string) time.Time {
 	if err != nil {
 		return time.Time{}
 	}
-	defer img.Close()
+	defer func() { _ = img.Close() }()
 	ts, err := img.GetCreateTimestamp()
 	if err != nil {
 		return time.Time{}
@@ -315,7 +315,7 @@ func hasSnapshot(io *rados.IOContext, image, snap string) bool {
 	if err != nil {
 		return false
 	}
-	defer img.Close()
+	defer func() { _ = img.Close() }()
 	snaps, err := img.GetSnapshotNames()
 	if err != nil {
 		return false
@@ -366,7 +366,7 @@ func (s *session) leftoverSnapshots(loc Location, p *rbdPool, store journal.Stor
 			}
 			left = append(left, found{sn.Name, at})
 		}
-		img.Close()
+		_ = img.Close()
 		for _, f := range left {
 			image, snap := n, f.name
 			io := p.io
@@ -400,7 +400,7 @@ func removeSnapshot(io *rados.IOContext, image, snap string) error {
 	if err != nil {
 		return fmt.Errorf("opening %s: %w", image, err)
 	}
-	defer img.Close()
+	defer func() { _ = img.Close() }()
 	if err := img.GetSnapshot(snap).Remove(); err != nil && !csierr.IsNotFound(err) {
 		return fmt.Errorf("removing %s@%s: %w", image, snap, err)
 	}
@@ -426,7 +426,7 @@ func (s *session) trash(loc Location, rep *Pool, io *rados.IOContext) {
 				if err != nil {
 					e.Children = -1 // unknown: treated as needed
 				}
-				img.Close()
+				_ = img.Close()
 			}
 		}
 		rep.Trash = append(rep.Trash, e)

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"io"
 	"sort"
-	"strings"
 	"text/tabwriter"
 	"time"
 )
@@ -150,8 +149,8 @@ type Report struct {
 func (r *Report) sort() {
 	sort.SliceStable(r.Orphans, func(i, j int) bool {
 		a, b := r.Orphans[i], r.Orphans[j]
-		if a.Location.String() != b.Location.String() {
-			return a.Location.String() < b.Location.String()
+		if a.String() != b.String() {
+			return a.String() < b.String()
 		}
 		if a.Kind != b.Kind {
 			return a.Kind < b.Kind
@@ -287,18 +286,4 @@ func (r *Report) WriteTable(w io.Writer, now time.Time) error {
 		}
 	}
 	return tw.Flush()
-}
-
-// summary is one line per orphan kind, for logs.
-func (r *Report) summary() string {
-	n := map[string]int{}
-	for _, o := range r.Orphans {
-		n[o.Kind]++
-	}
-	var parts []string
-	for k, v := range n {
-		parts = append(parts, fmt.Sprintf("%s=%d", k, v))
-	}
-	sort.Strings(parts)
-	return strings.Join(parts, " ")
 }

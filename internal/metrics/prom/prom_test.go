@@ -66,7 +66,7 @@ func TestExporterSeries(t *testing.T) {
 		t.Error("Step lost the error")
 	}
 	metrics.Connect(start, nil)
-	metrics.Node(metrics.RBD, "krbd", metrics.OpMap, start, nil)
+	_ = metrics.Node(metrics.RBD, "krbd", metrics.OpMap, start, nil)
 	out = scrape(t, e)
 	for _, want := range []string{
 		`cephcsi_controller_step_duration_seconds_count{driver="rbd",result="error",step="clone"} 1`,
@@ -86,8 +86,8 @@ func TestExporterSeries(t *testing.T) {
 func TestHooksWithoutRecorder(t *testing.T) {
 	defer metrics.Set(nil)()
 	err := errors.New("kept")
-	if metrics.Step(metrics.CephFS, metrics.StepCreate, time.Now(), err) != err ||
-		metrics.Node(metrics.CephFS, "fuse", metrics.OpMount, time.Now(), err) != err {
+	if !errors.Is(metrics.Step(metrics.CephFS, metrics.StepCreate, time.Now(), err), err) ||
+		!errors.Is(metrics.Node(metrics.CephFS, "fuse", metrics.OpMount, time.Now(), err), err) {
 		t.Error("a hook changed the error")
 	}
 	metrics.Connect(time.Now(), err)
