@@ -123,3 +123,39 @@ func TestMainRefusesBadCommandLines(t *testing.T) {
 		t.Errorf("missing config.json: exit %d: %s", code, errb.String())
 	}
 }
+
+// A volume the journal knows is never collected when Kubernetes names it
+// under another driver name, when its PVC is still there, or when our
+// journal's directory does not name it (another instance's, perhaps).
+func TestVolumesKeptWhenAnythingMayStillUseThem(t *testing.T) {
+	now := time.Now()
+	loc := Location{ClusterID: "c1", Driver: "rbd", Pool: "rbd"}
+	newSession := func() *session {
+		return &session{opts: &Options{Grace: time.Minute, InstanceID: "default", RBDDriverName: "rbd.csi.ceph.com"}, now: now,
+			report: &Report{}, kube: &Kube{ClaimUIDs: map[string]bool{"u1": true}, SnapshotUIDs: map[string]bool{},
+				Named: map[string]string{"h-other": "pv/x of driver rook-ceph.rbd.csi.ceph.com"}}}
+	}
+	old := now.Add(-time.Hour)
+	for name, tc := range map[string]struct {
+		en      Entry
+		orphans int
+		collect bool
+		errors  int
+	}{
+		"no PV":                {Entry{Kind: "volume", Handle: "h1", RequestName: "pvc-u9", Exists: true, Linked: true, Modified: old}, 1, true, 0},
+		"other driver's PV":    {Entry{Kind: "volume", Handle: "h-other", RequestName: "pvc-u9", Exists: true, Linked: true, Modified: old}, 0, false, 1},
+		"PVC still there":      {Entry{Kind: "volume", Handle: "h2", RequestName: "pvc-u1", Exists: true, Linked: true, Modified: old}, 1, false, 0},
+		"not in our directory": {Entry{Kind: "volume", Handle: "h3", RequestName: "pvc-u9", Exists: true, Linked: false, Modified: old}, 1, false, 0},
+		"named by our PV":      {Entry{Kind: "volume", Handle: "h4", PV: "pv-4", Exists: true, Linked: true, Modified: old}, 0, false, 0},
+	} {
+		s := newSession()
+		s.entryOrphans(loc, &tc.en)
+		if len(s.report.Orphans) != tc.orphans || len(s.report.Errors) != tc.errors {
+			t.Errorf("%s: %d orphans, %d errors (%v)", name, len(s.report.Orphans), len(s.report.Errors), s.report.Errors)
+			continue
+		}
+		if tc.orphans == 1 && s.report.Orphans[0].Collect != tc.collect {
+			t.Errorf("%s: collect %v (%s)", name, s.report.Orphans[0].Collect, s.report.Orphans[0].Why)
+		}
+	}
+}

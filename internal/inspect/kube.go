@@ -39,6 +39,11 @@ type Kube struct {
 	// provisioned is not taken for an orphan.
 	ClaimUIDs    map[string]bool
 	SnapshotUIDs map[string]bool
+	// Named are the handles that any PV or VolumeSnapshotContent names,
+	// whatever its driver, with the object: a volume one of them names is
+	// never an orphan, even when --rbd-drivername or --cephfs-drivername
+	// is not the name the driver runs under.
+	Named map[string]string
 }
 
 var (
@@ -66,14 +71,18 @@ func ReadKube(ctx context.Context, kubeconfig string, drivers []string) (*Kube, 
 	for _, d := range drivers {
 		ours[d] = true
 	}
-	k := &Kube{ClaimUIDs: map[string]bool{}, SnapshotUIDs: map[string]bool{}}
+	k := &Kube{ClaimUIDs: map[string]bool{}, SnapshotUIDs: map[string]bool{}, Named: map[string]string{}}
 	pvs, err := cs.CoreV1().PersistentVolumes().List(ctx, metav1.ListOptions{})
 	if err != nil {
 		return nil, csierr.Errorf(csierr.ErrUnavailable, "listing PersistentVolumes: %v", err)
 	}
 	for _, pv := range pvs.Items {
 		c := pv.Spec.CSI
-		if c == nil || !ours[c.Driver] {
+		if c == nil {
+			continue
+		}
+		k.Named[c.VolumeHandle] = "pv/" + pv.Name + " of driver " + c.Driver
+		if !ours[c.Driver] {
 			continue
 		}
 		p := PV{Name: pv.Name, Driver: c.Driver, Handle: c.VolumeHandle, Phase: string(pv.Status.Phase),
@@ -99,13 +108,16 @@ func ReadKube(ctx context.Context, kubeconfig string, drivers []string) (*Kube, 
 	}
 	for _, o := range contents.Items {
 		driver, _, _ := unstructured.NestedString(o.Object, "spec", "driver")
-		if !ours[driver] {
-			continue
-		}
 		c := Content{Name: o.GetName(), Driver: driver}
 		c.Handle, _, _ = unstructured.NestedString(o.Object, "status", "snapshotHandle")
 		if c.Handle == "" { // pre-provisioned
 			c.Handle, _, _ = unstructured.NestedString(o.Object, "spec", "source", "snapshotHandle")
+		}
+		if c.Handle != "" {
+			k.Named[c.Handle] = "volumesnapshotcontent/" + c.Name + " of driver " + driver
+		}
+		if !ours[driver] {
+			continue
 		}
 		ns, _, _ := unstructured.NestedString(o.Object, "spec", "volumeSnapshotRef", "namespace")
 		name, _, _ := unstructured.NestedString(o.Object, "spec", "volumeSnapshotRef", "name")

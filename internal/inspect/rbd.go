@@ -277,17 +277,31 @@ func (s *session) entryOrphans(loc Location, en *Entry) {
 	}
 	named := en.PV != "" || en.Content != ""
 	pending := s.kube != nil && s.kube.pending(en.RequestName)
+	other := ""
+	if s.kube != nil {
+		other = s.kube.Named[en.Handle]
+	}
 	add := func(kind, name, detail string) {
 		o := &Orphan{Kind: kind, Location: loc, Name: name, UUID: en.UUID, Handle: en.Handle, Ours: true, Since: en.Modified,
 			Detail: detail, remove: del}
-		s.orphan(o)
-		if o.Collect && pending {
-			o.Collect, o.Why = false, "its PVC or VolumeSnapshot still exists"
+		switch {
+		case !en.Linked:
+			// Entry objects are not per instance: without our directory's
+			// key it may be another --instanceid's volume.
+			o.Why = "no directory key of instance " + s.opts.InstanceID + " names it (it may be another instance's)"
+		case pending:
+			o.Why = "its PVC or VolumeSnapshot still exists"
 		}
+		s.orphan(o)
 	}
 	switch {
 	case named:
 		// Kubernetes has it; a missing image shows on the PV's side.
+	case other != "":
+		// Named by a PV or content of another driver name: not an orphan,
+		// but --rbd-drivername or --cephfs-drivername is likely wrong.
+		s.report.Errors = append(s.report.Errors, fmt.Sprintf("%s %s is named by %s, not by a driver inspected (check --rbd-drivername and --cephfs-drivername)",
+			en.Kind, en.Handle, other))
 	case !en.Exists:
 		add(JournalWithoutImage, what, fmt.Sprintf("the journal names %s, which does not exist", en.Image))
 		if en.Temp {
