@@ -121,6 +121,9 @@ func (s *session) inspectFilesystem(conn *rados.Conn, fa *fsadmin.FSAdmin, clust
 	}
 	store := journal.RadosStore{IO: io}
 	known := map[string]bool{}
+	// volumes are the volume entries by subvolume name, for the temporary
+	// snapshots of PVC clones.
+	volumes := map[string]bool{}
 	for _, jr := range s.rbdJournals() {
 		dirMod := time.Time{}
 		if st, err := io.Stat(jr.j.Directory()); err == nil {
@@ -151,7 +154,7 @@ func (s *session) inspectFilesystem(conn *rados.Conn, fa *fsadmin.FSAdmin, clust
 			if jr.kind == "volume" {
 				// A snapshot-backed volume has no subvolume of its own.
 				en.Exists = exists[e.ImageName] || e.BackingSnapshotID != ""
-				known[e.ImageName] = true
+				known[e.ImageName], volumes[e.ImageName] = true, true
 			} else {
 				en.Exists = snapshots(e.Source)[e.ImageName]
 			}
@@ -164,6 +167,7 @@ func (s *session) inspectFilesystem(conn *rados.Conn, fa *fsadmin.FSAdmin, clust
 			s.entryOrphans(loc, &en)
 		}
 	}
+	s.cloneSnapshots(fa, loc, rep.Images, volumes, exists, snapshots)
 	for _, sv := range rep.Images {
 		if known[sv] {
 			continue
@@ -174,5 +178,41 @@ func (s *session) inspectFilesystem(conn *rados.Conn, fa *fsadmin.FSAdmin, clust
 		}
 		s.orphan(&Orphan{Kind: ImageWithoutJournal, Location: loc, Name: sv, Since: since,
 			Detail: "a subvolume named like one of this driver's, but no journal entry of instance " + s.opts.InstanceID + " knows it"})
+	}
+}
+
+// cloneSnapshots finds the temporary snapshots of PVC clones left on their
+// sources: a snapshot named after a volume of our journal (the driver
+// names it so) whose clone never started, or has completed (the driver
+// then removes it). One that a clone still copies from is left alone, and
+// the mgr refuses to remove it anyway.
+func (s *session) cloneSnapshots(fa *fsadmin.FSAdmin, loc Location, subs []string, volumes, exists map[string]bool,
+	snapshots func(string) map[string]bool) {
+	for _, sv := range subs {
+		for snap := range snapshots(sv) {
+			if !volumes[snap] || snap == sv {
+				continue
+			}
+			if exists[snap] {
+				st, err := fa.CloneStatus(loc.Pool, loc.Group, snap)
+				if err != nil || st.State != fsadmin.CloneComplete {
+					continue // still copying, or not a clone of it
+				}
+			}
+			since := time.Time{}
+			if info, err := fa.SubVolumeSnapshotInfo(loc.Pool, loc.Group, sv, snap); err == nil {
+				since = info.CreatedAt.Time
+			}
+			sub, name := sv, snap
+			s.orphan(&Orphan{Kind: LeftoverSnapshot, Location: loc, Name: sub + "@" + name, Ours: true, Since: since,
+				Detail: "the temporary snapshot of a PVC clone, on its source",
+				remove: func() error {
+					err := fa.RemoveSubVolumeSnapshot(loc.Pool, loc.Group, sub, name)
+					if csierr.IsNotFound(err) {
+						return nil
+					}
+					return err
+				}})
+		}
 	}
 }

@@ -103,6 +103,13 @@ func TestInspectCephFS(t *testing.T) {
 			Secrets: c.CephFSSecrets(), Parameters: map[string]string{"clusterID": w.cluster, "fsName": testutil.FSName}})
 		return err
 	})
+	dies("cephfs-clone-after-temp-snapshot", func(p *testutil.Process) error {
+		r := req("fs-clone")
+		r.VolumeContentSource = &csi.VolumeContentSource{Type: &csi.VolumeContentSource_Volume{
+			Volume: &csi.VolumeContentSource_VolumeSource{VolumeId: src.GetVolume().GetVolumeId()}}}
+		_, err := p.Controller.CreateVolume(ctx, r)
+		return err
+	})
 	lostUUID := lost.GetVolume().GetVolumeId()[len(lost.GetVolume().GetVolumeId())-36:]
 	lostName := lost.GetVolume().GetVolumeContext()["subvolumeName"]
 	op := rados.CreateWriteOp()
@@ -122,8 +129,20 @@ func TestInspectCephFS(t *testing.T) {
 		}
 		return kinds(rep)
 	}
+	first, _ := w.inspect("--type=cephfs", "--fsnames="+testutil.FSName, "--grace=0s")
+	cloneName := ""
+	for _, p := range first.Pools {
+		for _, e := range p.Entries {
+			if e.RequestName == "fs-clone" {
+				cloneName = e.Image
+			}
+		}
+	}
+	srcName := src.GetVolume().GetVolumeContext()["subvolumeName"]
 	want := []string{
 		"image-without-journal " + lostName + " false",
+		"journal-without-image volume fs-clone true",
+		"leftover-snapshot " + srcName + "@" + cloneName + " true",
 		"journal-without-image snapshot fs-snap true",
 		"journal-without-image volume fs-deleted true",
 		"journal-without-image volume fs-reserved true",
@@ -142,7 +161,9 @@ func TestInspectCephFS(t *testing.T) {
 	}
 	subs, _ := fsa.ListSubVolumes(testutil.FSName, group)
 	sort.Strings(subs)
-	srcName := src.GetVolume().GetVolumeContext()["subvolumeName"]
+	if snaps, _ := fsa.ListSubVolumeSnapshots(testutil.FSName, group, srcName); len(snaps) != 0 {
+		t.Errorf("snapshots left on the source: %v", snaps)
+	}
 	if wantSubs := sortedCopy([]string{lostName, srcName}); !slices.Equal(subs, wantSubs) {
 		t.Errorf("subvolumes left %v, want %v", subs, wantSubs)
 	}

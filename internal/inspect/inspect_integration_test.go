@@ -196,6 +196,11 @@ func TestInspectAndGCFindExactlyTheOrphans(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	kept, err := p.Controller.CreateSnapshot(ctx, &csi.CreateSnapshotRequest{Name: "inspect-kept-snap", SourceVolumeId: src.GetVolume().GetVolumeId(),
+		Secrets: w.c.RBDSecrets(), Parameters: map[string]string{"clusterID": w.cluster}})
+	if err != nil {
+		t.Fatal(err)
+	}
 	// The snapshot goes to the trash: the restored volume depends on it.
 	if _, err := p.Controller.DeleteSnapshot(ctx, &csi.DeleteSnapshotRequest{SnapshotId: snap.GetSnapshot().GetSnapshotId(), Secrets: w.c.RBDSecrets()}); err != nil {
 		t.Fatal(err)
@@ -232,6 +237,22 @@ func TestInspectAndGCFindExactlyTheOrphans(t *testing.T) {
 		t.Fatal(err)
 	}
 
+	// 5. The first step of a repeated CreateSnapshot, left on the source:
+	// a snapshot named after the snapshot's image. And a snapshot of the
+	// user's on the same image, which is not ours.
+	srcImage := src.GetVolume().GetVolumeContext()["imageName"]
+	keptImage := "csi-snap-" + kept.GetSnapshot().GetSnapshotId()[len(kept.GetSnapshot().GetSnapshotId())-36:]
+	srcImg, err := rbd.OpenImage(w.io, srcImage, rbd.NoSnapshot)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, sn := range []string{keptImage, "user-backup"} {
+		if _, err := srcImg.CreateSnapshot(sn); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_ = srcImg.Close()
+
 	before := w.onCluster()
 	t.Logf("on the cluster before inspect:\n%s", strings.Join(before, "\n"))
 	rep, code := w.inspect("--grace=0s")
@@ -253,6 +274,7 @@ func TestInspectAndGCFindExactlyTheOrphans(t *testing.T) {
 		"journal-without-image volume inspect-reserved true",
 		"journal-without-image volume inspect-restored true",
 		"leftover-temp " + cloneImage + "-temp true",
+		"leftover-snapshot " + srcImage + "@" + keptImage + " true",
 	}
 	trashName := ""
 	for _, o := range rep.Orphans {
@@ -277,7 +299,7 @@ func TestInspectAndGCFindExactlyTheOrphans(t *testing.T) {
 	}
 	// A dry run lists, removes nothing.
 	dry, _ := w.inspect("--gc", "--grace=0s")
-	if !dry.DryRun || len(dry.Removed) != 5 {
+	if !dry.DryRun || len(dry.Removed) != 6 {
 		t.Errorf("dry run: dryRun %v, would remove %+v", dry.DryRun, dry.Removed)
 	}
 	if after := w.onCluster(); !slices.Equal(after, before) {
@@ -292,20 +314,39 @@ func TestInspectAndGCFindExactlyTheOrphans(t *testing.T) {
 	if got := kinds(gone); !slices.Equal(got, []string{"image-without-journal " + lostImage + " false"}) {
 		t.Errorf("after gc, orphans: %v", got)
 	}
-	// What is left: the source volume (its image and journal entry), and
-	// the image that is not ours.
+	// What is left: the source volume and the kept snapshot (images and
+	// journal entries), the user's snapshot, and the image that is not ours.
 	left := w.onCluster()
-	srcImage := src.GetVolume().GetVolumeContext()["imageName"]
 	srcUUID := src.GetVolume().GetVolumeId()[len(src.GetVolume().GetVolumeId())-36:]
-	wantLeft := []string{"image " + lostImage, "image " + srcImage, "object csi.snaps." + w.instance, "object csi.volume." + srcUUID,
-		"object csi.volumes." + w.instance}
+	wantLeft := []string{"image " + lostImage, "image " + srcImage, "image " + keptImage, "object csi.snaps." + w.instance,
+		"object csi.volume." + srcUUID, "object csi.snap." + strings.TrimPrefix(keptImage, "csi-snap-"), "object csi.volumes." + w.instance}
 	sort.Strings(wantLeft)
 	if !slices.Equal(left, wantLeft) {
 		t.Errorf("left on the cluster:\n%s\nwant:\n%s", strings.Join(left, "\n"), strings.Join(wantLeft, "\n"))
 	}
 
-	// Clean up: the source through the driver, the foreign image as admin.
+	if srcImg, err = rbd.OpenImage(w.io, srcImage, rbd.NoSnapshot); err != nil {
+		t.Fatal(err)
+	}
+	var userSnaps []string
+	snaps, _ := srcImg.GetSnapshotNames()
+	for _, sn := range snaps {
+		if ns, err := srcImg.GetSnapNamespaceType(sn.Id); err == nil && ns == rbd.SnapNamespaceTypeUser {
+			userSnaps = append(userSnaps, sn.Name)
+		}
+	}
+	if !slices.Equal(userSnaps, []string{"user-backup"}) {
+		t.Errorf("user snapshots of %s after gc: %v, want only the user's", srcImage, userSnaps)
+	}
+	_ = srcImg.GetSnapshot("user-backup").Remove()
+	_ = srcImg.Close()
+
+	// Clean up: the source and snapshot through the driver, the foreign
+	// image as admin.
 	p = w.start("")
+	if _, err := p.Controller.DeleteSnapshot(ctx, &csi.DeleteSnapshotRequest{SnapshotId: kept.GetSnapshot().GetSnapshotId(), Secrets: w.c.RBDSecrets()}); err != nil {
+		t.Error(err)
+	}
 	if _, err := p.Controller.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: src.GetVolume().GetVolumeId(), Secrets: w.c.RBDSecrets()}); err != nil {
 		t.Error(err)
 	}
