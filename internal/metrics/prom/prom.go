@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -48,6 +49,24 @@ type method struct {
 	service, name string
 	inFlight      prometheus.Gauge
 	took          prometheus.Observer
+	// byCode holds the counter of each gRPC code once used.
+	byCode [maxCode + 1]atomic.Pointer[prometheus.Counter]
+}
+
+// maxCode is the last gRPC code (Unauthenticated).
+const maxCode = codes.Unauthenticated
+
+// counter returns the call counter of code c.
+func (e *Exporter) counter(m *method, c codes.Code) prometheus.Counter {
+	if c > maxCode {
+		return e.calls.WithLabelValues(m.service, m.name, c.String())
+	}
+	if p := m.byCode[c].Load(); p != nil {
+		return *p
+	}
+	ctr := e.calls.WithLabelValues(m.service, m.name, c.String())
+	m.byCode[c].Store(&ctr)
+	return ctr
 }
 
 // New returns the exporter of a driver ("rbd" or "cephfs") whose Ceph
@@ -117,8 +136,7 @@ func (e *Exporter) Handler() http.Handler {
 // NodeStageVolume") exist before its first call.
 func (e *Exporter) Methods(fullMethods []string) {
 	for _, m := range fullMethods {
-		mm := e.method(m)
-		e.calls.WithLabelValues(mm.service, mm.name, codes.OK.String())
+		e.counter(e.method(m), codes.OK)
 	}
 }
 
@@ -144,7 +162,7 @@ func (e *Exporter) CallFinished(fullMethod string, code codes.Code, took time.Du
 	m := e.method(fullMethod)
 	m.inFlight.Dec()
 	m.took.Observe(took.Seconds())
-	e.calls.WithLabelValues(m.service, m.name, code.String()).Inc()
+	e.counter(m, code).Inc()
 }
 
 func result(failed bool) string {

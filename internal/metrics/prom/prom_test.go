@@ -118,3 +118,32 @@ func TestSeriesBounded(t *testing.T) {
 		t.Errorf("series grew from %d to %d with repeated calls", before, after)
 	}
 }
+
+// The cost a call pays for being observed, and a hook with and without a
+// recorder.
+func BenchmarkCallObserved(b *testing.B) {
+	e := New(metrics.RBD, "dev", func() int { return 0 })
+	m := "/csi.v1.Node/NodeStageVolume"
+	e.Methods([]string{m})
+	b.ReportAllocs()
+	for i := 0; i < b.N; i++ {
+		e.CallStarted(m)
+		e.CallFinished(m, codes.OK, time.Millisecond)
+	}
+}
+
+func BenchmarkStepHook(b *testing.B) {
+	for _, on := range []bool{false, true} {
+		b.Run(map[bool]string{false: "off", true: "on"}[on], func(b *testing.B) {
+			if on {
+				defer metrics.Set(New(metrics.RBD, "dev", func() int { return 0 }))()
+			} else {
+				defer metrics.Set(nil)()
+			}
+			b.ReportAllocs()
+			for i := 0; i < b.N; i++ {
+				_ = metrics.Step(metrics.RBD, metrics.StepCreate, time.Now(), nil)
+			}
+		})
+	}
+}
