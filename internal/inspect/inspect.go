@@ -235,7 +235,8 @@ func (s *session) kubeOrphan(kind, name, handle, driverName string) {
 	}
 	where, ok := s.scanned[scanKey{id.ClusterID, driver, id.LocationID}]
 	if !ok {
-		if !slices.Contains(s.opts.Drivers, driver) || (len(s.opts.ClusterIDs) > 0 && !slices.Contains(s.opts.ClusterIDs, id.ClusterID)) {
+		limited := (driver == "rbd" && len(s.opts.Pools) > 0) || (driver == "cephfs" && len(s.opts.Filesystems) > 0)
+		if limited || !slices.Contains(s.opts.Drivers, driver) || (len(s.opts.ClusterIDs) > 0 && !slices.Contains(s.opts.ClusterIDs, id.ClusterID)) {
 			return // outside what was asked for
 		}
 		s.orphan(&Orphan{Kind: kind, Location: Location{ClusterID: id.ClusterID, Driver: driver}, Name: name, UUID: id.UUID, Handle: handle,
@@ -309,7 +310,10 @@ func GC(ctx context.Context, o *Options, yes bool) (*Report, error) {
 	}
 	after, s2, err := Inspect(ctx, o)
 	if err != nil {
-		return nil, err
+		// What was removed is still worth printing.
+		rep.Removed = removed
+		rep.Errors = append(rep.Errors, fmt.Sprintf("reading again after gc: %v", err))
+		return rep, nil
 	}
 	s2.Close()
 	after.Removed = removed
