@@ -78,7 +78,8 @@ func TestTableSaysWhatGCDoes(t *testing.T) {
 	now := time.Now()
 	loc := Location{ClusterID: "c1", Driver: "rbd", Pool: "rbd"}
 	r := &Report{Grace: "1h0m0s", Pools: []*Pool{{Location: loc, Entries: []Entry{{Kind: "volume", RequestName: "pvc-1", Image: "csi-vol-x",
-		Exists: true, Linked: true, Modified: now.Add(-3 * time.Hour)}}}},
+		Exists: true, Linked: true, Modified: now.Add(-3 * time.Hour)}}, Trash: []Trashed{{ID: "1f2e", Name: "csi-snap-z", Ours: true,
+		Children: 1, Deleted: now.Add(-25 * time.Hour)}}}},
 		Orphans: []*Orphan{
 			{Kind: JournalWithoutImage, Location: loc, Name: "volume pvc-2", Ours: true, Since: now.Add(-2 * time.Hour), Collect: true},
 			{Kind: ImageWithoutJournal, Location: loc, Name: "csi-vol-y", Why: "not ours"}},
@@ -89,7 +90,7 @@ func TestTableSaysWhatGCDoes(t *testing.T) {
 	}
 	out := b.String()
 	for _, want := range []string{"== c1 rbd pool rbd", "pvc-1", "csi-vol-x", "3h", "journal-without-image", "removes",
-		"keeps: not ours", "Kubernetes not read", "WOULD REMOVE (dry run; --yes removes): 1"} {
+		"keeps: not ours", "Kubernetes not read", "trash: 1 entries, 1 of them ours", "1f2e", "csi-snap-z", "clones: 1", "25h", "WOULD REMOVE (dry run; --yes removes): 1"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("table lacks %q:\n%s", want, out)
 		}

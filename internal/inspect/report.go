@@ -246,6 +246,13 @@ func (r *Report) WriteTable(w io.Writer, now time.Time) error {
 		}
 		if p.Driver == "rbd" {
 			fmt.Fprintf(tw, "   images named like ours: %d; trash: %d entries, %d of them ours\n", len(p.Images), len(p.Trash), ours)
+			for _, t := range p.Trash {
+				children := fmt.Sprint(t.Children)
+				if t.Children < 0 {
+					children = "unknown"
+				}
+				fmt.Fprintf(tw, "   trash\t%s\t%s\tours: %s\tclones: %s\t%s\n", t.ID, t.Name, yesNo(t.Ours), children, age(t.Deleted, now))
+			}
 		} else {
 			fmt.Fprintf(tw, "   subvolumes named like ours: %d\n", len(p.Images))
 		}
