@@ -18,7 +18,7 @@ tags       = $(subst $(eval) ,$(comma),$(strip $(GO_CEPH_TAGS) $(1)))
 # The test cluster lives here unless CEPHCSI_CLUSTER_DIR says otherwise.
 export CEPHCSI_CLUSTER_DIR ?= $(OUT)/ceph
 
-.PHONY: all build root deps test unit integration sanity e2e test-kernel test-compat image bench demo lint \
+.PHONY: all build root deps test unit fuzz integration sanity e2e test-kernel test-compat image bench demo lint \
 	cluster-start cluster-stop cluster-purge clean
 
 all: build
@@ -37,13 +37,21 @@ build: root
 # Every test, each suite timed: unit tests, the integration tests against the
 # local cluster (started on demand), then the conformance, end-to-end,
 # kernel and compatibility suites.
-SUITES ?= unit integration sanity e2e test-kernel test-compat
+SUITES ?= unit lint fuzz integration sanity e2e test-kernel test-compat image
 test: deps
 	@scripts/run-suites.sh $(SUITES)
 
 unit: root
 	$(IN_ROOT) $(GO) vet -tags '$(call tags,integration)' ./...
 	$(IN_ROOT) $(GO) test -tags '$(call tags)' -count=1 ./...
+
+# Every go test -fuzz target (one per run, as go test wants) for FUZZTIME
+# each, timed; the seed corpora in testdata/fuzz/ run first. A failing
+# input is left in the package's testdata/fuzz/<target>/. See scripts/fuzz.sh.
+FUZZTIME ?= 10s
+FUZZMINIMIZETIME ?= 1s
+fuzz: root
+	$(IN_ROOT) env GO=$(GO) FUZZTIME=$(FUZZTIME) FUZZMINIMIZETIME=$(FUZZMINIMIZETIME) TAGS='$(call tags)' scripts/fuzz.sh
 
 integration: build
 	$(IN_ROOT) $(GO) test -tags '$(call tags,integration)' -count=1 -p 1 -timeout 30m ./...

@@ -286,6 +286,33 @@ func inImage(t *testing.T, rootfs string, argv ...string) string {
 	return strings.TrimSpace(out.String())
 }
 
+// checkLogRotation runs, in the image, what the operator's log-rotator
+// container does with the plugins' csi-logs/*.log (bash running logrotate
+// with a copytruncate config): the log is rotated and compressed, and the
+// file the plugin keeps open is truncated, not replaced.
+func checkLogRotation(t *testing.T, rootfs string) {
+	t.Helper()
+	dir := filepath.Join(rootfs, "tmp", "csi-logs")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	line := []byte("I1201 12:00:00.000000       1 driver.go:1] driver started\n")
+	if err := os.WriteFile(filepath.Join(dir, "csi-rbdplugin.log"), bytes.Repeat(line, 100), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	conf := "/tmp/csi-logs/*.log {\n\tsize 1k\n\trotate 3\n\tcompress\n\tcopytruncate\n\tmissingok\n\tnotifempty\n}\n"
+	if err := os.WriteFile(filepath.Join(rootfs, "tmp", "logrotate.conf"), []byte(conf), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	inImage(t, rootfs, "/bin/bash", "-c", "logrotate --state /tmp/logrotate.state /tmp/logrotate.conf")
+	if st, err := os.Stat(filepath.Join(dir, "csi-rbdplugin.log")); err != nil || st.Size() != 0 {
+		t.Errorf("after logrotate the plugin's log is %v, %v; want it kept and truncated", st, err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "csi-rbdplugin.log.1.gz")); err != nil {
+		t.Errorf("logrotate in the image left no compressed rotation: %v", err)
+	}
+}
+
 func fileDigest(t *testing.T, p string) string {
 	t.Helper()
 	f, err := os.Open(p)
@@ -400,6 +427,7 @@ func TestImage(t *testing.T) {
 		}
 		t.Logf("%s: %s", strings.Join(argv, " "), out)
 	}
+	checkLogRotation(t, rootfs)
 	t.Logf("cephcsi --version: %s", version)
 	t.Logf("image %s: %d layers, %d packages installed", tarPath, len(manifest.Layers), len(installed))
 }

@@ -173,6 +173,10 @@ func (n *NodeServer) decodeStage(ctx context.Context, req *csi.NodeStageVolumeRe
 	if err := request.ValidPoolName("volume_context.fsName", sr.spec.FsName); err != nil {
 		return nil, err
 	}
+	// The name and the root go into the helper's options and arguments.
+	if err := request.SafeValue("volume_context.fsName", sr.spec.FsName); err != nil {
+		return nil, err
+	}
 	backing := vc["backingSnapshot"] == "true" || sr.backingSnapshotID != ""
 	if backing && sr.backingSnapshotID == "" {
 		// A volume made by ceph-csi keeps the snapshot ID in the journal only.
@@ -188,12 +192,19 @@ func (n *NodeServer) decodeStage(ctx context.Context, req *csi.NodeStageVolumeRe
 	if sr.spec.Root == "" {
 		return nil, csierr.Errorf(csierr.ErrInvalid, "volume_context: subvolumePath (or rootPath for a static volume) is required")
 	}
-	if err := nodeutil.Path("volume_context.subvolumePath", sr.spec.Root); err != nil {
+	rootField := "volume_context.subvolumePath"
+	if static {
+		rootField = "volume_context.rootPath"
+	}
+	if err := nodeutil.Path(rootField, sr.spec.Root); err != nil {
+		return nil, err
+	}
+	if err := request.SafeValue(rootField, sr.spec.Root); err != nil {
 		return nil, err
 	}
 	sr.mounter = vc["mounter"]
-	if err := validMounter(sr.mounter); err != nil {
-		return nil, err
+	if validMounter(sr.mounter) != nil {
+		return nil, csierr.Errorf(csierr.ErrInvalid, "volume_context.mounter: %q is not kernel or fuse", sr.mounter)
 	}
 	if sr.mounter == "" {
 		sr.mounter = mounterFuse
@@ -213,8 +224,10 @@ func (n *NodeServer) decodeStage(ctx context.Context, req *csi.NodeStageVolumeRe
 			base = n.Options.FuseMountOpts
 		}
 	}
-	// Every option is checked, wherever it comes from: none may smuggle in
-	// credentials, another source or more options.
+	// Every option is checked, wherever it comes from (config.json, the
+	// flags, the StorageClass or the PersistentVolume): none may carry
+	// another option, an argument or credentials (the mount flags were
+	// checked with the capability).
 	if err := request.SafeOptionList("config.json/--"+strings.ToLower(scKey), base); err != nil {
 		return nil, err
 	}

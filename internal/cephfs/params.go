@@ -5,6 +5,7 @@ import (
 
 	"github.com/leanceph/cephcsi/internal/csierr"
 	"github.com/leanceph/cephcsi/internal/request"
+	"github.com/leanceph/cephcsi/internal/volid"
 )
 
 // Mounters a volume may ask for.
@@ -42,10 +43,18 @@ func parseVolumeParams(p map[string]string) (*volumeParams, error) {
 	if v.ClusterID == "" {
 		return nil, csierr.Param("clusterID", "is required")
 	}
+	if len(v.ClusterID) > volid.MaxClusterIDLength {
+		return nil, csierr.Param("clusterID", "%q is longer than %d bytes", v.ClusterID, volid.MaxClusterIDLength)
+	}
 	if v.FsName == "" {
 		return nil, csierr.Param("fsName", "is required")
 	}
 	if err := request.ValidPoolName("fsName", v.FsName); err != nil {
+		return nil, err
+	}
+	// The name goes into mount options (mds_namespace=) and onto the
+	// ceph-fuse command line.
+	if err := request.SafeValue(`parameter "fsName"`, v.FsName); err != nil {
 		return nil, err
 	}
 	if v.Pool != "" {

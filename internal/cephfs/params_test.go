@@ -83,3 +83,28 @@ func TestReadOnlyModes(t *testing.T) {
 		t.Error("a writer mode passed as read-only")
 	}
 }
+
+// TestParseVolumeParamsSafeValues: values FuzzParseVolumeParams found
+// accepted although they reach mount options, paths or volume IDs.
+func TestParseVolumeParamsSafeValues(t *testing.T) {
+	for _, tc := range []struct {
+		p     map[string]string
+		field string
+	}{
+		{map[string]string{"clusterID": strings.Repeat("c", 37), "fsName": "fs"}, "clusterID"},
+		{map[string]string{"clusterID": "c", "fsName": "fs,name=admin"}, "fsName"},
+		{map[string]string{"clusterID": "c", "fsName": "--keyring=/etc/ceph/keyring"}, "fsName"},
+		{map[string]string{"clusterID": "c", "fsName": "fs", "pool": "data\n"}, "pool"},
+		{map[string]string{"clusterID": "c", "fsName": "fs", "volumeNamePrefix": "a,b"}, "volumeNamePrefix"},
+		{map[string]string{"clusterID": "c", "fsName": "fs", "volumeNamePrefix": "a\tb"}, "volumeNamePrefix"},
+		{map[string]string{"clusterID": "c", "fsName": "fs", "volumeNamePrefix": strings.Repeat("p", 65)}, "volumeNamePrefix"},
+	} {
+		_, err := parseVolumeParams(tc.p)
+		if csierr.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), `"`+tc.field+`"`) {
+			t.Errorf("%q: %v, want InvalidArgument naming %s", tc.p, err, tc.field)
+		}
+	}
+	if _, err := snapshotPrefix(map[string]string{"snapshotNamePrefix": "a,b"}); csierr.Code(err) != codes.InvalidArgument {
+		t.Errorf("snapshot prefix with a comma: %v", err)
+	}
+}

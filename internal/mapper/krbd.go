@@ -162,9 +162,16 @@ func (k *KRBD) Map(ctx context.Context, s Spec) (string, error) {
 	err = k.inThread(ctx, func() error {
 		if k.Keys != nil {
 			serial, kerr := k.Keys.Add(keyName, payload)
-			if kerr == nil {
+			switch {
+			case kerr == nil:
 				defer k.Keys.Remove(serial) //nolint:errcheck // the thread and its keyring end right after
 				return k.Write(k.control("add"), build("key="+keyName))
+			case !keyringUnavailable(kerr):
+				// The kernel parsed the key and refused it (EINVAL: a key
+				// format it does not know, as Tentacle's AES256K keys
+				// before Linux 7.0); in the request line it would fail alike.
+				return fmt.Errorf("%w: the kernel refused the key of %s (%w); an older kernel may not know its format: use mounter rbd-nbd or rbd-fuse",
+					ErrUnsupported, keyName, kerr)
 			}
 			klog.V(2).InfoS("kernel keyring unavailable; passing the key in the map request", "reason", kerr)
 		}
@@ -196,6 +203,13 @@ func (k *KRBD) mapError(s Spec, err error) error {
 		return fmt.Errorf("krbd map of %s: %w", s, err)
 	}
 	return fmt.Errorf("krbd map of %s (see the kernel log): %w", s, err)
+}
+
+// keyringUnavailable reports an add_key failure that says the keyring
+// cannot be used at all here (a seccomp profile or an old kernel), not that
+// the key was refused.
+func keyringUnavailable(err error) bool {
+	return errors.Is(err, unix.EPERM) || errors.Is(err, unix.EACCES) || errors.Is(err, unix.ENOSYS) || errors.Is(err, unix.EOPNOTSUPP)
 }
 
 // inThread runs f on a locked OS thread that is discarded afterwards (so a

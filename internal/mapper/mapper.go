@@ -14,12 +14,13 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"path"
 	"strings"
 	"syscall"
 	"time"
+	"unicode"
 
 	"github.com/leanceph/cephcsi/internal/csierr"
+	"github.com/leanceph/cephcsi/internal/request"
 )
 
 // Kinds of mapper, as named by the `mounter` volume attribute.
@@ -66,31 +67,58 @@ type Spec struct {
 	CrushLocation map[string]string
 }
 
-// String names the image as pool[/namespace]/image; it never shows the key.
+// String names the image as pool[/namespace]/image, the image spec of the
+// Ceph tools; it never shows the key. The names are joined as they are, not
+// as a path: path.Join would clean "./img" to "img" (the default pool) and
+// "rbd/../img" to "img", another image.
 func (s Spec) String() string {
 	if s.Namespace != "" {
-		return path.Join(s.Pool, s.Namespace, s.Image)
+		return s.Pool + "/" + s.Namespace + "/" + s.Image
 	}
-	return path.Join(s.Pool, s.Image)
+	return s.Pool + "/" + s.Image
 }
 
 // GoString keeps %#v from printing the key.
 func (s Spec) GoString() string { return "mapper.Spec{" + s.String() + "}" }
 
+// validate refuses a Spec that could make a helper or the kernel act on
+// more than the image: names that split an image spec, a krbd request or
+// an option list, a key that is not base64 text, a user ID that is not a
+// plain token, and options that request.SafeOption refuses. needCreds asks
+// for monitors and credentials.
 func (s Spec) validate(needCreds bool) error {
 	if s.Pool == "" || s.Image == "" {
 		return fmt.Errorf("%w: pool and image are required", ErrInvalidOption)
 	}
 	for _, v := range []string{s.Pool, s.Namespace, s.Image} {
-		if strings.ContainsAny(v, " \t\n/@") {
-			return fmt.Errorf("%w: %q may not contain spaces, '/' or '@'", ErrInvalidOption, v)
+		if strings.ContainsAny(v, "/@,") || strings.HasPrefix(v, "-") || strings.ContainsFunc(v, isSpaceOrControl) {
+			return fmt.Errorf("%w: %q may not contain spaces, control characters, '/', '@' or ',', nor start with '-'", ErrInvalidOption, v)
+		}
+		// The rbd-fuse mapper makes a path of the image name.
+		if v == "." || v == ".." {
+			return fmt.Errorf("%w: %q is not a name", ErrInvalidOption, v)
 		}
 	}
 	if needCreds && (len(s.Monitors) == 0 || s.UserID == "" || s.Key == "") {
 		return fmt.Errorf("%w: monitors, user and key are required to map", ErrInvalidOption)
 	}
+	// krbd may put the key into its request: base64 text only (Go's
+	// decoder skips '\r' and '\n', which would split the request).
+	if s.Key != "" && !request.Base64Text(s.Key) {
+		return fmt.Errorf("%w: the key is not base64 text", ErrInvalidOption)
+	}
+	if s.UserID != "" && !request.SafeToken(s.UserID) {
+		return fmt.Errorf("%w: user %q may hold only letters, digits and . _ - (not first)", ErrInvalidOption, s.UserID)
+	}
+	if err := request.SafeOptionList("options", s.Options); err != nil {
+		return fmt.Errorf("%w: %w", ErrInvalidOption, err)
+	}
 	return nil
 }
+
+// isSpaceOrControl reports the characters that end a token of a krbd
+// request or a command line.
+func isSpaceOrControl(r rune) bool { return unicode.IsSpace(r) || unicode.IsControl(r) }
 
 // Mapper attaches images as block devices.
 type Mapper interface {
@@ -120,7 +148,7 @@ func KindOf(mounter string) (string, error) {
 // OptionsFor picks one mapper's options out of a mapOptions or unmapOptions
 // value. The value is a ';'-separated list of "kind:options" items, kind
 // being krbd, nbd or fuse; an item without a kind applies to krbd, as in
-// ceph-csi.
+// ceph-csi. Every item's options must pass request.SafeOptionList.
 func OptionsFor(value, kind string) (string, error) {
 	var out string
 	for _, item := range strings.Split(value, ";") {
@@ -145,6 +173,9 @@ func OptionsFor(value, kind string) (string, error) {
 			itemKind = KindFuse
 		default:
 			return "", fmt.Errorf("%w: unknown mapper %q in %q", ErrInvalidOption, prefix, item)
+		}
+		if err := request.SafeOptionList(prefix, opts); err != nil {
+			return "", fmt.Errorf("%w: %w", ErrInvalidOption, err)
 		}
 		if itemKind == kind {
 			out = strings.TrimSpace(opts)

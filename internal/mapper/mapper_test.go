@@ -249,7 +249,7 @@ func TestKRBDMapWritesTheRequestAndLendsTheKeyToTheKernel(t *testing.T) {
 
 func TestKRBDFallsBackToAnInlineSecretWithoutAKeyring(t *testing.T) {
 	k := newFakeKernel(t)
-	m := newTestKRBD(k, &fakeKeys{err: errors.New("operation not permitted")}, false)
+	m := newTestKRBD(k, &fakeKeys{err: unix.EPERM}, false)
 	s := testSpec()
 	s.Namespace = ""
 	if _, err := m.Map(context.Background(), s); err != nil {
@@ -258,6 +258,23 @@ func TestKRBDFallsBackToAnInlineSecretWithoutAKeyring(t *testing.T) {
 	want := "bus/rbd/add_single_major: 127.0.0.1:6789 name=csi-rbd-node,secret=" + testKey + " rbd csi-vol-1 -"
 	if w := k.written(); len(w) != 1 || w[0] != want {
 		t.Errorf("sysfs writes = %q\nwant %q", w, want)
+	}
+}
+
+// A key the kernel refuses (EINVAL: a format it does not know) is not
+// retried in the request line: the map fails, saying so, without the key.
+func TestKRBDRefusedKeyIsNotPassedInline(t *testing.T) {
+	k := newFakeKernel(t)
+	m := newTestKRBD(k, &fakeKeys{err: unix.EINVAL}, false)
+	_, err := m.Map(context.Background(), testSpec())
+	if !errors.Is(err, ErrUnsupported) || !strings.Contains(err.Error(), "refused the key") {
+		t.Fatalf("Map with a refused key = %v, want ErrUnsupported saying the kernel refused the key", err)
+	}
+	if strings.Contains(err.Error(), testKey) {
+		t.Errorf("the error shows the key: %v", err)
+	}
+	if w := k.written(); len(w) != 0 {
+		t.Errorf("sysfs writes after a refused key = %q, want none", w)
 	}
 }
 

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/leanceph/cephcsi/internal/keyexec"
+	"github.com/leanceph/cephcsi/internal/request"
 	"github.com/leanceph/cephcsi/internal/topology"
 )
 
@@ -32,16 +33,16 @@ func NewNBD(r keyexec.Runner) *NBD {
 // nbdImageSpec is rbd-nbd's pool[/namespace]/image.
 func nbdImageSpec(s Spec) string { return s.String() }
 
-// flags turns "a,b=c" into "--a --b=c", the rbd-nbd spelling.
+// flags turns "a,b=c" into "--a --b=c", the rbd-nbd spelling. rbd-nbd
+// reads any Ceph option so given: request.SafeOption keeps the identity,
+// the key and the monitors out, however spelled.
 func nbdFlags(opts string) ([]string, error) {
 	var out []string
 	for _, o := range splitOptions(opts) {
-		name, _, _ := strings.Cut(o, "=")
-		switch strings.TrimLeft(name, "-") {
-		case "id", "name", "n", "i", "keyfile", "keyring", "key", "mon_host", "m", "conf", "c":
-			return nil, fmt.Errorf("%w: %q is set by the driver", ErrInvalidOption, name)
+		if err := request.SafeOption("rbd-nbd options", o); err != nil {
+			return nil, fmt.Errorf("%w: %w", ErrInvalidOption, err)
 		}
-		out = append(out, "--"+strings.TrimLeft(o, "-"))
+		out = append(out, "--"+o)
 	}
 	return out, nil
 }

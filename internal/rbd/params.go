@@ -9,6 +9,7 @@ import (
 
 	"github.com/leanceph/cephcsi/internal/csierr"
 	"github.com/leanceph/cephcsi/internal/request"
+	"github.com/leanceph/cephcsi/internal/volid"
 )
 
 // Defaults of the StorageClass parameters.
@@ -102,11 +103,9 @@ func refuseNotImplemented(p map[string]string, table map[string]string) error {
 }
 
 // parseFeatures turns "layering,exclusive-lock" into feature bits, checking
-// the dependencies between features.
+// the dependencies between features. A value that names no feature (empty,
+// or only commas and spaces) is the default.
 func parseFeatures(s string) (uint64, string, error) {
-	if strings.TrimSpace(s) == "" {
-		s = defaultFeatures
-	}
 	var set uint64
 	var names []string
 	seen := map[string]bool{}
@@ -122,6 +121,9 @@ func parseFeatures(s string) (uint64, string, error) {
 		seen[f] = true
 		set |= bit
 		names = append(names, f)
+	}
+	if len(names) == 0 {
+		return featureBits[defaultFeatures], defaultFeatures, nil
 	}
 	for _, f := range names {
 		if need, ok := featureNeeds[f]; ok && !seen[need] {
@@ -143,6 +145,14 @@ func parseSize(name, v string) (uint64, error) {
 	return n, nil
 }
 
+// Bounds librbd puts on the layout: object sizes from 4 KiB to 32 MiB, and
+// stripe units of at least 512 bytes that divide the object size.
+const (
+	minObjectSize = 4 << 10
+	maxObjectSize = 32 << 20
+	minStripeUnit = 512
+)
+
 // parseLayout reads stripeUnit, stripeCount and objectSize: librbd wants
 // powers of two for the sizes, and both striping values or neither.
 func parseLayout(v *volumeParams, p map[string]string) error {
@@ -157,20 +167,22 @@ func parseLayout(v *volumeParams, p map[string]string) error {
 		}
 		v.StripeCount = n
 	}
-	if (v.StripeUnit == 0) != (v.StripeCount == 0) {
-		return csierr.Param("stripeUnit", "stripeUnit and stripeCount go together")
+	switch {
+	case v.StripeUnit != 0 && v.StripeCount == 0:
+		return csierr.Param("stripeUnit", "needs stripeCount: stripeUnit and stripeCount go together")
+	case v.StripeUnit == 0 && v.StripeCount != 0:
+		return csierr.Param("stripeCount", "needs stripeUnit: stripeUnit and stripeCount go together")
 	}
-	if v.StripeUnit != 0 && bits.OnesCount64(v.StripeUnit) != 1 {
-		return csierr.Param("stripeUnit", "%d is not a power of two", v.StripeUnit)
+	if v.StripeUnit != 0 && (bits.OnesCount64(v.StripeUnit) != 1 || v.StripeUnit < minStripeUnit || v.StripeUnit > maxObjectSize) {
+		return csierr.Param("stripeUnit", "%d is not a power of two from %d to %d", v.StripeUnit, minStripeUnit, maxObjectSize)
 	}
 	size, err := parseSize("objectSize", p["objectSize"])
 	if err != nil {
 		return err
 	}
 	if size != 0 {
-		// librbd takes object sizes from 4 KiB to 32 MiB.
-		if bits.OnesCount64(size) != 1 || size < 4<<10 || size > 32<<20 {
-			return csierr.Param("objectSize", "%d is not a power of two from 4096 to 33554432", size)
+		if bits.OnesCount64(size) != 1 || size < minObjectSize || size > maxObjectSize {
+			return csierr.Param("objectSize", "%d is not a power of two from %d to %d", size, minObjectSize, maxObjectSize)
 		}
 		v.ObjectOrder = uint64(bits.TrailingZeros64(size))
 		if v.StripeUnit > size {
@@ -191,6 +203,9 @@ func parseVolumeParams(p map[string]string) (*volumeParams, error) {
 	if v.ClusterID == "" {
 		return nil, csierr.Param("clusterID", "is required")
 	}
+	if len(v.ClusterID) > volid.MaxClusterIDLength {
+		return nil, csierr.Param("clusterID", "%q is longer than %d bytes", v.ClusterID, volid.MaxClusterIDLength)
+	}
 	if v.Pool == "" {
 		return nil, csierr.Param("pool", "is required")
 	}
@@ -201,6 +216,9 @@ func parseVolumeParams(p map[string]string) (*volumeParams, error) {
 		if err := request.ValidPoolName("dataPool", v.DataPool); err != nil {
 			return nil, err
 		}
+	}
+	if err := request.ValidNamespace("radosNamespace", v.RadosNamespace); err != nil {
+		return nil, err
 	}
 	if err := refuseNotImplemented(p, notImplemented); err != nil {
 		return nil, err

@@ -60,3 +60,42 @@ func TestFeatureDependencies(t *testing.T) {
 		t.Errorf("journaling with exclusive-lock: %q, %v", names, err)
 	}
 }
+
+// TestParseVolumeParamsSafeValues: the values the fuzz targets found
+// accepted although unsafe, and the blame put on a parameter not given.
+func TestParseVolumeParamsSafeValues(t *testing.T) {
+	base := func(kv ...string) map[string]string {
+		p := map[string]string{"clusterID": "c", "pool": "rbd"}
+		for i := 0; i+1 < len(kv); i += 2 {
+			p[kv[i]] = kv[i+1]
+		}
+		return p
+	}
+	for _, tc := range []struct {
+		p     map[string]string
+		param string
+	}{
+		{base("clusterID", strings.Repeat("c", 37)), "clusterID"},   // would not fit a volume ID
+		{base("radosNamespace", "a/b"), "radosNamespace"},           // splits pool/namespace/image
+		{base("radosNamespace", "ns,_pool_ns=x"), "radosNamespace"}, // a second krbd option
+		{base("pool", "rbd\x00x"), "pool"},                          // a C string ends at the NUL
+		{base("stripeCount", "4"), "stripeCount"},                   // blamed stripeUnit, which was not set
+		{base("stripeUnit", "256", "stripeCount", "1"), "stripeUnit"},
+		{base("stripeUnit", "1073741824", "stripeCount", "1"), "stripeUnit"},
+	} {
+		_, err := parseVolumeParams(tc.p)
+		if csierr.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), `"`+tc.param+`"`) {
+			t.Errorf("%q: %v, want InvalidArgument naming %s", tc.p, err, tc.param)
+		}
+	}
+	// A value naming no feature is the default, not an image without any.
+	for _, s := range []string{"", " , ", ","} {
+		if set, names, err := parseFeatures(s); err != nil || set != rbd.FeatureLayering || names != "layering" {
+			t.Errorf("parseFeatures(%q) = %#x, %q, %v", s, set, names, err)
+		}
+	}
+	v, err := parseVolumeParams(base("radosNamespace", "tenant-a", "stripeUnit", "512", "stripeCount", "8"))
+	if err != nil || v.RadosNamespace != "tenant-a" || v.StripeUnit != 512 || v.StripeCount != 8 {
+		t.Errorf("good namespace and striping: %+v, %v", v, err)
+	}
+}

@@ -42,18 +42,18 @@ func Credentials(secrets map[string]string, pairs ...[2]string) (cephconn.Creden
 	if err != nil {
 		return c, csierr.Errorf(csierr.ErrInvalid, "secrets: %v", err)
 	}
-	if !safeToken(c.ID) {
-		return c, csierr.Errorf(csierr.ErrInvalid, "secrets: the user ID may hold only letters, digits and . _ -")
+	if !SafeToken(c.ID) {
+		return c, csierr.Errorf(csierr.ErrInvalid, "secrets: the user ID may hold only letters, digits and . _ - (not first)")
 	}
-	if !base64Text(c.Key) {
+	if !Base64Text(c.Key) {
 		return c, csierr.Errorf(csierr.ErrInvalid, "secrets: the key of %s is not a cephx key (base64 text)", c)
 	}
 	return c, nil
 }
 
-// base64Text reports whether s is made of base64 characters only, as every
+// Base64Text reports whether s is made of base64 characters only, as every
 // cephx key is.
-func base64Text(s string) bool {
+func Base64Text(s string) bool {
 	for _, r := range s {
 		if !alnum(r) && r != '+' && r != '/' && r != '=' {
 			return false
@@ -67,14 +67,15 @@ func alnum(r rune) bool {
 	return r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9'
 }
 
-// safeToken reports whether s is a non-empty run of letters, digits, '.',
-// '_' and '-': safe inside any option string or command line.
-func safeToken(s string) bool {
-	if s == "" {
+// SafeToken reports whether s is a non-empty run of letters, digits, '.',
+// '_' and '-' that does not start with '-': safe as a cephx user ID or a
+// name prefix inside any option string or command line.
+func SafeToken(s string) bool {
+	if s == "" || s[0] == '-' {
 		return false
 	}
-	for _, r := range s {
-		if !alnum(r) && r != '.' && r != '_' && r != '-' {
+	for i := 0; i < len(s); i++ {
+		if c := rune(s[i]); !alnum(c) && c != '.' && c != '_' && c != '-' {
 			return false
 		}
 	}
@@ -204,21 +205,35 @@ func ReadOnlyModes(caps []*csi.VolumeCapability) bool {
 }
 
 // SafeOption refuses a mount or map option that could carry more than
-// itself: separators that start another option or argument, control
-// characters, and the options through which credentials travel.
+// itself: anything but printable ASCII (spaces and control characters
+// separate arguments and requests), the separators of option lists (',' and
+// ';'), quotes (mount(8) and the kernel's LSM options read a quoted option
+// across commas, so an unbalanced quote swallows the options after it) and
+// backslashes; a leading '-' (a helper that scans its whole command line,
+// as every Ceph tool does, would take the option for one of its own); and
+// the options through which credentials, identities and monitors travel,
+// which the driver sets. Ceph reads '-' and '_' alike in option names, and
+// so does this check.
 func SafeOption(field, opt string) error {
-	if strings.ContainsAny(opt, ", \t\r\n\x00;") {
-		return csierr.Errorf(csierr.ErrInvalid, "%s: option %q may not contain separators or spaces", field, opt)
+	if i := unsafeIndex(opt); i >= 0 {
+		return csierr.Errorf(csierr.ErrInvalid, "%s: option %q may not contain %q: only printable ASCII without spaces, quotes, backslashes, ',' or ';'",
+			field, opt, opt[i])
+	}
+	if strings.HasPrefix(opt, "-") {
+		return csierr.Errorf(csierr.ErrInvalid, "%s: option %q may not start with '-'", field, opt)
 	}
 	name, _, _ := strings.Cut(opt, "=")
-	switch strings.ToLower(strings.TrimLeft(name, "-")) {
-	case "name", "secret", "secretfile", "key", "keyfile", "keyring", "id", "user", "conf", "c", "k", "n", "mon_host", "mon-host":
+	switch strings.ReplaceAll(strings.ToLower(name), "-", "_") {
+	case "name", "secret", "secretfile", "key", "keyfile", "keyring", "id", "user", "conf", "c", "k", "n", "i", "m",
+		"mon_host", "mon_addr":
 		return csierr.Errorf(csierr.ErrInvalid, "%s: option %q is set by the driver and may not be given", field, name)
 	}
 	return nil
 }
 
-// SafeOptionList checks a comma-separated option list item by item.
+// SafeOptionList checks a comma-separated option list item by item (the
+// items trimmed of spaces, empty ones skipped, as the option parsers read
+// such a list).
 func SafeOptionList(field, list string) error {
 	for _, o := range strings.Split(list, ",") {
 		if o = strings.TrimSpace(o); o == "" {
@@ -231,25 +246,76 @@ func SafeOptionList(field, list string) error {
 	return nil
 }
 
+// SafeValue refuses a value that the driver places inside an option or on
+// a helper's command line (a filesystem name, a path) when it could end
+// that option or argument and start another: the characters SafeOption
+// refuses, or a leading '-'.
+func SafeValue(field, v string) error {
+	if i := unsafeIndex(v); i >= 0 {
+		return csierr.Errorf(csierr.ErrInvalid, "%s: %q may not contain %q: only printable ASCII without spaces, quotes, backslashes, ',' or ';'",
+			field, v, v[i])
+	}
+	if strings.HasPrefix(v, "-") {
+		return csierr.Errorf(csierr.ErrInvalid, "%s: %q may not start with '-'", field, v)
+	}
+	return nil
+}
+
+// unsafeIndex returns the index of the first byte of s that SafeOption and
+// SafeValue refuse, or -1.
+func unsafeIndex(s string) int {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c <= ' ' || c >= 0x7f || strings.IndexByte(`,;"'\`, c) >= 0 {
+			return i
+		}
+	}
+	return -1
+}
+
 // NamePrefix returns the name prefix parameter name of p, or def.
 func NamePrefix(p map[string]string, name, def string) (string, error) {
 	v, ok := p[name]
 	if !ok || v == "" {
 		return def, nil
 	}
-	if !safeToken(v) || len(v) > 64 {
-		return "", csierr.Param(name, "%q may hold only up to 64 letters, digits and . _ -", v)
+	if !SafeToken(v) || len(v) > 64 {
+		return "", csierr.Param(name, "%q may hold only up to 64 letters, digits and . _ - (not first)", v)
 	}
 	return v, nil
 }
 
 // ValidPoolName refuses pool names no Ceph pool can have (and that could
-// confuse a helper's command line).
+// confuse a helper's command line or a C string).
 func ValidPoolName(param, v string) error {
-	if v == "" || strings.ContainsAny(v, "/@ \t\r\n,;=") || strings.HasPrefix(v, "-") || len(v) > 255 {
+	if !validName(v) {
 		return csierr.Param(param, "%q is not a valid pool name", v)
 	}
 	return nil
+}
+
+// ValidNamespace refuses RADOS namespace names that an image spec
+// (pool/namespace/image) or a map request cannot carry; "" is the default
+// namespace.
+func ValidNamespace(param, v string) error {
+	if v != "" && !validName(v) {
+		return csierr.Param(param, "%q is not a valid RADOS namespace", v)
+	}
+	return nil
+}
+
+// validName reports whether v can name a pool or namespace: 1 to 255
+// bytes, no control characters, no separator of an image spec, option
+// list or command line, and no leading '-'.
+func validName(v string) bool {
+	if v == "" || len(v) > 255 || strings.HasPrefix(v, "-") || strings.ContainsAny(v, "/@ ,;=") {
+		return false
+	}
+	for i := 0; i < len(v); i++ {
+		if v[i] < ' ' || v[i] == 0x7f {
+			return false
+		}
+	}
+	return true
 }
 
 // PassThrough copies StorageClass parameters into a volume context, leaving

@@ -1,6 +1,7 @@
 package request
 
 import (
+	"strings"
 	"testing"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
@@ -83,5 +84,79 @@ func TestPassThroughDropsSidecarKeys(t *testing.T) {
 	})
 	if len(out) != 3 || out["csi.storage.k8s.io/fstype"] != "xfs" || out["mounter"] != "rbd-nbd" {
 		t.Fatalf("PassThrough = %v", out)
+	}
+}
+
+func TestSafeOption(t *testing.T) {
+	for _, ok := range []string{"noatime", "queue_depth=128", "ms_mode=prefer-crc", "context=system_u:object_r:tmp_t:s0",
+		"recover_session=clean", "namespace=x", "keyed"} {
+		if err := SafeOption("f", ok); err != nil {
+			t.Errorf("SafeOption(%q) = %v", ok, err)
+		}
+	}
+	for opt, why := range map[string]string{
+		"a,name=admin":           "a second option",
+		"noshare rbd other":      "more tokens of a krbd add request (pool and image)",
+		"a\vb":                   "a vertical tab, whitespace to the kernel's request parser",
+		"a\x00b":                 "a NUL",
+		"ro\x7f":                 "DEL",
+		"fsname=caf\u00e9":       "non-ASCII",
+		`context="x`:             "an unbalanced quote, which makes mount(8) read the driver's next options into this one",
+		`a\,b`:                   "a backslash",
+		"--log_file=/etc/passwd": "an argument ceph-fuse takes for its own when first after -o",
+		"-o":                     "an argument",
+		"name=admin":             "the cephx user",
+		"Secret=x":               "the key",
+		"secretfile=/etc/x":      "the key",
+		"keyring=/etc/x":         "the key",
+		"mon-host=10.0.0.9":      "the monitors, spelled with a dash",
+		"mon_addr=10.0.0.9":      "the monitors of the kernel CephFS client",
+		"user=admin":             "the cephx user under Ceph's other name for --id",
+	} {
+		err := SafeOption("volume_context.mapOptions", opt)
+		if csierr.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), "volume_context.mapOptions") {
+			t.Errorf("SafeOption(%q) = %v; want InvalidArgument naming the field (%s)", opt, err, why)
+		}
+	}
+	if err := SafeOptionList("f", " noatime, ,nodiratime "); err != nil {
+		t.Errorf("SafeOptionList with spaces around items: %v", err)
+	}
+	if err := SafeOptionList("f", "noatime,name=admin"); err == nil {
+		t.Error("SafeOptionList accepted name=")
+	}
+}
+
+func TestNamesAndTokens(t *testing.T) {
+	for _, v := range []string{"rbd\x00", "rbd\v", "rbd\n", "-rbd", "a/b", "a@b", "a,b", "", strings.Repeat("p", 256)} {
+		if err := ValidPoolName("pool", v); csierr.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), `"pool"`) {
+			t.Errorf("ValidPoolName(%q) = %v", v, err)
+		}
+	}
+	if err := ValidPoolName("pool", "ec-data.1"); err != nil {
+		t.Error(err)
+	}
+	if err := ValidNamespace("radosNamespace", ""); err != nil {
+		t.Errorf("the default namespace: %v", err)
+	}
+	if err := ValidNamespace("radosNamespace", "ns/x"); csierr.Code(err) != codes.InvalidArgument {
+		t.Errorf("ValidNamespace(ns/x) = %v", err)
+	}
+	for v, want := range map[string]bool{"csi-rbd-node": true, "a.b_c": true, "-n": false, "": false, "a b": false, "a,b": false} {
+		if SafeToken(v) != want {
+			t.Errorf("SafeToken(%q) = %v", v, !want)
+		}
+	}
+	if _, err := NamePrefix(map[string]string{"p": "-x"}, "p", "d"); err == nil {
+		t.Error("a prefix starting with '-' was accepted")
+	}
+	for _, v := range []string{"myfs", "/volumes/csi/v/uuid"} {
+		if err := SafeValue("f", v); err != nil {
+			t.Errorf("SafeValue(%q) = %v", v, err)
+		}
+	}
+	for _, v := range []string{"fs,name=admin", "fs name", "-fs", "fs\n"} {
+		if err := SafeValue("f", v); csierr.Code(err) != codes.InvalidArgument {
+			t.Errorf("SafeValue(%q) = %v", v, err)
+		}
 	}
 }

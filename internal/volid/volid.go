@@ -12,7 +12,7 @@ package volid
 import (
 	"errors"
 	"fmt"
-	"strconv"
+	"math"
 )
 
 const (
@@ -42,8 +42,8 @@ func (id ID) Encode() (string, error) {
 	if id.ClusterID == "" || len(id.ClusterID) > MaxClusterIDLength {
 		return "", fmt.Errorf("clusterID %q must be 1 to %d bytes", id.ClusterID, MaxClusterIDLength)
 	}
-	if len(id.UUID) != uuidLength {
-		return "", fmt.Errorf("uuid %q is not %d characters long", id.UUID, uuidLength)
+	if !validUUID(id.UUID) {
+		return "", fmt.Errorf("uuid %q is not a UUID in lowercase canonical form", id.UUID)
 	}
 	if id.LocationID < 0 {
 		return "", fmt.Errorf("negative pool or filesystem ID %d", id.LocationID)
@@ -55,7 +55,10 @@ func (id ID) Encode() (string, error) {
 	return s, nil
 }
 
-// Decode parses s. Any deviation from the format is ErrMalformed.
+// Decode parses s. Any deviation from the format is ErrMalformed, and so is
+// any spelling Encode does not produce (uppercase hex digits in a field or
+// the uuid): one ID has one string, so two spellings can never name two
+// volumes, take two locks or miss each other in the journal.
 func Decode(s string) (ID, error) {
 	var id ID
 	// version(4) - length(4) - clusterID - pool(16) - uuid(36)
@@ -63,15 +66,15 @@ func Decode(s string) (ID, error) {
 	if len(s) > MaxLength || len(s) < fixed+1 {
 		return id, fmt.Errorf("%w: %q has the wrong length", ErrMalformed, s)
 	}
-	version, err := strconv.ParseUint(s[0:4], 16, 16)
-	if err != nil || s[4] != '-' {
+	version, ok := hexField(s[0:4])
+	if !ok || s[4] != '-' {
 		return id, fmt.Errorf("%w: %q has no version field", ErrMalformed, s)
 	}
 	if version != Version {
 		return id, fmt.Errorf("%w: %q has unknown encoding version %d", ErrMalformed, s, version)
 	}
-	clusterLen, err := strconv.ParseUint(s[5:9], 16, 16)
-	if err != nil || s[9] != '-' {
+	clusterLen, ok := hexField(s[5:9])
+	if !ok || s[9] != '-' {
 		return id, fmt.Errorf("%w: %q has no clusterID length field", ErrMalformed, s)
 	}
 	if clusterLen == 0 || clusterLen > MaxClusterIDLength || len(s) != fixed+int(clusterLen) {
@@ -83,8 +86,8 @@ func Decode(s string) (ID, error) {
 	if rest[0] != '-' || rest[17] != '-' {
 		return ID{}, fmt.Errorf("%w: %q has misplaced separators", ErrMalformed, s)
 	}
-	loc, err := strconv.ParseUint(rest[1:17], 16, 63)
-	if err != nil {
+	loc, ok := hexField(rest[1:17])
+	if !ok || loc > math.MaxInt64 {
 		return ID{}, fmt.Errorf("%w: %q has a bad pool field", ErrMalformed, s)
 	}
 	id.LocationID = int64(loc)
@@ -95,18 +98,39 @@ func Decode(s string) (ID, error) {
 	return id, nil
 }
 
+// hexField parses a fixed-width field of lowercase hex digits, the only
+// digits Encode writes.
+func hexField(f string) (uint64, bool) {
+	var v uint64
+	for i := 0; i < len(f); i++ {
+		c := f[i]
+		switch {
+		case c >= '0' && c <= '9':
+			v = v<<4 | uint64(c-'0')
+		case c >= 'a' && c <= 'f':
+			v = v<<4 | uint64(c-'a'+10)
+		default:
+			return 0, false
+		}
+	}
+	return v, len(f) > 0 && len(f) <= 16
+}
+
+// validUUID reports whether u is a UUID in its canonical form: 36
+// characters, lowercase hex digits and dashes at 8, 13, 18 and 23.
 func validUUID(u string) bool {
 	if len(u) != uuidLength {
 		return false
 	}
-	for i, c := range u {
+	for i := 0; i < len(u); i++ {
+		c := u[i]
 		switch i {
 		case 8, 13, 18, 23:
 			if c != '-' {
 				return false
 			}
 		default:
-			if (c < '0' || c > '9') && (c < 'a' || c > 'f') && (c < 'A' || c > 'F') {
+			if (c < '0' || c > '9') && (c < 'a' || c > 'f') {
 				return false
 			}
 		}
