@@ -131,9 +131,10 @@ func (o *Options) Register(fs *flag.FlagSet) {
 	fs.BoolVar(&o.ForceKernelClient, "forcecephkernelclient", false, "mount CephFS with the kernel client by default even on kernels without quota support (< 4.17)")
 
 	fs.DurationVar(&o.Timeout, "timeout", 3*time.Second, "--type=liveness: timeout of each probe")
-	fs.IntVar(&o.MetricsPort, "metricsport", 8080, "--type=liveness: port of the metrics endpoint; with --enableprofiling, port of the profiling endpoint")
-	fs.StringVar(&o.MetricsPath, "metricspath", "/metrics", "--type=liveness: path of the metrics endpoint")
-	fs.StringVar(&o.MetricsHost, "metricshost", "", "address the liveness metrics and profiling endpoints listen on (default all)")
+	fs.IntVar(&o.MetricsPort, "metricsport", 8080, "port of the metrics endpoint: the liveness gauge with --type=liveness, the driver's metrics "+
+		"with --enablegrpcmetrics; with --enableprofiling, also the port of the profiling endpoint")
+	fs.StringVar(&o.MetricsPath, "metricspath", "/metrics", "path of the metrics endpoint (--type=liveness, --enablegrpcmetrics)")
+	fs.StringVar(&o.MetricsHost, "metricshost", "", "address the metrics and profiling endpoints listen on (default all)")
 	fs.DurationVar(&o.PollTime, "polltime", 60*time.Second, "--type=liveness: probe interval")
 	fs.DurationVar(&o.ConnIdleTimeout, "connidletimeout", 5*time.Minute, "close Ceph connections unused for this long")
 
@@ -158,7 +159,8 @@ func (o *Options) Register(fs *flag.FlagSet) {
 	fs.DurationVar(&o.LogSlowOpInterval, "logslowopinterval", 30*time.Second, "log every call still running after each interval, with its method and request ID (0: never)")
 	fs.IntVar(&o.PIDLimit, "pidlimit", 0, "set the pids cgroup limit of the process at start: -1 for the maximum, 0 to leave it (a failure only warns)")
 	fs.BoolVar(&o.EnableProfiling, "enableprofiling", false, "serve Go profiles (/debug/pprof/) on --metricshost:--metricsport")
-	fs.BoolVar(&o.EnableGRPCMetrics, "enablegrpcmetrics", false, "per-call gRPC metrics; not served (ceph-csi removed them too): warns when true")
+	fs.BoolVar(&o.EnableGRPCMetrics, "enablegrpcmetrics", false, "serve Prometheus metrics on --metricshost:--metricsport at --metricspath: "+
+		"CSI calls by method and code, their latency and those in flight, controller steps, Ceph connections, node maps and mounts")
 
 	for _, name := range legacyFlags {
 		fs.String(none(name, "not a flag of ceph-csi v3.12 or later"), "", "accepted from older manifests; no effect")
@@ -256,10 +258,7 @@ func (o *Options) Validate() error {
 		if o.PollTime <= 0 || o.Timeout <= 0 {
 			return fmt.Errorf("--polltime and --timeout must be positive")
 		}
-		if o.MetricsPort <= 0 || o.MetricsPort > 65535 {
-			return fmt.Errorf("--metricsport=%d is not a TCP port", o.MetricsPort)
-		}
-		return nil
+		return o.validMetricsEndpoint()
 	case "controller":
 		return nil
 	case "nfs", "nvmeof":
@@ -271,6 +270,11 @@ func (o *Options) Validate() error {
 	}
 	if !o.IsControllerSrv && !o.IsNodeSrv {
 		return fmt.Errorf("at least one of --controllerserver and --nodeserver is required")
+	}
+	if o.EnableGRPCMetrics || o.EnableProfiling {
+		if err := o.validMetricsEndpoint(); err != nil {
+			return err
+		}
 	}
 	if o.IsNodeSrv && o.NodeID == "" {
 		return fmt.Errorf("--nodeid is required with --nodeserver")
@@ -286,6 +290,17 @@ func (o *Options) Validate() error {
 	}
 	if o.MinSnapsOnImage > o.MaxSnapsOnImage {
 		return fmt.Errorf("--minsnapshotsonimage (%d) exceeds --maxsnapshotsonimage (%d)", o.MinSnapsOnImage, o.MaxSnapsOnImage)
+	}
+	return nil
+}
+
+// validMetricsEndpoint checks --metricsport and --metricspath.
+func (o *Options) validMetricsEndpoint() error {
+	if o.MetricsPort <= 0 || o.MetricsPort > 65535 {
+		return fmt.Errorf("--metricsport=%d is not a TCP port", o.MetricsPort)
+	}
+	if !strings.HasPrefix(o.MetricsPath, "/") || strings.HasPrefix(o.MetricsPath, "/debug/pprof") {
+		return fmt.Errorf("--metricspath=%q: want an absolute URL path outside /debug/pprof/", o.MetricsPath)
 	}
 	return nil
 }
@@ -313,9 +328,8 @@ const (
 // what a user who asks for it loses. Whoever implements one removes its
 // entry here.
 var notServed = map[Behaviour]string{
-	CSIAddons:   "the CSI-Addons service (reclaim space, network fence) is not served yet; nothing listens on that endpoint",
-	Fencing:     "nodes are not fenced: the CSI-Addons service (reclaim space, network fence) is not served yet",
-	GRPCMetrics: "no per-call gRPC metrics are exported (ceph-csi removed them as well; the CSI sidecars export call metrics)",
+	CSIAddons: "the CSI-Addons service (reclaim space, network fence) is not served yet; nothing listens on that endpoint",
+	Fencing:   "nodes are not fenced: the CSI-Addons service (reclaim space, network fence) is not served yet",
 	TrashRetention: "deleted RBD volumes are removed at once (moved to the trash only while clones depend on them), " +
 		"not kept in the trash for that delay",
 	KubeController: "ceph-csi's Kubernetes-side controller is not implemented: the omap journal of PVs whose RBD images were " +

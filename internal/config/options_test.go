@@ -144,8 +144,7 @@ func TestWarningsOnlyForWhatThisProcessWouldDo(t *testing.T) {
 			[]string{"--type=liveness", "--endpoint=unix:///csi/csi.sock", "--metricsport=9080", "--metricspath=/metrics",
 				"--polltime=60s", "--timeout=3s"}, nil},
 		"grpc metrics": {
-			[]string{"--type=cephfs", "--nodeserver=true", "--nodeid=n", "--enablegrpcmetrics=true"},
-			[]string{"--enablegrpcmetrics=true: no per-call gRPC metrics"}},
+			[]string{"--type=cephfs", "--nodeserver=true", "--nodeid=n", "--enablegrpcmetrics=true", "--metricsport=8093"}, nil},
 	} {
 		o, err := parse(t, tc.args...)
 		if err != nil {
@@ -162,6 +161,21 @@ func TestWarningsOnlyForWhatThisProcessWouldDo(t *testing.T) {
 				t.Errorf("%s: no warning with %q in:\n%s", name, s, strings.Join(w, "\n"))
 			}
 		}
+	}
+}
+
+// --enablegrpcmetrics is served: listed among the behaviours in force, with
+// no warning, and only when asked for.
+func TestGRPCMetricsServed(t *testing.T) {
+	o, err := parse(t, "--type=rbd", "--controllerserver=true", "--enablegrpcmetrics=true", "--metricsport=8090")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Contains(o.Active(), GRPCMetrics) || len(o.Warnings()) != 0 {
+		t.Errorf("active %v, warnings %q", o.Active(), o.Warnings())
+	}
+	if o, err = parse(t, "--type=rbd", "--controllerserver=true"); err != nil || slices.Contains(o.Active(), GRPCMetrics) {
+		t.Errorf("metrics active without the flag: %v (%v)", o.Active(), err)
 	}
 }
 
@@ -220,6 +234,9 @@ func TestOptionsValidate(t *testing.T) {
 		"bad crush label":  {"--type=rbd", "--nodeserver", "--nodeid=n", "--crush-location-labels=a=b"},
 		"bad addons url":   {"--type=rbd", "--controllerserver", "--csi-addons-endpoint=/csi/csi-addons.sock"},
 		"liveness no port": {"--type=liveness", "--metricsport=0"},
+		"metrics no port":  {"--type=rbd", "--controllerserver", "--enablegrpcmetrics", "--metricsport=0"},
+		"metrics on pprof": {"--type=rbd", "--controllerserver", "--enablegrpcmetrics", "--metricspath=/debug/pprof/m"},
+		"metrics relative": {"--type=cephfs", "--nodeserver", "--nodeid=n", "--enablegrpcmetrics", "--metricspath=metrics"},
 	} {
 		if _, err := parse(t, args...); err == nil {
 			t.Errorf("%s: %v accepted", name, args)

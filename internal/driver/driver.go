@@ -4,6 +4,7 @@ package driver
 import (
 	"context"
 	"fmt"
+	"net/http"
 	"os/signal"
 	"syscall"
 	"time"
@@ -14,6 +15,8 @@ import (
 	"github.com/leanceph/cephcsi/internal/cephfs"
 	"github.com/leanceph/cephcsi/internal/config"
 	"github.com/leanceph/cephcsi/internal/locks"
+	"github.com/leanceph/cephcsi/internal/metrics"
+	"github.com/leanceph/cephcsi/internal/metrics/prom"
 	"github.com/leanceph/cephcsi/internal/rbd"
 	"github.com/leanceph/cephcsi/internal/registration"
 	"github.com/leanceph/cephcsi/internal/server"
@@ -39,9 +42,6 @@ func Run(opts *config.Options) error {
 		// What ceph-csi does here is not implemented (announce warned).
 		<-ctx.Done()
 		return nil
-	}
-	if opts.EnableProfiling {
-		startProfiling(ctx, opts)
 	}
 	return Serve(ctx, opts)
 }
@@ -99,7 +99,22 @@ func Serve(ctx context.Context, opts *config.Options) error {
 	if err != nil {
 		return err
 	}
-	srv := server.New(lis, svcs, deps.Locks, server.WithSlowCallLog(opts.LogSlowOpInterval))
+	srvOpts := []server.Option{server.WithSlowCallLog(opts.LogSlowOpInterval)}
+	var exp *prom.Exporter
+	var metricsHandler http.Handler
+	if opts.EnableGRPCMetrics {
+		exp = prom.New(opts.Type, server.Version, conns.Len)
+		defer metrics.Set(exp)()
+		srvOpts = append(srvOpts, server.WithCallObserver(exp))
+		metricsHandler = exp.Handler()
+	}
+	srv := server.New(lis, svcs, deps.Locks, srvOpts...)
+	if exp != nil {
+		exp.Methods(srv.Methods())
+	}
+	httpCtx, stopHTTP := context.WithCancel(ctx)
+	defer stopHTTP()
+	startHTTP(httpCtx, opts, metricsHandler)
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve() }()
 	// Registered with the kubelet once the CSI socket answers; deregistered

@@ -14,6 +14,7 @@ import (
 	"github.com/leanceph/cephcsi/internal/failpoint"
 	"github.com/leanceph/cephcsi/internal/journal"
 	"github.com/leanceph/cephcsi/internal/locks"
+	"github.com/leanceph/cephcsi/internal/metrics"
 	"github.com/leanceph/cephcsi/internal/request"
 	"github.com/leanceph/cephcsi/internal/volid"
 )
@@ -65,8 +66,9 @@ func (s *ControllerServer) CreateSnapshot(ctx context.Context, req *csi.CreateSn
 	digest := request.Digest(req.GetParameters(), "snapshot", req.GetSourceVolumeId())
 
 	store := ref.p.Journal()
+	began := time.Now()
 	entry, err := s.snapshots.Lookup(store, name)
-	if err != nil {
+	if metrics.Step(metrics.RBD, metrics.StepJournalLookup, began, err) != nil {
 		return nil, err
 	}
 	if entry != nil {
@@ -94,10 +96,16 @@ func (s *ControllerServer) CreateSnapshot(ctx context.Context, req *csi.CreateSn
 			return nil, err
 		}
 		klog.FromContext(ctx).Info("repairing a half-created snapshot", "image", entry.ImageName)
-	} else if entry, err = s.snapshots.Reserve(store, name, prefix, journal.Entry{Source: ref.image(), Request: digest}); err != nil {
-		return nil, err
+	} else {
+		began = time.Now()
+		entry, err = s.snapshots.Reserve(store, name, prefix, journal.Entry{Source: ref.image(), Request: digest})
+		if metrics.Step(metrics.RBD, metrics.StepJournalReserve, began, err) != nil {
+			return nil, err
+		}
 	}
+	began = time.Now()
 	info, err := s.snapshotImage(ctx, ref, entry)
+	_ = metrics.Step(metrics.RBD, metrics.StepSnapshot, began, err)
 	if err == nil {
 		err = s.recordMetadata(ref.p, entry, request.SnapshotMetadata(req.GetParameters(), s.Options.ClusterName))
 	}
@@ -267,8 +275,9 @@ func (s *ControllerServer) DeleteSnapshot(ctx context.Context, req *csi.DeleteSn
 	defer releaseName()
 	// Volumes restored from the snapshot keep working: the image goes to the
 	// trash until its last clone is gone.
+	began := time.Now()
 	found, parent, err := s.remover(t).remove(entry.ImageName)
-	if err != nil {
+	if metrics.Step(metrics.RBD, metrics.StepRemove, began, err) != nil {
 		return nil, err
 	}
 	purgeAncestors(t.c, parent)
@@ -276,7 +285,8 @@ func (s *ControllerServer) DeleteSnapshot(ctx context.Context, req *csi.DeleteSn
 		purgeOurTrash(t.c, t.p)
 	}
 	failpoint.Hit("delete-snapshot-before-release")
-	if err := s.snapshots.Release(t.p.Journal(), entry); err != nil {
+	began = time.Now()
+	if err := metrics.Step(metrics.RBD, metrics.StepJournalRelease, began, s.snapshots.Release(t.p.Journal(), entry)); err != nil {
 		return nil, err
 	}
 	return &csi.DeleteSnapshotResponse{}, nil

@@ -17,6 +17,24 @@ import (
 	"github.com/leanceph/cephcsi/internal/csierr"
 )
 
+// CallObserver is told of every call (the metrics exporter implements it).
+type CallObserver interface {
+	CallStarted(fullMethod string)
+	CallFinished(fullMethod string, code codes.Code, took time.Duration)
+}
+
+// observeCalls reports each call's start and end to o, with the code of the
+// status the client receives.
+func observeCalls(o CallObserver) grpc.UnaryServerInterceptor {
+	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, next grpc.UnaryHandler) (any, error) {
+		start := time.Now()
+		o.CallStarted(info.FullMethod)
+		resp, err := next(ctx, req)
+		o.CallFinished(info.FullMethod, status.Code(err), time.Since(start))
+		return resp, err
+	}
+}
+
 // withRequestID gives every call a short random ID carried by the contextual
 // logger, so each log line of a call can be found with one grep.
 func withRequestID(ctx context.Context, req any, info *grpc.UnaryServerInfo, next grpc.UnaryHandler) (any, error) {

@@ -9,6 +9,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"sort"
 	"strings"
 	"time"
 
@@ -62,7 +63,10 @@ func Listen(endpoint string) (net.Listener, error) {
 // Option tunes the server.
 type Option func(*settings)
 
-type settings struct{ slowCallInterval time.Duration }
+type settings struct {
+	slowCallInterval time.Duration
+	calls            CallObserver
+}
 
 // WithSlowCallLog logs, every interval, each call still running (with its
 // method and request ID); 0 turns it off.
@@ -70,17 +74,29 @@ func WithSlowCallLog(interval time.Duration) Option {
 	return func(s *settings) { s.slowCallInterval = interval }
 }
 
-// New builds a server for svcs on lis with the standard middleware: request
-// IDs, the slow-call log, logging without secrets, the gRPC status of every
-// error (the RPC edge), an answer by the call's deadline (the handler, its
-// panic recovery and its operation locks of opLocks go on in the
-// background past it; see answerByDeadline).
+// WithCallObserver tells o of every call: its start, and its end with the
+// gRPC code of the answer.
+func WithCallObserver(o CallObserver) Option {
+	return func(s *settings) { s.calls = o }
+}
+
+// New builds a server for svcs on lis with the standard middleware: call
+// metrics (when observed), request IDs, the slow-call log, logging without
+// secrets, the gRPC status of every error (the RPC edge), an answer by the
+// call's deadline (the handler, its panic recovery and its operation locks
+// of opLocks go on in the background past it; see answerByDeadline).
 func New(lis net.Listener, svcs Services, opLocks *locks.Set, opts ...Option) *Server {
 	var set settings
 	for _, o := range opts {
 		o(&set)
 	}
-	chain := []grpc.UnaryServerInterceptor{withRequestID}
+	var chain []grpc.UnaryServerInterceptor
+	if set.calls != nil {
+		// Outermost: the time includes lock waits and logging, and the
+		// code is the one the client gets.
+		chain = append(chain, observeCalls(set.calls))
+	}
+	chain = append(chain, withRequestID)
 	if set.slowCallInterval > 0 {
 		chain = append(chain, logSlowCalls(set.slowCallInterval))
 	}
@@ -96,6 +112,19 @@ func New(lis net.Listener, svcs Services, opLocks *locks.Set, opts ...Option) *S
 		csi.RegisterNodeServer(g, svcs.Node)
 	}
 	return &Server{grpc: g, listener: lis}
+}
+
+// Methods lists the full names of the methods served ("/csi.v1.Node/
+// NodeStageVolume").
+func (s *Server) Methods() []string {
+	var out []string
+	for svc, info := range s.grpc.GetServiceInfo() {
+		for _, m := range info.Methods {
+			out = append(out, "/"+svc+"/"+m.Name)
+		}
+	}
+	sort.Strings(out)
+	return out
 }
 
 // Serve blocks until the server stops.
