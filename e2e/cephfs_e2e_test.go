@@ -67,29 +67,16 @@ func TestCephFS(t *testing.T) {
 	writeFile(t, files, path.Join(src.attrs["subvolumePath"], "e2e-data"), payload)
 
 	// 2. VolumeSnapshot -> a subvolume snapshot of the source.
-	d = snapshot(t, e, ns, "snap", vsc, "src")
-	t.Logf("cephfs timing: snapshot ready in %s", ms(d))
-	sn := readySnapshot(t, e, ns, "snap", cephfsDriver)
+	sn := snapshotSrc(t, e, "cephfs", ns, vsc, cephfsDriver)
 	ours = append(ours, sn.id.UUID)
 	snapName := "csi-snap-" + sn.id.UUID
-	if sn.restoreSize != "1Gi" {
-		t.Errorf("restoreSize %q, want 1Gi", sn.restoreSize)
-	}
 	if snaps := subvolumeSnaps(t, fsa, src.attrs["subvolumeName"]); !slices.Contains(snaps, snapName) {
 		t.Errorf("subvolume %s has snapshots %v, want %s", src.attrs["subvolumeName"], snaps, snapName)
 	}
-	if got := testutil.Omap(t, journal, "csi.snaps.default")["csi.snap.snapshot-"+sn.uid]; got != sn.id.UUID {
-		t.Errorf("journal: csi.snap.snapshot-%s -> %q, want %s", sn.uid, got, sn.id.UUID)
-	}
-	if j := testutil.Omap(t, journal, "csi.snap."+sn.id.UUID); j["csi.imagename"] != snapName || j["csi.source"] != src.attrs["subvolumeName"] {
-		t.Errorf("journal csi.snap.%s = %v", sn.id.UUID, j)
-	}
+	checkSnapJournal(t, journal, sn, snapName, src.attrs["subvolumeName"])
 
 	// 3. Restore (a subvolume clone; Bound once the copy is complete).
-	d = provision(t, e, ns, "restore", sc, "1Gi", rwx, fromSnapshot("snap"))
-	t.Logf("cephfs timing: restore Bound in %s", ms(d))
-	d = provision(t, e, ns, "restore-big", sc, "2Gi", rwx, fromSnapshot("snap"))
-	t.Logf("cephfs timing: restore into 2Gi Bound in %s", ms(d))
+	provisionRestores(t, e, "cephfs", ns, sc, rwx)
 	for name, size := range map[string]int64{"restore": gib, "restore-big": 2 * gib} {
 		v := checkSubvolume(t, e, c, fsa, journal, ns, name, size)
 		ours = append(ours, v.id.UUID)

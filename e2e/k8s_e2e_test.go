@@ -171,6 +171,30 @@ func readySnapshot(t testing.TB, e *env, ns, name, driver string) snap {
 	return s
 }
 
+// snapshotSrc takes VolumeSnapshot "snap" of the 1Gi PVC "src" with class
+// vsc and returns it once ready; kind names the driver in the timing it
+// logs.
+func snapshotSrc(t testing.TB, e *env, kind, ns, vsc, driver string) snap {
+	t.Helper()
+	d := snapshot(t, e, ns, "snap", vsc, "src")
+	t.Logf("%s timing: snapshot ready in %s", kind, ms(d))
+	sn := readySnapshot(t, e, ns, "snap", driver)
+	if sn.restoreSize != "1Gi" {
+		t.Errorf("restoreSize %q, want 1Gi", sn.restoreSize)
+	}
+	return sn
+}
+
+// provisionRestores provisions the PVCs "restore" (1Gi) and "restore-big"
+// (2Gi) of class sc from VolumeSnapshot "snap".
+func provisionRestores(t testing.TB, e *env, kind, ns, sc, mode string) {
+	t.Helper()
+	d := provision(t, e, ns, "restore", sc, "1Gi", mode, fromSnapshot("snap"))
+	t.Logf("%s timing: restore Bound in %s", kind, ms(d))
+	d = provision(t, e, ns, "restore-big", sc, "2Gi", mode, fromSnapshot("snap"))
+	t.Logf("%s timing: restore into 2Gi Bound in %s", kind, ms(d))
+}
+
 // retainSnapshot takes VolumeSnapshot name of pvc with a class of
 // deletionPolicy Retain and deletes it again: its content must stay.
 func retainSnapshot(t testing.TB, e *env, ns, name, class, pvc, driver string) snap {

@@ -67,13 +67,8 @@ func TestRBD(t *testing.T) {
 
 	// 2. VolumeSnapshot -> readyToUse; csi-snap-<uuid> cloned from the source,
 	// no snapshot left on the source.
-	d = snapshot(t, e, ns, "snap", vsc, "src")
-	t.Logf("rbd timing: snapshot ready in %s", ms(d))
-	sn := readySnapshot(t, e, ns, "snap", rbdDriver)
+	sn := snapshotSrc(t, e, "rbd", ns, vsc, rbdDriver)
 	ours = append(ours, sn.id.UUID)
-	if sn.restoreSize != "1Gi" {
-		t.Errorf("restoreSize %q, want 1Gi", sn.restoreSize)
-	}
 	if sn.id.ClusterID != c.ClusterID {
 		t.Errorf("snapshot ID names cluster %q, want %q", sn.id.ClusterID, c.ClusterID)
 	}
@@ -87,19 +82,11 @@ func TestRBD(t *testing.T) {
 	if s := testutil.ImageUserSnaps(t, io, src.attrs["imageName"]); len(s) != 0 {
 		t.Errorf("source image keeps snapshots %v", s)
 	}
-	if got := testutil.Omap(t, io, "csi.snaps.default")["csi.snap.snapshot-"+sn.uid]; got != sn.id.UUID {
-		t.Errorf("journal: csi.snap.snapshot-%s -> %q, want %s", sn.uid, got, sn.id.UUID)
-	}
-	if j := testutil.Omap(t, io, "csi.snap."+sn.id.UUID); j["csi.imagename"] != snapImage || j["csi.source"] != src.attrs["imageName"] {
-		t.Errorf("journal csi.snap.%s = %v", sn.id.UUID, j)
-	}
+	checkSnapJournal(t, io, sn, snapImage, src.attrs["imageName"])
 
 	// 3. PVC from the snapshot, same size and larger; the bytes written
 	// before the snapshot read back.
-	d = provision(t, e, ns, "restore", sc, "1Gi", rwo, fromSnapshot("snap"))
-	t.Logf("rbd timing: restore Bound in %s", ms(d))
-	d = provision(t, e, ns, "restore-big", sc, "2Gi", rwo, fromSnapshot("snap"))
-	t.Logf("rbd timing: restore into 2Gi Bound in %s", ms(d))
+	provisionRestores(t, e, "rbd", ns, sc, rwo)
 	for _, name := range []string{"restore", "restore-big"} {
 		v := checkRBDVolume(t, e, c, io, ns, name)
 		ours = append(ours, v.id.UUID)
@@ -207,6 +194,19 @@ func checkRBDVolume(t *testing.T, e *env, c *testutil.Cluster, io *rados.IOConte
 		t.Errorf("journal csi.volume.%s = %v", v.id.UUID, j)
 	}
 	return v
+}
+
+// checkSnapJournal checks the journal of snapshot sn: its directory names
+// it after its VolumeSnapshot (as the snapshotter names the request), its
+// entry the image (or subvolume snapshot) and the source.
+func checkSnapJournal(t testing.TB, io *rados.IOContext, sn snap, image, source string) {
+	t.Helper()
+	if got := testutil.Omap(t, io, "csi.snaps.default")["csi.snap.snapshot-"+sn.uid]; got != sn.id.UUID {
+		t.Errorf("journal: csi.snap.snapshot-%s -> %q, want %s", sn.uid, got, sn.id.UUID)
+	}
+	if j := testutil.Omap(t, io, "csi.snap."+sn.id.UUID); j["csi.imagename"] != image || j["csi.source"] != source {
+		t.Errorf("journal csi.snap.%s = %v", sn.id.UUID, j)
+	}
 }
 
 // rbdLeftovers lists images, trash entries, RADOS objects and journal keys
