@@ -1117,7 +1117,13 @@ func wrongKey() string {
 func TestNodeRestartWithRealBinary(t *testing.T) {
 	c := testutil.RequireCluster(t)
 	started := time.Now()
-	bin := testutil.BuildBinary(t)
+	// Built here, not with testutil.BuildBinary: its binary stays in /tmp.
+	bin := filepath.Join(t.TempDir(), "cephcsi")
+	build := exec.Command("go", "build", "-o", bin, "./cmd/cephcsi")
+	build.Dir = testutil.RepoRoot()
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("building cephcsi: %v\n%s", err, out)
+	}
 	e := newNodeDirs(t) // the plugin process inherits its TMPDIR
 	pluginDir, work := e.pluginDir, e.work
 	sock := filepath.Join(shortDir(t, "csi-sock"), "csi.sock")
