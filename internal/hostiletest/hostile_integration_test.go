@@ -495,9 +495,11 @@ func nodeCalls(c *testutil.Cluster, rbdDrv, fsDrv *testutil.Driver, rbdVol, fsVo
 			TargetPath: staging, VolumeCapability: fsc}),
 		call("rbd NodeUnpublishVolume at a relative target", ia, rbdNode.NodeUnpublishVolume, &csi.NodeUnpublishVolumeRequest{VolumeId: rbdVol.GetVolumeId(), TargetPath: "pod/mount"}),
 		call("rbd NodeUnpublishVolume at a file the driver did not create", codes.OK, rbdNode.NodeUnpublishVolume, &csi.NodeUnpublishVolumeRequest{VolumeId: rbdVol.GetVolumeId(), TargetPath: foreign}),
-		call("rbd NodeGetVolumeStats at a relative path", ia, rbdNode.NodeGetVolumeStats, &csi.NodeGetVolumeStatsRequest{VolumeId: rbdVol.GetVolumeId(), VolumePath: "x"}),
+		// The spec (and csi-sanity) call a relative volume_path NotFound:
+		// nothing is published there.
+		call("rbd NodeGetVolumeStats at a relative path", codes.NotFound, rbdNode.NodeGetVolumeStats, &csi.NodeGetVolumeStatsRequest{VolumeId: rbdVol.GetVolumeId(), VolumePath: "x"}),
 		call("rbd NodeGetVolumeStats at a missing path", codes.NotFound, rbdNode.NodeGetVolumeStats, &csi.NodeGetVolumeStatsRequest{VolumeId: rbdVol.GetVolumeId(), VolumePath: target + "-none"}),
-		call("rbd NodeExpandVolume at a relative path", ia, rbdNode.NodeExpandVolume, &csi.NodeExpandVolumeRequest{VolumeId: rbdVol.GetVolumeId(), VolumePath: "x"}),
+		call("rbd NodeExpandVolume at a relative path", codes.NotFound, rbdNode.NodeExpandVolume, &csi.NodeExpandVolumeRequest{VolumeId: rbdVol.GetVolumeId(), VolumePath: "x"}),
 		fsStage("at a relative staging path", ia, func(r *csi.NodeStageVolumeRequest) { r.StagingTargetPath = "rel" }),
 		fsStage("without fsName in the context", ia, func(r *csi.NodeStageVolumeRequest) { delete(r.VolumeContext, "fsName") }),
 		fsStage("with fuse options smuggling a key file", ia, func(r *csi.NodeStageVolumeRequest) {
