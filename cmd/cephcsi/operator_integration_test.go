@@ -31,7 +31,11 @@ import (
 	"github.com/ceph/go-ceph/cephfs/admin"
 	"github.com/ceph/go-ceph/rbd"
 	"github.com/container-storage-interface/spec/lib/go/csi"
+	fencepb "github.com/csi-addons/spec/lib/go/fence"
+	"github.com/csi-addons/spec/lib/go/identity"
 	"github.com/google/uuid"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/leanceph/cephcsi/internal/testutil"
 )
@@ -213,13 +217,62 @@ func checkWarnings(t *testing.T, p *testutil.Process, want ...string) {
 	}
 }
 
-// The warnings of this machine: --pidlimit=-1 cannot be set (the test runs
-// in the root pids cgroup, which has no pids.max). What is not served yet
-// warns too.
-const (
-	pidWarning = "--pidlimit=-1: the pids cgroup limit was not changed"
-	addonsLoss = "the CSI-Addons service (reclaim space, network fence) is not served yet"
-)
+// The warning of this machine: --pidlimit=-1 cannot be set (the test runs
+// in the root pids cgroup, which has no pids.max).
+const pidWarning = "--pidlimit=-1: the pids cgroup limit was not changed"
+
+// checkAddons checks what the csi-addons sidecar sees on
+// --csi-addons-endpoint: the driver's name, a ready Probe, and exactly the
+// capabilities want (as the csi-addons controller spells them in a
+// CSIAddonsNode's status); then one fencing call of each side that has
+// one, against the cluster.
+func checkAddons(t *testing.T, c *testutil.Cluster, pd pod, name string, secrets map[string]string, want ...string) {
+	t.Helper()
+	ctx := ctxT(t)
+	conn, err := grpc.NewClient("unix:"+filepath.Join(pd.sockDir, "csi-addons.sock"), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	ids := identity.NewIdentityClient(conn)
+	id, err := ids.GetIdentity(ctx, &identity.GetIdentityRequest{})
+	if err != nil || id.GetName() != name {
+		t.Fatalf("CSI-Addons GetIdentity = %v, %v; want %s", id, err, name)
+	}
+	if p, err := ids.Probe(ctx, &identity.ProbeRequest{}); err != nil || !p.GetReady().GetValue() {
+		t.Fatalf("CSI-Addons Probe = %v, %v", p, err)
+	}
+	caps, err := ids.GetCapabilities(ctx, &identity.GetCapabilitiesRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, cp := range caps.GetCapabilities() {
+		// "service:{type:CONTROLLER_SERVICE}" -> "service.CONTROLLER_SERVICE";
+		// the text format may put spaces anywhere.
+		text := strings.ReplaceAll(cp.String(), " ", "")
+		got = append(got, strings.NewReplacer(":{type:", ".", "}", "").Replace(text))
+	}
+	slices.Sort(got)
+	slices.Sort(want)
+	if !slices.Equal(got, want) {
+		t.Fatalf("CSI-Addons capabilities = %q, want %q", got, want)
+	}
+	fc := fencepb.NewFenceControllerClient(conn)
+	params := map[string]string{"clusterID": c.ClusterID}
+	if slices.Contains(want, "network_fence.NETWORK_FENCE") {
+		if _, err := fc.ListClusterFence(ctx, &fencepb.ListClusterFenceRequest{Parameters: params, Secrets: secrets}); err != nil {
+			t.Errorf("ListClusterFence: %v", err)
+		}
+	}
+	if slices.Contains(want, "network_fence.GET_CLIENTS_TO_FENCE") {
+		resp, err := fc.GetFenceClients(ctx, &fencepb.GetFenceClientsRequest{Parameters: params, Secrets: secrets})
+		if err != nil || len(resp.GetClients()) != 1 || len(resp.GetClients()[0].GetAddresses()) != 1 ||
+			resp.GetClients()[0].GetAddresses()[0].GetCidr() != "127.0.0.1/32" {
+			t.Errorf("GetFenceClients = %v, %v; want this node's 127.0.0.1/32", resp, err)
+		}
+	}
+}
 
 func volumeRequest(name string, params, secrets map[string]string) *csi.CreateVolumeRequest {
 	return &csi.CreateVolumeRequest{
@@ -353,10 +406,9 @@ func TestOperatorContainers(t *testing.T) {
 		p := start(t, pd, append(args, logRotation("csi-rbdplugin")...)...)
 		checkServes(t, p, rbdDriver)
 		rbdCreateDelete(t, c, p)
+		checkAddons(t, c, pd, rbdDriver, c.RBDSecrets(), "service.CONTROLLER_SERVICE")
 		checkLogFile(t, p, pd, "csi-rbdplugin")
-		checkWarnings(t, p, pidWarning,
-			"--enable-fencing=true: nodes are not fenced: "+addonsLoss,
-			"--csi-addons-endpoint=unix://"+pd.sockDir+"/csi-addons.sock: "+addonsLoss)
+		checkWarnings(t, p, pidWarning)
 	})
 
 	t.Run("cephfs controller", func(t *testing.T) {
@@ -376,10 +428,9 @@ func TestOperatorContainers(t *testing.T) {
 		p := start(t, pd, append(args, logRotation("csi-cephfsplugin")...)...)
 		checkServes(t, p, cephfsDriver)
 		cephfsCreateDelete(t, c, p)
+		checkAddons(t, c, pd, cephfsDriver, c.CephFSSecrets(), "service.CONTROLLER_SERVICE")
 		checkLogFile(t, p, pd, "csi-cephfsplugin")
-		checkWarnings(t, p, pidWarning,
-			"--enable-fencing=true: nodes are not fenced: "+addonsLoss,
-			"--csi-addons-endpoint=unix://"+pd.sockDir+"/csi-addons.sock: "+addonsLoss)
+		checkWarnings(t, p, pidWarning)
 	})
 
 	t.Run("rbd node", func(t *testing.T) {
@@ -401,10 +452,9 @@ func TestOperatorContainers(t *testing.T) {
 		p := start(t, pd, append(args, logRotation("csi-rbdplugin")...)...)
 		checkServes(t, p, rbdDriver)
 		checkNode(t, p, rbdDriver, "topology.kubernetes.io/zone", "topology.kubernetes.io/region")
+		checkAddons(t, c, pd, rbdDriver, c.RBDSecrets(), "service.NODE_SERVICE")
 		checkLogFile(t, p, pd, "csi-rbdplugin")
-		checkWarnings(t, p, pidWarning,
-			"--enable-fencing=true: nodes are not fenced: "+addonsLoss,
-			"--csi-addons-endpoint=unix://"+pd.sockDir+"/csi-addons.sock: "+addonsLoss)
+		checkWarnings(t, p, pidWarning)
 	})
 
 	t.Run("cephfs node with mount options and kernel client", func(t *testing.T) {

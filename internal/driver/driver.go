@@ -13,6 +13,7 @@ import (
 	"github.com/leanceph/cephcsi/internal/cephconn"
 	"github.com/leanceph/cephcsi/internal/cephfs"
 	"github.com/leanceph/cephcsi/internal/config"
+	"github.com/leanceph/cephcsi/internal/csiaddons"
 	"github.com/leanceph/cephcsi/internal/locks"
 	"github.com/leanceph/cephcsi/internal/rbd"
 	"github.com/leanceph/cephcsi/internal/server"
@@ -90,7 +91,7 @@ func Serve(ctx context.Context, opts *config.Options) error {
 		Conns:    conns,
 		Locks:    &locks.Set{},
 	}
-	svcs, err := services(deps)
+	svcs, addons, err := services(deps)
 	if err != nil {
 		return err
 	}
@@ -98,29 +99,52 @@ func Serve(ctx context.Context, opts *config.Options) error {
 	if err != nil {
 		return err
 	}
-	srv := server.New(lis, svcs, deps.Locks, server.WithSlowCallLog(opts.LogSlowOpInterval))
-	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve() }()
+	srvOpts := []server.Option{server.WithSlowCallLog(opts.LogSlowOpInterval)}
+	servers := []*server.Server{server.New(lis, svcs, deps.Locks, srvOpts...)}
+	if opts.CSIAddonsEndpoint != "" {
+		alis, err := server.Listen(opts.CSIAddonsEndpoint)
+		if err != nil {
+			_ = lis.Close()
+			return fmt.Errorf("--csi-addons-endpoint: %w", err)
+		}
+		// The same operation locks: a reclaim and an unstage of one volume
+		// never run together.
+		servers = append(servers, server.NewFor(alis, addons.Register, deps.Locks, append(srvOpts, server.WithName("CSI-Addons"))...))
+	}
+	errc := make(chan error, len(servers))
+	for _, srv := range servers {
+		go func() { errc <- srv.Serve() }()
+	}
 	klog.InfoS("driver started", "name", opts.DriverName, "type", opts.Type, "version", server.Version,
-		"controller", opts.IsControllerSrv, "node", opts.IsNodeSrv)
+		"controller", opts.IsControllerSrv, "node", opts.IsNodeSrv, "csiAddons", opts.CSIAddonsEndpoint != "")
+	stopAll := func() {
+		stopCtx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		for _, srv := range servers {
+			srv.Stop(stopCtx)
+		}
+	}
 	select {
 	case err := <-errc:
+		stopAll()
 		return err
 	case <-ctx.Done():
 		klog.InfoS("stopping")
-		stopCtx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		srv.Stop(stopCtx)
+		stopAll()
 		return nil
 	}
 }
 
-func services(deps *service.Deps) (server.Services, error) {
+// services builds the CSI services for --type, and the CSI-Addons services
+// served next to them when --csi-addons-endpoint is given.
+func services(deps *service.Deps) (server.Services, csiaddons.Services, error) {
 	opts := deps.Options
 	// Volumes may carry accessibility constraints (topologyConstrainedPools),
 	// as with ceph-csi, whose controllers always say so.
 	id := &server.Identity{Name: opts.DriverName, Controller: opts.IsControllerSrv, Topology: opts.IsControllerSrv}
 	svcs := server.Services{Identity: id}
+	addons := csiaddons.Services{Identity: &csiaddons.Identity{Name: opts.DriverName, Version: server.Version,
+		Controller: opts.IsControllerSrv, Node: opts.IsNodeSrv}}
 	switch opts.Type {
 	case "rbd":
 		if opts.IsControllerSrv {
@@ -129,23 +153,25 @@ func services(deps *service.Deps) (server.Services, error) {
 		if opts.IsNodeSrv {
 			node, err := rbd.NewNodeServer(deps)
 			if err != nil {
-				return svcs, err
+				return svcs, addons, err
 			}
 			svcs.Node = node
 		}
 	case "cephfs":
+		// No reclaim for CephFS, as with ceph-csi: a CephFS file's freed
+		// space returns to the pool when the file is deleted.
 		if opts.IsControllerSrv {
 			svcs.Controller = cephfs.NewControllerServer(deps)
 		}
 		if opts.IsNodeSrv {
 			node, err := cephfs.NewNodeServer(deps)
 			if err != nil {
-				return svcs, err
+				return svcs, addons, err
 			}
 			svcs.Node = node
 		}
 	default:
-		return svcs, fmt.Errorf("--type=%s is not served by this build", opts.Type)
+		return svcs, addons, fmt.Errorf("--type=%s is not served by this build", opts.Type)
 	}
-	return svcs, nil
+	return svcs, addons, nil
 }

@@ -147,19 +147,24 @@ type Driver struct {
 	Node       csi.NodeClient
 	Identity   csi.IdentityClient
 	Socket     string
+	// Addons is a connection to the CSI-Addons socket, AddonsSocket.
+	Addons       *grpc.ClientConn
+	AddonsSocket string
 }
 
 // StartDriver serves a driver of kind ("rbd" or "cephfs") with the
-// controller and node services until the test ends. tweak may adjust the
-// options before start.
+// controller and node services, and the CSI-Addons services on a socket of
+// their own, until the test ends. tweak may adjust the options before
+// start.
 func StartDriver(t testing.TB, c *Cluster, kind string, tweak func(*config.Options)) *Driver {
 	t.Helper()
-	sock := filepath.Join(shortTempDir(t), "csi.sock")
+	dir := shortTempDir(t)
+	sock, addonsSock := filepath.Join(dir, "csi.sock"), filepath.Join(dir, "addons.sock")
 	opts := &config.Options{}
 	fs := flagSet()
 	opts.Register(fs)
 	if err := fs.Parse([]string{"--type=" + kind, "--controllerserver", "--nodeserver", "--nodeid=test-node",
-		"--endpoint=unix://" + sock, "--configpath=" + c.ConfigJSON}); err != nil {
+		"--endpoint=unix://" + sock, "--csi-addons-endpoint=unix://" + addonsSock, "--configpath=" + c.ConfigJSON}); err != nil {
 		t.Fatal(err)
 	}
 	opts.PluginPath = filepath.Join(shortTempDir(t), "plugins")
@@ -183,31 +188,47 @@ func StartDriver(t testing.TB, c *Cluster, kind string, tweak func(*config.Optio
 			t.Error("driver did not stop")
 		}
 	})
+	waitSocket(t, sock, done)
+	conn, err := grpc.NewClient("unix:"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	d := &Driver{Conn: conn, Socket: sock, Controller: csi.NewControllerClient(conn),
+		Node: csi.NewNodeClient(conn), Identity: csi.NewIdentityClient(conn)}
+	if opts.CSIAddonsEndpoint == "unix://"+addonsSock {
+		waitSocket(t, addonsSock, done)
+		if d.Addons, err = grpc.NewClient("unix:"+addonsSock, grpc.WithTransportCredentials(insecure.NewCredentials())); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { d.Addons.Close() })
+		d.AddonsSocket = addonsSock
+	}
+	return d
+}
+
+// waitSocket waits until sock accepts connections, or the driver exits.
+func waitSocket(t testing.TB, sock string, done chan error) {
+	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		// The socket file exists a moment before it listens (bind, then
 		// listen): wait until a connection goes through.
 		if c, err := net.Dial("unix", sock); err == nil {
 			c.Close()
-			break
+			return
 		}
 		select {
 		case err := <-done:
+			done <- err
 			t.Fatalf("driver exited: %v", err)
 		default:
 		}
 		if time.Now().After(deadline) {
-			t.Fatal("driver socket did not appear")
+			t.Fatalf("driver socket %s did not appear", sock)
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	conn, err := grpc.NewClient("unix:"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close() })
-	return &Driver{Conn: conn, Socket: sock, Controller: csi.NewControllerClient(conn),
-		Node: csi.NewNodeClient(conn), Identity: csi.NewIdentityClient(conn)}
 }
 
 // shortTempDir returns a temporary directory with a short path: unix socket
