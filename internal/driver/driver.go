@@ -147,8 +147,11 @@ func services(deps *service.Deps) (server.Services, csiaddons.Services, error) {
 		Controller: opts.IsControllerSrv, Node: opts.IsNodeSrv}}
 	switch opts.Type {
 	case "rbd":
+		addons.Identity.ReclaimSpace = true
 		if opts.IsControllerSrv {
-			svcs.Controller = rbd.NewControllerServer(deps)
+			c := rbd.NewControllerServer(deps)
+			svcs.Controller = c
+			addons.ReclaimController = rbd.NewReclaimController(c)
 		}
 		if opts.IsNodeSrv {
 			node, err := rbd.NewNodeServer(deps)
@@ -156,6 +159,7 @@ func services(deps *service.Deps) (server.Services, csiaddons.Services, error) {
 				return svcs, addons, err
 			}
 			svcs.Node = node
+			addons.ReclaimNode = rbd.NewReclaimNode(node)
 		}
 	case "cephfs":
 		// No reclaim for CephFS, as with ceph-csi: a CephFS file's freed
