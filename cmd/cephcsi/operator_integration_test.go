@@ -406,7 +406,8 @@ func TestOperatorContainers(t *testing.T) {
 		p := start(t, pd, append(args, logRotation("csi-rbdplugin")...)...)
 		checkServes(t, p, rbdDriver)
 		rbdCreateDelete(t, c, p)
-		checkAddons(t, c, pd, rbdDriver, c.RBDSecrets(), "service.CONTROLLER_SERVICE", "reclaim_space.OFFLINE")
+		checkAddons(t, c, pd, rbdDriver, c.RBDSecrets(),
+			"service.CONTROLLER_SERVICE", "reclaim_space.OFFLINE", "network_fence.NETWORK_FENCE")
 		checkLogFile(t, p, pd, "csi-rbdplugin")
 		checkWarnings(t, p, pidWarning)
 	})
@@ -428,7 +429,7 @@ func TestOperatorContainers(t *testing.T) {
 		p := start(t, pd, append(args, logRotation("csi-cephfsplugin")...)...)
 		checkServes(t, p, cephfsDriver)
 		cephfsCreateDelete(t, c, p)
-		checkAddons(t, c, pd, cephfsDriver, c.CephFSSecrets(), "service.CONTROLLER_SERVICE")
+		checkAddons(t, c, pd, cephfsDriver, c.CephFSSecrets(), "service.CONTROLLER_SERVICE", "network_fence.NETWORK_FENCE")
 		checkLogFile(t, p, pd, "csi-cephfsplugin")
 		checkWarnings(t, p, pidWarning)
 	})
@@ -452,7 +453,8 @@ func TestOperatorContainers(t *testing.T) {
 		p := start(t, pd, append(args, logRotation("csi-rbdplugin")...)...)
 		checkServes(t, p, rbdDriver)
 		checkNode(t, p, rbdDriver, "topology.kubernetes.io/zone", "topology.kubernetes.io/region")
-		checkAddons(t, c, pd, rbdDriver, c.RBDSecrets(), "service.NODE_SERVICE", "reclaim_space.ONLINE")
+		checkAddons(t, c, pd, rbdDriver, c.RBDSecrets(),
+			"service.NODE_SERVICE", "reclaim_space.ONLINE", "network_fence.GET_CLIENTS_TO_FENCE")
 		checkLogFile(t, p, pd, "csi-rbdplugin")
 		checkWarnings(t, p, pidWarning)
 	})

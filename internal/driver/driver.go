@@ -16,6 +16,7 @@ import (
 	"github.com/leanceph/cephcsi/internal/csiaddons"
 	"github.com/leanceph/cephcsi/internal/locks"
 	"github.com/leanceph/cephcsi/internal/rbd"
+	"github.com/leanceph/cephcsi/internal/request"
 	"github.com/leanceph/cephcsi/internal/server"
 	"github.com/leanceph/cephcsi/internal/service"
 )
@@ -144,10 +145,12 @@ func services(deps *service.Deps) (server.Services, csiaddons.Services, error) {
 	id := &server.Identity{Name: opts.DriverName, Controller: opts.IsControllerSrv, Topology: opts.IsControllerSrv}
 	svcs := server.Services{Identity: id}
 	addons := csiaddons.Services{Identity: &csiaddons.Identity{Name: opts.DriverName, Version: server.Version,
-		Controller: opts.IsControllerSrv, Node: opts.IsNodeSrv}}
+		Controller: opts.IsControllerSrv, Node: opts.IsNodeSrv, Fencing: opts.EnableFencing}}
+	fence := &csiaddons.Fence{Deps: deps, Controller: opts.IsControllerSrv, Node: opts.IsNodeSrv}
 	switch opts.Type {
 	case "rbd":
 		addons.Identity.ReclaimSpace = true
+		fence.Secrets = [][2]string{request.UserSecret}
 		if opts.IsControllerSrv {
 			c := rbd.NewControllerServer(deps)
 			svcs.Controller = c
@@ -164,6 +167,7 @@ func services(deps *service.Deps) (server.Services, csiaddons.Services, error) {
 	case "cephfs":
 		// No reclaim for CephFS, as with ceph-csi: a CephFS file's freed
 		// space returns to the pool when the file is deleted.
+		fence.Secrets = [][2]string{request.AdminSecret, request.UserSecret}
 		if opts.IsControllerSrv {
 			svcs.Controller = cephfs.NewControllerServer(deps)
 		}
@@ -176,6 +180,9 @@ func services(deps *service.Deps) (server.Services, csiaddons.Services, error) {
 		}
 	default:
 		return svcs, addons, fmt.Errorf("--type=%s is not served by this build", opts.Type)
+	}
+	if opts.EnableFencing {
+		addons.Fence = fence
 	}
 	return svcs, addons, nil
 }

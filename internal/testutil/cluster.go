@@ -81,25 +81,51 @@ var (
 // left running for the next test package.
 func RequireCluster(t testing.TB) *Cluster {
 	t.Helper()
-	once.Do(func() { shared, initErr = startCluster() })
+	once.Do(func() {
+		dir := os.Getenv("CEPHCSI_CLUSTER_DIR")
+		if dir == "" {
+			dir = filepath.Join(RepoRoot(), "_output", "ceph")
+		}
+		shared, initErr = startCluster(dir, nil)
+	})
 	if initErr != nil {
 		t.Fatalf("local Ceph cluster: %v", initErr)
 	}
 	return shared
 }
 
-func startCluster() (*Cluster, error) {
-	dir := os.Getenv("CEPHCSI_CLUSTER_DIR")
-	if dir == "" {
-		dir = filepath.Join(RepoRoot(), "_output", "ceph")
+// StartPrivateCluster starts a cluster of the test's own in dir, with env
+// added to the script's environment (CEPH_BIND_ADDR, CEPH_MON_PORT...),
+// and purges it when the test ends. It takes some 30 seconds.
+func StartPrivateCluster(t testing.TB, dir string, env ...string) *Cluster {
+	t.Helper()
+	script := filepath.Join(RepoRoot(), "scripts", "ceph-cluster.sh")
+	t.Cleanup(func() {
+		cmd := exec.Command(script, "purge", dir)
+		cmd.Env = append(os.Environ(), env...)
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Errorf("%s purge %s: %v\n%s", script, dir, err, out)
+		}
+	})
+	c, err := startCluster(dir, env)
+	if err != nil {
+		t.Fatalf("private Ceph cluster in %s: %v", dir, err)
 	}
+	t.Cleanup(func() { c.admin.Shutdown() })
+	return c
+}
+
+func startCluster(dir string, env []string) (*Cluster, error) {
 	script := filepath.Join(RepoRoot(), "scripts", "ceph-cluster.sh")
 	cmd := exec.Command(script, "start", dir)
+	cmd.Env = append(os.Environ(), env...)
 	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
 	if err := cmd.Run(); err != nil {
 		return nil, fmt.Errorf("%s start %s: %w", script, dir, err)
 	}
-	out, err := exec.Command(script, "env", dir).Output()
+	envCmd := exec.Command(script, "env", dir)
+	envCmd.Env = append(os.Environ(), env...)
+	out, err := envCmd.Output()
 	if err != nil {
 		return nil, fmt.Errorf("%s env: %w", script, err)
 	}
