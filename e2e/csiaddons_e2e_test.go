@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -538,5 +539,69 @@ func networkFence(t *testing.T, e *env, c *testutil.Cluster) {
 	e.mustKubectl(t, nil, "delete", "networkfence", "lost-node", "--timeout=60s")
 	if blocklisted() {
 		t.Error("deleting the NetworkFence fenced again")
+	}
+}
+
+// The charts' csiAddons values: off by default (TestManifests compares the
+// default rendering with deploy/), on they add the csi-addons sidecar to
+// both pods, the CSI-Addons socket and fencing flag to both plugins and the
+// sidecar's RBAC rules, accepted by the API server; the sidecar's image is
+// the version this test runs.
+func TestChartsCSIAddonsSidecar(t *testing.T) {
+	e := theEnv
+	pins := buildEnv(t)
+	for _, kind := range []string{"rbd", "cephfs"} {
+		t.Run(kind, func(t *testing.T) {
+			chart := filepath.Join(e.root, "charts", "ceph-csi-"+kind)
+			ns := "addons-chart-" + kind
+			e.mustKubectl(t, nil, "create", "namespace", ns)
+			t.Cleanup(func() { _, _ = e.kubectl(nil, "delete", "namespace", ns, "--wait=false") })
+			set := "csiAddons.enabled=true,csiAddons.fencing=true,csiAddons.nodepluginPort=9171,kubeletDir=/var/lib/k0s/kubelet"
+			helm(t, e, "lint", "--strict", chart, "--set", set)
+			objs := dryRun(t, e, helm(t, e, "template", "addons", chart, "--namespace", ns, "--set", set), "-f", "-")
+			plugin := "csi-" + kind + "plugin"
+			container := func(o obj, name string) (string, []string) {
+				for _, c := range shapeOf(t, o).Containers {
+					if c.Name == name {
+						return c.Image, c.Args
+					}
+				}
+				t.Fatalf("%s %s has no container %s", o.str("kind"), o.str("metadata.name"), name)
+				return "", nil
+			}
+			for side, o := range map[string]obj{"controller": find(t, objs, "Deployment", "-provisioner"),
+				"node": find(t, objs, "DaemonSet", "-nodeplugin")} {
+				_, args := container(o, plugin)
+				for _, a := range []string{"--csi-addons-endpoint=$(CSIADDONS_ENDPOINT)", "--enable-fencing=true"} {
+					if !slices.Contains(args, a) {
+						t.Errorf("%s %s lacks %s: %v", side, plugin, a, args)
+					}
+				}
+				image, args := container(o, "csi-addons")
+				if want := "quay.io/csiaddons/k8s-sidecar:" + pins["CSI_ADDONS_VERSION"]; image != want {
+					t.Errorf("%s csi-addons runs %s, want %s (build.env CSI_ADDONS_VERSION, what the e2e runs)", side, image, want)
+				}
+				want := []string{"--csi-addons-address=$(CSIADDONS_ENDPOINT)", "--node-id=$(NODE_ID)", "--pod=$(POD_NAME)",
+					"--namespace=$(POD_NAMESPACE)", "--pod-uid=$(POD_UID)"}
+				if side == "controller" {
+					want = append(want, "--controller-port=9070", "--leader-election-namespace=$(POD_NAMESPACE)")
+				} else {
+					want = append(want, "--controller-port=9171", "--stagingpath=/var/lib/k0s/kubelet/plugins/kubernetes.io/csi/")
+				}
+				for _, a := range want {
+					if !slices.Contains(args, a) {
+						t.Errorf("%s csi-addons lacks %s: %v", side, a, args)
+					}
+				}
+			}
+			for _, role := range []string{"-provisioner", "-nodeplugin"} {
+				rules := fmt.Sprint(find(t, objs, "ClusterRole", role).get("rules"))
+				for _, r := range []string{"csiaddonsnodes", "tokenreviews", "pods"} {
+					if !strings.Contains(rules, r) {
+						t.Errorf("ClusterRole %s lacks %s: %s", role, r, rules)
+					}
+				}
+			}
+		})
 	}
 }
