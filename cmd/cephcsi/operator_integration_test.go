@@ -31,7 +31,11 @@ import (
 	"github.com/ceph/go-ceph/cephfs/admin"
 	"github.com/ceph/go-ceph/rbd"
 	"github.com/container-storage-interface/spec/lib/go/csi"
+	fencepb "github.com/csi-addons/spec/lib/go/fence"
+	"github.com/csi-addons/spec/lib/go/identity"
 	"github.com/google/uuid"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/leanceph/cephcsi/internal/testutil"
 )
@@ -213,13 +217,62 @@ func checkWarnings(t *testing.T, p *testutil.Process, want ...string) {
 	}
 }
 
-// The warnings of this machine: --pidlimit=-1 cannot be set (the test runs
-// in the root pids cgroup, which has no pids.max). What is not served yet
-// warns too.
-const (
-	pidWarning = "--pidlimit=-1: the pids cgroup limit was not changed"
-	addonsLoss = "the CSI-Addons service (reclaim space, network fence) is not served yet"
-)
+// The warning of this machine: --pidlimit=-1 cannot be set (the test runs
+// in the root pids cgroup, which has no pids.max).
+const pidWarning = "--pidlimit=-1: the pids cgroup limit was not changed"
+
+// checkAddons checks what the csi-addons sidecar sees on
+// --csi-addons-endpoint: the driver's name, a ready Probe, and exactly the
+// capabilities want (as the csi-addons controller spells them in a
+// CSIAddonsNode's status); then one fencing call of each side that has
+// one, against the cluster.
+func checkAddons(t *testing.T, c *testutil.Cluster, pd pod, name string, secrets map[string]string, want ...string) {
+	t.Helper()
+	ctx := ctxT(t)
+	conn, err := grpc.NewClient("unix:"+filepath.Join(pd.sockDir, "csi-addons.sock"), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	ids := identity.NewIdentityClient(conn)
+	id, err := ids.GetIdentity(ctx, &identity.GetIdentityRequest{})
+	if err != nil || id.GetName() != name {
+		t.Fatalf("CSI-Addons GetIdentity = %v, %v; want %s", id, err, name)
+	}
+	if p, err := ids.Probe(ctx, &identity.ProbeRequest{}); err != nil || !p.GetReady().GetValue() {
+		t.Fatalf("CSI-Addons Probe = %v, %v", p, err)
+	}
+	caps, err := ids.GetCapabilities(ctx, &identity.GetCapabilitiesRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, cp := range caps.GetCapabilities() {
+		// "service:{type:CONTROLLER_SERVICE}" -> "service.CONTROLLER_SERVICE";
+		// the text format may put spaces anywhere.
+		text := strings.ReplaceAll(cp.String(), " ", "")
+		got = append(got, strings.NewReplacer(":{type:", ".", "}", "").Replace(text))
+	}
+	slices.Sort(got)
+	slices.Sort(want)
+	if !slices.Equal(got, want) {
+		t.Fatalf("CSI-Addons capabilities = %q, want %q", got, want)
+	}
+	fc := fencepb.NewFenceControllerClient(conn)
+	params := map[string]string{"clusterID": c.ClusterID}
+	if slices.Contains(want, "network_fence.NETWORK_FENCE") {
+		if _, err := fc.ListClusterFence(ctx, &fencepb.ListClusterFenceRequest{Parameters: params, Secrets: secrets}); err != nil {
+			t.Errorf("ListClusterFence: %v", err)
+		}
+	}
+	if slices.Contains(want, "network_fence.GET_CLIENTS_TO_FENCE") {
+		resp, err := fc.GetFenceClients(ctx, &fencepb.GetFenceClientsRequest{Parameters: params, Secrets: secrets})
+		if err != nil || len(resp.GetClients()) != 1 || len(resp.GetClients()[0].GetAddresses()) != 1 ||
+			resp.GetClients()[0].GetAddresses()[0].GetCidr() != "127.0.0.1/32" {
+			t.Errorf("GetFenceClients = %v, %v; want this node's 127.0.0.1/32", resp, err)
+		}
+	}
+}
 
 func volumeRequest(name string, params, secrets map[string]string) *csi.CreateVolumeRequest {
 	return &csi.CreateVolumeRequest{
@@ -322,13 +375,6 @@ func logRotation(container string) []string {
 	return []string{"--logtostderr=false", "--alsologtostderr=true", "--log_file=csi-logs/" + container + ".log"}
 }
 
-// addonsWarnings are what a container of pd with --enable-fencing=true and
-// a CSI-Addons endpoint warns about.
-func addonsWarnings(pd pod) []string {
-	return []string{pidWarning, "--enable-fencing=true: nodes are not fenced: " + addonsLoss,
-		"--csi-addons-endpoint=unix://" + pd.sockDir + "/csi-addons.sock: " + addonsLoss}
-}
-
 // controllerArgs is the argument vector of the operator's controller plugin
 // container of a driver kind, extra flags last.
 func controllerArgs(kind, driver string, extra ...string) []string {
@@ -350,9 +396,13 @@ func TestOperatorContainers(t *testing.T) {
 		createDelete            func(*testing.T, *testutil.Cluster, *testutil.Process)
 		extra                   []string // flags of the second container before the CSI-Addons endpoint
 		second                  string   // what the second container adds
+		secrets                 func(*testutil.Cluster) map[string]string
+		addons                  []string // the CSI-Addons capabilities the controller advertises
 	}{
-		{"rbd", rbdDriver, "csi-rbdplugin", rbdCreateDelete, nil, "with fencing"},
-		{"cephfs", cephfsDriver, "csi-cephfsplugin", cephfsCreateDelete, []string{"--forcecephkernelclient=true"}, "with kernel client"},
+		{"rbd", rbdDriver, "csi-rbdplugin", rbdCreateDelete, nil, "with fencing", (*testutil.Cluster).RBDSecrets,
+			[]string{"service.CONTROLLER_SERVICE", "reclaim_space.OFFLINE", "network_fence.NETWORK_FENCE"}},
+		{"cephfs", cephfsDriver, "csi-cephfsplugin", cephfsCreateDelete, []string{"--forcecephkernelclient=true"}, "with kernel client",
+			(*testutil.Cluster).CephFSSecrets, []string{"service.CONTROLLER_SERVICE", "network_fence.NETWORK_FENCE"}},
 	} {
 		t.Run(k.kind+" controller", func(t *testing.T) {
 			pd := newPod(t, cfg)
@@ -369,8 +419,9 @@ func TestOperatorContainers(t *testing.T) {
 			p := start(t, pd, append(args, logRotation(k.container)...)...)
 			checkServes(t, p, k.driver)
 			k.createDelete(t, c, p)
+			checkAddons(t, c, pd, k.driver, k.secrets(c), k.addons...)
 			checkLogFile(t, p, pd, k.container)
-			checkWarnings(t, p, addonsWarnings(pd)...)
+			checkWarnings(t, p, pidWarning)
 		})
 	}
 
@@ -393,8 +444,10 @@ func TestOperatorContainers(t *testing.T) {
 		p := start(t, pd, append(args, logRotation("csi-rbdplugin")...)...)
 		checkServes(t, p, rbdDriver)
 		checkNode(t, p, rbdDriver, "topology.kubernetes.io/zone", "topology.kubernetes.io/region")
+		checkAddons(t, c, pd, rbdDriver, c.RBDSecrets(),
+			"service.NODE_SERVICE", "reclaim_space.ONLINE", "network_fence.GET_CLIENTS_TO_FENCE")
 		checkLogFile(t, p, pd, "csi-rbdplugin")
-		checkWarnings(t, p, addonsWarnings(pd)...)
+		checkWarnings(t, p, pidWarning)
 	})
 
 	t.Run("cephfs node with mount options and kernel client", func(t *testing.T) {

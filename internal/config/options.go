@@ -78,8 +78,8 @@ type Options struct {
 	// the node's CrushLocationLabels (config.json's readAffinity wins).
 	EnableReadAffinity  bool
 	CrushLocationLabels []string
-	// CSIAddonsEndpoint is where the CSI-Addons service would listen
-	// (unix:///path); empty means not requested.
+	// CSIAddonsEndpoint is where the CSI-Addons services listen
+	// (unix:///path); empty means not served.
 	CSIAddonsEndpoint string
 	EnableFencing     bool
 
@@ -153,8 +153,10 @@ func (o *Options) Register(fs *flag.FlagSet) {
 	fs.Var(listValue{&o.DomainLabels}, "domainlabels", "node labels, comma separated, whose values on this node are its topology (NodeGetInfo), for topologyConstrainedPools")
 	fs.BoolVar(&o.EnableReadAffinity, "enable-read-affinity", false, "read from the OSDs nearest the node, located by --crush-location-labels (krbd, rbd-nbd, the FUSE mapper and the CephFS kernel client)")
 	fs.Var(listValue{&o.CrushLocationLabels}, "crush-location-labels", "node labels, comma separated, that give the node's CRUSH location for --enable-read-affinity")
-	fs.StringVar(&o.CSIAddonsEndpoint, "csi-addons-endpoint", "", "CSI-Addons endpoint (unix:///path); not served yet: warns when set")
-	fs.BoolVar(&o.EnableFencing, "enable-fencing", false, "fence nodes through CSI-Addons network fences; not served yet: warns when true")
+	fs.StringVar(&o.CSIAddonsEndpoint, "csi-addons-endpoint", "",
+		"serve the CSI-Addons API (reclaim space for RBD, network fences with --enable-fencing) on this endpoint, unix:///path or tcp://host:port")
+	fs.BoolVar(&o.EnableFencing, "enable-fencing", false,
+		"serve CSI-Addons network fencing on --csi-addons-endpoint: fences (OSD blocklist ranges) on the controller, the node's client address on the node")
 
 	fs.DurationVar(&o.LogSlowOpInterval, "logslowopinterval", 30*time.Second, "log every call still running after each interval, with its method and request ID (0: never)")
 	fs.IntVar(&o.PIDLimit, "pidlimit", 0, "set the pids cgroup limit of the process at start: -1 for the maximum, 0 to leave it (a failure only warns)")
@@ -328,8 +330,6 @@ const (
 // what a user who asks for it loses. Whoever implements one removes its
 // entry here.
 var notServed = map[Behaviour]string{
-	CSIAddons: "the CSI-Addons service (reclaim space, network fence) is not served yet; nothing listens on that endpoint",
-	Fencing:   "nodes are not fenced: the CSI-Addons service (reclaim space, network fence) is not served yet",
 	TrashRetention: "deleted RBD volumes are removed at once (moved to the trash only while clones depend on them), " +
 		"not kept in the trash for that delay",
 	KubeController: "ceph-csi's Kubernetes-side controller is not implemented: the omap journal of PVs whose RBD images were " +
@@ -372,7 +372,7 @@ func (o *Options) requests() []request {
 		if o.CSIAddonsEndpoint != "" {
 			add(CSIAddons, "--csi-addons-endpoint="+o.CSIAddonsEndpoint)
 		}
-		if o.EnableFencing {
+		if o.EnableFencing && o.CSIAddonsEndpoint != "" {
 			add(Fencing, "--enable-fencing=true")
 		}
 		if o.EnableGRPCMetrics {
@@ -414,6 +414,10 @@ func (o *Options) Active() []Behaviour {
 // that this build does not serve: the flags and what the user loses.
 func (o *Options) Warnings() []string {
 	var out []string
+	if (o.Type == "rbd" || o.Type == "cephfs") && o.EnableFencing && o.CSIAddonsEndpoint == "" {
+		out = append(out, "--enable-fencing=true: no effect without --csi-addons-endpoint, "+
+			"the CSI-Addons socket that network fencing is served on: nodes are not fenced through this plugin")
+	}
 	for _, r := range o.requests() {
 		if loss := notServed[r.b]; loss != "" {
 			out = append(out, r.flags+": "+loss)

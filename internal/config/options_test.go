@@ -99,24 +99,39 @@ func contains(lines []string, subs ...string) bool {
 	return false
 }
 
-// The operator's controller plugin for RBD with fencing and CSI-Addons on.
-func TestWarningsNameFlagAndLoss(t *testing.T) {
+// The operator's controller plugin for RBD with fencing and CSI-Addons on:
+// both served, so no warning, and both in force.
+func TestAddonsAndFencingServed(t *testing.T) {
 	o, err := parse(t, "--type=rbd", "--v=5", "--endpoint=unix:///csi/csi.sock", "--nodeid=node-1", "--controllerserver=true",
 		"--drivername=rook-ceph.rbd.csi.ceph.com", "--pidlimit=-1", "--enable-fencing=true", "--clustername=prod",
 		"--csi-addons-endpoint=unix:///csi/csi-addons.sock")
 	if err != nil {
 		t.Fatal(err)
 	}
+	if w := o.Warnings(); len(w) != 0 {
+		t.Errorf("want no warnings, got:\n%s", strings.Join(w, "\n"))
+	}
+	a := o.Active()
+	for _, b := range []Behaviour{SlowCallLog, PIDLimit, Metadata, CSIAddons, Fencing} {
+		if !slices.Contains(a, b) {
+			t.Errorf("active = %v, lacks %s", a, b)
+		}
+	}
+}
+
+// Fencing is served on the CSI-Addons socket: without one it does nothing,
+// and says so.
+func TestFencingWithoutAddonsEndpointWarns(t *testing.T) {
+	o, err := parse(t, "--type=cephfs", "--nodeserver=true", "--nodeid=n", "--enable-fencing=true")
+	if err != nil {
+		t.Fatal(err)
+	}
 	w := o.Warnings()
-	addons := "the CSI-Addons service (reclaim space, network fence) is not served yet"
-	if !contains(w, "--enable-fencing=true", addons) || !contains(w, "--csi-addons-endpoint=unix:///csi/csi-addons.sock", addons) {
-		t.Errorf("warnings lack fencing or CSI-Addons:\n%s", strings.Join(w, "\n"))
+	if len(w) != 1 || !contains(w, "--enable-fencing=true: no effect without --csi-addons-endpoint") {
+		t.Errorf("warnings:\n%s", strings.Join(w, "\n"))
 	}
-	if len(w) != 2 {
-		t.Errorf("want exactly 2 warnings, got:\n%s", strings.Join(w, "\n"))
-	}
-	if a := o.Active(); !slices.Contains(a, SlowCallLog) || !slices.Contains(a, PIDLimit) || !slices.Contains(a, Metadata) || slices.Contains(a, Fencing) {
-		t.Errorf("active = %v", a)
+	if slices.Contains(o.Active(), Fencing) {
+		t.Errorf("fencing active without an endpoint: %v", o.Active())
 	}
 }
 

@@ -476,6 +476,9 @@ type fakeImage struct {
 	// manager task); writers counts the driver's read-write opens.
 	watchers []string
 	writers  int
+	// allocated is what the image's objects hold; zeroed the part of it
+	// that is runs of zeros, which Sparsify gives back.
+	allocated, zeroed uint64
 }
 
 type fakeSnap struct {
@@ -615,6 +618,25 @@ func (h *fakeImageHandle) Resize(size uint64) error {
 		return err
 	}
 	h.img.size = size
+	return nil
+}
+
+func (h *fakeImageHandle) Allocated() (uint64, error) {
+	if err := h.f.step("Allocated", h.img.name); err != nil {
+		return 0, err
+	}
+	return h.img.allocated, h.check(false)
+}
+
+func (h *fakeImageHandle) Sparsify() error {
+	if err := h.f.step("Sparsify", h.img.name); err != nil {
+		return err
+	}
+	if err := h.check(true); err != nil {
+		return err
+	}
+	h.img.allocated -= h.img.zeroed
+	h.img.zeroed = 0
 	return nil
 }
 

@@ -330,6 +330,30 @@ func (i *radosImage) RemoveSnapshot(name string) error {
 
 func (i *radosImage) Resize(size uint64) error { return i.img.Resize(size) }
 
+func (i *radosImage) Allocated() (uint64, error) {
+	size, err := i.img.GetSize()
+	if err != nil || size == 0 {
+		return 0, err
+	}
+	var used uint64
+	err = i.img.DiffIterate(rbd.DiffIterateConfig{
+		Offset: 0, Length: size, IncludeParent: rbd.ExcludeParent, WholeObject: rbd.DisableWholeObject,
+		Callback: func(_, length uint64, exists int, _ any) int {
+			if exists != 0 {
+				used += length
+			}
+			return 0
+		},
+	})
+	return used, err
+}
+
+// sparseSize is the smallest run of zeros sparsify gives back, as `rbd
+// sparsify` defaults to.
+const sparseSize = 4096
+
+func (i *radosImage) Sparsify() error { return i.img.Sparsify(sparseSize) }
+
 func (i *radosImage) Watchers() ([]string, error) {
 	ws, err := i.img.ListWatchers()
 	if err != nil {

@@ -44,10 +44,13 @@ func withRequestID(ctx context.Context, req any, info *grpc.UnaryServerInfo, nex
 	return next(klog.NewContext(ctx, logger), req)
 }
 
+// probes are the liveness calls, polled often: logged only when they fail.
+var probes = map[string]bool{"/csi.v1.Identity/Probe": true, "/identity.Identity/Probe": true}
+
 // logCalls logs each request and its outcome with secrets stripped.
 func logCalls(ctx context.Context, req any, info *grpc.UnaryServerInfo, next grpc.UnaryHandler) (any, error) {
 	logger := klog.FromContext(ctx).WithValues("method", info.FullMethod)
-	probe := info.FullMethod == "/csi.v1.Identity/Probe"
+	probe := probes[info.FullMethod]
 	if !probe {
 		logger.V(2).Info("request", "body", protosanitizer.StripSecrets(req).String())
 	}

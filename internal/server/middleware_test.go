@@ -3,12 +3,15 @@ package server
 import (
 	"bytes"
 	"context"
+	"errors"
 	"flag"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
+	"github.com/csi-addons/spec/lib/go/fence"
+	"github.com/csi-addons/spec/lib/go/reclaimspace"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -72,6 +75,38 @@ func TestSecretsNeverLogged(t *testing.T) {
 	for _, id := range ids {
 		if id != ids[0] {
 			t.Fatalf("request IDs differ within one call: %v", ids)
+		}
+	}
+}
+
+// The CSI-Addons requests carry secrets too (the NetworkFenceClass's, the
+// PV's node-stage secret): they are stripped the same way.
+func TestAddonsSecretsNeverLogged(t *testing.T) {
+	buf := captureLogs(t)
+	key := "AQ" + strings.Repeat("ADDONS", 6) + "=="
+	info := &grpc.UnaryServerInfo{FullMethod: "/fence.FenceController/FenceClusterNetwork"}
+	for _, req := range []any{
+		&fence.FenceClusterNetworkRequest{Parameters: map[string]string{"clusterID": "c1"}, Secrets: map[string]string{"userKey": key},
+			Cidrs: []*fence.CIDR{{Cidr: "10.96.1.0/24"}}},
+		&fence.GetFenceClientsRequest{Secrets: map[string]string{"adminKey": key}},
+		&reclaimspace.ControllerReclaimSpaceRequest{VolumeId: "vol-1", Secrets: map[string]string{"userKey": key}},
+		&reclaimspace.NodeReclaimSpaceRequest{VolumeId: "vol-2", Secrets: map[string]string{"userKey": key}},
+	} {
+		_, err := withRequestID(context.Background(), req, info, func(ctx context.Context, req any) (any, error) {
+			return logCalls(ctx, req, info, func(context.Context, any) (any, error) { return nil, errors.New("refused") })
+		})
+		if err == nil {
+			t.Fatal("the handler's error was lost")
+		}
+	}
+	klog.Flush()
+	out := buf.String()
+	if strings.Contains(out, key) {
+		t.Fatalf("secret in logs:\n%s", out)
+	}
+	for _, want := range []string{"10.96.1.0/24", "vol-1", "vol-2", "***stripped***"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("log lacks %q:\n%s", want, out)
 		}
 	}
 }

@@ -1,5 +1,6 @@
-// Package server runs the CSI gRPC server: the unix socket, the middleware
-// every call passes through, and the Identity service.
+// Package server runs the driver's gRPC servers (CSI, and CSI-Addons on a
+// socket of its own): the unix socket, the middleware every call passes
+// through, and the CSI Identity service.
 package server
 
 import (
@@ -31,6 +32,7 @@ type Services struct {
 type Server struct {
 	grpc     *grpc.Server
 	listener net.Listener
+	name     string
 }
 
 // Listen parses an endpoint (unix:///path or tcp://host:port) and listens on
@@ -66,6 +68,7 @@ type Option func(*settings)
 type settings struct {
 	slowCallInterval time.Duration
 	calls            CallObserver
+	name             string
 }
 
 // WithSlowCallLog logs, every interval, each call still running (with its
@@ -80,13 +83,27 @@ func WithCallObserver(o CallObserver) Option {
 	return func(s *settings) { s.calls = o }
 }
 
+// WithName names the API the server speaks in its log lines ("CSI" unless
+// given).
+func WithName(name string) Option {
+	return func(s *settings) { s.name = name }
+}
+
 // New builds a server for svcs on lis with the standard middleware: call
 // metrics (when observed), request IDs, the slow-call log, logging without
 // secrets, the gRPC status of every error (the RPC edge), an answer by the
 // call's deadline (the handler, its panic recovery and its operation locks
 // of opLocks go on in the background past it; see answerByDeadline).
 func New(lis net.Listener, svcs Services, opLocks *locks.Set, opts ...Option) *Server {
-	var set settings
+	return NewFor(lis, svcs.register, opLocks, opts...)
+}
+
+// NewFor builds a server on lis for the services that register adds, with
+// the same middleware as New. The CSI-Addons services run on a socket of
+// their own this way, and share the CSI server's operation locks when given
+// the same opLocks.
+func NewFor(lis net.Listener, register func(grpc.ServiceRegistrar), opLocks *locks.Set, opts ...Option) *Server {
+	set := settings{name: "CSI"}
 	for _, o := range opts {
 		o(&set)
 	}
@@ -102,6 +119,11 @@ func New(lis net.Listener, svcs Services, opLocks *locks.Set, opts ...Option) *S
 	}
 	chain = append(chain, logCalls, toStatus, answerByDeadline, recoverPanics, locks.Interceptor(opLocks))
 	g := grpc.NewServer(grpc.ChainUnaryInterceptor(chain...))
+	register(g)
+	return &Server{grpc: g, listener: lis, name: set.name}
+}
+
+func (svcs Services) register(g grpc.ServiceRegistrar) {
 	if svcs.Identity != nil {
 		csi.RegisterIdentityServer(g, svcs.Identity)
 	}
@@ -111,7 +133,6 @@ func New(lis net.Listener, svcs Services, opLocks *locks.Set, opts ...Option) *S
 	if svcs.Node != nil {
 		csi.RegisterNodeServer(g, svcs.Node)
 	}
-	return &Server{grpc: g, listener: lis}
 }
 
 // Methods lists the full names of the methods served ("/csi.v1.Node/
@@ -129,7 +150,7 @@ func (s *Server) Methods() []string {
 
 // Serve blocks until the server stops.
 func (s *Server) Serve() error {
-	klog.InfoS("serving CSI", "address", s.listener.Addr().String())
+	klog.InfoS("serving "+s.name, "address", s.listener.Addr().String())
 	return s.grpc.Serve(s.listener)
 }
 
