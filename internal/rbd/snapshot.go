@@ -81,6 +81,9 @@ func (s *ControllerServer) CreateSnapshot(ctx context.Context, req *csi.CreateSn
 				err = s.finishSnapshot(ref, entry, img)
 				img.Close()
 				if err == nil {
+					err = s.sealSnapshotOf(ctx, ref, entry, req.GetSecrets())
+				}
+				if err == nil {
 					err = s.recordMetadata(ref.p, entry, request.SnapshotMetadata(req.GetParameters(), s.Options.ClusterName))
 				}
 				if err != nil {
@@ -94,10 +97,14 @@ func (s *ControllerServer) CreateSnapshot(ctx context.Context, req *csi.CreateSn
 			return nil, err
 		}
 		klog.FromContext(ctx).Info("repairing a half-created snapshot", "image", entry.ImageName)
-	} else if entry, err = s.snapshots.Reserve(store, name, prefix, journal.Entry{Source: ref.image(), Request: digest}); err != nil {
+	} else if entry, err = s.snapshots.Reserve(store, name, prefix, journal.Entry{Source: ref.image(), Request: digest,
+		KMSID: ref.entry.KMSID, EncryptionType: ref.entry.EncryptionType, Owner: ref.entry.Owner}); err != nil {
 		return nil, err
 	}
 	info, err := s.snapshotImage(ctx, ref, entry)
+	if err == nil {
+		err = s.sealSnapshotOf(ctx, ref, entry, req.GetSecrets())
+	}
 	if err == nil {
 		err = s.recordMetadata(ref.p, entry, request.SnapshotMetadata(req.GetParameters(), s.Options.ClusterName))
 	}
@@ -108,6 +115,16 @@ func (s *ControllerServer) CreateSnapshot(ctx context.Context, req *csi.CreateSn
 		return nil, err
 	}
 	return s.snapshotResponse(ref, entry, info, time.Now())
+}
+
+// sealSnapshotOf gives the snapshot image of entry the source volume's
+// DEK when the volume is encrypted (see sealSnapshot).
+func (s *ControllerServer) sealSnapshotOf(ctx context.Context, ref *volumeRef, entry *journal.Entry, secrets map[string]string) error {
+	id, err := volid.ID{ClusterID: ref.id.ClusterID, LocationID: ref.p.ID(), UUID: entry.UUID}.Encode()
+	if err != nil {
+		return err
+	}
+	return s.sealSnapshot(ctx, ref, entry, id, secrets)
 }
 
 // finishSnapshot does the last steps of a snapshot an earlier call made,
