@@ -132,7 +132,7 @@ func section(ctx context.Context, kmsID string, env Env) (map[string]any, error)
 	switch {
 	case err == nil:
 		if err := json.Unmarshal(data, &all); err != nil {
-			return nil, fmt.Errorf("parsing the KMS configuration %s: %v: %w", path, err, ErrConfig)
+			return nil, fmt.Errorf("parsing the KMS configuration %s: %w: %w", path, err, ErrConfig)
 		}
 	case errors.Is(err, fs.ErrNotExist):
 		if all, err = configMapSections(ctx, env); err != nil {
@@ -176,7 +176,7 @@ func configMapSections(ctx context.Context, env Env) (map[string]any, error) {
 	for id, js := range data {
 		s := map[string]any{}
 		if err := json.Unmarshal([]byte(js), &s); err != nil {
-			return nil, fmt.Errorf("ConfigMap %s/%s key %q is not a JSON object: %v: %w", env.Namespace, name, id, err, ErrConfig)
+			return nil, fmt.Errorf("ConfigMap %s/%s key %q is not a JSON object: %w: %w", env.Namespace, name, id, err, ErrConfig)
 		}
 		all[id] = s
 	}

@@ -30,7 +30,7 @@ func (s sealedDEK) encode() (string, error) {
 func decodeSealed(v string) (sealedDEK, error) {
 	var s sealedDEK
 	if err := json.Unmarshal([]byte(v), &s); err != nil {
-		return s, fmt.Errorf("the sealed DEK is not the JSON ceph-csi writes: %v: %w", err, ErrConfig)
+		return s, fmt.Errorf("the sealed DEK is not the JSON ceph-csi writes: %w: %w", err, ErrConfig)
 	}
 	if len(s.DEK) == 0 || len(s.Nonce) == 0 {
 		return s, fmt.Errorf("the sealed DEK lacks its ciphertext or nonce: %w", ErrConfig)
