@@ -67,10 +67,13 @@ sanity: build
 # node plugins in the Ceph root) running pods on the volumes, plus the chart
 # checks (docs/e2e.md). The Kubernetes programs are
 # built from the Go module proxy once (about 30 minutes cold) and cached in
-# ~/.cache/cephcsi-e2e (E2E_CACHE). See e2e/.
+# ~/.cache/cephcsi-e2e (E2E_CACHE). The driver also runs as users deploy
+# it: our image (scripts/build-image.sh) and the CSI sidecars in pods, from
+# the charts and from deploy/ (docs/install.md). See e2e/.
 e2e: build
 	@scripts/install-deps.sh e2e
 	e2e/build-tools.sh
+	scripts/build-image.sh
 	$(IN_ROOT) $(GO) vet -tags '$(call tags,e2e)' ./e2e/
 	$(IN_ROOT) $(GO) test -tags '$(call tags,e2e)' -count=1 -v -timeout 45m ./e2e/
 
