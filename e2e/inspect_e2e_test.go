@@ -192,10 +192,10 @@ func TestInspect(t *testing.T) {
 		t.Errorf("after gc, orphans %v", got)
 	}
 	io := c.IOContext(t, rbdPool)
-	if imageExists(t, io, dropped.attrs["imageName"]) || imageExists(t, io, "csi-snap-"+sn.id.UUID) {
+	if testutil.ImageExists(t, io, dropped.attrs["imageName"]) || testutil.ImageExists(t, io, "csi-snap-"+sn.id.UUID) {
 		t.Error("gc left the image of the dropped PV or of the snapshot")
 	}
-	if !imageExists(t, io, kept.attrs["imageName"]) {
+	if !testutil.ImageExists(t, io, kept.attrs["imageName"]) {
 		t.Error("gc removed the image of a bound PV")
 	}
 	again := runInspect(t, e, c, secrets, instance, "--gc", "--yes", "--grace=0s")

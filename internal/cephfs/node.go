@@ -462,7 +462,10 @@ func (n *NodeServer) NodeUnpublishVolume(ctx context.Context, req *csi.NodeUnpub
 
 // NodeGetVolumeStats implements csi.NodeServer.
 func (n *NodeServer) NodeGetVolumeStats(ctx context.Context, req *csi.NodeGetVolumeStatsRequest) (*csi.NodeGetVolumeStatsResponse, error) {
-	if err := nodeutil.VolumeAndPaths(req.GetVolumeId(), [2]string{"volume_path", req.GetVolumePath()}); err != nil {
+	if err := nodeutil.VolumeAndPaths(req.GetVolumeId()); err != nil {
+		return nil, err
+	}
+	if err := nodeutil.VolumePath(req.GetVolumePath()); err != nil {
 		return nil, err
 	}
 	p := req.GetVolumePath()

@@ -336,13 +336,23 @@ func (h *fakePoolHandle) openImage(img *fakeImage, readOnly bool) image {
 	return ih
 }
 
-func (h *fakePoolHandle) OpenImage(name string, readOnly bool) (image, error) {
-	if err := h.p.f.step("OpenImage", name); err != nil {
+// stepLive is the start of an operation op on live image name: the step
+// (an armed rule may fail it), then the image, ENOENT when it is missing.
+func (h *fakePoolHandle) stepLive(op, name string) (*fakeImage, error) {
+	if err := h.p.f.step(op, name); err != nil {
 		return nil, err
 	}
 	img := h.p.live(name)
 	if img == nil {
 		return nil, errno(syscall.ENOENT, "image %s", name)
+	}
+	return img, nil
+}
+
+func (h *fakePoolHandle) OpenImage(name string, readOnly bool) (image, error) {
+	img, err := h.stepLive("OpenImage", name)
+	if err != nil {
+		return nil, err
 	}
 	return h.openImage(img, readOnly), nil
 }
@@ -359,23 +369,17 @@ func (h *fakePoolHandle) OpenImageByID(id string, readOnly bool) (image, error) 
 }
 
 func (h *fakePoolHandle) RemoveImage(name string) error {
-	if err := h.p.f.step("RemoveImage", name); err != nil {
+	img, err := h.stepLive("RemoveImage", name)
+	if err != nil {
 		return err
-	}
-	img := h.p.live(name)
-	if img == nil {
-		return errno(syscall.ENOENT, "image %s", name)
 	}
 	return h.p.remove(img)
 }
 
 func (h *fakePoolHandle) TrashImage(name string) error {
-	if err := h.p.f.step("TrashImage", name); err != nil {
+	img, err := h.stepLive("TrashImage", name)
+	if err != nil {
 		return err
-	}
-	img := h.p.live(name)
-	if img == nil {
-		return errno(syscall.ENOENT, "image %s", name)
 	}
 	img.trashed = true
 	return nil
@@ -435,12 +439,9 @@ func (h *fakePoolHandle) ImageID(name string) (string, error) {
 // QueueFlatten behaves as `rbd task add flatten`: a task already queued for
 // the image is fine; an image that is missing or has no parent is ENOENT.
 func (h *fakePoolHandle) QueueFlatten(name string) error {
-	if err := h.p.f.step("QueueFlatten", name); err != nil {
+	img, err := h.stepLive("QueueFlatten", name)
+	if err != nil {
 		return err
-	}
-	img := h.p.live(name)
-	if img == nil {
-		return errno(syscall.ENOENT, "image %s does not exist", name)
 	}
 	key := h.p.f.taskKey(h.p, img.id)
 	if h.p.f.tasks[key] {
