@@ -139,7 +139,7 @@ func TestHelmRBD(t *testing.T) {
 		t.Helper()
 		v := boundVolume(t, e, ns, pvc, r.driver)
 		img := v.attrs["imageName"]
-		if !strings.HasPrefix(img, r.prefix) || !imageExists(t, io, img) {
+		if !strings.HasPrefix(img, r.prefix) || !testutil.ImageExists(t, io, img) {
 			t.Fatalf("PVC %s: image %q (attributes %v) not in the pool", pvc, img, v.attrs)
 		}
 		return v
@@ -318,7 +318,7 @@ func topologyFlow(t *testing.T, e *env, r *release, io2 *rados.IOContext, run fu
 		t.Errorf("PV %s nodeAffinity %s, want %s", v.pv, terms, want)
 	}
 	t.Logf("PV %s nodeAffinity %s", v.pv, terms)
-	if v.attrs["pool"] != rbdPool2 || !imageExists(t, io2, v.attrs["imageName"]) {
+	if v.attrs["pool"] != rbdPool2 || !testutil.ImageExists(t, io2, v.attrs["imageName"]) {
 		t.Errorf("the zoned volume's image %s is not in %s (attributes %v)", v.attrs["imageName"], rbdPool2, v.attrs)
 	}
 }
