@@ -174,7 +174,7 @@ func hierarchies(mountinfo string) ([]hierarchy, error) {
 	if err != nil {
 		return nil, err
 	}
-	defer f.Close()
+	defer func() { _ = f.Close() }() // read only
 	type entry struct {
 		root string
 		h    hierarchy
@@ -265,7 +265,7 @@ func joinHostCgroupNS() error {
 	if err != nil {
 		return fmt.Errorf("opening the host's cgroup namespace: %w", err)
 	}
-	defer unix.Close(fd)
+	defer func() { _ = unix.Close(fd) }() // a namespace descriptor, read only
 	if err := unix.Setns(fd, unix.CLONE_NEWCGROUP); err != nil {
 		return fmt.Errorf("joining the host's cgroup namespace: %w", err)
 	}
