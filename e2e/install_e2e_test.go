@@ -88,11 +88,16 @@ func chartValues(t testing.TB, e *env, c *testutil.Cluster, r *release, img depl
 	prov := map[string]any{
 		"replicaCount":      1,
 		"enableHostNetwork": true, // the node has no pod network
-		"httpMetrics":       map[string]any{"containerPort": ports[0]},
-		"metrics":           map[string]any{"containerPort": ports[1]},
-		"provisioner":       map[string]any{"image": image(img.sidecars["csi-provisioner"])},
-		"resizer":           map[string]any{"image": image(img.sidecars["csi-resizer"])},
-		"snapshotter":       map[string]any{"image": image(img.sidecars["csi-snapshotter"])},
+		// One node and host ports: the old pod must go before the new one
+		// can be scheduled (the default surge pod would wait for its ports
+		// forever).
+		"strategy": map[string]any{"type": "RollingUpdate",
+			"rollingUpdate": map[string]any{"maxUnavailable": 1, "maxSurge": 0}},
+		"httpMetrics": map[string]any{"containerPort": ports[0]},
+		"metrics":     map[string]any{"containerPort": ports[1]},
+		"provisioner": map[string]any{"image": image(img.sidecars["csi-provisioner"])},
+		"resizer":     map[string]any{"image": image(img.sidecars["csi-resizer"])},
+		"snapshotter": map[string]any{"image": image(img.sidecars["csi-snapshotter"])},
 	}
 	if r.kind == "rbd" {
 		prov["attacher"] = map[string]any{"image": image(img.sidecars["csi-attacher"])}
