@@ -34,7 +34,7 @@ func releaseOf(kind string) *release {
 // startRelease creates the namespaces and installs the chart with the
 // test's values; cleanups are registered in the order they must run
 // backwards: pods, volumes (through the driver), the release.
-func startRelease(t *testing.T, e *env, c *testutil.Cluster, r *release, cephcsi *deployImage) deployImages {
+func startRelease(t *testing.T, e *env, c *testutil.Cluster, r *release) deployImages {
 	t.Helper()
 	img := importDeployImages(t, e)
 	prepareNode(t, e)
@@ -47,11 +47,7 @@ func startRelease(t *testing.T, e *env, c *testutil.Cluster, r *release, cephcsi
 	if r.kind == "cephfs" {
 		nodeSecret(t, e, c, r)
 	}
-	use := img.cephcsi
-	if cephcsi != nil {
-		use = *cephcsi
-	}
-	writeValues(t, e, r, chartValues(t, e, c, r, img, use))
+	writeValues(t, e, r, chartValues(t, e, c, r, img, img.cephcsi))
 	cleanupRelease(t, e, r)
 	install(t, e, r)
 	cleanupOnFailure(t, e, r.apps)
@@ -125,7 +121,7 @@ func TestHelmRBD(t *testing.T) {
 	t.Cleanup(func() {
 		_, _ = e.kubectl(nil, "label", "node", e2eNode, zoneLabel+"-", "topology."+r.driver+"/zone-")
 	})
-	startRelease(t, e, c, r, nil)
+	startRelease(t, e, c, r)
 	const rwo = "ReadWriteOnce"
 	ns := r.apps
 	var uids []string
@@ -331,7 +327,7 @@ func TestHelmCephFS(t *testing.T) {
 	c := testutil.RequireCluster(t)
 	fsa := fsadmin.NewFromConn(c.Admin())
 	r := releaseOf("cephfs")
-	startRelease(t, e, c, r, nil)
+	startRelease(t, e, c, r)
 	const rwx = "ReadWriteMany"
 	ns := r.apps
 	var uids []string
