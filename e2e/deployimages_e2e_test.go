@@ -20,7 +20,7 @@ import (
 // image from `make image` (_output/cephcsi-image.tar), and each CSI sidecar
 // the e2e builds wrapped alone into a minimal image, all imported into the
 // node's containerd under cephcsi-e2e.local/<name>:<tag>, the names the
-// tests' chart values and kustomizations point at.
+// tests' chart values point at.
 
 const localRegistry = "cephcsi-e2e.local"
 
