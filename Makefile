@@ -67,12 +67,16 @@ sanity: build
 # node plugins in the Ceph root) running pods on the volumes, plus the chart
 # checks (docs/e2e.md). The Kubernetes programs are
 # built from the Go module proxy once (about 30 minutes cold) and cached in
-# ~/.cache/cephcsi-e2e (E2E_CACHE). See e2e/.
+# ~/.cache/cephcsi-e2e (E2E_CACHE). The driver also runs as users deploy
+# it: our image (scripts/build-image.sh) and the CSI sidecars in pods, from
+# the charts and from deploy/ (docs/install.md). See e2e/. E2E_RUN, when
+# set, is go test's -run (e.g. make e2e E2E_RUN='^TestHelm').
 e2e: build
 	@scripts/install-deps.sh e2e
 	e2e/build-tools.sh
+	scripts/build-image.sh
 	$(IN_ROOT) $(GO) vet -tags '$(call tags,e2e)' ./e2e/
-	$(IN_ROOT) $(GO) test -tags '$(call tags,e2e)' -count=1 -v -timeout 45m ./e2e/
+	$(IN_ROOT) $(GO) test -tags '$(call tags,e2e)' -count=1 -v -timeout 45m $(if $(E2E_RUN),-run '$(E2E_RUN)') ./e2e/
 
 # The node paths that need kernel modules this host lacks (krbd, rbd-nbd,
 # the CephFS kernel client), in a QEMU guest running a Debian kernel, against

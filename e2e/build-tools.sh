@@ -53,6 +53,7 @@ tools=(
 	"kube-apiserver|k8s.io/kubernetes|$KUBERNETES_VERSION|k8s.io/kubernetes/cmd/kube-apiserver|v0.${KUBERNETES_VERSION#v1.}|$k8s_ldflags"
 	"kube-controller-manager|k8s.io/kubernetes|$KUBERNETES_VERSION|k8s.io/kubernetes/cmd/kube-controller-manager|v0.${KUBERNETES_VERSION#v1.}|$k8s_ldflags"
 	"kubectl|k8s.io/kubernetes|$KUBERNETES_VERSION|k8s.io/kubernetes/cmd/kubectl|v0.${KUBERNETES_VERSION#v1.}|$k8s_ldflags"
+	"kube-scheduler|k8s.io/kubernetes|$KUBERNETES_VERSION|k8s.io/kubernetes/cmd/kube-scheduler|v0.${KUBERNETES_VERSION#v1.}|$k8s_ldflags"
 	"kubelet|k8s.io/kubernetes|$KUBELET_VERSION|k8s.io/kubernetes/cmd/kubelet|v0.${KUBELET_VERSION#v1.}|$kubelet_ldflags"
 	"helm|helm.sh/helm/v3|$HELM_VERSION|helm.sh/helm/v3/cmd/helm||-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION"
 	"csi-provisioner|github.com/kubernetes-csi/external-provisioner/v6|$CSI_PROVISIONER_VERSION|github.com/kubernetes-csi/external-provisioner/v6/cmd/csi-provisioner|$CSI_PROVISIONER_VERSION|-X main.version=$CSI_PROVISIONER_VERSION"

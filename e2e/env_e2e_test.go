@@ -11,6 +11,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
@@ -204,7 +205,8 @@ func (e *env) startControlPlane() error {
 			return err
 		}
 	}
-	etcdPort, peerPort, apiPort, kcmPort := ports[0], ports[1], ports[2], ports[3]
+	etcdPort, peerPort, kcmPort, schedPort := ports[0], ports[1], ports[2], ports[3]
+	svcRange, apiIP := serviceRange(e.root)
 
 	// etcd, serving clients over TLS with client certificate checks.
 	etcdCert, etcdKey, err := e.pki.issue("etcd", nil, "127.0.0.1", "localhost")
@@ -234,7 +236,7 @@ func (e *env) startControlPlane() error {
 	}
 
 	// kube-apiserver with RBAC, TLS, and service account token signing.
-	apiCert, apiKey, err := e.pki.issue("kube-apiserver", nil, "127.0.0.1", "localhost", "10.0.0.1",
+	apiCert, apiKey, err := e.pki.issue("kube-apiserver", nil, apiIP, "127.0.0.1", "localhost",
 		"kubernetes", "kubernetes.default", "kubernetes.default.svc")
 	if err != nil {
 		return err
@@ -250,9 +252,14 @@ func (e *env) startControlPlane() error {
 	if err != nil {
 		return err
 	}
-	e.server = fmt.Sprintf("https://127.0.0.1:%d", apiPort)
+	// The API server listens where the kubernetes Service points (its
+	// first ClusterIP, port 443), so that pods on the host network reach it
+	// through the KUBERNETES_SERVICE_HOST/PORT the kubelet gives them, as
+	// kube-proxy would make them do. The range lies in 127.0.0.0/8
+	// (loopback, no address to add) and is the checkout's own.
+	e.server = "https://" + net.JoinHostPort(apiIP, "443")
 	api, err := e.start("kube-apiserver", e.tools["kube-apiserver"],
-		"--bind-address=127.0.0.1", "--advertise-address=127.0.0.1", fmt.Sprintf("--secure-port=%d", apiPort),
+		"--bind-address="+apiIP, "--advertise-address="+apiIP, "--secure-port=443",
 		"--etcd-servers="+etcdURL, "--etcd-cafile="+e.pki.CA,
 		"--etcd-certfile="+etcdClientCert, "--etcd-keyfile="+etcdClientKey,
 		"--tls-cert-file="+apiCert, "--tls-private-key-file="+apiKey,
@@ -268,7 +275,7 @@ func (e *env) startControlPlane() error {
 		"--allow-privileged=true",
 		"--service-account-issuer=https://kubernetes.default.svc",
 		"--service-account-key-file="+saPub, "--service-account-signing-key-file="+saKey,
-		"--service-cluster-ip-range=10.0.0.0/24",
+		"--service-cluster-ip-range="+svcRange,
 		"--cert-dir="+filepath.Join(e.dir, "apiserver"),
 		// The default reconciler refuses a loopback advertise address.
 		"--endpoint-reconciler-type=none",
@@ -297,6 +304,17 @@ func (e *env) startControlPlane() error {
 		return err
 	}
 
+	// The scheduler: the pods of the charts' Deployments and DaemonSets
+	// name no node and are bound by it (the tests' own pods set nodeName),
+	// and it sets the selected node of WaitForFirstConsumer claims.
+	if _, err := e.start("kube-scheduler", e.tools["kube-scheduler"],
+		"--kubeconfig="+e.kubeconfig,
+		"--authentication-kubeconfig="+e.kubeconfig, "--authorization-kubeconfig="+e.kubeconfig,
+		"--bind-address=127.0.0.1", fmt.Sprintf("--secure-port=%d", schedPort),
+		"--leader-elect=false", "--v=1"); err != nil {
+		return err
+	}
+
 	// The snapshot API: CRDs, then the common snapshot-controller.
 	if out, err := e.kubectl(nil, "apply", "-k", e.snapshotCRD); err != nil {
 		return fmt.Errorf("snapshot CRDs: %v\n%s", err, out)
@@ -321,9 +339,20 @@ func (e *env) startControlPlane() error {
 		"--kubeconfig="+e.kubeconfig, "--leader-election=false", "--v=2"); err != nil {
 		return err
 	}
-	fmt.Printf("e2e: control plane (etcd, kube-apiserver, kube-controller-manager, snapshot-controller) ready in %.1fs\n",
-		time.Since(begin).Seconds())
+	fmt.Printf("e2e: control plane (etcd, kube-apiserver at %s, kube-controller-manager, kube-scheduler, snapshot-controller) ready in %.1fs\n",
+		e.server, time.Since(begin).Seconds())
 	return nil
+}
+
+// serviceRange is the Service ClusterIP range of the checkout at root, a
+// /24 in 127.0.0.0/8 named by a hash of its path (so that runs of two
+// checkouts never share an address), and the kubernetes Service's address,
+// the first of the range, where the API server listens.
+func serviceRange(root string) (cidr, apiIP string) {
+	sum := sha256.Sum256([]byte(root))
+	// 127.0.0.0/16 stays clear: 127.0.0.1 is everyone's.
+	a, b := 1+int(sum[0])%254, int(sum[1])
+	return fmt.Sprintf("127.%d.%d.0/24", a, b), fmt.Sprintf("127.%d.%d.1", a, b)
 }
 
 // writeKubeconfig writes a kubeconfig for the local API server; auth holds

@@ -138,6 +138,10 @@ func startNodePlugin(t *testing.T, e *env, c *testutil.Cluster, kind, driver str
 		if v, ok := strings.CutPrefix(a, "--endpoint=unix://"); ok {
 			p.socket = v
 		}
+		// The daemons' cgroup goes below the run's, which teardown clears.
+		if v, ok := strings.CutPrefix(a, "--helpercgroup="); ok {
+			a = "--helpercgroup=" + n.cgroup + v
+		}
 		p.args = append(p.args, a)
 	}
 	// The registrar and the driver must agree on the socket, and the

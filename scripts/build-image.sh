@@ -15,7 +15,13 @@
 # time the root was finished, the binary and the metadata SOURCE_DATE_EPOCH,
 # default the commit time of HEAD), gzip without name or time.
 #
-# Environment: SOURCE_DATE_EPOCH, VERSION (default: what the binary reports).
+# The root's layer is the same for the same root, so it is kept (compressed,
+# with its digests) inside the root's cache directory and reused: only the
+# binary's layer is made again when the binary changes.
+#
+# Environment: SOURCE_DATE_EPOCH, VERSION (default: what the binary reports),
+# BINARY (default _output/cephcsi) and IMAGE (default
+# _output/cephcsi-image.tar), e.g. for the e2e's image of an older commit.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -23,9 +29,9 @@ repo=$PWD
 # shellcheck source=/dev/null
 . "$repo/build.env"
 out=$repo/_output
-binary=$out/cephcsi
-image=$out/cephcsi-image.tar
-work=$out/image
+binary=${BINARY:-$out/cephcsi}
+image=${IMAGE:-$out/cephcsi-image.tar}
+work=$image.work
 binary_path=/usr/local/bin/cephcsi
 
 log() { echo "build-image: $*" >&2; }
@@ -78,10 +84,11 @@ add_layer() {
 # /run, /tmp), logs and caches, and, as Debian's slim images do, manuals and
 # documentation other than the copyright files.
 t0=$(now)
+layer_cache=$root/.cephcsi-image-layer
 (
 	cd "$root"
 	find . -mindepth 1 \( \
-		-path ./.cephcsi-packages -o -path ./.cephcsi-root-ready -o \
+		-path ./.cephcsi-packages -o -path ./.cephcsi-root-ready -o -path ./.cephcsi-image-layer -o \
 		-path ./etc/resolv.conf -o -path ./usr/sbin/policy-rc.d -o \
 		-path ./etc/apt/apt.conf.d/99cephcsi-no-valid-until -o \
 		-path './dev/*' -o -path './proc/*' -o -path './sys/*' -o -path './run/*' -o -path './tmp/*' -o \
@@ -90,13 +97,28 @@ t0=$(now)
 		-path './usr/share/locale/*' -o \( -path './usr/share/doc/*' ! -name copyright ! -type d \) \
 		\) -prune -o -print0 | sed -z 's|^\./||' | LC_ALL=C sort -z
 ) >"$work/root.list"
-read -r base_digest base_size base_diff < <(add_layer "$work/root.list" "$root_epoch" -C "$root")
-log "root layer: $(tr -cd '\0' <"$work/root.list" | wc -c) entries, $((base_size >> 20)) MiB compressed ($(took "$t0"))"
+# The cached layer is valid for this root as long as it holds the same
+# entries (the list is part of the key) and the root was not finished again.
+list_key=$( (sha256sum <"$work/root.list" | cut -d' ' -f1; echo "$root_epoch") | sha256sum | cut -c1-16)
+if [[ -f $layer_cache/$list_key.meta ]] && read -r base_digest base_size base_diff <"$layer_cache/$list_key.meta" &&
+	[[ -f $layer_cache/$list_key.tar.gz && $(stat -c %s "$layer_cache/$list_key.tar.gz") == "$base_size" ]]; then
+	cp "$layer_cache/$list_key.tar.gz" "$blobs/$base_digest"
+	log "root layer: reused from $layer_cache, $((base_size >> 20)) MiB compressed ($(took "$t0"))"
+else
+	read -r base_digest base_size base_diff < <(add_layer "$work/root.list" "$root_epoch" -C "$root")
+	log "root layer: $(tr -cd '\0' <"$work/root.list" | wc -c) entries, $((base_size >> 20)) MiB compressed ($(took "$t0"))"
+	# Kept for the next build; a concurrent build writes the same bytes.
+	rm -rf "$layer_cache"
+	mkdir -p "$layer_cache"
+	cp "$blobs/$base_digest" "$layer_cache/$list_key.tar.gz.tmp.$$"
+	mv "$layer_cache/$list_key.tar.gz.tmp.$$" "$layer_cache/$list_key.tar.gz"
+	echo "$base_digest $base_size $base_diff" >"$layer_cache/$list_key.meta"
+fi
 
 t0=$(now)
-printf '%s\0' cephcsi >"$work/bin.list"
-read -r bin_digest bin_size bin_diff < <(add_layer "$work/bin.list" "$epoch" -C "$out" \
-	--transform="s|^cephcsi\$|${binary_path#/}|" --owner=0 --group=0 --mode=0755)
+printf '%s\0' "$(basename "$binary")" >"$work/bin.list"
+read -r bin_digest bin_size bin_diff < <(add_layer "$work/bin.list" "$epoch" -C "$(dirname "$binary")" \
+	--transform="s|^$(basename "$binary")\$|${binary_path#/}|" --owner=0 --group=0 --mode=0755)
 log "binary layer: $((bin_size >> 20)) MiB compressed ($(took "$t0"))"
 
 # put_json FILE stores a JSON document as a blob and prints "digest size".

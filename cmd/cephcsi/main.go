@@ -1,6 +1,8 @@
 // Command cephcsi is the Ceph CSI driver: RBD and CephFS in one binary,
 // selected with --type. `cephcsi rbd-fuse-helper ...` is the FUSE helper
 // that the rbd-fuse mapper starts for each image (internal/rbdfuse);
+// `cephcsi helper-exec ...` starts a volume's daemon outside the node
+// plugin container's cgroup (internal/helpercgroup);
 // `cephcsi inspect ...` reports (and with --gc removes) what Kubernetes and
 // Ceph disagree about (internal/inspect).
 package main
@@ -15,6 +17,7 @@ import (
 
 	"github.com/leanceph/cephcsi/internal/config"
 	"github.com/leanceph/cephcsi/internal/driver"
+	"github.com/leanceph/cephcsi/internal/helpercgroup"
 	"github.com/leanceph/cephcsi/internal/inspect"
 	"github.com/leanceph/cephcsi/internal/rbdfuse"
 	"github.com/leanceph/cephcsi/internal/server"
@@ -23,6 +26,9 @@ import (
 func main() {
 	if len(os.Args) > 1 && os.Args[1] == rbdfuse.HelperCommand {
 		os.Exit(rbdfuse.Main(os.Args[2:]))
+	}
+	if len(os.Args) > 1 && os.Args[1] == helpercgroup.Command {
+		os.Exit(helpercgroup.Main(os.Args[2:]))
 	}
 	if len(os.Args) > 1 && os.Args[1] == inspect.Command {
 		os.Exit(inspect.Main(os.Args[2:], os.Stdout, os.Stderr))

@@ -68,8 +68,11 @@ func kernelArgs(s mountSpec) []string {
 // key file is emptied when the helper returns: ceph-fuse reads the key
 // while it starts, before its foreground process exits, and the daemon it
 // leaves behind keeps descriptor 3 open for as long as the mount lives.
-func runWithKey(ctx context.Context, key, name string, args ...string) error {
-	_, err := runner.Run(ctx, keyexec.Command{Path: name, Args: args, Key: key, EmptyKeyOnReturn: true, Timeout: mountTimeout})
+// daemon says that it leaves the daemon serving the mount behind
+// (ceph-fuse), which then runs in the helper cgroup when one is set.
+func runWithKey(ctx context.Context, key string, daemon bool, name string, args ...string) error {
+	_, err := runner.Run(ctx, keyexec.Command{Path: name, Args: args, Key: key, EmptyKeyOnReturn: true, Timeout: mountTimeout,
+		Daemon: daemon})
 	var failed *keyexec.RunError
 	if errors.As(err, &failed) {
 		// ceph-fuse writes its errors to stdout and stderr both.
@@ -103,12 +106,12 @@ func helperOutput(out, key string) string {
 
 // mountFuse mounts with ceph-fuse, which returns once the mount is up.
 func mountFuse(ctx context.Context, s mountSpec) error {
-	return runWithKey(ctx, s.Creds.Key, "ceph-fuse", fuseArgs(s)...)
+	return runWithKey(ctx, s.Creds.Key, true, "ceph-fuse", fuseArgs(s)...)
 }
 
 // mountKernel mounts with the kernel client through mount.ceph.
 func mountKernel(ctx context.Context, s mountSpec) error {
-	return runWithKey(ctx, s.Creds.Key, "mount.ceph", kernelArgs(s)...)
+	return runWithKey(ctx, s.Creds.Key, false, "mount.ceph", kernelArgs(s)...)
 }
 
 // kernelClientAvailable reports whether the running kernel has the ceph

@@ -56,7 +56,7 @@ func TestKernelArgs(t *testing.T) {
 // TestRunWithKeyPassesKeyOnFD3 runs a helper that prints what it finds on
 // file descriptor 3 and fails: the key arrived, and the error shows it masked.
 func TestRunWithKeyPassesKeyOnFD3(t *testing.T) {
-	err := runWithKey(context.Background(), testKey, "sh", "-c", `printf 'size %s: ' "$(stat -L -c %s `+keyFD+`)"; cat `+keyFD+`; exit 3`)
+	err := runWithKey(context.Background(), testKey, false, "sh", "-c", `printf 'size %s: ' "$(stat -L -c %s `+keyFD+`)"; cat `+keyFD+`; exit 3`)
 	if err == nil {
 		t.Fatal("a failing helper reported success")
 	}
@@ -67,7 +67,7 @@ func TestRunWithKeyPassesKeyOnFD3(t *testing.T) {
 	if !strings.Contains(msg, "size 40: <redacted>") {
 		t.Errorf("the helper did not read the 40-byte key from fd 3: %s", msg)
 	}
-	if err := runWithKey(context.Background(), testKey, "sh", "-c", "test -r "+keyFD); err != nil {
+	if err := runWithKey(context.Background(), testKey, false, "sh", "-c", "test -r "+keyFD); err != nil {
 		t.Errorf("a succeeding helper: %v", err)
 	}
 }

@@ -17,6 +17,7 @@ import (
 	"github.com/leanceph/cephcsi/internal/cephconn"
 	"github.com/leanceph/cephcsi/internal/csierr"
 	"github.com/leanceph/cephcsi/internal/journal"
+	"github.com/leanceph/cephcsi/internal/keyexec"
 	"github.com/leanceph/cephcsi/internal/metrics"
 	"github.com/leanceph/cephcsi/internal/nodeutil"
 	"github.com/leanceph/cephcsi/internal/request"
@@ -36,6 +37,14 @@ type NodeServer struct {
 
 // NewNodeServer returns the node service.
 func NewNodeServer(d *service.Deps) (*NodeServer, error) {
+	ex, err := keyexec.NewExec(d.Options.HelperCgroup)
+	if err != nil {
+		return nil, err
+	}
+	if d.Options.HelperCgroup != "" {
+		// One node service per process: its mount helpers run through ex.
+		runner = ex
+	}
 	m := mount.New("")
 	return &NodeServer{Deps: d, mounter: m, publisher: &nodeutil.Publisher{Mounter: m},
 		state: nodeutil.StateStore{Dir: filepath.Join(d.Options.PluginPath, d.Options.DriverName, "cephfs-staged")}}, nil

@@ -10,6 +10,8 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/leanceph/cephcsi/internal/helpercgroup"
 )
 
 // DefaultConfigPath is where Rook, the ceph-csi-operator and the upstream
@@ -69,6 +71,10 @@ type Options struct {
 	// itself with the kubelet (no node-driver-registrar): the CSI socket's
 	// path as the kubelet sees it.
 	KubeletRegistrationPath string
+	// HelperCgroup, when set, is the cgroup the node plugin starts the
+	// volumes' daemons in (rbd-fuse helper, ceph-fuse, rbd-nbd), outside
+	// its container's, so that they outlive the container.
+	HelperCgroup string
 
 	// SetMetadata asks the controller to record PVC, PV and snapshot names
 	// (and ClusterName) as image and subvolume metadata.
@@ -150,6 +156,9 @@ func (o *Options) Register(fs *flag.FlagSet) {
 		"no effect here: the node never flattens an image before mapping it, which is what true asks for")
 	fs.DurationVar(&o.RBDTrashMaxDelay, "rbdtrashmaxdelay", 0, "keep deleted RBD images in the trash this long; not served yet: a positive value warns at start")
 	fs.DurationVar(&o.CloneWait, "clonewait", 0, "how long a CephFS CreateVolume from a snapshot or volume waits for the copy before answering Aborted (0: at once)")
+	fs.StringVar(&o.HelperCgroup, "helpercgroup", "", "with --nodeserver: start the daemons that serve mounted volumes (the rbd-fuse helper, ceph-fuse, rbd-nbd) "+
+		"in this cgroup (a path below the root of every hierarchy, created if missing), outside the node plugin container's, so that they and "+
+		"the volumes outlive a restart or upgrade of the container; needs hostPID and the host's /sys (default: the plugin's own cgroup)")
 	fs.StringVar(&o.KubeletRegistrationPath, "kubelet-registration-path", "", "with --nodeserver: register with the kubelet through <pluginpath>/../plugins_registry, naming this path (the CSI socket as the kubelet sees it), instead of a node-driver-registrar sidecar")
 
 	fs.BoolVar(&o.SetMetadata, "setmetadata", true, "record PVC, PV and snapshot names (from the sidecars' --extra-create-metadata) as image and subvolume metadata")
@@ -246,6 +255,11 @@ func (o *Options) Validate() error {
 			if !labelKey.MatchString(l) || len(l) > 317 {
 				return fmt.Errorf("--%s: %q is not a Kubernetes label key", flagName, l)
 			}
+		}
+	}
+	if o.HelperCgroup != "" {
+		if err := helpercgroup.Validate(o.HelperCgroup); err != nil {
+			return fmt.Errorf("--helpercgroup: %w", err)
 		}
 	}
 	if o.CSIAddonsEndpoint != "" && !strings.HasPrefix(o.CSIAddonsEndpoint, "unix://") && !strings.HasPrefix(o.CSIAddonsEndpoint, "tcp://") {

@@ -28,6 +28,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/leanceph/cephcsi/internal/helpercgroup"
 )
 
 // KeyFD is the descriptor that holds the key of Command.Key, and
@@ -68,6 +70,11 @@ type Command struct {
 	Timeout          time.Duration
 	// Log, for Start only, receives the helper's standard error.
 	Log *os.File
+	// Daemon marks a program that is, or leaves behind, the daemon serving
+	// a volume (the rbd-fuse helper, ceph-fuse, rbd-nbd): with
+	// Exec.HelperCgroup set, it starts in that cgroup, outside the node
+	// plugin container's (package helpercgroup).
+	Daemon bool
 }
 
 func (c Command) String() string { return c.Path + " " + strings.Join(c.Args, " ") }
@@ -95,17 +102,45 @@ type Starter interface {
 }
 
 // Exec runs commands as child processes; it implements Runner and Starter.
-type Exec struct{}
+type Exec struct {
+	// HelperCgroup, when set, is the cgroup that Daemon commands start in,
+	// through `cephcsi helper-exec` (this binary, /proc/self/exe).
+	HelperCgroup string
+}
+
+// NewExec returns an Exec whose daemons start in helperCgroup (in the
+// plugin's own cgroup when empty), once it has made sure that the cgroup
+// exists and can take processes here: a node plugin that cannot keep its
+// daemons out of its container says so at start.
+func NewExec(helperCgroup string) (Exec, error) {
+	if helperCgroup == "" {
+		return Exec{}, nil
+	}
+	if _, err := helpercgroup.Ensure(helperCgroup); err != nil {
+		return Exec{}, fmt.Errorf("--helpercgroup=%s: %w", helperCgroup, err)
+	}
+	return Exec{HelperCgroup: helperCgroup}, nil
+}
+
+// argv is the program and arguments that run c: through helper-exec for a
+// daemon when a helper cgroup is set.
+func (e Exec) argv(c Command) (string, []string) {
+	if c.Daemon && e.HelperCgroup != "" {
+		return "/proc/self/exe", helpercgroup.Args(e.HelperCgroup, c.Path, c.Args...)
+	}
+	return c.Path, c.Args
+}
 
 // Run implements Runner. A failing command's error is a *RunError (exit
 // status and the end of its output, the key removed); a command that
 // outlives its timeout is killed and the error wraps
 // context.DeadlineExceeded.
-func (Exec) Run(ctx context.Context, c Command) (Result, error) {
+func (e Exec) Run(ctx context.Context, c Command) (Result, error) {
 	timeout := c.timeout()
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, c.Path, c.Args...)
+	path, args := e.argv(c)
+	cmd := exec.CommandContext(ctx, path, args...)
 	cmd.Env = append(cleanEnv(os.Environ()), c.Env...)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
@@ -217,12 +252,13 @@ func (e *StartError) Error() string {
 // A helper that neither reports nor exits within c.Timeout is killed, and
 // the error wraps context.DeadlineExceeded. The started helper is reaped
 // when it exits.
-func (Exec) Start(ctx context.Context, c Command) (int, error) {
+func (e Exec) Start(ctx context.Context, c Command) (int, error) {
 	timeout := c.timeout()
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	// Not exec.CommandContext: the helper must outlive ctx.
-	cmd := exec.Command(c.Path, c.Args...)
+	path, args := e.argv(c)
+	cmd := exec.Command(path, args...)
 	cmd.Env = append(cleanEnv(os.Environ()), c.Env...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	cmd.Dir = "/" // holds no directory of the plugin's busy

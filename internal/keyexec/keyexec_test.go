@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -274,5 +275,26 @@ func TestCleanEnvAndRedact(t *testing.T) {
 	}
 	if got := LastLines("1\n2\n3\n4", 2); got != "3 | 4" {
 		t.Errorf("LastLines = %q", got)
+	}
+}
+
+// Daemons start through helper-exec in the helper cgroup; other commands,
+// and daemons without a helper cgroup, run as they are.
+func TestArgvHelperCgroup(t *testing.T) {
+	daemon := Command{Path: "ceph-fuse", Args: []string{"/mnt", "-o", "x"}, Daemon: true}
+	path, args := Exec{HelperCgroup: "/cephcsi-helpers"}.argv(daemon)
+	if want := []string{"helper-exec", "/cephcsi-helpers", "--", "ceph-fuse", "/mnt", "-o", "x"}; path != "/proc/self/exe" || !slices.Equal(args, want) {
+		t.Errorf("daemon: %s %v, want /proc/self/exe %v", path, args, want)
+	}
+	for _, e := range []struct {
+		ex Exec
+		c  Command
+	}{{Exec{}, daemon}, {Exec{HelperCgroup: "/cephcsi-helpers"}, Command{Path: "losetup", Args: []string{"-d", "/dev/loop0"}}}} {
+		if path, args := e.ex.argv(e.c); path != e.c.Path || !slices.Equal(args, e.c.Args) {
+			t.Errorf("%+v %v: %s %v, want it unchanged", e.ex, e.c, path, args)
+		}
+	}
+	if _, err := NewExec("not/absolute"); err == nil {
+		t.Error("NewExec accepted a relative cgroup")
 	}
 }

@@ -216,7 +216,7 @@ func (f *Fuse) startHelper(ctx context.Context, s Spec) error {
 		return fmt.Errorf("creating the helper's log: %w", err)
 	}
 	_, err = f.Starter.Start(ctx, keyexec.Command{Path: f.Helper, Args: append([]string{rbdfuse.HelperCommand}, cfg.Args()...),
-		Key: s.Key, Log: logf, Timeout: f.timeout()})
+		Key: s.Key, Log: logf, Timeout: f.timeout(), Daemon: true})
 	_ = logf.Close() // the helper has its own descriptor of it
 	if err != nil {
 		err = f.startError(s, err, logFile) // reads the log before it goes

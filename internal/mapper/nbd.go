@@ -68,7 +68,7 @@ func (n *NBD) Map(ctx context.Context, s Spec) (string, error) {
 		args = append(args, "--rbd_read_from_replica_policy=localize", "--crush_location="+topology.LibradosCrushLocation(s.CrushLocation))
 	}
 	args = append(args, "map", nbdImageSpec(s))
-	res, err := n.Runner.Run(ctx, keyexec.Command{Path: n.Binary, Args: args, Key: s.Key, Timeout: n.Timeout})
+	res, err := n.Runner.Run(ctx, keyexec.Command{Path: n.Binary, Args: args, Key: s.Key, Timeout: n.Timeout, Daemon: true})
 	if err != nil {
 		return "", n.mapError(s, err)
 	}

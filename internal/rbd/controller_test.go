@@ -660,6 +660,23 @@ func TestDeleteRacingLastCloneLeavesNoTrash(t *testing.T) {
 	wantList(t, "trash", c.f.trash("rbd"), nil)
 }
 
+// The other order of that race: the last clone's delete has read its
+// parent (not yet trashed) when the parent's delete trashes it and cannot
+// purge it (the clone is still there); once the clone is removed, its
+// delete purges the parent, whatever the parent looked like before.
+func TestDeleteLastCloneRacingSourceTrashLeavesNoTrash(t *testing.T) {
+	c := newCtl(t)
+	vol := c.volume("pvc", 8<<20, nil)
+	snap := c.snapshot("snap", vol.GetVolumeId())
+	restored := c.volume("restored", 8<<20, fromSnapshot(snap.GetSnapshotId()))
+	c.f.before("RemoveImage", volImage(restored), func() { c.mustDeleteSnapshot(snap.GetSnapshotId()) })
+	c.mustDeleteVolume(restored.GetVolumeId())
+	wantList(t, "trash", c.f.trash("rbd"), nil)
+	c.mustDeleteVolume(vol.GetVolumeId())
+	wantList(t, "images", c.f.images("rbd"), nil)
+	wantList(t, "trash", c.f.trash("rbd"), nil)
+}
+
 // Deleting the last clone purges every trashed ancestor of ours that no
 // clone needs any more, up the chain, and stops at one still needed.
 func TestPurgeWalksUpTheChain(t *testing.T) {

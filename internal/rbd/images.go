@@ -289,9 +289,13 @@ func (r *remover) trash(name string) error {
 // deletes the trashed ancestors of ours that no clone needs any more. It
 // stops at the first ancestor that is not in the trash, not marked as
 // ours, or still has clones. Failures only leave an entry for a later
-// delete to purge.
+// delete to purge. The parent's Trash flag is not trusted: it was read
+// before the image went, and a concurrent delete of the parent may have
+// trashed it since (and failed to purge it, the clone being still there),
+// so each ancestor is tried; purgeTrashed removes only a trash entry marked
+// as ours.
 func purgeAncestors(c cluster, parent *parentInfo) {
-	for i := 0; parent != nil && parent.Trash && i < maxChainWalk; i++ {
+	for i := 0; parent != nil && i < maxChainWalk; i++ {
 		p, err := c.OpenPool(parent.Pool, 0)
 		if err != nil {
 			return

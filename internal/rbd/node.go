@@ -47,7 +47,10 @@ const toolTimeout = 5 * time.Minute
 // <pluginpath>/<drivername>.
 func NewNodeServer(d *service.Deps) (*NodeServer, error) {
 	base := filepath.Join(d.Options.PluginPath, d.Options.DriverName)
-	runner := keyexec.Exec{}
+	runner, err := keyexec.NewExec(d.Options.HelperCgroup)
+	if err != nil {
+		return nil, err
+	}
 	// The directory keeps the mapper kind's name, so that mappings made by
 	// earlier versions are found.
 	fuse, err := mapper.NewFuse(filepath.Join(base, "rbd-fuse"), runner, runner)

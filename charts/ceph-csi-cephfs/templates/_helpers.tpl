@@ -58,3 +58,27 @@ release: {{ .ctx.Release.Name }}
 {{- define "ceph-csi-cephfs.socketDir" -}}
 {{- printf "%s/plugins/%s" .Values.kubeletDir .Values.driverName -}}
 {{- end -}}
+
+{{/*
+The driver container's probes, given the liveness sidecar's port: its
+/healthz asks the driver's CSI Probe at each request. Readiness gates the
+pod's Ready condition; three failed liveness probes in a row restart the
+driver container.
+*/}}
+{{- define "ceph-csi-cephfs.probes" -}}
+livenessProbe:
+  httpGet:
+    path: /healthz
+    port: {{ . }}
+  initialDelaySeconds: 10
+  periodSeconds: 20
+  timeoutSeconds: 5
+  failureThreshold: 3
+readinessProbe:
+  httpGet:
+    path: /healthz
+    port: {{ . }}
+  periodSeconds: 2
+  timeoutSeconds: 5
+  failureThreshold: 3
+{{- end -}}
