@@ -81,7 +81,7 @@ func (s *ControllerServer) CreateSnapshot(ctx context.Context, req *csi.CreateSn
 				err = s.finishSnapshot(ref, entry, img)
 				img.Close()
 				if err == nil {
-					err = s.recordMetadata(ref.p, entry, request.SnapshotMetadata(req.GetParameters(), s.Options.ClusterName))
+					err = s.recordMetadata(ref.p, entry, request.SnapshotMetadata(req.GetParameters(), s.Options.ClusterName), true)
 				}
 				if err != nil {
 					return nil, err
@@ -97,10 +97,7 @@ func (s *ControllerServer) CreateSnapshot(ctx context.Context, req *csi.CreateSn
 	} else if entry, err = s.snapshots.Reserve(store, name, prefix, journal.Entry{Source: ref.image(), Request: digest}); err != nil {
 		return nil, err
 	}
-	info, err := s.snapshotImage(ctx, ref, entry)
-	if err == nil {
-		err = s.recordMetadata(ref.p, entry, request.SnapshotMetadata(req.GetParameters(), s.Options.ClusterName))
-	}
+	info, err := s.snapshotImage(ctx, ref, entry, request.SnapshotMetadata(req.GetParameters(), s.Options.ClusterName))
 	if err != nil {
 		if !errors.Is(err, csierr.ErrInProgress) {
 			s.undoCreate(ctx, ref.target, s.snapshots, entry)
@@ -125,7 +122,7 @@ func (s *ControllerServer) finishSnapshot(ref *volumeRef, entry *journal.Entry, 
 		}
 		entry.ImageID = id
 	}
-	depth, err := cloneDepth(ref.c, img)
+	depth, err := cloneDepth(ref.c, ref.p, img)
 	if err != nil || depth == 0 {
 		return err // flat: nothing to queue
 	}
@@ -154,8 +151,11 @@ func (s *ControllerServer) finishSnapshot(ref *volumeRef, entry *journal.Entry, 
 
 // snapshotImage takes the snapshot: the source's content cloned into the
 // snapshot image (through a temporary snapshot on the source), and a
-// snapshot on the new image for restores.
-func (s *ControllerServer) snapshotImage(ctx context.Context, ref *volumeRef, entry *journal.Entry) (*snapshotInfo, error) {
+// snapshot on the new image for restores. The image ID and the metadata
+// kv (which replaces what the clone inherited) are written at once, to two
+// objects. The answer is read from the new snapshot (size and creation
+// time, as a retry reads them), which the open image has cached.
+func (s *ControllerServer) snapshotImage(ctx context.Context, ref *volumeRef, entry *journal.Entry, kv map[string]string) (*snapshotInfo, error) {
 	snap := entry.ImageName
 	src, err := ref.p.OpenImage(ref.image(), false)
 	if err != nil {
@@ -193,10 +193,11 @@ func (s *ControllerServer) snapshotImage(ctx context.Context, ref *volumeRef, en
 	if err != nil {
 		return nil, err
 	}
-	if err := s.snapshots.SetImageID(ref.p.Journal(), entry.UUID, id); err != nil {
+	entry.ImageID = id
+	if err := both(func() error { return s.snapshots.SetImageID(ref.p.Journal(), entry.UUID, id) },
+		func() error { return s.recordMetadata(ref.p, entry, kv, true) }); err != nil {
 		return nil, err
 	}
-	entry.ImageID = id
 	if flattenNew || depth > int(s.Options.SoftMaxClones) {
 		if err := queueFlatten(ref.p, snap); err != nil {
 			return nil, err
@@ -267,7 +268,8 @@ func (s *ControllerServer) DeleteSnapshot(ctx context.Context, req *csi.DeleteSn
 	defer releaseName()
 	// Volumes restored from the snapshot keep working: the image goes to the
 	// trash until its last clone is gone.
-	found, parent, err := s.remover(t).remove(entry.ImageName)
+	// The image's own snapshot, for restores, is the one it carries.
+	found, parent, err := s.remover(t, entry.ImageName).remove(entry.ImageName, entry.ImageID, true)
 	if err != nil {
 		return nil, err
 	}
