@@ -18,7 +18,7 @@ tags       = $(subst $(eval) ,$(comma),$(strip $(GO_CEPH_TAGS) $(1)))
 # The test cluster lives here unless CEPHCSI_CLUSTER_DIR says otherwise.
 export CEPHCSI_CLUSTER_DIR ?= $(OUT)/ceph
 
-.PHONY: all build root deps test unit fuzz integration sanity e2e test-kernel test-compat image bench demo lint \
+.PHONY: all build root deps test unit fuzz integration sanity e2e test-kernel test-compat test-faults image bench demo lint \
 	cluster-start cluster-stop cluster-purge clean
 
 all: build
@@ -37,7 +37,7 @@ build: root
 # Every test, each suite timed: unit tests, the integration tests against the
 # local cluster (started on demand), then the conformance, end-to-end,
 # kernel and compatibility suites.
-SUITES ?= unit lint fuzz integration sanity e2e test-kernel test-compat image
+SUITES ?= unit lint fuzz integration sanity e2e test-kernel test-compat test-faults image
 test: deps
 	@scripts/run-suites.sh $(SUITES)
 
@@ -63,10 +63,13 @@ sanity: build
 	$(IN_ROOT) scripts/sanity.sh $(SANITY_SUITES)
 
 # End to end on a local Kubernetes control plane with the real CSI sidecars
-# under the RBAC of deploy/, plus the chart checks. The Kubernetes programs are
+# under the RBAC of deploy/, a node (containerd and a kubelet on the host, the
+# node plugins in the Ceph root) running pods on the volumes, plus the chart
+# checks (docs/e2e.md). The Kubernetes programs are
 # built from the Go module proxy once (about 30 minutes cold) and cached in
 # ~/.cache/cephcsi-e2e (E2E_CACHE). See e2e/.
 e2e: build
+	@scripts/install-deps.sh e2e
 	e2e/build-tools.sh
 	$(IN_ROOT) $(GO) vet -tags '$(call tags,e2e)' ./e2e/
 	$(IN_ROOT) $(GO) test -tags '$(call tags,e2e)' -count=1 -v -timeout 45m ./e2e/
@@ -84,6 +87,16 @@ test-kernel: build
 test-compat: build
 	$(IN_ROOT) $(GO) vet -tags '$(call tags,compat)' ./e2e/compat/
 	GO=$(GO) scripts/compat-test.sh
+
+# Faults under the real binary: a cluster of three monitors and three OSDs,
+# each daemon in a network namespace of its own on a test bridge
+# (scripts/ceph-faults.sh, 10.98.0.0/24), loses a monitor, one and two OSDs,
+# the node's link, all of itself (a restart) and its monitors' addresses.
+# Prints each fault's timings and checks that nothing is left. See
+# docs/faults.md.
+test-faults: root
+	$(IN_ROOT) $(GO) vet -tags '$(call tags,faults)' ./internal/faulttest/
+	$(IN_ROOT) $(GO) test -tags '$(call tags,faults)' -count=1 -v -timeout 40m ./internal/faulttest/
 
 # The OCI image, built offline into _output/cephcsi-image.tar, then unpacked
 # and checked (e2e/image_test.go: the layout, the Dockerfile's entrypoint,

@@ -60,6 +60,8 @@ tools=(
 	"csi-resizer|github.com/kubernetes-csi/external-resizer/v2|$CSI_RESIZER_VERSION|github.com/kubernetes-csi/external-resizer/v2/cmd/csi-resizer|$CSI_RESIZER_VERSION|-X main.version=$CSI_RESIZER_VERSION"
 	"csi-snapshotter|github.com/kubernetes-csi/external-snapshotter/v8|$CSI_SNAPSHOTTER_VERSION|github.com/kubernetes-csi/external-snapshotter/v8/cmd/csi-snapshotter|$CSI_SNAPSHOTTER_VERSION|-X main.version=$CSI_SNAPSHOTTER_VERSION"
 	"snapshot-controller|github.com/kubernetes-csi/external-snapshotter/v8|$CSI_SNAPSHOTTER_VERSION|github.com/kubernetes-csi/external-snapshotter/v8/cmd/snapshot-controller|$CSI_SNAPSHOTTER_VERSION|-X main.version=$CSI_SNAPSHOTTER_VERSION"
+	"csi-addons-manager|github.com/csi-addons/kubernetes-csi-addons|$CSI_ADDONS_VERSION|github.com/csi-addons/kubernetes-csi-addons/cmd/manager|$CSI_ADDONS_VERSION|-X github.com/csi-addons/kubernetes-csi-addons/internal/version.Version=$CSI_ADDONS_VERSION"
+	"csi-addons-sidecar|github.com/csi-addons/kubernetes-csi-addons|$CSI_ADDONS_VERSION|github.com/csi-addons/kubernetes-csi-addons/sidecar|$CSI_ADDONS_VERSION|-X github.com/csi-addons/kubernetes-csi-addons/internal/version.Version=$CSI_ADDONS_VERSION"
 )
 
 log() { echo "build-tools: $*" >&2; }
@@ -147,6 +149,7 @@ paths)
 		echo "$name=$bindir/$name-$version"
 	done
 	echo "snapshot-crds=$(mod_info "github.com/kubernetes-csi/external-snapshotter/client/v8@$CSI_SNAPSHOTTER_VERSION" Dir)/config/crd"
+	echo "csi-addons-crds=$(mod_info "github.com/csi-addons/kubernetes-csi-addons@$CSI_ADDONS_VERSION" Dir)/config/crd/bases"
 	;;
 *)
 	sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'

@@ -10,7 +10,6 @@ import (
 	"os"
 	"path"
 	"slices"
-	"strings"
 	"testing"
 	"time"
 
@@ -52,14 +51,9 @@ func TestCephFS(t *testing.T) {
 	e.mustKubectl(t, nil, "create", "namespace", ns)
 	adminKey, userKey := c.Var("CEPH_FS_PROVISIONER_KEY"), c.Var("CEPH_FS_NODE_KEY")
 	applyExample(t, e, "deploy/cephfs/secret.yaml", "<admin-id>", c.Var("CEPH_FS_PROVISIONER_ID"), "<admin-key>", adminKey,
-		"<user-id>", c.Var("CEPH_FS_NODE_ID"), "<user-key>", userKey)
-	applyExample(t, e, "deploy/cephfs/storageclass.yaml", "<cluster-id>", c.ClusterID, "<fs-name>", fsName)
-	applyExample(t, e, "deploy/cephfs/storageclass.yaml", "<cluster-id>", c.ClusterID, "<fs-name>", fsName,
-		"name: csi-cephfs-sc", "name: csi-cephfs-sc-retain", "reclaimPolicy: Delete", "reclaimPolicy: Retain")
-	applyExample(t, e, "deploy/cephfs/snapshotclass.yaml", "<cluster-id>", c.ClusterID)
-	applyExample(t, e, "deploy/cephfs/snapshotclass.yaml", "<cluster-id>", c.ClusterID,
-		"name: csi-cephfsplugin-snapclass", "name: csi-cephfsplugin-snapclass-retain", "deletionPolicy: Delete", "deletionPolicy: Retain")
+		"<node-id>", c.Var("CEPH_FS_NODE_ID"), "<node-key>", userKey)
 	const sc, vsc, rwx = "csi-cephfs-sc", "csi-cephfsplugin-snapclass", "ReadWriteMany"
+	applyClasses(t, e, "cephfs", c.ClusterID, sc, vsc, "<fs-name>", fsName)
 	cleanupOnFailure(t, e, ns)
 	var ours []string
 
@@ -71,31 +65,31 @@ func TestCephFS(t *testing.T) {
 	payload := make([]byte, 128<<10)
 	_, _ = rand.Read(payload)
 	writeFile(t, files, path.Join(src.attrs["subvolumePath"], "e2e-data"), payload)
+	// --setmetadata: the names ceph-csi records on the subvolume.
+	for k, want := range map[string]string{"csi.storage.k8s.io/pvc/name": "src", "csi.storage.k8s.io/pvc/namespace": ns,
+		"csi.storage.k8s.io/pv/name": src.pv} {
+		if got, err := fsa.GetMetadata(fsName, subvolumeGroup, src.attrs["subvolumeName"], k); err != nil || got != want {
+			t.Errorf("subvolume %s metadata %s = %q, %v; want %q", src.attrs["subvolumeName"], k, got, err, want)
+		}
+	}
 
 	// 2. VolumeSnapshot -> a subvolume snapshot of the source.
-	d = snapshot(t, e, ns, "snap", vsc, "src")
-	t.Logf("cephfs timing: snapshot ready in %s", ms(d))
-	sn := readySnapshot(t, e, ns, "snap", cephfsDriver)
+	sn := snapshotSrc(t, e, "cephfs", ns, vsc, cephfsDriver)
 	ours = append(ours, sn.id.UUID)
 	snapName := "csi-snap-" + sn.id.UUID
-	if sn.restoreSize != "1Gi" {
-		t.Errorf("restoreSize %q, want 1Gi", sn.restoreSize)
-	}
 	if snaps := subvolumeSnaps(t, fsa, src.attrs["subvolumeName"]); !slices.Contains(snaps, snapName) {
 		t.Errorf("subvolume %s has snapshots %v, want %s", src.attrs["subvolumeName"], snaps, snapName)
 	}
-	if got := omap(t, journal, "csi.snaps.default")["csi.snap.snapshot-"+sn.uid]; got != sn.id.UUID {
-		t.Errorf("journal: csi.snap.snapshot-%s -> %q, want %s", sn.uid, got, sn.id.UUID)
+	for k, want := range map[string]string{"csi.storage.k8s.io/volumesnapshot/name": "snap",
+		"csi.storage.k8s.io/volumesnapshot/namespace": ns, "csi.storage.k8s.io/volumesnapshotcontent/name": sn.content} {
+		if got, err := fsa.GetSnapshotMetadata(fsName, subvolumeGroup, src.attrs["subvolumeName"], snapName, k); err != nil || got != want {
+			t.Errorf("snapshot %s metadata %s = %q, %v; want %q", snapName, k, got, err, want)
+		}
 	}
-	if j := omap(t, journal, "csi.snap."+sn.id.UUID); j["csi.imagename"] != snapName || j["csi.source"] != src.attrs["subvolumeName"] {
-		t.Errorf("journal csi.snap.%s = %v", sn.id.UUID, j)
-	}
+	checkSnapJournal(t, journal, sn, snapName, src.attrs["subvolumeName"])
 
 	// 3. Restore (a subvolume clone; Bound once the copy is complete).
-	d = provision(t, e, ns, "restore", sc, "1Gi", rwx, fromSnapshot("snap"))
-	t.Logf("cephfs timing: restore Bound in %s", ms(d))
-	d = provision(t, e, ns, "restore-big", sc, "2Gi", rwx, fromSnapshot("snap"))
-	t.Logf("cephfs timing: restore into 2Gi Bound in %s", ms(d))
+	provisionRestores(t, e, "cephfs", ns, sc, rwx)
 	for name, size := range map[string]int64{"restore": gib, "restore-big": 2 * gib} {
 		v := checkSubvolume(t, e, c, fsa, journal, ns, name, size)
 		ours = append(ours, v.id.UUID)
@@ -131,42 +125,22 @@ func TestCephFS(t *testing.T) {
 	}
 
 	// 6a. Retain.
-	snapshot(t, e, ns, "snap-retain", vsc+"-retain", "src")
-	kept := readySnapshot(t, e, ns, "snap-retain", cephfsDriver)
+	kept := retainSnapshot(t, e, ns, "snap-retain", vsc+"-retain", "src", cephfsDriver)
 	ours = append(ours, kept.id.UUID)
-	deleteAndWait(t, e, "-n", ns, "volumesnapshot/snap-retain")
-	if !e.exists(t, "volumesnapshotcontent/"+kept.content) {
-		t.Errorf("VolumeSnapshotContent %s went with its Retain snapshot", kept.content)
-	}
 	if !slices.Contains(subvolumeSnaps(t, fsa, src.attrs["subvolumeName"]), "csi-snap-"+kept.id.UUID) {
 		t.Errorf("csi-snap-%s went with its Retain snapshot", kept.id.UUID)
 	}
 	provision(t, e, ns, "keep", sc+"-retain", "1Gi", rwx, nil)
 	keep := checkSubvolume(t, e, c, fsa, journal, ns, "keep", gib)
 	ours = append(ours, keep.id.UUID)
-	deleteAndWait(t, e, "-n", ns, "pvc/keep")
-	e.wait(t, time.Minute, "--for=jsonpath={.status.phase}=Released", "pv/"+keep.pv)
+	releasePVC(t, e, ns, keep)
 	if !slices.Contains(subvolumes(t, fsa), keep.attrs["subvolumeName"]) {
 		t.Errorf("%s went with its PVC under reclaimPolicy Retain", keep.attrs["subvolumeName"])
 	}
-	patch(t, e, `{"spec":{"deletionPolicy":"Delete"}}`, "volumesnapshotcontent/"+kept.content)
-	deleteAndWait(t, e, "volumesnapshotcontent/"+kept.content)
-	patch(t, e, `{"spec":{"persistentVolumeReclaimPolicy":"Delete"}}`, "pv/"+keep.pv)
-	e.wait(t, 2*time.Minute, "--for=delete", "pv/"+keep.pv)
+	deleteRetained(t, e, kept.content, keep.pv)
 
 	// 6b. Delete everything, the snapshot first.
-	deleteAndWait(t, e, "-n", ns, "volumesnapshot/snap")
-	if e.exists(t, "volumesnapshotcontent/"+sn.content) {
-		t.Errorf("VolumeSnapshotContent %s stays after its snapshot was deleted", sn.content)
-	}
-	var pvs []string
-	for _, name := range []string{"clone", "restore", "restore-big", "src"} {
-		pvs = append(pvs, "pv/"+e.getJSON(t, "pvc", name, "-n", ns).str("spec.volumeName"))
-	}
-	begin = time.Now()
-	deleteAndWait(t, e, "-n", ns, "pvc/clone", "pvc/restore", "pvc/restore-big", "pvc/src")
-	e.wait(t, 3*time.Minute, append([]string{"--for=delete"}, pvs...)...)
-	t.Logf("cephfs timing: 4 PVCs and their PVs deleted in %s", ms(time.Since(begin)))
+	deleteSnapshotThenPVCs(t, e, "cephfs", ns, sn, "clone", "restore", "restore-big", "src")
 	eventually(t, 2*time.Minute, func() string {
 		if left := cephfsLeftovers(t, fsa, journal, ours...); len(left) > 0 {
 			return fmt.Sprintf("left on Ceph: %v", left)
@@ -199,10 +173,10 @@ func checkSubvolume(t *testing.T, e *env, c *testutil.Cluster, fsa *fsadmin.FSAd
 	if q, ok := info.BytesQuota.(fsadmin.ByteCount); !ok || int64(q) != size {
 		t.Errorf("PV %s: subvolume quota %v, want %d", v.pv, info.BytesQuota, size)
 	}
-	if got := omap(t, journal, "csi.volumes.default")["csi.volume."+v.pv]; got != v.id.UUID {
+	if got := testutil.Omap(t, journal, "csi.volumes.default")["csi.volume."+v.pv]; got != v.id.UUID {
 		t.Errorf("journal: csi.volume.%s -> %q, want %s", v.pv, got, v.id.UUID)
 	}
-	if j := omap(t, journal, "csi.volume."+v.id.UUID); j["csi.imagename"] != name || j["csi.volname"] != v.pv {
+	if j := testutil.Omap(t, journal, "csi.volume."+v.id.UUID); j["csi.imagename"] != name || j["csi.volname"] != v.pv {
 		t.Errorf("journal csi.volume.%s = %v", v.id.UUID, j)
 	}
 	return v
@@ -302,33 +276,12 @@ func readFile(t testing.TB, m *cephfs.MountInfo, p string, n int) []byte {
 // carry one of the UUIDs.
 func cephfsLeftovers(t testing.TB, fsa *fsadmin.FSAdmin, journal *rados.IOContext, uuids ...string) []string {
 	t.Helper()
-	ours := func(s string) bool {
-		for _, u := range uuids {
-			if strings.Contains(s, u) {
-				return true
-			}
-		}
-		return false
-	}
+	ours := carriesOneOf(uuids)
 	var left []string
 	for _, n := range subvolumes(t, fsa) {
 		if ours(n) {
 			left = append(left, "subvolume "+n)
 		}
 	}
-	if err := journal.ListObjects(func(oid string) {
-		if ours(oid) {
-			left = append(left, "object "+oid)
-		}
-	}); err != nil {
-		t.Fatal(err)
-	}
-	for _, dir := range []string{"csi.volumes.default", "csi.snaps.default"} {
-		for k, v := range omap(t, journal, dir) {
-			if ours(v) {
-				left = append(left, "journal "+dir+": "+k)
-			}
-		}
-	}
-	return left
+	return append(left, journalLeftovers(t, journal, ours)...)
 }

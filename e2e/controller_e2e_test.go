@@ -33,6 +33,8 @@ type controllerPod struct {
 	liveness  *proc
 	sidecars  []*proc
 	metrics   string // liveness URL
+	// driverMetrics is the driver's own metrics URL (--enablegrpcmetrics).
+	driverMetrics string
 }
 
 type container struct {
@@ -47,6 +49,10 @@ type container struct {
 			} `json:"fieldRef"`
 		} `json:"valueFrom"`
 	} `json:"env"`
+	VolumeMounts []struct {
+		Name      string `json:"name"`
+		MountPath string `json:"mountPath"`
+	} `json:"volumeMounts"`
 }
 
 type deployment struct {
@@ -81,7 +87,7 @@ func readDeployment(t testing.TB, e *env, kind, file string) deployment {
 // ConfigMaps from deploy/<kind>, then starts the controller pod's
 // containers: the driver first (the sidecars give up when its socket stays
 // absent), then the sidecars.
-func startControllerPod(t *testing.T, e *env, c *testutil.Cluster, kind string) (*controllerPod, error) {
+func startControllerPod(t *testing.T, e *env, c *testutil.Cluster, kind string, extraDriverArgs ...string) (*controllerPod, error) {
 	t.Helper()
 	for _, f := range []string{"namespace.yaml", "csidriver.yaml", "csi-provisioner-rbac.yaml",
 		"csi-nodeplugin-rbac.yaml", "csi-config-map.yaml"} {
@@ -140,7 +146,18 @@ func startControllerPod(t *testing.T, e *env, c *testutil.Cluster, kind string) 
 
 	// The driver. The manifest mounts config.json at its default path; here
 	// it comes from the test cluster.
-	dargs := append(args(*driverC), "--configpath="+c.ConfigJSON)
+	dargs := append(append(args(*driverC), "--configpath="+c.ConfigJSON), extraDriverArgs...)
+	// The driver's metrics on a free port too: the host's may be taken.
+	mport, err := freePort()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, a := range dargs {
+		if strings.HasPrefix(a, "--metricsport=") {
+			dargs[i] = fmt.Sprintf("--metricsport=%d", mport)
+			pod.driverMetrics = fmt.Sprintf("http://127.0.0.1:%d/metrics", mport)
+		}
+	}
 	var socket string
 	for _, a := range dargs {
 		if strings.HasPrefix(a, "--endpoint=unix://") {

@@ -34,6 +34,7 @@ type env struct {
 	tools  map[string]string
 	pki    *pki
 
+	node        *node
 	server      string // https://127.0.0.1:<port>
 	kubeconfig  string // cluster-admin (system:masters)
 	adminCert   string
@@ -241,6 +242,10 @@ func (e *env) startControlPlane() error {
 	if e.adminCert, e.adminKey, err = e.pki.issue("e2e-admin", []string{"system:masters"}); err != nil {
 		return err
 	}
+	kubeletClientCert, kubeletClientKey, err := e.pki.issue("kube-apiserver-kubelet-client", []string{"system:masters"})
+	if err != nil {
+		return err
+	}
 	saPub, saKey, err := e.pki.serviceAccountKeys()
 	if err != nil {
 		return err
@@ -252,7 +257,13 @@ func (e *env) startControlPlane() error {
 		"--etcd-certfile="+etcdClientCert, "--etcd-keyfile="+etcdClientKey,
 		"--tls-cert-file="+apiCert, "--tls-private-key-file="+apiKey,
 		"--client-ca-file="+e.pki.CA,
-		"--authorization-mode=RBAC",
+		// The Node authorizer and NodeRestriction for the kubelet, as on
+		// real clusters.
+		"--authorization-mode=Node,RBAC", "--enable-admission-plugins=NodeRestriction",
+		// Reaching the kubelet (exec, logs) at its InternalIP, both sides
+		// checked against the test CA.
+		"--kubelet-client-certificate="+kubeletClientCert, "--kubelet-client-key="+kubeletClientKey,
+		"--kubelet-certificate-authority="+e.pki.CA, "--kubelet-preferred-address-types=InternalIP",
 		// As on real clusters: the node plugins run privileged.
 		"--allow-privileged=true",
 		"--service-account-issuer=https://kubernetes.default.svc",
@@ -290,10 +301,21 @@ func (e *env) startControlPlane() error {
 	if out, err := e.kubectl(nil, "apply", "-k", e.snapshotCRD); err != nil {
 		return fmt.Errorf("snapshot CRDs: %v\n%s", err, out)
 	}
-	if out, err := e.kubectl(nil, "wait", "--for=condition=Established", "--timeout=60s",
-		"crd/volumesnapshots.snapshot.storage.k8s.io", "crd/volumesnapshotcontents.snapshot.storage.k8s.io",
-		"crd/volumesnapshotclasses.snapshot.storage.k8s.io"); err != nil {
-		return fmt.Errorf("snapshot CRDs not established: %v\n%s", err, out)
+	// Polled rather than kubectl wait, which fails at once on a CRD whose
+	// status has no conditions yet ("accessor error: <nil>").
+	for _, crd := range []string{"volumesnapshots", "volumesnapshotcontents", "volumesnapshotclasses"} {
+		deadline := time.Now().Add(60 * time.Second)
+		for {
+			out, err := e.kubectl(nil, "get", "crd/"+crd+".snapshot.storage.k8s.io",
+				`-o=jsonpath={.status.conditions[?(@.type=="Established")].status}`)
+			if err == nil && strings.TrimSpace(string(out)) == "True" {
+				break
+			}
+			if time.Now().After(deadline) {
+				return fmt.Errorf("snapshot CRD %s not established after 60s: %v\n%s", crd, err, out)
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
 	}
 	if _, err := e.start("snapshot-controller", e.tools["snapshot-controller"],
 		"--kubeconfig="+e.kubeconfig, "--leader-election=false", "--v=2"); err != nil {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -40,6 +41,20 @@ func applyExample(t testing.TB, e *env, rel string, pairs ...string) {
 			t.Logf("delete %s: %v\n%s", rel, err, out)
 		}
 	})
+}
+
+// applyClasses applies the StorageClass sc and the VolumeSnapshotClass vsc
+// of deploy/<kind>/ for clusterID (the StorageClass with scPairs replaced
+// too), and each again as <name>-retain with the Retain policy.
+func applyClasses(t testing.TB, e *env, kind, clusterID, sc, vsc string, scPairs ...string) {
+	t.Helper()
+	scPairs = append([]string{"<cluster-id>", clusterID}, scPairs...)
+	applyExample(t, e, "deploy/"+kind+"/storageclass.yaml", scPairs...)
+	applyExample(t, e, "deploy/"+kind+"/storageclass.yaml", slices.Concat(scPairs,
+		[]string{"name: " + sc, "name: " + sc + "-retain", "reclaimPolicy: Delete", "reclaimPolicy: Retain"})...)
+	applyExample(t, e, "deploy/"+kind+"/snapshotclass.yaml", "<cluster-id>", clusterID)
+	applyExample(t, e, "deploy/"+kind+"/snapshotclass.yaml", "<cluster-id>", clusterID,
+		"name: "+vsc, "name: "+vsc+"-retain", "deletionPolicy: Delete", "deletionPolicy: Retain")
 }
 
 // source is a PVC's dataSource.
@@ -154,6 +169,81 @@ func readySnapshot(t testing.TB, e *env, ns, name, driver string) snap {
 		t.Fatalf("VolumeSnapshotContent %s: snapshotHandle %q is not our snapshot ID: %v", s.content, s.handle, err)
 	}
 	return s
+}
+
+// snapshotSrc takes VolumeSnapshot "snap" of the 1Gi PVC "src" with class
+// vsc and returns it once ready; kind names the driver in the timing it
+// logs.
+func snapshotSrc(t testing.TB, e *env, kind, ns, vsc, driver string) snap {
+	t.Helper()
+	d := snapshot(t, e, ns, "snap", vsc, "src")
+	t.Logf("%s timing: snapshot ready in %s", kind, ms(d))
+	sn := readySnapshot(t, e, ns, "snap", driver)
+	if sn.restoreSize != "1Gi" {
+		t.Errorf("restoreSize %q, want 1Gi", sn.restoreSize)
+	}
+	return sn
+}
+
+// provisionRestores provisions the PVCs "restore" (1Gi) and "restore-big"
+// (2Gi) of class sc from VolumeSnapshot "snap".
+func provisionRestores(t testing.TB, e *env, kind, ns, sc, mode string) {
+	t.Helper()
+	d := provision(t, e, ns, "restore", sc, "1Gi", mode, fromSnapshot("snap"))
+	t.Logf("%s timing: restore Bound in %s", kind, ms(d))
+	d = provision(t, e, ns, "restore-big", sc, "2Gi", mode, fromSnapshot("snap"))
+	t.Logf("%s timing: restore into 2Gi Bound in %s", kind, ms(d))
+}
+
+// retainSnapshot takes VolumeSnapshot name of pvc with a class of
+// deletionPolicy Retain and deletes it again: its content must stay.
+func retainSnapshot(t testing.TB, e *env, ns, name, class, pvc, driver string) snap {
+	t.Helper()
+	snapshot(t, e, ns, name, class, pvc)
+	kept := readySnapshot(t, e, ns, name, driver)
+	deleteAndWait(t, e, "-n", ns, "volumesnapshot/"+name)
+	if !e.exists(t, "volumesnapshotcontent/"+kept.content) {
+		t.Errorf("VolumeSnapshotContent %s went with its Retain snapshot", kept.content)
+	}
+	return kept
+}
+
+// releasePVC deletes PVC v, bound to a PV of reclaimPolicy Retain, and
+// waits for the PV to be Released.
+func releasePVC(t testing.TB, e *env, ns string, v volume) {
+	t.Helper()
+	deleteAndWait(t, e, "-n", ns, "pvc/"+v.pvc)
+	e.wait(t, time.Minute, "--for=jsonpath={.status.phase}=Released", "pv/"+v.pv)
+}
+
+// deleteRetained hands a retained snapshot content and PV back to Delete
+// and waits until both are gone.
+func deleteRetained(t testing.TB, e *env, content, pv string) {
+	t.Helper()
+	patch(t, e, `{"spec":{"deletionPolicy":"Delete"}}`, "volumesnapshotcontent/"+content)
+	deleteAndWait(t, e, "volumesnapshotcontent/"+content)
+	patch(t, e, `{"spec":{"persistentVolumeReclaimPolicy":"Delete"}}`, "pv/"+pv)
+	e.wait(t, 2*time.Minute, "--for=delete", "pv/"+pv)
+}
+
+// deleteSnapshotThenPVCs deletes VolumeSnapshot sn (its content must go
+// with it), then the PVCs and waits until their PVs are gone too; kind
+// names the driver in the timing it logs.
+func deleteSnapshotThenPVCs(t testing.TB, e *env, kind, ns string, sn snap, pvcs ...string) {
+	t.Helper()
+	deleteAndWait(t, e, "-n", ns, "volumesnapshot/"+sn.name)
+	if e.exists(t, "volumesnapshotcontent/"+sn.content) {
+		t.Errorf("VolumeSnapshotContent %s stays after its snapshot was deleted", sn.content)
+	}
+	var pvs, claims []string
+	for _, name := range pvcs {
+		pvs = append(pvs, "pv/"+e.getJSON(t, "pvc", name, "-n", ns).str("spec.volumeName"))
+		claims = append(claims, "pvc/"+name)
+	}
+	begin := time.Now()
+	deleteAndWait(t, e, append([]string{"-n", ns}, claims...)...)
+	e.wait(t, 3*time.Minute, append([]string{"--for=delete"}, pvs...)...)
+	t.Logf("%s timing: %d PVCs and their PVs deleted in %s", kind, len(pvcs), ms(time.Since(begin)))
 }
 
 func patch(t testing.TB, e *env, patchJSON string, args ...string) {

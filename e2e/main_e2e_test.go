@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 )
 
@@ -50,6 +51,22 @@ func run(m *testing.M) int {
 		fmt.Fprintln(os.Stderr, "e2e: control plane:", err)
 		return 1
 	}
+	// The worker node: containerd and a kubelet joined as e2eNode.
+	n, err := newNode(e)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "e2e: node:", err)
+		return 1
+	}
+	defer func() {
+		if left := n.teardown(); len(left) > 0 {
+			fmt.Fprintln(os.Stderr, "e2e: node teardown had to remove:", strings.Join(left, "; "))
+		}
+	}()
+	if err := n.start(); err != nil {
+		fmt.Fprintln(os.Stderr, "e2e: node:", err)
+		return 1
+	}
+	e.node = n
 	theEnv = e
 	code := m.Run()
 	if code != 0 {

@@ -244,6 +244,7 @@ func checkCustomRendering(t *testing.T, kind string, objs []obj) {
 			"--rbdsoftmaxclonedepth=3", "--skipforceflatten=true", "--clustername=k8s-b", "--instanceid=cluster-b")
 		want["controller csi-provisioner"] = []string{"--worker-threads=20", "--timeout=60s", "--v=2"}
 		want["node liveness-prometheus"] = []string{"--metricsport=9681"}
+		want["node "+plugin] = append(want["node "+plugin], "--enablegrpcmetrics=true", "--metricsport=9692")
 		for k, v := range map[string]string{"clusterID": "rook-ceph", "pool": "replicapool", "dataPool": "ec-data",
 			"imageFeatures": "layering,exclusive-lock,object-map,fast-diff", "mounter": "rbd-nbd",
 			"volumeNamePrefix": "b-vol-", "csi.storage.k8s.io/fstype": "xfs",
@@ -283,6 +284,9 @@ func checkCustomRendering(t *testing.T, kind string, objs []obj) {
 		want["node "+plugin] = append(want["node "+plugin], "--forcecephkernelclient=true",
 			"--kernelmountoptions=ms_mode=secure", "--fusemountoptions=debug", "--radosnamespacecephfs=csi-b")
 		want["controller "+plugin] = append(want["controller "+plugin], "--radosnamespacecephfs=csi-b")
+		if got := args(dep, plugin); slices.Contains(got, "--enablegrpcmetrics=true") {
+			t.Errorf("provisioner.metrics.enabled=false, and the controller still serves metrics: %v", got)
+		}
 		for k, v := range map[string]string{"clusterID": "rook-ceph", "fsName": "myfs", "pool": "myfs-data0",
 			"mounter": "fuse", "volumeNamePrefix": "b-vol-"} {
 			if got := sc.strMap("parameters")[k]; got != v {

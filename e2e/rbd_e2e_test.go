@@ -5,6 +5,7 @@ package e2e
 import (
 	"bytes"
 	"crypto/rand"
+	"errors"
 	"fmt"
 	"strings"
 	"testing"
@@ -40,13 +41,8 @@ func TestRBD(t *testing.T) {
 	e.mustKubectl(t, nil, "create", "namespace", ns)
 	provKey := c.Var("CEPH_RBD_PROVISIONER_KEY")
 	applyExample(t, e, "deploy/rbd/secret.yaml", "<user-id>", c.Var("CEPH_RBD_PROVISIONER_ID"), "<user-key>", provKey)
-	applyExample(t, e, "deploy/rbd/storageclass.yaml", "<cluster-id>", c.ClusterID, "<pool>", rbdPool)
-	applyExample(t, e, "deploy/rbd/storageclass.yaml", "<cluster-id>", c.ClusterID, "<pool>", rbdPool,
-		"name: csi-rbd-sc", "name: csi-rbd-sc-retain", "reclaimPolicy: Delete", "reclaimPolicy: Retain")
-	applyExample(t, e, "deploy/rbd/snapshotclass.yaml", "<cluster-id>", c.ClusterID)
-	applyExample(t, e, "deploy/rbd/snapshotclass.yaml", "<cluster-id>", c.ClusterID,
-		"name: csi-rbdplugin-snapclass", "name: csi-rbdplugin-snapclass-retain", "deletionPolicy: Delete", "deletionPolicy: Retain")
 	const sc, vsc, rwo = "csi-rbd-sc", "csi-rbdplugin-snapclass", "ReadWriteOnce"
+	applyClasses(t, e, "rbd", c.ClusterID, sc, vsc, "<pool>", rbdPool)
 	cleanupOnFailure(t, e, ns)
 
 	// Every UUID this test makes, for the leak check at the end.
@@ -59,7 +55,11 @@ func TestRBD(t *testing.T) {
 	ours = append(ours, src.id.UUID)
 	payload := make([]byte, 256<<10)
 	_, _ = rand.Read(payload)
-	writeImage(t, io, src.attrs["imageName"], payload)
+	testutil.WriteImage(t, io, src.attrs["imageName"], payload, 0)
+	// --setmetadata (the deploy's controller) with the provisioner's
+	// --extra-create-metadata: the names ceph-csi records on the image.
+	checkImageMetadata(t, io, src.attrs["imageName"], map[string]string{
+		"csi.storage.k8s.io/pvc/name": "src", "csi.storage.k8s.io/pvc/namespace": ns, "csi.storage.k8s.io/pv/name": src.pv})
 
 	// The attacher marks a VolumeAttachment attached (our controller has no
 	// ControllerPublish, as ceph-csi's) and detaches it again.
@@ -72,54 +72,48 @@ func TestRBD(t *testing.T) {
 
 	// 2. VolumeSnapshot -> readyToUse; csi-snap-<uuid> cloned from the source,
 	// no snapshot left on the source.
-	d = snapshot(t, e, ns, "snap", vsc, "src")
-	t.Logf("rbd timing: snapshot ready in %s", ms(d))
-	sn := readySnapshot(t, e, ns, "snap", rbdDriver)
+	sn := snapshotSrc(t, e, "rbd", ns, vsc, rbdDriver)
 	ours = append(ours, sn.id.UUID)
-	if sn.restoreSize != "1Gi" {
-		t.Errorf("restoreSize %q, want 1Gi", sn.restoreSize)
-	}
 	if sn.id.ClusterID != c.ClusterID {
 		t.Errorf("snapshot ID names cluster %q, want %q", sn.id.ClusterID, c.ClusterID)
 	}
 	snapImage := "csi-snap-" + sn.id.UUID
-	if !imageExists(t, io, snapImage) {
+	if !testutil.ImageExists(t, io, snapImage) {
 		t.Fatalf("%s does not exist", snapImage)
 	}
-	if p := parentOf(t, io, snapImage); !strings.HasPrefix(p, src.attrs["imageName"]+"@") {
+	if p := testutil.ImageParent(t, io, snapImage); !strings.HasPrefix(p, src.attrs["imageName"]+"@") {
 		t.Errorf("parent of %s is %q, want %s@...", snapImage, p, src.attrs["imageName"])
 	}
-	if s := userSnaps(t, io, src.attrs["imageName"]); len(s) != 0 {
+	checkImageMetadata(t, io, snapImage, map[string]string{
+		"csi.storage.k8s.io/volumesnapshot/name": "snap", "csi.storage.k8s.io/volumesnapshot/namespace": ns,
+		"csi.storage.k8s.io/volumesnapshotcontent/name": sn.content,
+		// The source's names are not inherited by the snapshot's image.
+		"csi.storage.k8s.io/pvc/name": "", "csi.storage.k8s.io/pv/name": ""})
+	if s := testutil.ImageUserSnaps(t, io, src.attrs["imageName"]); len(s) != 0 {
 		t.Errorf("source image keeps snapshots %v", s)
 	}
-	if got := omap(t, io, "csi.snaps.default")["csi.snap.snapshot-"+sn.uid]; got != sn.id.UUID {
-		t.Errorf("journal: csi.snap.snapshot-%s -> %q, want %s", sn.uid, got, sn.id.UUID)
-	}
-	if j := omap(t, io, "csi.snap."+sn.id.UUID); j["csi.imagename"] != snapImage || j["csi.source"] != src.attrs["imageName"] {
-		t.Errorf("journal csi.snap.%s = %v", sn.id.UUID, j)
-	}
+	checkSnapJournal(t, io, sn, snapImage, src.attrs["imageName"])
 
 	// 3. PVC from the snapshot, same size and larger; the bytes written
 	// before the snapshot read back.
-	d = provision(t, e, ns, "restore", sc, "1Gi", rwo, fromSnapshot("snap"))
-	t.Logf("rbd timing: restore Bound in %s", ms(d))
-	d = provision(t, e, ns, "restore-big", sc, "2Gi", rwo, fromSnapshot("snap"))
-	t.Logf("rbd timing: restore into 2Gi Bound in %s", ms(d))
+	provisionRestores(t, e, "rbd", ns, sc, rwo)
 	for _, name := range []string{"restore", "restore-big"} {
 		v := checkRBDVolume(t, e, c, io, ns, name)
 		ours = append(ours, v.id.UUID)
 		img := v.attrs["imageName"]
-		if p := parentOf(t, io, img); !strings.HasPrefix(p, snapImage+"@") {
+		if p := testutil.ImageParent(t, io, img); !strings.HasPrefix(p, snapImage+"@") {
 			t.Errorf("%s: parent of %s is %q, want %s@...", name, img, p, snapImage)
 		}
-		if got := readImage(t, io, img, len(payload)); !bytes.Equal(got, payload) {
+		if got := testutil.ReadImage(t, io, img, len(payload), 0); !bytes.Equal(got, payload) {
 			t.Errorf("%s: %s does not hold the bytes written before the snapshot", name, img)
 		}
+		checkImageMetadata(t, io, img, map[string]string{"csi.storage.k8s.io/pvc/name": name, "csi.storage.k8s.io/pv/name": v.pv,
+			"csi.storage.k8s.io/volumesnapshot/name": ""})
 		want := gib
 		if name == "restore-big" {
 			want = 2 * gib
 		}
-		if size := imageSize(t, io, img); size != uint64(want) {
+		if size := testutil.ImageSize(t, io, img); size != uint64(want) {
 			t.Errorf("%s: image size %d, want %d", name, size, want)
 		}
 	}
@@ -129,10 +123,10 @@ func TestRBD(t *testing.T) {
 	t.Logf("rbd timing: clone Bound in %s", ms(d))
 	clone := checkRBDVolume(t, e, c, io, ns, "clone")
 	ours = append(ours, clone.id.UUID)
-	if p := parentOf(t, io, clone.attrs["imageName"]); !strings.HasPrefix(p, clone.attrs["imageName"]+"-temp@") {
+	if p := testutil.ImageParent(t, io, clone.attrs["imageName"]); !strings.HasPrefix(p, clone.attrs["imageName"]+"-temp@") {
 		t.Errorf("parent of clone %s is %q, want %s-temp@...", clone.attrs["imageName"], p, clone.attrs["imageName"])
 	}
-	if got := readImage(t, io, clone.attrs["imageName"], len(payload)); !bytes.Equal(got, payload) {
+	if got := testutil.ReadImage(t, io, clone.attrs["imageName"], len(payload), 0); !bytes.Equal(got, payload) {
 		t.Errorf("clone %s does not hold the source's bytes", clone.attrs["imageName"])
 	}
 
@@ -143,7 +137,7 @@ func TestRBD(t *testing.T) {
 	e.wait(t, 2*time.Minute, "--for=jsonpath={.spec.capacity.storage}=2Gi", "pv/"+src.pv)
 	t.Logf("rbd timing: PV expanded in %s", ms(time.Since(begin)))
 	e.wait(t, time.Minute, "-n", ns, "--for=condition=FileSystemResizePending", "pvc/src")
-	if size := imageSize(t, io, src.attrs["imageName"]); size != uint64(2*gib) {
+	if size := testutil.ImageSize(t, io, src.attrs["imageName"]); size != uint64(2*gib) {
 		t.Errorf("expanded image size %d, want %d", size, 2*gib)
 	}
 	claim := e.getJSON(t, "pvc", "src", "-n", ns)
@@ -155,46 +149,26 @@ func TestRBD(t *testing.T) {
 
 	// 6a. Retain: a snapshot and a volume whose Kubernetes objects go while
 	// the Ceph objects stay; then handed back to Delete to clean up.
-	snapshot(t, e, ns, "snap-retain", vsc+"-retain", "src")
-	kept := readySnapshot(t, e, ns, "snap-retain", rbdDriver)
+	kept := retainSnapshot(t, e, ns, "snap-retain", vsc+"-retain", "src", rbdDriver)
 	ours = append(ours, kept.id.UUID)
-	deleteAndWait(t, e, "-n", ns, "volumesnapshot/snap-retain")
-	if !e.exists(t, "volumesnapshotcontent/"+kept.content) {
-		t.Errorf("VolumeSnapshotContent %s went with its Retain snapshot", kept.content)
-	}
-	if !imageExists(t, io, "csi-snap-"+kept.id.UUID) {
+	if !testutil.ImageExists(t, io, "csi-snap-"+kept.id.UUID) {
 		t.Errorf("csi-snap-%s went with its Retain snapshot", kept.id.UUID)
 	}
 	provision(t, e, ns, "keep", sc+"-retain", "1Gi", rwo, nil)
 	keep := checkRBDVolume(t, e, c, io, ns, "keep")
 	ours = append(ours, keep.id.UUID)
-	deleteAndWait(t, e, "-n", ns, "pvc/keep")
-	e.wait(t, time.Minute, "--for=jsonpath={.status.phase}=Released", "pv/"+keep.pv)
-	if !imageExists(t, io, keep.attrs["imageName"]) {
+	releasePVC(t, e, ns, keep)
+	if !testutil.ImageExists(t, io, keep.attrs["imageName"]) {
 		t.Errorf("%s went with its PVC under reclaimPolicy Retain", keep.attrs["imageName"])
 	}
-	if omap(t, io, "csi.volumes.default")["csi.volume."+keep.pv] != keep.id.UUID {
+	if testutil.Omap(t, io, "csi.volumes.default")["csi.volume."+keep.pv] != keep.id.UUID {
 		t.Errorf("journal entry of retained %s is gone", keep.pv)
 	}
-	patch(t, e, `{"spec":{"deletionPolicy":"Delete"}}`, "volumesnapshotcontent/"+kept.content)
-	deleteAndWait(t, e, "volumesnapshotcontent/"+kept.content)
-	patch(t, e, `{"spec":{"persistentVolumeReclaimPolicy":"Delete"}}`, "pv/"+keep.pv)
-	e.wait(t, 2*time.Minute, "--for=delete", "pv/"+keep.pv)
+	deleteRetained(t, e, kept.content, keep.pv)
 
 	// 6b. Delete everything, the snapshot first: nothing of ours stays on
 	// Ceph, not in the trash, not in the journal.
-	deleteAndWait(t, e, "-n", ns, "volumesnapshot/snap")
-	if e.exists(t, "volumesnapshotcontent/"+sn.content) {
-		t.Errorf("VolumeSnapshotContent %s stays after its snapshot was deleted", sn.content)
-	}
-	var pvs []string
-	for _, name := range []string{"clone", "restore", "restore-big", "src"} {
-		pvs = append(pvs, "pv/"+e.getJSON(t, "pvc", name, "-n", ns).str("spec.volumeName"))
-	}
-	begin = time.Now()
-	deleteAndWait(t, e, "-n", ns, "pvc/clone", "pvc/restore", "pvc/restore-big", "pvc/src")
-	e.wait(t, 3*time.Minute, append([]string{"--for=delete"}, pvs...)...)
-	t.Logf("rbd timing: 4 PVCs and their PVs deleted in %s", ms(time.Since(begin)))
+	deleteSnapshotThenPVCs(t, e, "rbd", ns, sn, "clone", "restore", "restore-big", "src")
 	eventually(t, 2*time.Minute, func() string {
 		if left := rbdLeftovers(t, io, ours...); len(left) > 0 {
 			return fmt.Sprintf("left on Ceph: %v", left)
@@ -221,138 +195,37 @@ func checkRBDVolume(t *testing.T, e *env, c *testutil.Cluster, io *rados.IOConte
 		t.Errorf("PV %s: volume ID names cluster %q", v.pv, v.id.ClusterID)
 	}
 	img := "csi-vol-" + v.id.UUID
-	if !imageExists(t, io, img) {
+	if !testutil.ImageExists(t, io, img) {
 		t.Fatalf("PV %s: image %s/%s does not exist", v.pv, rbdPool, img)
 	}
 	// The provisioner names the CSI request after the PV.
-	if got := omap(t, io, "csi.volumes.default")["csi.volume."+v.pv]; got != v.id.UUID {
+	if got := testutil.Omap(t, io, "csi.volumes.default")["csi.volume."+v.pv]; got != v.id.UUID {
 		t.Errorf("journal: csi.volume.%s -> %q, want %s", v.pv, got, v.id.UUID)
 	}
-	if j := omap(t, io, "csi.volume."+v.id.UUID); j["csi.imagename"] != img || j["csi.volname"] != v.pv {
+	if j := testutil.Omap(t, io, "csi.volume."+v.id.UUID); j["csi.imagename"] != img || j["csi.volname"] != v.pv {
 		t.Errorf("journal csi.volume.%s = %v", v.id.UUID, j)
 	}
 	return v
 }
 
-// Ceph-side checks, as client.admin.
-
-func omap(t testing.TB, io *rados.IOContext, oid string) map[string]string {
+// checkSnapJournal checks the journal of snapshot sn: its directory names
+// it after its VolumeSnapshot (as the snapshotter names the request), its
+// entry the image (or subvolume snapshot) and the source.
+func checkSnapJournal(t testing.TB, io *rados.IOContext, sn snap, image, source string) {
 	t.Helper()
-	vals, err := io.GetAllOmapValues(oid, "", "", 1000)
-	if err == rados.ErrNotFound {
-		return map[string]string{}
+	if got := testutil.Omap(t, io, "csi.snaps.default")["csi.snap.snapshot-"+sn.uid]; got != sn.id.UUID {
+		t.Errorf("journal: csi.snap.snapshot-%s -> %q, want %s", sn.uid, got, sn.id.UUID)
 	}
-	if err != nil {
-		t.Fatalf("omap of %s: %v", oid, err)
+	if j := testutil.Omap(t, io, "csi.snap."+sn.id.UUID); j["csi.imagename"] != image || j["csi.source"] != source {
+		t.Errorf("journal csi.snap.%s = %v", sn.id.UUID, j)
 	}
-	out := map[string]string{}
-	for k, v := range vals {
-		out[k] = string(v)
-	}
-	return out
-}
-
-func imageExists(t testing.TB, io *rados.IOContext, name string) bool {
-	t.Helper()
-	names, err := rbd.GetImageNames(io)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, n := range names {
-		if n == name {
-			return true
-		}
-	}
-	return false
-}
-
-func openImage(t testing.TB, io *rados.IOContext, name string) *rbd.Image {
-	t.Helper()
-	img, err := rbd.OpenImageReadOnly(io, name, rbd.NoSnapshot)
-	if err != nil {
-		t.Fatalf("open image %s: %v", name, err)
-	}
-	return img
-}
-
-func parentOf(t testing.TB, io *rados.IOContext, name string) string {
-	t.Helper()
-	img := openImage(t, io, name)
-	defer img.Close()
-	p, err := img.GetParent()
-	if err != nil {
-		return ""
-	}
-	return p.Image.ImageName + "@" + p.Snap.SnapName
-}
-
-// userSnaps lists snapshots as `rbd snap ls` does (not the trash namespace).
-func userSnaps(t testing.TB, io *rados.IOContext, name string) []string {
-	t.Helper()
-	img := openImage(t, io, name)
-	defer img.Close()
-	snaps, err := img.GetSnapshotNames()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var out []string
-	for _, s := range snaps {
-		if ns, err := img.GetSnapNamespaceType(s.Id); err == nil && ns == rbd.SnapNamespaceTypeUser {
-			out = append(out, s.Name)
-		}
-	}
-	return out
-}
-
-func imageSize(t testing.TB, io *rados.IOContext, name string) uint64 {
-	t.Helper()
-	img := openImage(t, io, name)
-	defer img.Close()
-	size, err := img.GetSize()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return size
-}
-
-func writeImage(t testing.TB, io *rados.IOContext, name string, data []byte) {
-	t.Helper()
-	img, err := rbd.OpenImage(io, name, rbd.NoSnapshot)
-	if err != nil {
-		t.Fatalf("open image %s: %v", name, err)
-	}
-	defer img.Close()
-	if _, err := img.WriteAt(data, 0); err != nil {
-		t.Fatal(err)
-	}
-	if err := img.Flush(); err != nil {
-		t.Fatal(err)
-	}
-}
-
-func readImage(t testing.TB, io *rados.IOContext, name string, n int) []byte {
-	t.Helper()
-	img := openImage(t, io, name)
-	defer img.Close()
-	buf := make([]byte, n)
-	if _, err := img.ReadAt(buf, 0); err != nil {
-		t.Fatal(err)
-	}
-	return buf
 }
 
 // rbdLeftovers lists images, trash entries, RADOS objects and journal keys
 // that carry one of the UUIDs.
 func rbdLeftovers(t testing.TB, io *rados.IOContext, uuids ...string) []string {
 	t.Helper()
-	ours := func(s string) bool {
-		for _, u := range uuids {
-			if strings.Contains(s, u) {
-				return true
-			}
-		}
-		return false
-	}
+	ours := carriesOneOf(uuids)
 	var left []string
 	names, err := rbd.GetImageNames(io)
 	if err != nil {
@@ -372,6 +245,26 @@ func rbdLeftovers(t testing.TB, io *rados.IOContext, uuids ...string) []string {
 			left = append(left, "trash "+e.Name)
 		}
 	}
+	return append(left, journalLeftovers(t, io, ours)...)
+}
+
+// carriesOneOf says whether a name holds one of the UUIDs.
+func carriesOneOf(uuids []string) func(string) bool {
+	return func(s string) bool {
+		for _, u := range uuids {
+			if strings.Contains(s, u) {
+				return true
+			}
+		}
+		return false
+	}
+}
+
+// journalLeftovers lists the objects of io and the keys of its journal
+// directories that ours matches (by object name, by key value).
+func journalLeftovers(t testing.TB, io *rados.IOContext, ours func(string) bool) []string {
+	t.Helper()
+	var left []string
 	if err := io.ListObjects(func(oid string) {
 		if ours(oid) {
 			left = append(left, "object "+oid)
@@ -380,11 +273,30 @@ func rbdLeftovers(t testing.TB, io *rados.IOContext, uuids ...string) []string {
 		t.Fatal(err)
 	}
 	for _, dir := range []string{"csi.volumes.default", "csi.snaps.default"} {
-		for k, v := range omap(t, io, dir) {
+		for k, v := range testutil.Omap(t, io, dir) {
 			if ours(v) {
 				left = append(left, "journal "+dir+": "+k)
 			}
 		}
 	}
 	return left
+}
+
+// checkImageMetadata checks image metadata keys; "" wants the key absent.
+func checkImageMetadata(t testing.TB, io *rados.IOContext, name string, want map[string]string) {
+	t.Helper()
+	img, err := rbd.OpenImageReadOnly(io, name, rbd.NoSnapshot)
+	if err != nil {
+		t.Fatalf("open image %s: %v", name, err)
+	}
+	defer img.Close()
+	for k, v := range want {
+		got, err := img.GetMetadata(k)
+		if errors.Is(err, rbd.ErrNotFound) {
+			got, err = "", nil
+		}
+		if err != nil || got != v {
+			t.Errorf("image %s metadata %s = %q, %v; want %q", name, k, got, err, v)
+		}
+	}
 }

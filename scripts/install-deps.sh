@@ -6,6 +6,8 @@
 #                                      iproute2, jq
 #   scripts/install-deps.sh pacific    the host's own Ceph (Pacific) daemons and
 #                                      tools, for make test-compat
+#   scripts/install-deps.sh e2e        containerd, runc and busybox-static, the
+#                                      node of make e2e (docs/e2e.md)
 #
 # Everything Ceph for the build and the main tests lives in the project's
 # root filesystem (scripts/build-root.sh), not on the host.
@@ -16,6 +18,11 @@ packages=(debootstrap util-linux iproute2 jq ${EXTRA_PACKAGES:-})
 if [[ ${1:-} == pacific ]]; then
 	for p in $CEPH_DAEMON_PACKAGES $CEPH_CLIENT_PACKAGES; do packages+=("$p=$PACIFIC_DEB_VERSION"); done
 	packages+=(uuid-runtime)
+fi
+if [[ ${1:-} == e2e ]]; then
+	# The e2e's node runs these on the host; the package's service is not
+	# started (no systemd here, and the test runs its own containerd).
+	packages+=(containerd runc busybox-static)
 fi
 need=()
 for p in "${packages[@]}"; do

@@ -31,7 +31,11 @@ import (
 	"github.com/ceph/go-ceph/cephfs/admin"
 	"github.com/ceph/go-ceph/rbd"
 	"github.com/container-storage-interface/spec/lib/go/csi"
+	fencepb "github.com/csi-addons/spec/lib/go/fence"
+	"github.com/csi-addons/spec/lib/go/identity"
 	"github.com/google/uuid"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/leanceph/cephcsi/internal/testutil"
 )
@@ -213,13 +217,62 @@ func checkWarnings(t *testing.T, p *testutil.Process, want ...string) {
 	}
 }
 
-// The warnings of this machine: --pidlimit=-1 cannot be set (the test runs
-// in the root pids cgroup, which has no pids.max). What is not served yet
-// warns too.
-const (
-	pidWarning = "--pidlimit=-1: the pids cgroup limit was not changed"
-	addonsLoss = "the CSI-Addons service (reclaim space, network fence) is not served yet"
-)
+// The warning of this machine: --pidlimit=-1 cannot be set (the test runs
+// in the root pids cgroup, which has no pids.max).
+const pidWarning = "--pidlimit=-1: the pids cgroup limit was not changed"
+
+// checkAddons checks what the csi-addons sidecar sees on
+// --csi-addons-endpoint: the driver's name, a ready Probe, and exactly the
+// capabilities want (as the csi-addons controller spells them in a
+// CSIAddonsNode's status); then one fencing call of each side that has
+// one, against the cluster.
+func checkAddons(t *testing.T, c *testutil.Cluster, pd pod, name string, secrets map[string]string, want ...string) {
+	t.Helper()
+	ctx := ctxT(t)
+	conn, err := grpc.NewClient("unix:"+filepath.Join(pd.sockDir, "csi-addons.sock"), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	ids := identity.NewIdentityClient(conn)
+	id, err := ids.GetIdentity(ctx, &identity.GetIdentityRequest{})
+	if err != nil || id.GetName() != name {
+		t.Fatalf("CSI-Addons GetIdentity = %v, %v; want %s", id, err, name)
+	}
+	if p, err := ids.Probe(ctx, &identity.ProbeRequest{}); err != nil || !p.GetReady().GetValue() {
+		t.Fatalf("CSI-Addons Probe = %v, %v", p, err)
+	}
+	caps, err := ids.GetCapabilities(ctx, &identity.GetCapabilitiesRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, cp := range caps.GetCapabilities() {
+		// "service:{type:CONTROLLER_SERVICE}" -> "service.CONTROLLER_SERVICE";
+		// the text format may put spaces anywhere.
+		text := strings.ReplaceAll(cp.String(), " ", "")
+		got = append(got, strings.NewReplacer(":{type:", ".", "}", "").Replace(text))
+	}
+	slices.Sort(got)
+	slices.Sort(want)
+	if !slices.Equal(got, want) {
+		t.Fatalf("CSI-Addons capabilities = %q, want %q", got, want)
+	}
+	fc := fencepb.NewFenceControllerClient(conn)
+	params := map[string]string{"clusterID": c.ClusterID}
+	if slices.Contains(want, "network_fence.NETWORK_FENCE") {
+		if _, err := fc.ListClusterFence(ctx, &fencepb.ListClusterFenceRequest{Parameters: params, Secrets: secrets}); err != nil {
+			t.Errorf("ListClusterFence: %v", err)
+		}
+	}
+	if slices.Contains(want, "network_fence.GET_CLIENTS_TO_FENCE") {
+		resp, err := fc.GetFenceClients(ctx, &fencepb.GetFenceClientsRequest{Parameters: params, Secrets: secrets})
+		if err != nil || len(resp.GetClients()) != 1 || len(resp.GetClients()[0].GetAddresses()) != 1 ||
+			resp.GetClients()[0].GetAddresses()[0].GetCidr() != "127.0.0.1/32" {
+			t.Errorf("GetFenceClients = %v, %v; want this node's 127.0.0.1/32", resp, err)
+		}
+	}
+}
 
 func volumeRequest(name string, params, secrets map[string]string) *csi.CreateVolumeRequest {
 	return &csi.CreateVolumeRequest{
@@ -238,45 +291,40 @@ func volumeRequest(name string, params, secrets map[string]string) *csi.CreateVo
 // the image on the cluster.
 func rbdCreateDelete(t *testing.T, c *testutil.Cluster, p *testutil.Process) {
 	t.Helper()
-	ctx := ctxT(t)
 	io := c.IOContext(t, "rbd")
-	resp, err := p.Controller.CreateVolume(ctx, volumeRequest("pvc-"+uuid.NewString(),
-		map[string]string{"clusterID": c.ClusterID, "pool": "rbd", "imageFeatures": "layering",
-			"csi.storage.k8s.io/pvc/name": "data", "csi.storage.k8s.io/pvc/namespace": "default"}, c.RBDSecrets()))
-	if err != nil {
-		t.Fatalf("CreateVolume: %v; log:\n%s", err, p.Log())
-	}
-	image := resp.GetVolume().GetVolumeContext()["imageName"]
-	if names, _ := rbd.GetImageNames(io); !slices.Contains(names, image) {
-		t.Fatalf("image %q of %s not in pool rbd: %v", image, resp.GetVolume().GetVolumeId(), names)
-	}
-	if _, err := p.Controller.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: resp.GetVolume().GetVolumeId(), Secrets: c.RBDSecrets()}); err != nil {
-		t.Fatalf("DeleteVolume: %v", err)
-	}
-	if names, _ := rbd.GetImageNames(io); slices.Contains(names, image) {
-		t.Fatalf("image %q left after DeleteVolume", image)
-	}
+	createDelete(t, p, map[string]string{"clusterID": c.ClusterID, "pool": "rbd", "imageFeatures": "layering",
+		"csi.storage.k8s.io/pvc/name": "data", "csi.storage.k8s.io/pvc/namespace": "default"}, c.RBDSecrets(),
+		"imageName", "pool rbd", func() []string { names, _ := rbd.GetImageNames(io); return names })
 }
 
 // cephfsCreateDelete is rbdCreateDelete for a CephFS subvolume.
 func cephfsCreateDelete(t *testing.T, c *testutil.Cluster, p *testutil.Process) {
 	t.Helper()
-	ctx := ctxT(t)
 	fsa := admin.NewFromConn(c.Admin())
-	resp, err := p.Controller.CreateVolume(ctx, volumeRequest("pvc-"+uuid.NewString(),
-		map[string]string{"clusterID": c.ClusterID, "fsName": "myfs"}, c.CephFSSecrets()))
+	createDelete(t, p, map[string]string{"clusterID": c.ClusterID, "fsName": "myfs"}, c.CephFSSecrets(),
+		"subvolumeName", "myfs/csi", func() []string { subs, _ := fsa.ListSubVolumes("myfs", "csi"); return subs })
+}
+
+// createDelete provisions a volume of the StorageClass params through p,
+// checks that what the volume context names under key is among listed()
+// (the images or subvolumes of where), deletes the volume and checks that
+// it is gone.
+func createDelete(t *testing.T, p *testutil.Process, params, secrets map[string]string, key, where string, listed func() []string) {
+	t.Helper()
+	ctx := ctxT(t)
+	resp, err := p.Controller.CreateVolume(ctx, volumeRequest("pvc-"+uuid.NewString(), params, secrets))
 	if err != nil {
 		t.Fatalf("CreateVolume: %v; log:\n%s", err, p.Log())
 	}
-	sub := resp.GetVolume().GetVolumeContext()["subvolumeName"]
-	if subs, _ := fsa.ListSubVolumes("myfs", "csi"); sub == "" || !slices.Contains(subs, sub) {
-		t.Fatalf("subvolume %q of %s not in myfs/csi: %v", sub, resp.GetVolume().GetVolumeId(), subs)
+	name := resp.GetVolume().GetVolumeContext()[key]
+	if names := listed(); name == "" || !slices.Contains(names, name) {
+		t.Fatalf("%s %q of %s not in %s: %v", key, name, resp.GetVolume().GetVolumeId(), where, names)
 	}
-	if _, err := p.Controller.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: resp.GetVolume().GetVolumeId(), Secrets: c.CephFSSecrets()}); err != nil {
+	if _, err := p.Controller.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: resp.GetVolume().GetVolumeId(), Secrets: secrets}); err != nil {
 		t.Fatalf("DeleteVolume: %v", err)
 	}
-	if subs, _ := fsa.ListSubVolumes("myfs", "csi"); slices.Contains(subs, sub) {
-		t.Fatalf("subvolume %q left after DeleteVolume", sub)
+	if slices.Contains(listed(), name) {
+		t.Fatalf("%s %q left after DeleteVolume", key, name)
 	}
 }
 
@@ -327,6 +375,13 @@ func logRotation(container string) []string {
 	return []string{"--logtostderr=false", "--alsologtostderr=true", "--log_file=csi-logs/" + container + ".log"}
 }
 
+// controllerArgs is the argument vector of the operator's controller plugin
+// container of a driver kind, extra flags last.
+func controllerArgs(kind, driver string, extra ...string) []string {
+	return append([]string{"--type=" + kind, "--v=5", "--endpoint=unix:///csi/csi.sock", "--nodeid=$(NODE_ID)",
+		"--controllerserver=true", "--drivername=" + driver, "--pidlimit=-1"}, extra...)
+}
+
 func TestOperatorContainers(t *testing.T) {
 	c := testutil.RequireCluster(t)
 	bin := testutil.BuildBinary(t)
@@ -336,51 +391,39 @@ func TestOperatorContainers(t *testing.T) {
 		return testutil.StartArgv(t, testutil.ArgvProcess{Bin: bin, Args: pd.expand(args...), Env: env, Dir: pd.workDir})
 	}
 
-	t.Run("rbd controller", func(t *testing.T) {
-		pd := newPod(t, cfg)
-		p := start(t, pd, "--type=rbd", "--v=5", "--endpoint=unix:///csi/csi.sock", "--nodeid=$(NODE_ID)",
-			"--controllerserver=true", "--drivername="+rbdDriver, "--pidlimit=-1", "--enable-fencing=false")
-		checkServes(t, p, rbdDriver)
-		rbdCreateDelete(t, c, p)
-		checkWarnings(t, p, pidWarning)
-	})
+	for _, k := range []struct {
+		kind, driver, container string
+		createDelete            func(*testing.T, *testutil.Cluster, *testutil.Process)
+		extra                   []string // flags of the second container before the CSI-Addons endpoint
+		second                  string   // what the second container adds
+		secrets                 func(*testutil.Cluster) map[string]string
+		addons                  []string // the CSI-Addons capabilities the controller advertises
+	}{
+		{"rbd", rbdDriver, "csi-rbdplugin", rbdCreateDelete, nil, "with fencing", (*testutil.Cluster).RBDSecrets,
+			[]string{"service.CONTROLLER_SERVICE", "reclaim_space.OFFLINE", "network_fence.NETWORK_FENCE"}},
+		{"cephfs", cephfsDriver, "csi-cephfsplugin", cephfsCreateDelete, []string{"--forcecephkernelclient=true"}, "with kernel client",
+			(*testutil.Cluster).CephFSSecrets, []string{"service.CONTROLLER_SERVICE", "network_fence.NETWORK_FENCE"}},
+	} {
+		t.Run(k.kind+" controller", func(t *testing.T) {
+			pd := newPod(t, cfg)
+			p := start(t, pd, controllerArgs(k.kind, k.driver, "--enable-fencing=false")...)
+			checkServes(t, p, k.driver)
+			k.createDelete(t, c, p)
+			checkWarnings(t, p, pidWarning)
+		})
 
-	t.Run("rbd controller with fencing, CSI-Addons and log rotation", func(t *testing.T) {
-		pd := newPod(t, cfg)
-		args := []string{"--type=rbd", "--v=5", "--endpoint=unix:///csi/csi.sock", "--nodeid=$(NODE_ID)",
-			"--controllerserver=true", "--drivername=" + rbdDriver, "--pidlimit=-1", "--enable-fencing=true",
-			"--clustername=prod-east", "--csi-addons-endpoint=unix:///csi/csi-addons.sock"}
-		p := start(t, pd, append(args, logRotation("csi-rbdplugin")...)...)
-		checkServes(t, p, rbdDriver)
-		rbdCreateDelete(t, c, p)
-		checkLogFile(t, p, pd, "csi-rbdplugin")
-		checkWarnings(t, p, pidWarning,
-			"--enable-fencing=true: nodes are not fenced: "+addonsLoss,
-			"--csi-addons-endpoint=unix://"+pd.sockDir+"/csi-addons.sock: "+addonsLoss)
-	})
-
-	t.Run("cephfs controller", func(t *testing.T) {
-		pd := newPod(t, cfg)
-		p := start(t, pd, "--type=cephfs", "--v=5", "--endpoint=unix:///csi/csi.sock", "--nodeid=$(NODE_ID)",
-			"--controllerserver=true", "--drivername="+cephfsDriver, "--pidlimit=-1", "--enable-fencing=false")
-		checkServes(t, p, cephfsDriver)
-		cephfsCreateDelete(t, c, p)
-		checkWarnings(t, p, pidWarning)
-	})
-
-	t.Run("cephfs controller with kernel client, CSI-Addons and log rotation", func(t *testing.T) {
-		pd := newPod(t, cfg)
-		args := []string{"--type=cephfs", "--v=5", "--endpoint=unix:///csi/csi.sock", "--nodeid=$(NODE_ID)",
-			"--controllerserver=true", "--drivername=" + cephfsDriver, "--pidlimit=-1", "--enable-fencing=true",
-			"--clustername=prod-east", "--forcecephkernelclient=true", "--csi-addons-endpoint=unix:///csi/csi-addons.sock"}
-		p := start(t, pd, append(args, logRotation("csi-cephfsplugin")...)...)
-		checkServes(t, p, cephfsDriver)
-		cephfsCreateDelete(t, c, p)
-		checkLogFile(t, p, pd, "csi-cephfsplugin")
-		checkWarnings(t, p, pidWarning,
-			"--enable-fencing=true: nodes are not fenced: "+addonsLoss,
-			"--csi-addons-endpoint=unix://"+pd.sockDir+"/csi-addons.sock: "+addonsLoss)
-	})
+		t.Run(k.kind+" controller "+k.second+", CSI-Addons and log rotation", func(t *testing.T) {
+			pd := newPod(t, cfg)
+			args := controllerArgs(k.kind, k.driver, "--enable-fencing=true", "--clustername=prod-east")
+			args = append(append(args, k.extra...), "--csi-addons-endpoint=unix:///csi/csi-addons.sock")
+			p := start(t, pd, append(args, logRotation(k.container)...)...)
+			checkServes(t, p, k.driver)
+			k.createDelete(t, c, p)
+			checkAddons(t, c, pd, k.driver, k.secrets(c), k.addons...)
+			checkLogFile(t, p, pd, k.container)
+			checkWarnings(t, p, pidWarning)
+		})
+	}
 
 	t.Run("rbd node", func(t *testing.T) {
 		pd := newPod(t, cfg)
@@ -401,10 +444,10 @@ func TestOperatorContainers(t *testing.T) {
 		p := start(t, pd, append(args, logRotation("csi-rbdplugin")...)...)
 		checkServes(t, p, rbdDriver)
 		checkNode(t, p, rbdDriver, "topology.kubernetes.io/zone", "topology.kubernetes.io/region")
+		checkAddons(t, c, pd, rbdDriver, c.RBDSecrets(),
+			"service.NODE_SERVICE", "reclaim_space.ONLINE", "network_fence.GET_CLIENTS_TO_FENCE")
 		checkLogFile(t, p, pd, "csi-rbdplugin")
-		checkWarnings(t, p, pidWarning,
-			"--enable-fencing=true: nodes are not fenced: "+addonsLoss,
-			"--csi-addons-endpoint=unix://"+pd.sockDir+"/csi-addons.sock: "+addonsLoss)
+		checkWarnings(t, p, pidWarning)
 	})
 
 	t.Run("cephfs node with mount options and kernel client", func(t *testing.T) {
@@ -438,8 +481,7 @@ func TestOperatorContainers(t *testing.T) {
 
 	t.Run("liveness", func(t *testing.T) {
 		pd := newPod(t, cfg)
-		plugin := start(t, pd, "--type=rbd", "--v=5", "--endpoint=unix:///csi/csi.sock", "--nodeid=$(NODE_ID)",
-			"--controllerserver=true", "--drivername="+rbdDriver, "--pidlimit=-1", "--enable-fencing=false")
+		plugin := start(t, pd, controllerArgs("rbd", rbdDriver, "--enable-fencing=false")...)
 		checkServes(t, plugin, rbdDriver)
 		port := freePort(t)
 		url := fmt.Sprintf("http://127.0.0.1:%d/metrics", port)

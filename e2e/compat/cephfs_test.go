@@ -20,6 +20,8 @@ import (
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"github.com/google/uuid"
 	mount "k8s.io/mount-utils"
+
+	"github.com/leanceph/cephcsi/internal/testutil"
 )
 
 const (
@@ -143,47 +145,17 @@ func testCephFS(t *testing.T, c *cluster) {
 	run := uuid.NewString()[:8]
 	q := newSequence(t, c, "cephfs")
 
+	d.deleteOnFailure(t, secrets)
 	var (
-		volumes    []string
 		snapshotID string
 		original   = []byte("written before the snapshot\n")
 		changed    = []byte("written after the snapshot, before the clone\n")
 	)
-	t.Cleanup(func() {
-		if !t.Failed() {
-			return
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
-		defer cancel()
-		if snapshotID != "" {
-			_, _ = d.ctl.DeleteSnapshot(ctx, &csi.DeleteSnapshotRequest{SnapshotId: snapshotID, Secrets: secrets})
-		}
-		for i := len(volumes) - 1; i >= 0; i-- {
-			_, _ = d.ctl.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: volumes[i], Secrets: secrets})
-		}
-	})
 	create := func(s *step, name string, size int64, src *csi.VolumeContentSource) (*csi.Volume, *admin.SubVolumeInfo) {
 		s.Helper()
-		var vol *csi.Volume
-		var err error
-		s.timed(func() {
-			err = retry(func(ctx context.Context) error {
-				resp, err := d.ctl.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: name, VolumeCapabilities: mountCaps(),
-					CapacityRange: &csi.CapacityRange{RequiredBytes: size}, Parameters: params, Secrets: secrets,
-					VolumeContentSource: src})
-				vol = resp.GetVolume()
-				return err
-			})
-		})
-		if err != nil {
-			s.fatalf("CreateVolume %s: %v", name, err)
-		}
-		volumes = append(volumes, vol.GetVolumeId())
-		if vol.GetCapacityBytes() != size {
-			s.errorf("CreateVolume %s: capacity %d, want %d", name, vol.GetCapacityBytes(), size)
-		}
+		vol := d.createVolume(s, name, size, src, params, secrets)
 		sub := vol.GetVolumeContext()["subvolumeName"]
-		if want := "csi-vol-" + uuidOf(s.T, vol.GetVolumeId()); sub != want {
+		if want := "csi-vol-" + testutil.UUIDOf(s.T, vol.GetVolumeId()); sub != want {
 			s.errorf("volume context subvolumeName = %q, want %q", sub, want)
 		}
 		info := v.info(s, sub)
@@ -193,7 +165,7 @@ func testCephFS(t *testing.T, c *cluster) {
 		if info.Path != vol.GetVolumeContext()["subvolumePath"] {
 			s.errorf("volume context subvolumePath = %q, the subvolume's path is %q", vol.GetVolumeContext()["subvolumePath"], info.Path)
 		}
-		checkJournal(s, jio, "volume", name, uuidOf(s.T, vol.GetVolumeId()), sub)
+		checkJournal(s, jio, "volume", name, testutil.UUIDOf(s.T, vol.GetVolumeId()), sub)
 		return vol, info
 	}
 
@@ -260,36 +232,23 @@ func testCephFS(t *testing.T, c *cluster) {
 	var snapName string
 	q.run("snapshot", func(s *step) {
 		name := "compat-" + run + "-snap"
-		var snap *csi.Snapshot
-		var err error
-		s.timed(func() {
-			err = retry(func(ctx context.Context) error {
-				resp, err := d.ctl.CreateSnapshot(ctx, &csi.CreateSnapshotRequest{Name: name, SourceVolumeId: src.GetVolumeId(),
-					Secrets: secrets, Parameters: map[string]string{"clusterID": c.clusterID}})
-				snap = resp.GetSnapshot()
-				return err
-			})
-		})
-		if err != nil {
-			s.fatalf("CreateSnapshot: %v", err)
-		}
+		snap := d.createSnapshot(s, name, src.GetVolumeId(), c.clusterID, secrets)
 		snapshotID = snap.GetSnapshotId()
 		if !snap.GetReadyToUse() || snap.GetSizeBytes() != 64*mib {
 			s.errorf("snapshot = ready %v, size %d; want ready, 64 MiB", snap.GetReadyToUse(), snap.GetSizeBytes())
 		}
-		snapName = "csi-snap-" + uuidOf(s.T, snapshotID)
+		snapName = "csi-snap-" + testutil.UUIDOf(s.T, snapshotID)
 		sub := src.GetVolumeContext()["subvolumeName"]
 		if _, err := v.fsa.SubVolumeSnapshotInfo(fsName, fsGroup, sub, snapName); err != nil {
 			s.errorf("subvolume snapshot %s@%s: %v", sub, snapName, err)
 		}
-		checkJournal(s, jio, "snapshot", name, uuidOf(s.T, snapshotID), snapName)
+		checkJournal(s, jio, "snapshot", name, testutil.UUIDOf(s.T, snapshotID), snapName)
 		// Later writes to the source must not reach the snapshot.
 		v.writeFile(s, path.Join(srcInfo.Path, "data"), changed)
 	})
 
 	q.run("restore (larger)", func(s *step) {
-		vol, info := create(s, "compat-"+run+"-restored", 96*mib, &csi.VolumeContentSource{
-			Type: &csi.VolumeContentSource_Snapshot{Snapshot: &csi.VolumeContentSource_SnapshotSource{SnapshotId: snapshotID}}})
+		vol, info := create(s, "compat-"+run+"-restored", 96*mib, testutil.FromSnapshot(snapshotID))
 		if info.Type != "clone" {
 			s.errorf("restored subvolume has type %q, want clone", info.Type)
 		}
@@ -303,8 +262,7 @@ func testCephFS(t *testing.T, c *cluster) {
 	})
 
 	q.run("clone (PVC)", func(s *step) {
-		vol, info := create(s, "compat-"+run+"-clone", 64*mib, &csi.VolumeContentSource{
-			Type: &csi.VolumeContentSource_Volume{Volume: &csi.VolumeContentSource_VolumeSource{VolumeId: src.GetVolumeId()}}})
+		vol, info := create(s, "compat-"+run+"-clone", 64*mib, testutil.FromVolume(src.GetVolumeId()))
 		if info.Type != "clone" {
 			s.errorf("cloned subvolume has type %q, want clone", info.Type)
 		}
@@ -323,18 +281,7 @@ func testCephFS(t *testing.T, c *cluster) {
 	})
 
 	q.run("expand", func(s *step) {
-		var resp *csi.ControllerExpandVolumeResponse
-		var err error
-		s.timed(func() {
-			err = retry(func(ctx context.Context) error {
-				resp, err = d.ctl.ControllerExpandVolume(ctx, &csi.ControllerExpandVolumeRequest{VolumeId: src.GetVolumeId(),
-					CapacityRange: &csi.CapacityRange{RequiredBytes: 128 * mib}, Secrets: secrets, VolumeCapability: mountCaps()[0]})
-				return err
-			})
-		})
-		if err != nil {
-			s.fatalf("ControllerExpandVolume: %v", err)
-		}
+		resp := d.expandVolume(s, src.GetVolumeId(), 128*mib, secrets)
 		if resp.GetCapacityBytes() != 128*mib || resp.GetNodeExpansionRequired() {
 			s.errorf("expand = %d bytes, node expansion %v; want 128 MiB and false (the quota is the size)",
 				resp.GetCapacityBytes(), resp.GetNodeExpansionRequired())
@@ -346,19 +293,9 @@ func testCephFS(t *testing.T, c *cluster) {
 
 	q.run("delete", func(s *step) {
 		s.timed(func() {
-			if err := retry(func(ctx context.Context) error {
-				_, err := d.ctl.DeleteSnapshot(ctx, &csi.DeleteSnapshotRequest{SnapshotId: snapshotID, Secrets: secrets})
-				return err
-			}); err != nil {
-				s.fatalf("DeleteSnapshot: %v", err)
-			}
-			for _, id := range volumes {
-				if err := retry(func(ctx context.Context) error {
-					_, err := d.ctl.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: id, Secrets: secrets})
-					return err
-				}); err != nil {
-					s.fatalf("DeleteVolume %s: %v", id, err)
-				}
+			d.deleteSnapshot(s, snapshotID, secrets)
+			for _, id := range d.volumes {
+				d.deleteVolume(s, id, secrets)
 			}
 		})
 		if left := fsLeftovers(s.T, v, jio); len(left) > 0 {

@@ -48,7 +48,6 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/leanceph/cephcsi/internal/testutil"
-	"github.com/leanceph/cephcsi/internal/volid"
 )
 
 // callTimeout bounds one operation, Aborted retries included.
@@ -210,6 +209,116 @@ type driver struct {
 	ctl  csi.ControllerClient
 	node csi.NodeClient
 	dir  string // private temporary directory: socket, plugin and staging dirs
+
+	// What the operations made, for the later ones and for the cleanup of
+	// a failed run.
+	volumes   []string
+	snapshots []string
+}
+
+// createVolume makes a volume of the class (params, secrets) through
+// retry, timed; fsType ext4, single-node writer.
+func (d *driver) createVolume(s *step, name string, size int64, src *csi.VolumeContentSource,
+	params, secrets map[string]string) *csi.Volume {
+	s.Helper()
+	var vol *csi.Volume
+	var err error
+	s.timed(func() {
+		err = retry(func(ctx context.Context) error {
+			resp, err := d.ctl.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: name, VolumeCapabilities: mountCaps(),
+				CapacityRange: &csi.CapacityRange{RequiredBytes: size}, Parameters: params, Secrets: secrets,
+				VolumeContentSource: src})
+			vol = resp.GetVolume()
+			return err
+		})
+	})
+	if err != nil {
+		s.fatalf("CreateVolume %s: %v", name, err)
+	}
+	d.volumes = append(d.volumes, vol.GetVolumeId())
+	if vol.GetCapacityBytes() != size {
+		s.errorf("CreateVolume %s: capacity %d, want %d", name, vol.GetCapacityBytes(), size)
+	}
+	return vol
+}
+
+// createSnapshot snapshots volume source through retry, timed.
+func (d *driver) createSnapshot(s *step, name, source, clusterID string, secrets map[string]string) *csi.Snapshot {
+	s.Helper()
+	var snap *csi.Snapshot
+	var err error
+	s.timed(func() {
+		err = retry(func(ctx context.Context) error {
+			resp, err := d.ctl.CreateSnapshot(ctx, &csi.CreateSnapshotRequest{Name: name, SourceVolumeId: source,
+				Secrets: secrets, Parameters: map[string]string{"clusterID": clusterID}})
+			snap = resp.GetSnapshot()
+			return err
+		})
+	})
+	if err != nil {
+		s.fatalf("CreateSnapshot: %v", err)
+	}
+	d.snapshots = append(d.snapshots, snap.GetSnapshotId())
+	return snap
+}
+
+// expandVolume grows volume id to size through retry, timed.
+func (d *driver) expandVolume(s *step, id string, size int64, secrets map[string]string) *csi.ControllerExpandVolumeResponse {
+	s.Helper()
+	var resp *csi.ControllerExpandVolumeResponse
+	var err error
+	s.timed(func() {
+		err = retry(func(ctx context.Context) error {
+			resp, err = d.ctl.ControllerExpandVolume(ctx, &csi.ControllerExpandVolumeRequest{VolumeId: id,
+				CapacityRange: &csi.CapacityRange{RequiredBytes: size}, Secrets: secrets, VolumeCapability: mountCaps()[0]})
+			return err
+		})
+	})
+	if err != nil {
+		s.fatalf("ControllerExpandVolume: %v", err)
+	}
+	return resp
+}
+
+// deleteSnapshot and deleteVolume delete through retry and end the step
+// when that fails.
+func (d *driver) deleteSnapshot(s *step, id string, secrets map[string]string) {
+	s.Helper()
+	if err := retry(func(ctx context.Context) error {
+		_, err := d.ctl.DeleteSnapshot(ctx, &csi.DeleteSnapshotRequest{SnapshotId: id, Secrets: secrets})
+		return err
+	}); err != nil {
+		s.fatalf("DeleteSnapshot: %v", err)
+	}
+}
+
+func (d *driver) deleteVolume(s *step, id string, secrets map[string]string) {
+	s.Helper()
+	if err := retry(func(ctx context.Context) error {
+		_, err := d.ctl.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: id, Secrets: secrets})
+		return err
+	}); err != nil {
+		s.fatalf("DeleteVolume %s: %v", id, err)
+	}
+}
+
+// deleteOnFailure deletes, when the test has failed, every snapshot and
+// then every volume the driver made, newest first (deletes are idempotent,
+// so it repeats those that went already).
+func (d *driver) deleteOnFailure(t *testing.T, secrets map[string]string) {
+	t.Cleanup(func() {
+		if !t.Failed() {
+			return
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
+		defer cancel()
+		for i := len(d.snapshots) - 1; i >= 0; i-- {
+			_, _ = d.ctl.DeleteSnapshot(ctx, &csi.DeleteSnapshotRequest{SnapshotId: d.snapshots[i], Secrets: secrets})
+		}
+		for i := len(d.volumes) - 1; i >= 0; i-- {
+			_, _ = d.ctl.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: d.volumes[i], Secrets: secrets})
+		}
+	})
 }
 
 // startDriver runs the binary with the controller and node services. When
@@ -323,29 +432,6 @@ func retry(fn func(ctx context.Context) error) error {
 	}
 }
 
-func uuidOf(t *testing.T, id string) string {
-	t.Helper()
-	d, err := volid.Decode(id)
-	if err != nil {
-		t.Fatalf("ID %q: %v", id, err)
-	}
-	return d.UUID
-}
-
-// omapOf reads every omap value of an object; nil when it does not exist.
-func omapOf(t *testing.T, io *rados.IOContext, oid string) map[string]string {
-	t.Helper()
-	out := map[string]string{}
-	err := io.ListOmapValues(oid, "", "", 1000, func(k string, v []byte) { out[k] = string(v) })
-	if errors.Is(err, rados.ErrNotFound) {
-		return nil
-	}
-	if err != nil {
-		t.Fatalf("omap of %s: %v", oid, err)
-	}
-	return out
-}
-
 // checkJournal checks the journal of one volume or snapshot: the directory
 // maps the request name to the UUID, the entry object names it back.
 func checkJournal(s *step, io *rados.IOContext, kind, name, uuid, imageName string) {
@@ -353,10 +439,10 @@ func checkJournal(s *step, io *rados.IOContext, kind, name, uuid, imageName stri
 	if kind == "snapshot" {
 		dir, key, entry, nameKey = "csi.snaps.default", "csi.snap."+name, "csi.snap."+uuid, "csi.snapname"
 	}
-	if got := omapOf(s.T, io, dir)[key]; got != uuid {
+	if got := testutil.Omap(s.T, io, dir)[key]; got != uuid {
 		s.errorf("journal %s[%s] = %q, want %q", dir, key, got, uuid)
 	}
-	e := omapOf(s.T, io, entry)
+	e := testutil.Omap(s.T, io, entry)
 	if e[nameKey] != name || e["csi.imagename"] != imageName {
 		s.errorf("journal %s = %v, want %s=%s and csi.imagename=%s", entry, e, nameKey, name, imageName)
 	}
@@ -369,7 +455,7 @@ func journalLeftovers(t *testing.T, io *rados.IOContext, where string) []string 
 	t.Helper()
 	var left []string
 	for _, dir := range []string{"csi.volumes.default", "csi.snaps.default"} {
-		for k := range omapOf(t, io, dir) {
+		for k := range testutil.Omap(t, io, dir) {
 			left = append(left, fmt.Sprintf("journal key %s %s/%s", where, dir, k))
 		}
 	}

@@ -4,7 +4,6 @@ package compat
 
 import (
 	"bytes"
-	"context"
 	"fmt"
 	"strings"
 	"testing"
@@ -12,6 +11,8 @@ import (
 	"github.com/ceph/go-ceph/rados"
 	"github.com/ceph/go-ceph/rbd"
 	"github.com/container-storage-interface/spec/lib/go/csi"
+
+	"github.com/leanceph/cephcsi/internal/testutil"
 
 	"github.com/google/uuid"
 )
@@ -124,57 +125,25 @@ func testRBD(t *testing.T, c *cluster) {
 	run := uuid.NewString()[:8]
 	q := newSequence(t, c, "rbd")
 
-	// What the operations made, for the later ones and for the cleanup of
-	// a failed run (deletes are idempotent, so it repeats them all).
+	d.deleteOnFailure(t, secrets)
 	var (
-		volumes    []string
 		snapshotID string
 		srcImage   string
 		snapImage  string
 		original   = bytes.Repeat([]byte("before the snapshot "), 1<<16/20+1)[:1<<16]
 		changed    = bytes.Repeat([]byte("after the snapshot. "), 1<<16/20+1)[:1<<16]
 	)
-	t.Cleanup(func() {
-		if !t.Failed() {
-			return
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
-		defer cancel()
-		for i := len(volumes) - 1; i >= 0; i-- {
-			_, _ = d.ctl.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: volumes[i], Secrets: secrets})
-		}
-		if snapshotID != "" {
-			_, _ = d.ctl.DeleteSnapshot(ctx, &csi.DeleteSnapshotRequest{SnapshotId: snapshotID, Secrets: secrets})
-		}
-	})
 	create := func(s *step, name string, size int64, src *csi.VolumeContentSource) *csi.Volume {
 		s.Helper()
-		var vol *csi.Volume
-		var err error
-		s.timed(func() {
-			err = retry(func(ctx context.Context) error {
-				resp, err := d.ctl.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: name, VolumeCapabilities: mountCaps(),
-					CapacityRange: &csi.CapacityRange{RequiredBytes: size}, Parameters: params, Secrets: secrets,
-					VolumeContentSource: src})
-				vol = resp.GetVolume()
-				return err
-			})
-		})
-		if err != nil {
-			s.fatalf("CreateVolume %s: %v", name, err)
-		}
-		volumes = append(volumes, vol.GetVolumeId())
-		if vol.GetCapacityBytes() != size {
-			s.errorf("CreateVolume %s: capacity %d, want %d", name, vol.GetCapacityBytes(), size)
-		}
+		vol := d.createVolume(s, name, size, src, params, secrets)
 		image := vol.GetVolumeContext()["imageName"]
-		if want := "csi-vol-" + uuidOf(s.T, vol.GetVolumeId()); image != want {
+		if want := "csi-vol-" + testutil.UUIDOf(s.T, vol.GetVolumeId()); image != want {
 			s.errorf("volume context imageName = %q, want %q", image, want)
 		}
 		if got := inspectImage(s, io, image).size; got != size {
 			s.errorf("image %s is %d bytes, want %d", image, got, size)
 		}
-		checkJournal(s, io, "volume", name, uuidOf(s.T, vol.GetVolumeId()), image)
+		checkJournal(s, io, "volume", name, testutil.UUIDOf(s.T, vol.GetVolumeId()), image)
 		return vol
 	}
 
@@ -192,38 +161,25 @@ func testRBD(t *testing.T, c *cluster) {
 
 	q.run("snapshot", func(s *step) {
 		name := "compat-" + run + "-snap"
-		var snap *csi.Snapshot
-		var err error
-		s.timed(func() {
-			err = retry(func(ctx context.Context) error {
-				resp, err := d.ctl.CreateSnapshot(ctx, &csi.CreateSnapshotRequest{Name: name, SourceVolumeId: src.GetVolumeId(),
-					Secrets: secrets, Parameters: map[string]string{"clusterID": c.clusterID}})
-				snap = resp.GetSnapshot()
-				return err
-			})
-		})
-		if err != nil {
-			s.fatalf("CreateSnapshot: %v", err)
-		}
+		snap := d.createSnapshot(s, name, src.GetVolumeId(), c.clusterID, secrets)
 		snapshotID = snap.GetSnapshotId()
 		if !snap.GetReadyToUse() || snap.GetSizeBytes() != 64*mib || snap.GetSourceVolumeId() != src.GetVolumeId() {
 			s.errorf("snapshot = ready %v, size %d, source %s; want ready, 64 MiB, %s",
 				snap.GetReadyToUse(), snap.GetSizeBytes(), snap.GetSourceVolumeId(), src.GetVolumeId())
 		}
-		snapImage = "csi-snap-" + uuidOf(s.T, snapshotID)
+		snapImage = "csi-snap-" + testutil.UUIDOf(s.T, snapshotID)
 		// The snapshot is an image cloned from the source, with a snapshot
 		// of its own for restores.
 		if p := parentImage(inspectImage(s, io, snapImage).parent); p != srcImage {
 			s.errorf("snapshot image %s has parent %q, want %s", snapImage, p, srcImage)
 		}
-		checkJournal(s, io, "snapshot", name, uuidOf(s.T, snapshotID), snapImage)
+		checkJournal(s, io, "snapshot", name, testutil.UUIDOf(s.T, snapshotID), snapImage)
 		// Later writes to the source must not reach the snapshot.
 		writeImage(s, io, srcImage, changed, 0)
 	})
 
 	q.run("restore (larger)", func(s *step) {
-		restored = create(s, "compat-"+run+"-restored", 128*mib, &csi.VolumeContentSource{
-			Type: &csi.VolumeContentSource_Snapshot{Snapshot: &csi.VolumeContentSource_SnapshotSource{SnapshotId: snapshotID}}})
+		restored = create(s, "compat-"+run+"-restored", 128*mib, testutil.FromSnapshot(snapshotID))
 		image := restored.GetVolumeContext()["imageName"]
 		if p := inspectImage(s, io, image).parent; p != snapImage+"@"+snapImage {
 			s.errorf("restored image %s has parent %q, want %s@%s", image, p, snapImage, snapImage)
@@ -237,8 +193,7 @@ func testRBD(t *testing.T, c *cluster) {
 	})
 
 	q.run("clone (PVC)", func(s *step) {
-		clone = create(s, "compat-"+run+"-clone", 64*mib, &csi.VolumeContentSource{
-			Type: &csi.VolumeContentSource_Volume{Volume: &csi.VolumeContentSource_VolumeSource{VolumeId: src.GetVolumeId()}}})
+		clone = create(s, "compat-"+run+"-clone", 64*mib, testutil.FromVolume(src.GetVolumeId()))
 		image := clone.GetVolumeContext()["imageName"]
 		// source -> <clone>-temp -> <clone>, the source keeping no snapshot.
 		temp := image + "-temp"
@@ -268,18 +223,7 @@ func testRBD(t *testing.T, c *cluster) {
 	})
 
 	q.run("expand", func(s *step) {
-		var resp *csi.ControllerExpandVolumeResponse
-		var err error
-		s.timed(func() {
-			err = retry(func(ctx context.Context) error {
-				resp, err = d.ctl.ControllerExpandVolume(ctx, &csi.ControllerExpandVolumeRequest{VolumeId: src.GetVolumeId(),
-					CapacityRange: &csi.CapacityRange{RequiredBytes: 96 * mib}, Secrets: secrets, VolumeCapability: mountCaps()[0]})
-				return err
-			})
-		})
-		if err != nil {
-			s.fatalf("ControllerExpandVolume: %v", err)
-		}
+		resp := d.expandVolume(s, src.GetVolumeId(), 96*mib, secrets)
 		if resp.GetCapacityBytes() != 96*mib || !resp.GetNodeExpansionRequired() {
 			s.errorf("expand = %d bytes, node expansion %v; want 96 MiB and true (a filesystem volume)",
 				resp.GetCapacityBytes(), resp.GetNodeExpansionRequired())
@@ -296,7 +240,7 @@ func testRBD(t *testing.T, c *cluster) {
 		// The source goes first, while the snapshot and the copies still
 		// hang off it: it must wait in the trash and leave with the last.
 		order := []string{src.GetVolumeId()}
-		for _, v := range volumes {
+		for _, v := range d.volumes {
 			if v != src.GetVolumeId() {
 				order = append(order, v)
 			}
@@ -304,19 +248,9 @@ func testRBD(t *testing.T, c *cluster) {
 		s.timed(func() {
 			for i, id := range order {
 				if i == 1 {
-					if err := retry(func(ctx context.Context) error {
-						_, err := d.ctl.DeleteSnapshot(ctx, &csi.DeleteSnapshotRequest{SnapshotId: snapshotID, Secrets: secrets})
-						return err
-					}); err != nil {
-						s.fatalf("DeleteSnapshot: %v", err)
-					}
+					d.deleteSnapshot(s, snapshotID, secrets)
 				}
-				if err := retry(func(ctx context.Context) error {
-					_, err := d.ctl.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: id, Secrets: secrets})
-					return err
-				}); err != nil {
-					s.fatalf("DeleteVolume %s: %v", id, err)
-				}
+				d.deleteVolume(s, id, secrets)
 			}
 		})
 		if left := rbdLeftovers(s.T, io); len(left) > 0 {

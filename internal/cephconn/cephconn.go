@@ -17,6 +17,7 @@ import (
 	"github.com/ceph/go-ceph/rados"
 
 	"github.com/leanceph/cephcsi/internal/csierr"
+	"github.com/leanceph/cephcsi/internal/metrics"
 )
 
 // ErrMissingCredentials is returned when a request carries no usable secret.
@@ -112,8 +113,9 @@ func (p *Pool) Get(monitors []string, creds Credentials) (*Conn, error) {
 	p.mu.Unlock()
 
 	// Connect outside the lock: it takes a network round trip.
+	began := time.Now()
 	conn, err := connect(key.monitors, creds, p.timeout)
-	if err != nil {
+	if metrics.Connect(began, err); err != nil {
 		return nil, err
 	}
 	p.mu.Lock()

@@ -20,6 +20,7 @@ import (
 	"github.com/leanceph/cephcsi/internal/failpoint"
 	"github.com/leanceph/cephcsi/internal/journal"
 	"github.com/leanceph/cephcsi/internal/locks"
+	"github.com/leanceph/cephcsi/internal/metrics"
 	"github.com/leanceph/cephcsi/internal/request"
 	"github.com/leanceph/cephcsi/internal/service"
 	"github.com/leanceph/cephcsi/internal/topology"
@@ -125,8 +126,9 @@ func (s *ControllerServer) CreateVolume(ctx context.Context, req *csi.CreateVolu
 	}
 	digest := request.Digest(req.GetParameters(), "volume", strconv.FormatInt(size, 10),
 		strconv.FormatInt(req.GetCapacityRange().GetLimitBytes(), 10), request.SourceOf(req.GetVolumeContentSource()))
+	began := time.Now()
 	entry, err := s.volumes.Lookup(f.store(), name)
-	if err != nil {
+	if metrics.Step(metrics.CephFS, metrics.StepJournalLookup, began, err) != nil {
 		return nil, err
 	}
 	// A retry of a clone still copying is answered from the clone's state
@@ -190,7 +192,9 @@ func (s *ControllerServer) provisionVolume(ctx context.Context, f *fsConn, name 
 	fresh := entry == nil
 	switch {
 	case fresh:
-		if entry, err = s.volumes.Reserve(f.store(), name, params.NamePrefix, journal.Entry{BackingSnapshotID: backingID, Request: digest}); err != nil {
+		began := time.Now()
+		entry, err = s.volumes.Reserve(f.store(), name, params.NamePrefix, journal.Entry{BackingSnapshotID: backingID, Request: digest})
+		if metrics.Step(metrics.CephFS, metrics.StepJournalReserve, began, err) != nil {
 			return nil, nil, nil, err
 		}
 		failpoint.Hit("cephfs-create-volume-after-reserve")
@@ -266,7 +270,8 @@ func (s *ControllerServer) provisionSubvolume(ctx context.Context, f *fsConn, en
 	case csierr.IsNotFound(err):
 		started = true
 		if src == nil {
-			if err := f.createSubvolume(name, size, pool); err != nil {
+			began := time.Now()
+			if err := metrics.Step(metrics.CephFS, metrics.StepCreate, began, f.createSubvolume(name, size, pool)); err != nil {
 				return nil, started, err
 			}
 			if info, err = f.subvolumeInfo(name); err != nil {
@@ -274,7 +279,8 @@ func (s *ControllerServer) provisionSubvolume(ctx context.Context, f *fsConn, en
 			}
 			return &provisioned{path: info.Path, size: quotaBytes(info)}, started, nil
 		}
-		if err := startClone(f, name, pool, src); err != nil {
+		began := time.Now()
+		if err := metrics.Step(metrics.CephFS, metrics.StepClone, began, startClone(f, name, pool, src)); err != nil {
 			return nil, started, err
 		}
 		info = nil
@@ -485,8 +491,9 @@ func (s *ControllerServer) DeleteVolume(ctx context.Context, req *csi.DeleteVolu
 			return nil, err
 		}
 	} else {
+		began := time.Now()
 		cloneSrc, err := f.removeSubvolume(ref.name)
-		if err != nil {
+		if metrics.Step(metrics.CephFS, metrics.StepRemove, began, err) != nil {
 			return nil, err
 		}
 		if cloneSrc != nil && cloneSrc.Snapshot == ref.name {
@@ -497,7 +504,8 @@ func (s *ControllerServer) DeleteVolume(ctx context.Context, req *csi.DeleteVolu
 		}
 	}
 	failpoint.Hit("cephfs-delete-volume-before-release")
-	if err := s.volumes.Release(f.store(), ref.entry); err != nil {
+	began := time.Now()
+	if err := metrics.Step(metrics.CephFS, metrics.StepJournalRelease, began, s.volumes.Release(f.store(), ref.entry)); err != nil {
 		return nil, err
 	}
 	return &csi.DeleteVolumeResponse{}, nil

@@ -14,6 +14,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/leanceph/cephcsi/internal/config"
+	"github.com/leanceph/cephcsi/internal/testutil"
 )
 
 func TestCreateVolumeShapeJournalAndDelete(t *testing.T) {
@@ -32,7 +33,7 @@ func TestCreateVolumeShapeJournalAndDelete(t *testing.T) {
 	if vol.GetCapacityBytes() != 11<<20 {
 		t.Errorf("capacity = %d, want 11 MiB (rounded up)", vol.GetCapacityBytes())
 	}
-	u := uuidOf(t, vol.GetVolumeId())
+	u := testutil.UUIDOf(t, vol.GetVolumeId())
 	sub := "csi-vol-" + u
 
 	// The subvolume, as `ceph fs subvolume info myfs csi-vol-... csi` shows it.
@@ -52,10 +53,10 @@ func TestCreateVolumeShapeJournalAndDelete(t *testing.T) {
 	}
 
 	// The journal, in the metadata pool's "csi" namespace, as ceph-csi writes it.
-	if got := omap(t, e.meta, "csi.volumes.default")["csi.volume."+name]; got != u {
+	if got := testutil.Omap(t, e.meta, "csi.volumes.default")["csi.volume."+name]; got != u {
 		t.Errorf("csi.volumes.default[csi.volume.%s] = %q, want %q", name, got, u)
 	}
-	entry := omap(t, e.meta, "csi.volume."+u)
+	entry := testutil.Omap(t, e.meta, "csi.volume."+u)
 	if entry["csi.volname"] != name || entry["csi.imagename"] != sub {
 		t.Errorf("csi.volume.%s = %v", u, entry)
 	}
@@ -78,9 +79,7 @@ func TestCreateVolumeShapeJournalAndDelete(t *testing.T) {
 	if e.subvolumeExists(sub) {
 		t.Errorf("subvolume %s left after delete", sub)
 	}
-	if left := e.leftovers(); len(left) > 0 {
-		t.Errorf("left after delete: %v", left)
-	}
+	e.assertNoLeftovers("after delete")
 }
 
 func TestUserSecretsAndDefaults(t *testing.T) {
@@ -89,7 +88,7 @@ func TestUserSecretsAndDefaults(t *testing.T) {
 	user := map[string]string{"userID": e.secrets["adminID"], "userKey": e.secrets["adminKey"]}
 	vol, _ := e.createVolume(&csi.CreateVolumeRequest{Name: uniqueName("pvc"), VolumeCapabilities: rwo(),
 		Parameters: params(e.c, "volumeNamePrefix", "k8s-"), Secrets: user})
-	sub := "k8s-" + uuidOf(t, vol.GetVolumeId())
+	sub := "k8s-" + testutil.UUIDOf(t, vol.GetVolumeId())
 	if vol.GetCapacityBytes() != 1<<30 || vol.GetVolumeContext()["subvolumeName"] != sub {
 		t.Fatalf("volume = %v", vol)
 	}
@@ -136,7 +135,7 @@ func TestBadRequestsArePreciseAndLeaveNothing(t *testing.T) {
 			t.Errorf("%s: %v, want %s mentioning %q", tc.what, err, tc.code, tc.mention)
 		}
 	}
-	if _, ok := omap(t, e.meta, "csi.volumes.default")["csi.volume."+name]; ok {
+	if _, ok := testutil.Omap(t, e.meta, "csi.volumes.default")["csi.volume."+name]; ok {
 		t.Error("a refused request left a journal key")
 	}
 	// Calls on volumes that do not exist.
@@ -162,8 +161,7 @@ func TestBadRequestsArePreciseAndLeaveNothing(t *testing.T) {
 
 func TestExpandGrowsQuota(t *testing.T) {
 	e := newEnv(t)
-	vol, _ := e.createVolume(&csi.CreateVolumeRequest{Name: uniqueName("exp"), CapacityRange: size(8 << 20),
-		VolumeCapabilities: rwo(), Parameters: params(e.c)})
+	vol := e.newVolume("exp", 8<<20, nil)
 	sub := vol.GetVolumeContext()["subvolumeName"]
 	resp, err := e.d.Controller.ControllerExpandVolume(e.ctx, &csi.ControllerExpandVolumeRequest{VolumeId: vol.GetVolumeId(),
 		CapacityRange: size(20 << 20), Secrets: e.secrets})
@@ -198,13 +196,10 @@ func TestExpandGrowsQuota(t *testing.T) {
 // purged by Ceph once the snapshot is deleted.
 func TestDeleteVolumeWithSnapshotsRetainsThem(t *testing.T) {
 	e := newEnv(t)
-	vol, _ := e.createVolume(&csi.CreateVolumeRequest{Name: uniqueName("ret"), CapacityRange: size(16 << 20),
-		VolumeCapabilities: rwo(), Parameters: params(e.c)})
+	vol := e.newVolume("ret", 16<<20, nil)
 	sub := vol.GetVolumeContext()["subvolumeName"]
-	staging, target := e.mounted(vol, rwo()[0])
 	data := []byte("kept in a retained snapshot")
-	writeFile(t, target+"/f", data)
-	e.release(vol, staging, target)
+	e.withMounted(vol, func(target string) { writeFile(t, target+"/f", data) })
 	snap := e.snapshot(uniqueName("snap"), vol.GetVolumeId())
 
 	e.deleteVolume(vol.GetVolumeId())
@@ -212,16 +207,13 @@ func TestDeleteVolumeWithSnapshotsRetainsThem(t *testing.T) {
 	if err != nil || info.State != admin.StateSnapRetained {
 		t.Fatalf("after delete, subvolume %s: %+v, %v; want state snapshot-retained", sub, info, err)
 	}
-	if entry := omap(t, e.meta, "csi.volume."+uuidOf(t, vol.GetVolumeId())); entry != nil {
+	if entry := testutil.Omap(t, e.meta, "csi.volume."+testutil.UUIDOf(t, vol.GetVolumeId())); entry != nil {
 		t.Errorf("journal entry left after delete: %v", entry)
 	}
 
 	// The snapshot still restores.
-	restored, _ := e.createVolume(&csi.CreateVolumeRequest{Name: uniqueName("rst"), CapacityRange: size(16 << 20),
-		VolumeCapabilities: rwo(), Parameters: params(e.c), VolumeContentSource: snapSource(snap.GetSnapshotId())})
-	staging, target = e.mounted(restored, rwo()[0])
-	mustEqual(t, "restored file", readFile(t, target+"/f"), data)
-	e.release(restored, staging, target)
+	restored := e.newVolume("rst", 16<<20, testutil.FromSnapshot(snap.GetSnapshotId()))
+	e.withMounted(restored, func(target string) { mustEqual(t, "restored file", readFile(t, target+"/f"), data) })
 
 	e.deleteSnapshot(snap.GetSnapshotId())
 	// Ceph purges the retained subvolume itself: at once, or (when the purge
@@ -236,24 +228,14 @@ func TestDeleteVolumeWithSnapshotsRetainsThem(t *testing.T) {
 	e.deleteVolume(restored.GetVolumeId())
 }
 
-func snapSource(id string) *csi.VolumeContentSource {
-	return &csi.VolumeContentSource{Type: &csi.VolumeContentSource_Snapshot{Snapshot: &csi.VolumeContentSource_SnapshotSource{SnapshotId: id}}}
-}
-
-func volSource(id string) *csi.VolumeContentSource {
-	return &csi.VolumeContentSource{Type: &csi.VolumeContentSource_Volume{Volume: &csi.VolumeContentSource_VolumeSource{VolumeId: id}}}
-}
-
 // --setmetadata: the Kubernetes names are recorded as subvolume and
 // subvolume snapshot metadata, as `ceph fs subvolume metadata ls` shows
 // them; with --setmetadata=false none are.
 func TestSetMetadataRecordsKubernetesNames(t *testing.T) {
 	for _, on := range []bool{true, false} {
 		e := newEnv(t, func(o *config.Options) { o.SetMetadata, o.ClusterName = on, "prod" })
-		vol, _ := e.createVolume(&csi.CreateVolumeRequest{Name: uniqueName("meta"), CapacityRange: size(8 << 20),
-			VolumeCapabilities: rwo(), Secrets: e.secrets,
-			Parameters: params(e.c, "csi.storage.k8s.io/pvc/name", "data", "csi.storage.k8s.io/pvc/namespace", "team-a",
-				"csi.storage.k8s.io/pv/name", "pvc-1234")})
+		vol := e.newVolume("meta", 8<<20, nil, "csi.storage.k8s.io/pvc/name", "data", "csi.storage.k8s.io/pvc/namespace", "team-a",
+			"csi.storage.k8s.io/pv/name", "pvc-1234")
 		sub := vol.GetVolumeContext()["subvolumeName"]
 		got, err := e.fsa.ListMetadata(fsName, group, sub)
 		if err != nil {
@@ -274,7 +256,7 @@ func TestSetMetadataRecordsKubernetesNames(t *testing.T) {
 			t.Fatal(err)
 		}
 		e.track(&e.snapshots, resp.GetSnapshot().GetSnapshotId())
-		snapName := "csi-snap-" + uuidOf(t, resp.GetSnapshot().GetSnapshotId())
+		snapName := "csi-snap-" + testutil.UUIDOf(t, resp.GetSnapshot().GetSnapshotId())
 		gotSnap, err := e.fsa.ListSnapshotMetadata(fsName, group, sub, snapName)
 		if err != nil {
 			t.Fatal(err)

@@ -5,7 +5,6 @@ package cephfs_test
 import (
 	"bytes"
 	"context"
-	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -61,15 +60,6 @@ func params(c *testutil.Cluster, extra ...string) map[string]string {
 }
 
 func uniqueName(prefix string) string { return prefix + "-" + uuid.NewString()[:8] }
-
-func uuidOf(t *testing.T, id string) string {
-	t.Helper()
-	d, err := volid.Decode(id)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return d.UUID
-}
 
 func size(n int64) *csi.CapacityRange { return &csi.CapacityRange{RequiredBytes: n} }
 
@@ -168,9 +158,7 @@ func (e *env) cleanup() {
 		_ = e.meta.Delete(o)
 	}
 	if !e.t.Failed() {
-		if left := e.leftovers(); len(left) > 0 {
-			e.t.Errorf("left behind: %v", left)
-		}
+		e.assertNoLeftovers("behind")
 	}
 }
 
@@ -193,54 +181,9 @@ func (e *env) objects() []string {
 	return out
 }
 
-// leftovers lists subvolumes, snapshots, journal objects and keys, and
-// reference objects carrying this test's names.
-func (e *env) leftovers() []string {
-	var left []string
-	subs, err := e.fsa.ListSubVolumes(fsName, group)
-	if err != nil && !strings.Contains(err.Error(), "ENOENT") {
-		e.t.Errorf("listing subvolumes: %v", err)
-	}
-	for _, s := range subs {
-		snaps, _ := e.fsa.ListSubVolumeSnapshots(fsName, group, s)
-		for _, sn := range snaps {
-			if e.ours(sn) || e.ours(s) {
-				left = append(left, "snapshot "+s+"@"+sn)
-			}
-		}
-		if e.ours(s) {
-			left = append(left, "subvolume "+s)
-		}
-	}
-	for _, o := range e.objects() {
-		left = append(left, "object "+o)
-	}
-	for _, dir := range []string{"csi.volumes.default", "csi.snaps.default"} {
-		for k, v := range omap(e.t, e.meta, dir) {
-			if e.ours(v) || e.ours(k) {
-				left = append(left, "journal key "+dir+"/"+k)
-			}
-		}
-	}
-	return left
-}
-
-// omap reads all omap values of an object as admin; nil when it is missing.
-func omap(t *testing.T, io *rados.IOContext, oid string) map[string]string {
-	t.Helper()
-	vals, err := io.GetAllOmapValues(oid, "", "", 1000)
-	if errors.Is(err, rados.ErrNotFound) {
-		return nil
-	}
-	if err != nil {
-		t.Fatalf("omap of %s: %v", oid, err)
-	}
-	out := map[string]string{}
-	for k, v := range vals {
-		out[k] = string(v)
-	}
-	return out
-}
+// leftovers lists what carries this test's names on the cluster:
+// subvolumes, snapshots, journal objects and keys, reference objects.
+func (e *env) leftovers() []string { return e.c.Leftovers(e.t, e.names...) }
 
 // createVolume creates a volume, retrying while the driver answers Aborted
 // (as the provisioner does); it returns the volume and how many Aborted
@@ -266,6 +209,43 @@ func (e *env) createVolume(req *csi.CreateVolumeRequest) (*csi.Volume, int) {
 		e.adopt(resp.GetVolume().GetVolumeId())
 		return resp.GetVolume(), aborted
 	}
+}
+
+// volReq is the CreateVolume request of an RWO volume of the test's
+// StorageClass (extra parameters added) named after prefix, which cleanup
+// is made responsible for; bytes 0 asks for the default size.
+func (e *env) volReq(prefix string, bytes int64, src *csi.VolumeContentSource, extra ...string) *csi.CreateVolumeRequest {
+	name := uniqueName(prefix)
+	e.track(&e.names, name)
+	req := &csi.CreateVolumeRequest{Name: name, VolumeCapabilities: rwo(), Parameters: params(e.c, extra...),
+		VolumeContentSource: src, Secrets: e.secrets}
+	if bytes != 0 {
+		req.CapacityRange = size(bytes)
+	}
+	return req
+}
+
+// newVolume creates the volume of volReq (see createVolume).
+func (e *env) newVolume(prefix string, bytes int64, src *csi.VolumeContentSource, extra ...string) *csi.Volume {
+	e.t.Helper()
+	vol, _ := e.createVolume(e.volReq(prefix, bytes, src, extra...))
+	return vol
+}
+
+// pendingClone asks for the volume of req, a copy that Ceph takes seconds
+// to make: the answer must be Aborted. It returns the UUID the journal
+// reserved for the volume, which cleanup is made responsible for.
+func (e *env) pendingClone(req *csi.CreateVolumeRequest) string {
+	e.t.Helper()
+	if _, err := e.d.Controller.CreateVolume(e.ctx, req); status.Code(err) != codes.Aborted {
+		e.t.Fatalf("CreateVolume %s: %v, want Aborted while the clone copies", req.GetName(), err)
+	}
+	u := testutil.Omap(e.t, e.meta, "csi.volumes.default")["csi.volume."+req.GetName()]
+	if u == "" {
+		e.t.Fatalf("no journal entry for the pending clone %s", req.GetName())
+	}
+	e.track(&e.names, u)
+	return u
 }
 
 // adopt makes cleanup responsible for a volume ID.
@@ -372,6 +352,23 @@ func (e *env) mounted(vol *csi.Volume, vcap *csi.VolumeCapability) (staging, tar
 func (e *env) release(vol *csi.Volume, staging, target string) {
 	e.unpublish(e.d, vol, target)
 	e.unstage(e.d, vol, staging)
+}
+
+// withMounted mounts vol RWO (mounted), runs use on its target path and
+// releases it again.
+func (e *env) withMounted(vol *csi.Volume, use func(target string)) {
+	e.t.Helper()
+	staging, target := e.mounted(vol, rwo()[0])
+	use(target)
+	e.release(vol, staging, target)
+}
+
+// assertNoLeftovers fails when anything of the test is still on the cluster.
+func (e *env) assertNoLeftovers(when string) {
+	e.t.Helper()
+	if left := e.leftovers(); len(left) > 0 {
+		e.t.Errorf("left %s: %v", when, left)
+	}
 }
 
 func isMounted(p string) bool {

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"golang.org/x/sys/unix"
@@ -16,6 +17,7 @@ import (
 	"github.com/leanceph/cephcsi/internal/cephconn"
 	"github.com/leanceph/cephcsi/internal/csierr"
 	"github.com/leanceph/cephcsi/internal/journal"
+	"github.com/leanceph/cephcsi/internal/metrics"
 	"github.com/leanceph/cephcsi/internal/nodeutil"
 	"github.com/leanceph/cephcsi/internal/request"
 	"github.com/leanceph/cephcsi/internal/service"
@@ -104,12 +106,13 @@ func (n *NodeServer) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolu
 		return nil, fmt.Errorf("creating staging path %s: %w", staging, err)
 	}
 	sr.spec.Target = staging
+	began := time.Now()
 	if sr.mounter == mounterFuse {
 		err = mountFuse(ctx, sr.spec)
 	} else {
 		err = mountKernel(ctx, sr.spec)
 	}
-	if err != nil {
+	if metrics.Node(metrics.CephFS, sr.mounter, metrics.OpMount, began, err) != nil {
 		return nil, fmt.Errorf("mounting %s:%s with the %s client: %w", sr.spec.FsName, sr.spec.Root, sr.mounter, err)
 	}
 	rec := stagedVolume{StagingPath: staging, Mounter: sr.mounter, FsName: sr.spec.FsName, Root: sr.spec.Root}
@@ -362,7 +365,8 @@ func (n *NodeServer) unmountAll(ctx context.Context, path string) error {
 		if !mounted {
 			return nil
 		}
-		if err := n.mounter.Unmount(path); err != nil {
+		began := time.Now()
+		if err := metrics.Node(metrics.CephFS, "any", metrics.OpUnmount, began, n.mounter.Unmount(path)); err != nil {
 			klog.FromContext(ctx).Error(err, "unmounting", "path", path)
 			return err
 		}
@@ -449,7 +453,10 @@ func (n *NodeServer) NodeUnpublishVolume(ctx context.Context, req *csi.NodeUnpub
 
 // NodeGetVolumeStats implements csi.NodeServer.
 func (n *NodeServer) NodeGetVolumeStats(ctx context.Context, req *csi.NodeGetVolumeStatsRequest) (*csi.NodeGetVolumeStatsResponse, error) {
-	if err := nodeutil.VolumeAndPaths(req.GetVolumeId(), [2]string{"volume_path", req.GetVolumePath()}); err != nil {
+	if err := nodeutil.VolumeAndPaths(req.GetVolumeId()); err != nil {
+		return nil, err
+	}
+	if err := nodeutil.VolumePath(req.GetVolumePath()); err != nil {
 		return nil, err
 	}
 	p := req.GetVolumePath()

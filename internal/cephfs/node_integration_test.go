@@ -50,8 +50,7 @@ func appendUntilFull(p string, max int) (int, error) {
 // a ceph-fuse mount (refused), expands, and writes again (accepted).
 func TestQuotaEnforcedAndGrowsWithExpand(t *testing.T) {
 	e := newEnv(t)
-	vol, _ := e.createVolume(&csi.CreateVolumeRequest{Name: uniqueName("quota"), CapacityRange: size(8 << 20),
-		VolumeCapabilities: rwo(), Parameters: params(e.c)})
+	vol := e.newVolume("quota", 8<<20, nil)
 	staging, target := e.mounted(vol, rwo()[0])
 
 	stats := func(p string) (bytesTotal, bytesUsed int64) {
@@ -175,8 +174,7 @@ func TestRWXVolumeSharedBetweenNodes(t *testing.T) {
 func TestNodeCallsAreIdempotentAndKeepNoKey(t *testing.T) {
 	e := newEnv(t)
 	vcap := rwo()[0]
-	vol, _ := e.createVolume(&csi.CreateVolumeRequest{Name: uniqueName("idem"), CapacityRange: size(8 << 20),
-		VolumeCapabilities: rwo(), Parameters: params(e.c)})
+	vol := e.newVolume("idem", 8<<20, nil)
 	stageReq := func(staging string) *csi.NodeStageVolumeRequest {
 		return &csi.NodeStageVolumeRequest{VolumeId: vol.GetVolumeId(), StagingTargetPath: staging, VolumeCapability: vcap,
 			VolumeContext: vol.GetVolumeContext(), Secrets: e.c.CephFSNodeSecrets()}

@@ -14,6 +14,7 @@ import (
 	"github.com/leanceph/cephcsi/internal/failpoint"
 	"github.com/leanceph/cephcsi/internal/journal"
 	"github.com/leanceph/cephcsi/internal/locks"
+	"github.com/leanceph/cephcsi/internal/metrics"
 	"github.com/leanceph/cephcsi/internal/request"
 	"github.com/leanceph/cephcsi/internal/volid"
 )
@@ -54,14 +55,17 @@ func (s *ControllerServer) CreateSnapshot(ctx context.Context, req *csi.CreateSn
 	}
 
 	store := f.store()
+	began := time.Now()
 	entry, err := s.snapshots.Lookup(store, name)
-	if err != nil {
+	if metrics.Step(metrics.CephFS, metrics.StepJournalLookup, began, err) != nil {
 		return nil, err
 	}
 	digest := request.Digest(req.GetParameters(), "snapshot", sourceID)
 	fresh := entry == nil
 	if fresh {
-		if entry, err = s.snapshots.Reserve(store, name, prefix, journal.Entry{Source: ref.name, Request: digest}); err != nil {
+		began = time.Now()
+		entry, err = s.snapshots.Reserve(store, name, prefix, journal.Entry{Source: ref.name, Request: digest})
+		if metrics.Step(metrics.CephFS, metrics.StepJournalReserve, began, err) != nil {
 			return nil, err
 		}
 		failpoint.Hit("cephfs-create-snapshot-after-reserve")
@@ -73,7 +77,10 @@ func (s *ControllerServer) CreateSnapshot(ctx context.Context, req *csi.CreateSn
 	// releases, is EEXIST): a repeated request repeats it harmlessly.
 	created := time.Now()
 	err = f.admin.CreateSubVolumeSnapshot(f.fs.Name, f.group, ref.name, entry.ImageName)
-	if err != nil && !csierr.IsErrno(err, syscall.EEXIST) {
+	if err != nil && csierr.IsErrno(err, syscall.EEXIST) {
+		err = nil
+	}
+	if metrics.Step(metrics.CephFS, metrics.StepSnapshot, created, err) != nil {
 		if fresh {
 			if rerr := s.snapshots.Release(store, entry); rerr != nil {
 				klog.FromContext(ctx).Error(rerr, "cleaning up the journal after a failed snapshot", "uuid", entry.UUID)
@@ -153,7 +160,8 @@ func (s *ControllerServer) DeleteSnapshot(ctx context.Context, req *csi.DeleteSn
 		klog.FromContext(ctx).V(2).Info("snapshot still backs volumes; it goes with the last of them", "snapshot", entry.ImageName)
 		return &csi.DeleteSnapshotResponse{}, nil
 	}
-	if err := s.removeSnapshotAndEntry(f, entry); err != nil {
+	began := time.Now()
+	if err := metrics.Step(metrics.CephFS, metrics.StepRemove, began, s.removeSnapshotAndEntry(f, entry)); err != nil {
 		return nil, err
 	}
 	return &csi.DeleteSnapshotResponse{}, nil

@@ -17,6 +17,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/leanceph/cephcsi/internal/config"
+	"github.com/leanceph/cephcsi/internal/testutil"
 )
 
 func randomBytes(t *testing.T, n int) []byte {
@@ -32,8 +33,7 @@ func randomBytes(t *testing.T, n int) []byte {
 // a restore (into a bigger size) and a PVC clone contain.
 func TestSnapshotRestoreAndCloneKeepFiles(t *testing.T) {
 	e := newEnv(t)
-	src, _ := e.createVolume(&csi.CreateVolumeRequest{Name: uniqueName("src"), CapacityRange: size(32 << 20),
-		VolumeCapabilities: rwo(), Parameters: params(e.c)})
+	src := e.newVolume("src", 32<<20, nil)
 	srcSub := src.GetVolumeContext()["subvolumeName"]
 	staging, target := e.mounted(src, rwo()[0])
 	before := randomBytes(t, 3<<20)
@@ -45,7 +45,7 @@ func TestSnapshotRestoreAndCloneKeepFiles(t *testing.T) {
 
 	snapName := uniqueName("snap")
 	snap := e.snapshot(snapName, src.GetVolumeId())
-	su := uuidOf(t, snap.GetSnapshotId())
+	su := testutil.UUIDOf(t, snap.GetSnapshotId())
 	snapSub := "csi-snap-" + su
 	if !snap.GetReadyToUse() || snap.GetSizeBytes() != 32<<20 || snap.GetSourceVolumeId() != src.GetVolumeId() {
 		t.Errorf("snapshot = %v", snap)
@@ -53,10 +53,10 @@ func TestSnapshotRestoreAndCloneKeepFiles(t *testing.T) {
 	if names := e.snapshotNames(srcSub); !slices.Contains(names, snapSub) {
 		t.Errorf("subvolume snapshots of %s = %v, want %s", srcSub, names, snapSub)
 	}
-	if got := omap(t, e.meta, "csi.snaps.default")["csi.snap."+snapName]; got != su {
+	if got := testutil.Omap(t, e.meta, "csi.snaps.default")["csi.snap."+snapName]; got != su {
 		t.Errorf("csi.snaps.default[csi.snap.%s] = %q, want %q", snapName, got, su)
 	}
-	entry := omap(t, e.meta, "csi.snap."+su)
+	entry := testutil.Omap(t, e.meta, "csi.snap."+su)
 	if entry["csi.snapname"] != snapName || entry["csi.imagename"] != snapSub || entry["csi.source"] != srcSub {
 		t.Errorf("csi.snap.%s = %v", su, entry)
 	}
@@ -73,8 +73,7 @@ func TestSnapshotRestoreAndCloneKeepFiles(t *testing.T) {
 	writeFile(t, target+"/after.txt", after)
 
 	// Restore into a bigger volume: the clone gets the requested quota.
-	restored, _ := e.createVolume(&csi.CreateVolumeRequest{Name: uniqueName("rst"), CapacityRange: size(64 << 20),
-		VolumeCapabilities: rwo(), Parameters: params(e.c), VolumeContentSource: snapSource(snap.GetSnapshotId())})
+	restored := e.newVolume("rst", 64<<20, testutil.FromSnapshot(snap.GetSnapshotId()))
 	rSub := restored.GetVolumeContext()["subvolumeName"]
 	if info := e.subvolumeInfo(rSub); info.Type != "clone" || quota(info) != 64<<20 || restored.GetCapacityBytes() != 64<<20 {
 		t.Errorf("restored subvolume: type %s, quota %d, capacity %d; want clone of 64 MiB", info.Type, quota(info), restored.GetCapacityBytes())
@@ -87,8 +86,7 @@ func TestSnapshotRestoreAndCloneKeepFiles(t *testing.T) {
 	}
 
 	// A PVC clone has both files; its temporary snapshot is gone afterwards.
-	cloned, _ := e.createVolume(&csi.CreateVolumeRequest{Name: uniqueName("cln"), CapacityRange: size(32 << 20),
-		VolumeCapabilities: rwo(), Parameters: params(e.c), VolumeContentSource: volSource(src.GetVolumeId())})
+	cloned := e.newVolume("cln", 32<<20, testutil.FromVolume(src.GetVolumeId()))
 	cSub := cloned.GetVolumeContext()["subvolumeName"]
 	if info := e.subvolumeInfo(cSub); info.Type != "clone" || quota(info) != 32<<20 {
 		t.Errorf("cloned subvolume: type %s, quota %d", info.Type, quota(info))
@@ -107,11 +105,7 @@ func TestSnapshotRestoreAndCloneKeepFiles(t *testing.T) {
 	}
 
 	// A restore smaller than the snapshot is refused.
-	small := uniqueName("small")
-	e.track(&e.names, small)
-	if _, err := e.d.Controller.CreateVolume(e.ctx, &csi.CreateVolumeRequest{Name: small, CapacityRange: size(16 << 20),
-		VolumeCapabilities: rwo(), Parameters: params(e.c), VolumeContentSource: snapSource(snap.GetSnapshotId()),
-		Secrets: e.secrets}); status.Code(err) != codes.OutOfRange {
+	if _, err := e.d.Controller.CreateVolume(e.ctx, e.volReq("small", 16<<20, testutil.FromSnapshot(snap.GetSnapshotId()))); status.Code(err) != codes.OutOfRange {
 		t.Errorf("restore into a smaller size: %v, want OutOfRange", err)
 	}
 
@@ -123,22 +117,19 @@ func TestSnapshotRestoreAndCloneKeepFiles(t *testing.T) {
 	for _, v := range []*csi.Volume{cloned, restored, src} {
 		e.deleteVolume(v.GetVolumeId())
 	}
-	if left := e.leftovers(); len(left) > 0 {
-		t.Errorf("left after deleting everything: %v", left)
-	}
+	e.assertNoLeftovers("after deleting everything")
 }
 
 // fillSlowSource makes a volume whose clones take seconds: many files and
 // some data, so the states before "complete" can be observed.
 func fillSlowSource(t *testing.T, e *env) (*csi.Volume, *csi.Snapshot) {
-	vol, _ := e.createVolume(&csi.CreateVolumeRequest{Name: uniqueName("slow"), CapacityRange: size(256 << 20),
-		VolumeCapabilities: rwo(), Parameters: params(e.c)})
-	staging, target := e.mounted(vol, rwo()[0])
-	for i := 0; i < 300; i++ {
-		writeFile(t, fmt.Sprintf("%s/f%03d", target, i), []byte(fmt.Sprint(i)))
-	}
-	writeFile(t, target+"/big.bin", randomBytes(t, 96<<20))
-	e.release(vol, staging, target)
+	vol := e.newVolume("slow", 256<<20, nil)
+	e.withMounted(vol, func(target string) {
+		for i := 0; i < 300; i++ {
+			writeFile(t, fmt.Sprintf("%s/f%03d", target, i), []byte(fmt.Sprint(i)))
+		}
+		writeFile(t, target+"/big.bin", randomBytes(t, 96<<20))
+	})
 	return vol, e.snapshot(uniqueName("snap"), vol.GetVolumeId())
 }
 
@@ -158,33 +149,22 @@ func TestPendingCloneIsAbortedThenReady(t *testing.T) {
 	e := newEnv(t)
 	src, snap := fillSlowSource(t, e)
 
-	name := uniqueName("pend")
-	e.track(&e.names, name)
-	req := &csi.CreateVolumeRequest{Name: name, CapacityRange: size(256 << 20), VolumeCapabilities: rwo(),
-		Parameters: params(e.c), VolumeContentSource: snapSource(snap.GetSnapshotId()), Secrets: e.secrets}
-	_, err := e.d.Controller.CreateVolume(e.ctx, req)
-	if status.Code(err) != codes.Aborted {
-		t.Fatalf("first CreateVolume from a snapshot: %v, want Aborted while the clone copies", err)
-	}
-	u := omap(t, e.meta, "csi.volumes.default")["csi.volume."+name]
-	if u == "" {
-		t.Fatal("no journal entry for the pending clone")
-	}
-	e.track(&e.names, u)
+	req := e.volReq("pend", 256<<20, testutil.FromSnapshot(snap.GetSnapshotId()))
+	u := e.pendingClone(req)
 	sub := "csi-vol-" + u
 	if st := e.cloneState(sub); st != admin.ClonePending && st != admin.CloneInProgress {
 		t.Fatalf("clone %s is %s already; the source is too small to observe a pending clone", sub, st)
 	}
 	// The snapshot cannot go while a clone copies from it.
-	_, err = e.d.Controller.DeleteSnapshot(e.ctx, &csi.DeleteSnapshotRequest{SnapshotId: snap.GetSnapshotId(), Secrets: e.secrets})
+	_, err := e.d.Controller.DeleteSnapshot(e.ctx, &csi.DeleteSnapshotRequest{SnapshotId: snap.GetSnapshotId(), Secrets: e.secrets})
 	if status.Code(err) != codes.FailedPrecondition {
 		t.Errorf("DeleteSnapshot during a clone: %v, want FailedPrecondition", err)
 	}
-	if !slices.Contains(e.snapshotNames(src.GetVolumeContext()["subvolumeName"]), "csi-snap-"+uuidOf(t, snap.GetSnapshotId())) {
+	if !slices.Contains(e.snapshotNames(src.GetVolumeContext()["subvolumeName"]), "csi-snap-"+testutil.UUIDOf(t, snap.GetSnapshotId())) {
 		t.Fatal("the snapshot went despite the running clone")
 	}
 	vol, aborted := e.createVolume(req)
-	if uuidOf(t, vol.GetVolumeId()) != u {
+	if testutil.UUIDOf(t, vol.GetVolumeId()) != u {
 		t.Errorf("the retry made another volume: %s, want uuid %s", vol.GetVolumeId(), u)
 	}
 	t.Logf("clone ready after %d more Aborted answers", aborted)
@@ -194,15 +174,8 @@ func TestPendingCloneIsAbortedThenReady(t *testing.T) {
 
 	// A clone that ends without completing (cancelled here) is removed with
 	// its journal entry, and the error is reported.
-	failName := uniqueName("fail")
-	e.track(&e.names, failName)
-	failReq := &csi.CreateVolumeRequest{Name: failName, CapacityRange: size(256 << 20), VolumeCapabilities: rwo(),
-		Parameters: params(e.c), VolumeContentSource: snapSource(snap.GetSnapshotId()), Secrets: e.secrets}
-	if _, err := e.d.Controller.CreateVolume(e.ctx, failReq); status.Code(err) != codes.Aborted {
-		t.Fatalf("CreateVolume: %v, want Aborted", err)
-	}
-	fu := omap(t, e.meta, "csi.volumes.default")["csi.volume."+failName]
-	e.track(&e.names, fu)
+	failReq := e.volReq("fail", 256<<20, testutil.FromSnapshot(snap.GetSnapshotId()))
+	fu := e.pendingClone(failReq)
 	failSub := "csi-vol-" + fu
 	if err := e.fsa.CancelClone(fsName, group, failSub); err != nil {
 		t.Fatalf("cancelling clone %s: %v", failSub, err)
@@ -214,16 +187,14 @@ func TestPendingCloneIsAbortedThenReady(t *testing.T) {
 	if e.subvolumeExists(failSub) {
 		t.Errorf("failed clone %s was not removed", failSub)
 	}
-	if _, ok := omap(t, e.meta, "csi.volumes.default")["csi.volume."+failName]; ok || omap(t, e.meta, "csi.volume."+fu) != nil {
+	if _, ok := testutil.Omap(t, e.meta, "csi.volumes.default")["csi.volume."+failReq.GetName()]; ok || testutil.Omap(t, e.meta, "csi.volume."+fu) != nil {
 		t.Error("the failed clone's journal entry was not removed")
 	}
 
 	e.deleteSnapshot(snap.GetSnapshotId())
 	e.deleteVolume(vol.GetVolumeId())
 	e.deleteVolume(src.GetVolumeId())
-	if left := e.leftovers(); len(left) > 0 {
-		t.Errorf("left after deleting everything: %v", left)
-	}
+	e.assertNoLeftovers("after deleting everything")
 }
 
 // TestDeleteVolumeDuringPVCClone deletes a PVC clone while it still copies:
@@ -233,15 +204,7 @@ func TestDeleteVolumeDuringPVCClone(t *testing.T) {
 	e := newEnv(t)
 	src, snap := fillSlowSource(t, e)
 	srcSub := src.GetVolumeContext()["subvolumeName"]
-	name := uniqueName("pvcc")
-	e.track(&e.names, name)
-	req := &csi.CreateVolumeRequest{Name: name, CapacityRange: size(256 << 20), VolumeCapabilities: rwo(),
-		Parameters: params(e.c), VolumeContentSource: volSource(src.GetVolumeId()), Secrets: e.secrets}
-	if _, err := e.d.Controller.CreateVolume(e.ctx, req); status.Code(err) != codes.Aborted {
-		t.Fatalf("PVC clone: %v, want Aborted", err)
-	}
-	u := omap(t, e.meta, "csi.volumes.default")["csi.volume."+name]
-	e.track(&e.names, u)
+	u := e.pendingClone(e.volReq("pvcc", 256<<20, testutil.FromVolume(src.GetVolumeId())))
 	sub := "csi-vol-" + u
 	if !slices.Contains(e.snapshotNames(srcSub), sub) {
 		t.Fatalf("no temporary snapshot %s on the source: %v", sub, e.snapshotNames(srcSub))
@@ -260,9 +223,7 @@ func TestDeleteVolumeDuringPVCClone(t *testing.T) {
 	}
 	e.deleteSnapshot(snap.GetSnapshotId())
 	e.deleteVolume(src.GetVolumeId())
-	if left := e.leftovers(); len(left) > 0 {
-		t.Errorf("left after deleting everything: %v", left)
-	}
+	e.assertNoLeftovers("after deleting everything")
 }
 
 func fsID(t *testing.T, e *env) int64 {
@@ -284,8 +245,7 @@ func fsID(t *testing.T, e *env) int64 {
 // volume's deletion.
 func TestBackingSnapshotVolume(t *testing.T) {
 	e := newEnv(t)
-	src, _ := e.createVolume(&csi.CreateVolumeRequest{Name: uniqueName("bsrc"), CapacityRange: size(16 << 20),
-		VolumeCapabilities: rwo(), Parameters: params(e.c)})
+	src := e.newVolume("bsrc", 16<<20, nil)
 	srcSub := src.GetVolumeContext()["subvolumeName"]
 	staging, target := e.mounted(src, rwo()[0])
 	data := []byte("seen through the snapshot")
@@ -295,10 +255,7 @@ func TestBackingSnapshotVolume(t *testing.T) {
 	e.release(src, staging, target)
 
 	rox := fsCap(csi.VolumeCapability_AccessMode_MULTI_NODE_READER_ONLY)
-	name := uniqueName("bvol")
-	e.track(&e.names, name)
-	req := &csi.CreateVolumeRequest{Name: name, VolumeCapabilities: rwo(), Parameters: params(e.c, "backingSnapshot", "true"),
-		VolumeContentSource: snapSource(snap.GetSnapshotId()), Secrets: e.secrets}
+	req := e.volReq("bvol", 0, testutil.FromSnapshot(snap.GetSnapshotId()), "backingSnapshot", "true")
 	if _, err := e.d.Controller.CreateVolume(e.ctx, req); status.Code(err) != codes.InvalidArgument {
 		t.Errorf("writable snapshot-backed volume: %v, want InvalidArgument", err)
 	}
@@ -307,11 +264,11 @@ func TestBackingSnapshotVolume(t *testing.T) {
 	if aborted != 0 {
 		t.Errorf("a snapshot-backed volume needed %d retries; it copies nothing", aborted)
 	}
-	u := uuidOf(t, vol.GetVolumeId())
+	u := testutil.UUIDOf(t, vol.GetVolumeId())
 	if e.subvolumeExists("csi-vol-" + u) {
 		t.Error("a snapshot-backed volume made a subvolume")
 	}
-	if got := omap(t, e.meta, "csi.volume."+u)["csi.backingsnapshotid"]; got != snap.GetSnapshotId() {
+	if got := testutil.Omap(t, e.meta, "csi.volume."+u)["csi.backingsnapshotid"]; got != snap.GetSnapshotId() {
 		t.Errorf("journal csi.backingsnapshotid = %q, want %q", got, snap.GetSnapshotId())
 	}
 	if vol.GetVolumeContext()["backingSnapshotID"] != snap.GetSnapshotId() || vol.GetCapacityBytes() != 16<<20 {
@@ -331,7 +288,7 @@ func TestBackingSnapshotVolume(t *testing.T) {
 		if err != nil || !bytes.Equal(data[:n], []byte{0, 0, 0, count}) {
 			t.Errorf("%s count = %v, %v; want %d", refObj, data[:n], err, count)
 		}
-		refs := omap(t, e.meta, refObj)
+		refs := testutil.Omap(t, e.meta, refObj)
 		if refs[snap.GetSnapshotId()] != string([]byte{snapRef}) || refs[vol.GetVolumeId()] != "\x01" || len(refs) != 2 {
 			t.Errorf("%s refs = %q", refObj, refs)
 		}
@@ -351,7 +308,7 @@ func TestBackingSnapshotVolume(t *testing.T) {
 	}
 
 	// The snapshot is "deleted" but stays while the volume uses it.
-	snapSub := "csi-snap-" + uuidOf(t, snap.GetSnapshotId())
+	snapSub := "csi-snap-" + testutil.UUIDOf(t, snap.GetSnapshotId())
 	e.deleteSnapshot(snap.GetSnapshotId())
 	if !slices.Contains(e.snapshotNames(srcSub), snapSub) {
 		t.Fatal("the snapshot went while a volume still mounts it")
@@ -366,33 +323,25 @@ func TestBackingSnapshotVolume(t *testing.T) {
 	if _, err := e.meta.Stat(refObj); err == nil {
 		t.Errorf("%s outlived the last snapshot-backed volume", refObj)
 	}
-	if omap(t, e.meta, "csi.snap."+uuidOf(t, snap.GetSnapshotId())) != nil {
+	if testutil.Omap(t, e.meta, "csi.snap."+testutil.UUIDOf(t, snap.GetSnapshotId())) != nil {
 		t.Error("the snapshot's journal entry outlived its last snapshot-backed volume")
 	}
 	e.deleteVolume(src.GetVolumeId())
-	if left := e.leftovers(); len(left) > 0 {
-		t.Errorf("left after deleting everything: %v", left)
-	}
+	e.assertNoLeftovers("after deleting everything")
 }
 
 // TestCloneWaitAnswersOnceCopied: with --clonewait a short restore or PVC
 // clone is ready on the first CreateVolume, with the source's files.
 func TestCloneWaitAnswersOnceCopied(t *testing.T) {
 	e := newEnv(t, func(o *config.Options) { o.CloneWait = 30 * time.Second })
-	src, _ := e.createVolume(&csi.CreateVolumeRequest{Name: uniqueName("src"), CapacityRange: size(16 << 20),
-		VolumeCapabilities: rwo(), Parameters: params(e.c)})
-	staging, target := e.mounted(src, rwo()[0])
+	src := e.newVolume("src", 16<<20, nil)
 	data := randomBytes(t, 1<<20)
-	writeFile(t, target+"/data.bin", data)
-	e.release(src, staging, target)
+	e.withMounted(src, func(target string) { writeFile(t, target+"/data.bin", data) })
 	snap := e.snapshot(uniqueName("snap"), src.GetVolumeId())
 
-	for _, source := range []*csi.VolumeContentSource{snapSource(snap.GetSnapshotId()), volSource(src.GetVolumeId())} {
-		name := uniqueName("waited")
-		e.track(&e.names, name)
+	for _, source := range []*csi.VolumeContentSource{testutil.FromSnapshot(snap.GetSnapshotId()), testutil.FromVolume(src.GetVolumeId())} {
 		start := time.Now()
-		resp, err := e.d.Controller.CreateVolume(e.ctx, &csi.CreateVolumeRequest{Name: name, CapacityRange: size(16 << 20),
-			VolumeCapabilities: rwo(), Parameters: params(e.c), VolumeContentSource: source, Secrets: e.secrets})
+		resp, err := e.d.Controller.CreateVolume(e.ctx, e.volReq("waited", 16<<20, source))
 		if err != nil {
 			t.Fatalf("CreateVolume from %v with --clonewait: %v, want success on the first call", source, err)
 		}
@@ -402,9 +351,7 @@ func TestCloneWaitAnswersOnceCopied(t *testing.T) {
 		if st := e.cloneState(vol.GetVolumeContext()["subvolumeName"]); st != admin.CloneComplete {
 			t.Errorf("clone state = %s, want complete", st)
 		}
-		staging, target := e.mounted(vol, rwo()[0])
-		mustEqual(t, "data.bin in the copy", readFile(t, target+"/data.bin"), data)
-		e.release(vol, staging, target)
+		e.withMounted(vol, func(target string) { mustEqual(t, "data.bin in the copy", readFile(t, target+"/data.bin"), data) })
 		e.deleteVolume(vol.GetVolumeId())
 	}
 	e.deleteSnapshot(snap.GetSnapshotId())

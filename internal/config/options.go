@@ -63,6 +63,10 @@ type Options struct {
 	// CloneWait is how long CreateVolume waits for a CephFS clone to finish
 	// before answering Aborted.
 	CloneWait time.Duration
+	// KubeletRegistrationPath, when set, makes the node plugin register
+	// itself with the kubelet (no node-driver-registrar): the CSI socket's
+	// path as the kubelet sees it.
+	KubeletRegistrationPath string
 
 	// SetMetadata asks the controller to record PVC, PV and snapshot names
 	// (and ClusterName) as image and subvolume metadata.
@@ -74,8 +78,8 @@ type Options struct {
 	// the node's CrushLocationLabels (config.json's readAffinity wins).
 	EnableReadAffinity  bool
 	CrushLocationLabels []string
-	// CSIAddonsEndpoint is where the CSI-Addons service would listen
-	// (unix:///path); empty means not requested.
+	// CSIAddonsEndpoint is where the CSI-Addons services listen
+	// (unix:///path); empty means not served.
 	CSIAddonsEndpoint string
 	EnableFencing     bool
 
@@ -127,9 +131,10 @@ func (o *Options) Register(fs *flag.FlagSet) {
 	fs.BoolVar(&o.ForceKernelClient, "forcecephkernelclient", false, "mount CephFS with the kernel client by default even on kernels without quota support (< 4.17)")
 
 	fs.DurationVar(&o.Timeout, "timeout", 3*time.Second, "--type=liveness: timeout of each probe")
-	fs.IntVar(&o.MetricsPort, "metricsport", 8080, "--type=liveness: port of the metrics endpoint; with --enableprofiling, port of the profiling endpoint")
-	fs.StringVar(&o.MetricsPath, "metricspath", "/metrics", "--type=liveness: path of the metrics endpoint")
-	fs.StringVar(&o.MetricsHost, "metricshost", "", "address the liveness metrics and profiling endpoints listen on (default all)")
+	fs.IntVar(&o.MetricsPort, "metricsport", 8080, "port of the metrics endpoint: the liveness gauge with --type=liveness, the driver's metrics "+
+		"with --enablegrpcmetrics; with --enableprofiling, also the port of the profiling endpoint")
+	fs.StringVar(&o.MetricsPath, "metricspath", "/metrics", "path of the metrics endpoint (--type=liveness, --enablegrpcmetrics)")
+	fs.StringVar(&o.MetricsHost, "metricshost", "", "address the metrics and profiling endpoints listen on (default all)")
 	fs.DurationVar(&o.PollTime, "polltime", 60*time.Second, "--type=liveness: probe interval")
 	fs.DurationVar(&o.ConnIdleTimeout, "connidletimeout", 5*time.Minute, "close Ceph connections unused for this long")
 
@@ -141,19 +146,23 @@ func (o *Options) Register(fs *flag.FlagSet) {
 		"no effect here: the node never flattens an image before mapping it, which is what true asks for")
 	fs.DurationVar(&o.RBDTrashMaxDelay, "rbdtrashmaxdelay", 0, "keep deleted RBD images in the trash this long; not served yet: a positive value warns at start")
 	fs.DurationVar(&o.CloneWait, "clonewait", 0, "how long a CephFS CreateVolume from a snapshot or volume waits for the copy before answering Aborted (0: at once)")
+	fs.StringVar(&o.KubeletRegistrationPath, "kubelet-registration-path", "", "with --nodeserver: register with the kubelet through <pluginpath>/../plugins_registry, naming this path (the CSI socket as the kubelet sees it), instead of a node-driver-registrar sidecar")
 
 	fs.BoolVar(&o.SetMetadata, "setmetadata", true, "record PVC, PV and snapshot names (from the sidecars' --extra-create-metadata) as image and subvolume metadata")
 	fs.StringVar(&o.ClusterName, "clustername", "", "Kubernetes cluster name recorded with --setmetadata (csi.ceph.com/cluster/name)")
 	fs.Var(listValue{&o.DomainLabels}, "domainlabels", "node labels, comma separated, whose values on this node are its topology (NodeGetInfo), for topologyConstrainedPools")
 	fs.BoolVar(&o.EnableReadAffinity, "enable-read-affinity", false, "read from the OSDs nearest the node, located by --crush-location-labels (krbd, rbd-nbd, the FUSE mapper and the CephFS kernel client)")
 	fs.Var(listValue{&o.CrushLocationLabels}, "crush-location-labels", "node labels, comma separated, that give the node's CRUSH location for --enable-read-affinity")
-	fs.StringVar(&o.CSIAddonsEndpoint, "csi-addons-endpoint", "", "CSI-Addons endpoint (unix:///path); not served yet: warns when set")
-	fs.BoolVar(&o.EnableFencing, "enable-fencing", false, "fence nodes through CSI-Addons network fences; not served yet: warns when true")
+	fs.StringVar(&o.CSIAddonsEndpoint, "csi-addons-endpoint", "",
+		"serve the CSI-Addons API (reclaim space for RBD, network fences with --enable-fencing) on this endpoint, unix:///path or tcp://host:port")
+	fs.BoolVar(&o.EnableFencing, "enable-fencing", false,
+		"serve CSI-Addons network fencing on --csi-addons-endpoint: fences (OSD blocklist ranges) on the controller, the node's client address on the node")
 
 	fs.DurationVar(&o.LogSlowOpInterval, "logslowopinterval", 30*time.Second, "log every call still running after each interval, with its method and request ID (0: never)")
 	fs.IntVar(&o.PIDLimit, "pidlimit", 0, "set the pids cgroup limit of the process at start: -1 for the maximum, 0 to leave it (a failure only warns)")
 	fs.BoolVar(&o.EnableProfiling, "enableprofiling", false, "serve Go profiles (/debug/pprof/) on --metricshost:--metricsport")
-	fs.BoolVar(&o.EnableGRPCMetrics, "enablegrpcmetrics", false, "per-call gRPC metrics; not served (ceph-csi removed them too): warns when true")
+	fs.BoolVar(&o.EnableGRPCMetrics, "enablegrpcmetrics", false, "serve Prometheus metrics on --metricshost:--metricsport at --metricspath: "+
+		"CSI calls by method and code, their latency and those in flight, controller steps, Ceph connections, node maps and mounts")
 
 	for _, name := range legacyFlags {
 		fs.String(none(name, "not a flag of ceph-csi v3.12 or later"), "", "accepted from older manifests; no effect")
@@ -251,10 +260,7 @@ func (o *Options) Validate() error {
 		if o.PollTime <= 0 || o.Timeout <= 0 {
 			return fmt.Errorf("--polltime and --timeout must be positive")
 		}
-		if o.MetricsPort <= 0 || o.MetricsPort > 65535 {
-			return fmt.Errorf("--metricsport=%d is not a TCP port", o.MetricsPort)
-		}
-		return nil
+		return o.validMetricsEndpoint()
 	case "controller":
 		return nil
 	case "nfs", "nvmeof":
@@ -266,6 +272,11 @@ func (o *Options) Validate() error {
 	}
 	if !o.IsControllerSrv && !o.IsNodeSrv {
 		return fmt.Errorf("at least one of --controllerserver and --nodeserver is required")
+	}
+	if o.EnableGRPCMetrics || o.EnableProfiling {
+		if err := o.validMetricsEndpoint(); err != nil {
+			return err
+		}
 	}
 	if o.IsNodeSrv && o.NodeID == "" {
 		return fmt.Errorf("--nodeid is required with --nodeserver")
@@ -281,6 +292,17 @@ func (o *Options) Validate() error {
 	}
 	if o.MinSnapsOnImage > o.MaxSnapsOnImage {
 		return fmt.Errorf("--minsnapshotsonimage (%d) exceeds --maxsnapshotsonimage (%d)", o.MinSnapsOnImage, o.MaxSnapsOnImage)
+	}
+	return nil
+}
+
+// validMetricsEndpoint checks --metricsport and --metricspath.
+func (o *Options) validMetricsEndpoint() error {
+	if o.MetricsPort <= 0 || o.MetricsPort > 65535 {
+		return fmt.Errorf("--metricsport=%d is not a TCP port", o.MetricsPort)
+	}
+	if !strings.HasPrefix(o.MetricsPath, "/") || strings.HasPrefix(o.MetricsPath, "/debug/pprof") {
+		return fmt.Errorf("--metricspath=%q: want an absolute URL path outside /debug/pprof/", o.MetricsPath)
 	}
 	return nil
 }
@@ -308,9 +330,6 @@ const (
 // what a user who asks for it loses. Whoever implements one removes its
 // entry here.
 var notServed = map[Behaviour]string{
-	CSIAddons:   "the CSI-Addons service (reclaim space, network fence) is not served yet; nothing listens on that endpoint",
-	Fencing:     "nodes are not fenced: the CSI-Addons service (reclaim space, network fence) is not served yet",
-	GRPCMetrics: "no per-call gRPC metrics are exported (ceph-csi removed them as well; the CSI sidecars export call metrics)",
 	TrashRetention: "deleted RBD volumes are removed at once (moved to the trash only while clones depend on them), " +
 		"not kept in the trash for that delay",
 	KubeController: "ceph-csi's Kubernetes-side controller is not implemented: the omap journal of PVs whose RBD images were " +
@@ -353,7 +372,7 @@ func (o *Options) requests() []request {
 		if o.CSIAddonsEndpoint != "" {
 			add(CSIAddons, "--csi-addons-endpoint="+o.CSIAddonsEndpoint)
 		}
-		if o.EnableFencing {
+		if o.EnableFencing && o.CSIAddonsEndpoint != "" {
 			add(Fencing, "--enable-fencing=true")
 		}
 		if o.EnableGRPCMetrics {
@@ -395,6 +414,10 @@ func (o *Options) Active() []Behaviour {
 // that this build does not serve: the flags and what the user loses.
 func (o *Options) Warnings() []string {
 	var out []string
+	if (o.Type == "rbd" || o.Type == "cephfs") && o.EnableFencing && o.CSIAddonsEndpoint == "" {
+		out = append(out, "--enable-fencing=true: no effect without --csi-addons-endpoint, "+
+			"the CSI-Addons socket that network fencing is served on: nodes are not fenced through this plugin")
+	}
 	for _, r := range o.requests() {
 		if loss := notServed[r.b]; loss != "" {
 			out = append(out, r.flags+": "+loss)

@@ -99,24 +99,39 @@ func contains(lines []string, subs ...string) bool {
 	return false
 }
 
-// The operator's controller plugin for RBD with fencing and CSI-Addons on.
-func TestWarningsNameFlagAndLoss(t *testing.T) {
+// The operator's controller plugin for RBD with fencing and CSI-Addons on:
+// both served, so no warning, and both in force.
+func TestAddonsAndFencingServed(t *testing.T) {
 	o, err := parse(t, "--type=rbd", "--v=5", "--endpoint=unix:///csi/csi.sock", "--nodeid=node-1", "--controllerserver=true",
 		"--drivername=rook-ceph.rbd.csi.ceph.com", "--pidlimit=-1", "--enable-fencing=true", "--clustername=prod",
 		"--csi-addons-endpoint=unix:///csi/csi-addons.sock")
 	if err != nil {
 		t.Fatal(err)
 	}
+	if w := o.Warnings(); len(w) != 0 {
+		t.Errorf("want no warnings, got:\n%s", strings.Join(w, "\n"))
+	}
+	a := o.Active()
+	for _, b := range []Behaviour{SlowCallLog, PIDLimit, Metadata, CSIAddons, Fencing} {
+		if !slices.Contains(a, b) {
+			t.Errorf("active = %v, lacks %s", a, b)
+		}
+	}
+}
+
+// Fencing is served on the CSI-Addons socket: without one it does nothing,
+// and says so.
+func TestFencingWithoutAddonsEndpointWarns(t *testing.T) {
+	o, err := parse(t, "--type=cephfs", "--nodeserver=true", "--nodeid=n", "--enable-fencing=true")
+	if err != nil {
+		t.Fatal(err)
+	}
 	w := o.Warnings()
-	addons := "the CSI-Addons service (reclaim space, network fence) is not served yet"
-	if !contains(w, "--enable-fencing=true", addons) || !contains(w, "--csi-addons-endpoint=unix:///csi/csi-addons.sock", addons) {
-		t.Errorf("warnings lack fencing or CSI-Addons:\n%s", strings.Join(w, "\n"))
+	if len(w) != 1 || !contains(w, "--enable-fencing=true: no effect without --csi-addons-endpoint") {
+		t.Errorf("warnings:\n%s", strings.Join(w, "\n"))
 	}
-	if len(w) != 2 {
-		t.Errorf("want exactly 2 warnings, got:\n%s", strings.Join(w, "\n"))
-	}
-	if a := o.Active(); !slices.Contains(a, SlowCallLog) || !slices.Contains(a, PIDLimit) || !slices.Contains(a, Metadata) || slices.Contains(a, Fencing) {
-		t.Errorf("active = %v", a)
+	if slices.Contains(o.Active(), Fencing) {
+		t.Errorf("fencing active without an endpoint: %v", o.Active())
 	}
 }
 
@@ -144,8 +159,7 @@ func TestWarningsOnlyForWhatThisProcessWouldDo(t *testing.T) {
 			[]string{"--type=liveness", "--endpoint=unix:///csi/csi.sock", "--metricsport=9080", "--metricspath=/metrics",
 				"--polltime=60s", "--timeout=3s"}, nil},
 		"grpc metrics": {
-			[]string{"--type=cephfs", "--nodeserver=true", "--nodeid=n", "--enablegrpcmetrics=true"},
-			[]string{"--enablegrpcmetrics=true: no per-call gRPC metrics"}},
+			[]string{"--type=cephfs", "--nodeserver=true", "--nodeid=n", "--enablegrpcmetrics=true", "--metricsport=8093"}, nil},
 	} {
 		o, err := parse(t, tc.args...)
 		if err != nil {
@@ -162,6 +176,21 @@ func TestWarningsOnlyForWhatThisProcessWouldDo(t *testing.T) {
 				t.Errorf("%s: no warning with %q in:\n%s", name, s, strings.Join(w, "\n"))
 			}
 		}
+	}
+}
+
+// --enablegrpcmetrics is served: listed among the behaviours in force, with
+// no warning, and only when asked for.
+func TestGRPCMetricsServed(t *testing.T) {
+	o, err := parse(t, "--type=rbd", "--controllerserver=true", "--enablegrpcmetrics=true", "--metricsport=8090")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Contains(o.Active(), GRPCMetrics) || len(o.Warnings()) != 0 {
+		t.Errorf("active %v, warnings %q", o.Active(), o.Warnings())
+	}
+	if o, err = parse(t, "--type=rbd", "--controllerserver=true"); err != nil || slices.Contains(o.Active(), GRPCMetrics) {
+		t.Errorf("metrics active without the flag: %v (%v)", o.Active(), err)
 	}
 }
 
@@ -220,6 +249,9 @@ func TestOptionsValidate(t *testing.T) {
 		"bad crush label":  {"--type=rbd", "--nodeserver", "--nodeid=n", "--crush-location-labels=a=b"},
 		"bad addons url":   {"--type=rbd", "--controllerserver", "--csi-addons-endpoint=/csi/csi-addons.sock"},
 		"liveness no port": {"--type=liveness", "--metricsport=0"},
+		"metrics no port":  {"--type=rbd", "--controllerserver", "--enablegrpcmetrics", "--metricsport=0"},
+		"metrics on pprof": {"--type=rbd", "--controllerserver", "--enablegrpcmetrics", "--metricspath=/debug/pprof/m"},
+		"metrics relative": {"--type=cephfs", "--nodeserver", "--nodeid=n", "--enablegrpcmetrics", "--metricspath=metrics"},
 	} {
 		if _, err := parse(t, args...); err == nil {
 			t.Errorf("%s: %v accepted", name, args)

@@ -437,34 +437,9 @@ func checkStaged(e *env, _, result any) {
 
 // checkUnstaged finds no mount, loop device or helper of the volume left.
 func checkUnstaged(e *env, _, result any) {
-	if left := nodeLeftovers(e.dir); len(left) > 0 {
+	if left := testutil.NodeLeftovers(e.dir); len(left) > 0 {
 		e.t.Errorf("after the repeated unstage: %s", strings.Join(left, "; "))
 	}
-}
-
-// nodeLeftovers lists mounts, loop devices and helper processes under dir.
-func nodeLeftovers(dir string) []string {
-	var left []string
-	if mi, err := os.ReadFile("/proc/self/mountinfo"); err == nil {
-		for _, line := range strings.Split(string(mi), "\n") {
-			if f := strings.Fields(line); len(f) > 4 && strings.HasPrefix(f[4], dir) {
-				left = append(left, "mount "+f[4])
-			}
-		}
-	}
-	loops, _ := filepath.Glob("/sys/block/loop*/loop/backing_file")
-	for _, l := range loops {
-		if b, _ := os.ReadFile(l); strings.HasPrefix(strings.TrimSpace(string(b)), dir) {
-			left = append(left, "loop device backed by "+strings.TrimSpace(string(b)))
-		}
-	}
-	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
-	for _, pc := range procs {
-		if b, _ := os.ReadFile(pc); strings.Contains(string(b), dir) && strings.Contains(string(b), "rbd-fuse-helper") {
-			left = append(left, "helper process "+filepath.Base(filepath.Dir(pc)))
-		}
-	}
-	return left
 }
 
 var cases = []crashCase{
@@ -578,7 +553,7 @@ func cleanup(e *env) {
 			time.Sleep(time.Second)
 		}
 	}
-	if left := nodeLeftovers(e.dir); len(left) > 0 {
+	if left := testutil.NodeLeftovers(e.dir); len(left) > 0 {
 		e.t.Errorf("left on the node: %s", strings.Join(left, "; "))
 	}
 	// CephFS purges deleted subvolumes in the background: give it a moment.

@@ -4,6 +4,7 @@ package driver
 import (
 	"context"
 	"fmt"
+	"net/http"
 	"os/signal"
 	"syscall"
 	"time"
@@ -13,8 +14,13 @@ import (
 	"github.com/leanceph/cephcsi/internal/cephconn"
 	"github.com/leanceph/cephcsi/internal/cephfs"
 	"github.com/leanceph/cephcsi/internal/config"
+	"github.com/leanceph/cephcsi/internal/csiaddons"
 	"github.com/leanceph/cephcsi/internal/locks"
+	"github.com/leanceph/cephcsi/internal/metrics"
+	"github.com/leanceph/cephcsi/internal/metrics/prom"
 	"github.com/leanceph/cephcsi/internal/rbd"
+	"github.com/leanceph/cephcsi/internal/registration"
+	"github.com/leanceph/cephcsi/internal/request"
 	"github.com/leanceph/cephcsi/internal/server"
 	"github.com/leanceph/cephcsi/internal/service"
 )
@@ -38,9 +44,6 @@ func Run(opts *config.Options) error {
 		// What ceph-csi does here is not implemented (announce warned).
 		<-ctx.Done()
 		return nil
-	}
-	if opts.EnableProfiling {
-		startProfiling(ctx, opts)
 	}
 	return Serve(ctx, opts)
 }
@@ -90,7 +93,7 @@ func Serve(ctx context.Context, opts *config.Options) error {
 		Conns:    conns,
 		Locks:    &locks.Set{},
 	}
-	svcs, err := services(deps)
+	svcs, addons, err := services(deps)
 	if err != nil {
 		return err
 	}
@@ -98,54 +101,123 @@ func Serve(ctx context.Context, opts *config.Options) error {
 	if err != nil {
 		return err
 	}
-	srv := server.New(lis, svcs, deps.Locks, server.WithSlowCallLog(opts.LogSlowOpInterval))
-	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve() }()
+	srvOpts := []server.Option{server.WithSlowCallLog(opts.LogSlowOpInterval)}
+	var exp *prom.Exporter
+	var metricsHandler http.Handler
+	if opts.EnableGRPCMetrics {
+		exp = prom.New(opts.Type, server.Version, conns.Len)
+		defer metrics.Set(exp)()
+		srvOpts = append(srvOpts, server.WithCallObserver(exp))
+		metricsHandler = exp.Handler()
+	}
+	servers := []*server.Server{server.New(lis, svcs, deps.Locks, srvOpts...)}
+	if opts.CSIAddonsEndpoint != "" {
+		alis, err := server.Listen(opts.CSIAddonsEndpoint)
+		if err != nil {
+			_ = lis.Close()
+			return fmt.Errorf("--csi-addons-endpoint: %w", err)
+		}
+		// The same operation locks: a reclaim and an unstage of one volume
+		// never run together.
+		servers = append(servers, server.NewFor(alis, addons.Register, deps.Locks, append(srvOpts, server.WithName("CSI-Addons"))...))
+	}
+	if exp != nil {
+		for _, srv := range servers {
+			exp.Methods(srv.Methods())
+		}
+	}
+	httpCtx, stopHTTP := context.WithCancel(ctx)
+	defer stopHTTP()
+	startHTTP(httpCtx, opts, metricsHandler)
+	errc := make(chan error, len(servers))
+	for _, srv := range servers {
+		go func() { errc <- srv.Serve() }()
+	}
+	stopAll := func() {
+		stopCtx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		for _, srv := range servers {
+			srv.Stop(stopCtx)
+		}
+	}
+	// Registered with the kubelet once the CSI socket answers; deregistered
+	// before the CSI server stops, so that the kubelet stops calling a
+	// driver that is going away.
+	var reg *registration.Server
+	if opts.IsNodeSrv && opts.KubeletRegistrationPath != "" {
+		reg, err = registration.Start(registration.SocketPath(registration.RegistryDir(opts.PluginPath), opts.DriverName),
+			opts.DriverName, opts.KubeletRegistrationPath)
+		if err != nil {
+			stopAll()
+			return err
+		}
+	}
 	klog.InfoS("driver started", "name", opts.DriverName, "type", opts.Type, "version", server.Version,
-		"controller", opts.IsControllerSrv, "node", opts.IsNodeSrv)
+		"controller", opts.IsControllerSrv, "node", opts.IsNodeSrv, "csiAddons", opts.CSIAddonsEndpoint != "")
 	select {
 	case err := <-errc:
+		if reg != nil {
+			reg.Stop()
+		}
+		stopAll()
 		return err
 	case <-ctx.Done():
 		klog.InfoS("stopping")
-		stopCtx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		srv.Stop(stopCtx)
+		if reg != nil {
+			reg.Stop()
+		}
+		stopAll()
 		return nil
 	}
 }
 
-func services(deps *service.Deps) (server.Services, error) {
+// services builds the CSI services for --type, and the CSI-Addons services
+// served next to them when --csi-addons-endpoint is given.
+func services(deps *service.Deps) (server.Services, csiaddons.Services, error) {
 	opts := deps.Options
 	// Volumes may carry accessibility constraints (topologyConstrainedPools),
 	// as with ceph-csi, whose controllers always say so.
 	id := &server.Identity{Name: opts.DriverName, Controller: opts.IsControllerSrv, Topology: opts.IsControllerSrv}
 	svcs := server.Services{Identity: id}
+	addons := csiaddons.Services{Identity: &csiaddons.Identity{Name: opts.DriverName, Version: server.Version,
+		Controller: opts.IsControllerSrv, Node: opts.IsNodeSrv, Fencing: opts.EnableFencing}}
+	fence := &csiaddons.Fence{Deps: deps, Controller: opts.IsControllerSrv, Node: opts.IsNodeSrv}
 	switch opts.Type {
 	case "rbd":
+		addons.Identity.ReclaimSpace = true
+		fence.Secrets = [][2]string{request.UserSecret}
 		if opts.IsControllerSrv {
-			svcs.Controller = rbd.NewControllerServer(deps)
+			c := rbd.NewControllerServer(deps)
+			svcs.Controller = c
+			addons.ReclaimController = rbd.NewReclaimController(c)
 		}
 		if opts.IsNodeSrv {
 			node, err := rbd.NewNodeServer(deps)
 			if err != nil {
-				return svcs, err
+				return svcs, addons, err
 			}
 			svcs.Node = node
+			addons.ReclaimNode = rbd.NewReclaimNode(node)
 		}
 	case "cephfs":
+		// No reclaim for CephFS, as with ceph-csi: a CephFS file's freed
+		// space returns to the pool when the file is deleted.
+		fence.Secrets = [][2]string{request.AdminSecret, request.UserSecret}
 		if opts.IsControllerSrv {
 			svcs.Controller = cephfs.NewControllerServer(deps)
 		}
 		if opts.IsNodeSrv {
 			node, err := cephfs.NewNodeServer(deps)
 			if err != nil {
-				return svcs, err
+				return svcs, addons, err
 			}
 			svcs.Node = node
 		}
 	default:
-		return svcs, fmt.Errorf("--type=%s is not served by this build", opts.Type)
+		return svcs, addons, fmt.Errorf("--type=%s is not served by this build", opts.Type)
 	}
-	return svcs, nil
+	if opts.EnableFencing {
+		addons.Fence = fence
+	}
+	return svcs, addons, nil
 }

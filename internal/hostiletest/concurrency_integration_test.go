@@ -52,11 +52,9 @@ func TestConcurrentCreatesMakeOneVolumePerName(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			resp, err := untilSettled(ctx, func() (*csi.CreateVolumeResponse, error) {
-				return d.Controller.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: name,
-					CapacityRange: &csi.CapacityRange{RequiredBytes: 4 << 20}, VolumeCapabilities: []*csi.VolumeCapability{testutil.FSCap("")},
-					Parameters: rbdParams(c), Secrets: c.RBDSecrets()})
-			})
+			req := rbdVolReq(c, name, nil)
+			req.CapacityRange.RequiredBytes = 4 << 20
+			resp, err := untilSettled(ctx, func() (*csi.CreateVolumeResponse, error) { return d.Controller.CreateVolume(ctx, req) })
 			if err != nil {
 				errs <- fmt.Errorf("%s: %w", name, err)
 				return
@@ -80,7 +78,7 @@ func TestConcurrentCreatesMakeOneVolumePerName(t *testing.T) {
 			t.Errorf("name %s got %d different volumes", name, len(ids[name]))
 		}
 		for id := range ids[name] {
-			marks = append(marks, id[len(id)-36:])
+			marks = append(marks, testutil.UUIDOf(t, id))
 		}
 	}
 	images, _ := rbd.GetImageNames(c.IOContext(t, "rbd"))
@@ -119,18 +117,9 @@ func TestConcurrentDeleteSnapshotCloneOfOneVolume(t *testing.T) {
 	io := c.IOContext(t, "rbd")
 	run := uuid.NewString()[:8]
 	for round := 0; round < 3; round++ {
-		src := mustCreate(t, ctx, d, &csi.CreateVolumeRequest{Name: fmt.Sprintf("rsrc-%s-%d", run, round),
-			CapacityRange: &csi.CapacityRange{RequiredBytes: 8 << 20}, VolumeCapabilities: []*csi.VolumeCapability{testutil.FSCap("")},
-			Parameters: rbdParams(c), Secrets: c.RBDSecrets()})
+		src := mustCreate(t, ctx, d, rbdVolReq(c, fmt.Sprintf("rsrc-%s-%d", run, round), nil))
 		content := []byte(fmt.Sprintf("round %d of %s", round, run))
-		img, err := rbd.OpenImage(io, src.GetVolumeContext()["imageName"], rbd.NoSnapshot)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, err := img.WriteAt(content, 0); err != nil {
-			t.Fatal(err)
-		}
-		img.Close()
+		testutil.WriteImage(t, io, src.GetVolumeContext()["imageName"], content, 0)
 
 		var wg sync.WaitGroup
 		var mu sync.Mutex
@@ -142,27 +131,13 @@ func TestConcurrentDeleteSnapshotCloneOfOneVolume(t *testing.T) {
 				defer wg.Done()
 				resp, err := d.Controller.CreateSnapshot(ctx, &csi.CreateSnapshotRequest{Name: fmt.Sprintf("rsnap-%s-%d-%d", run, round, i),
 					SourceVolumeId: src.GetVolumeId(), Secrets: c.RBDSecrets()})
-				if err == nil {
-					mu.Lock()
-					snaps = append(snaps, resp.GetSnapshot())
-					mu.Unlock()
-				} else if !refusal(err) {
-					t.Errorf("CreateSnapshot: %v", err)
-				}
+				keepAnswer(t, &mu, &snaps, resp.GetSnapshot(), err, "CreateSnapshot")
 			}(i)
 			go func(i int) {
 				defer wg.Done()
-				resp, err := d.Controller.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: fmt.Sprintf("rclone-%s-%d-%d", run, round, i),
-					CapacityRange: &csi.CapacityRange{RequiredBytes: 8 << 20}, VolumeCapabilities: []*csi.VolumeCapability{testutil.FSCap("")},
-					Parameters: rbdParams(c), Secrets: c.RBDSecrets(), VolumeContentSource: &csi.VolumeContentSource{
-						Type: &csi.VolumeContentSource_Volume{Volume: &csi.VolumeContentSource_VolumeSource{VolumeId: src.GetVolumeId()}}}})
-				if err == nil {
-					mu.Lock()
-					clones = append(clones, resp.GetVolume())
-					mu.Unlock()
-				} else if !refusal(err) {
-					t.Errorf("CreateVolume clone: %v", err)
-				}
+				resp, err := d.Controller.CreateVolume(ctx, rbdVolReq(c, fmt.Sprintf("rclone-%s-%d-%d", run, round, i),
+					testutil.FromVolume(src.GetVolumeId())))
+				keepAnswer(t, &mu, &clones, resp.GetVolume(), err, "CreateVolume clone")
 			}(i)
 		}
 		wg.Add(1)
@@ -189,12 +164,8 @@ func TestConcurrentDeleteSnapshotCloneOfOneVolume(t *testing.T) {
 			}
 		}
 		for _, s := range snaps {
-			v, err := untilSettled(ctx, func() (*csi.CreateVolumeResponse, error) {
-				return d.Controller.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: "rrestore-" + uuid.NewString()[:8],
-					CapacityRange: &csi.CapacityRange{RequiredBytes: 8 << 20}, VolumeCapabilities: []*csi.VolumeCapability{testutil.FSCap("")},
-					Parameters: rbdParams(c), Secrets: c.RBDSecrets(), VolumeContentSource: &csi.VolumeContentSource{
-						Type: &csi.VolumeContentSource_Snapshot{Snapshot: &csi.VolumeContentSource_SnapshotSource{SnapshotId: s.GetSnapshotId()}}}})
-			})
+			req := rbdVolReq(c, "rrestore-"+uuid.NewString()[:8], testutil.FromSnapshot(s.GetSnapshotId()))
+			v, err := untilSettled(ctx, func() (*csi.CreateVolumeResponse, error) { return d.Controller.CreateVolume(ctx, req) })
 			if err != nil {
 				t.Errorf("restoring snapshot answered OK: %v", err)
 				continue
@@ -202,12 +173,17 @@ func TestConcurrentDeleteSnapshotCloneOfOneVolume(t *testing.T) {
 			clones = append(clones, v.GetVolume())
 		}
 		// Clean up everything; nothing of the round may remain.
-		for _, v := range clones {
+		deleteVolume := func(what string, v *csi.Volume) {
 			if _, err := untilSettled(ctx, func() (*csi.DeleteVolumeResponse, error) {
 				return d.Controller.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: v.GetVolumeId(), Secrets: c.RBDSecrets()})
 			}); err != nil {
-				t.Errorf("deleting a clone: %v", err)
+				t.Errorf("deleting %s: %v", what, err)
 			}
+		}
+		marks := []string{run + "-" + fmt.Sprint(round), testutil.UUIDOf(t, src.GetVolumeId())}
+		for _, v := range clones {
+			deleteVolume("a clone", v)
+			marks = append(marks, testutil.UUIDOf(t, v.GetVolumeId()))
 		}
 		for _, s := range snaps {
 			if _, err := untilSettled(ctx, func() (*csi.DeleteSnapshotResponse, error) {
@@ -215,22 +191,24 @@ func TestConcurrentDeleteSnapshotCloneOfOneVolume(t *testing.T) {
 			}); err != nil {
 				t.Errorf("deleting a snapshot: %v", err)
 			}
+			marks = append(marks, testutil.UUIDOf(t, s.GetSnapshotId()))
 		}
-		if _, err := untilSettled(ctx, func() (*csi.DeleteVolumeResponse, error) {
-			return d.Controller.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: src.GetVolumeId(), Secrets: c.RBDSecrets()})
-		}); err != nil {
-			t.Errorf("deleting the source: %v", err)
-		}
-		marks := []string{run + "-" + fmt.Sprint(round), src.GetVolumeId()[len(src.GetVolumeId())-36:]}
-		for _, v := range clones {
-			marks = append(marks, v.GetVolumeId()[len(v.GetVolumeId())-36:])
-		}
-		for _, s := range snaps {
-			marks = append(marks, s.GetSnapshotId()[len(s.GetSnapshotId())-36:])
-		}
+		deleteVolume("the source", src)
 		if left := c.Leftovers(t, marks...); len(left) > 0 {
 			t.Errorf("round %d left behind: %v", round, left)
 		}
+	}
+}
+
+// keepAnswer adds what a racing call answered to *list when it succeeded;
+// an error that is no refusal fails the test.
+func keepAnswer[T any](t *testing.T, mu *sync.Mutex, list *[]T, v T, err error, what string) {
+	if err == nil {
+		mu.Lock()
+		*list = append(*list, v)
+		mu.Unlock()
+	} else if !refusal(err) {
+		t.Errorf("%s: %v", what, err)
 	}
 }
 

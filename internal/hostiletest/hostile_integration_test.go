@@ -22,6 +22,7 @@ import (
 	"github.com/ceph/go-ceph/rbd"
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"github.com/google/uuid"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -155,9 +156,7 @@ func TestHostileRequests(t *testing.T) {
 	defer cancel()
 
 	// Real objects to aim at: an RBD volume and snapshot, a CephFS volume.
-	rbdVol := mustCreate(t, ctx, rbdDrv, &csi.CreateVolumeRequest{Name: "hostile-rbd-" + uuid.NewString()[:8],
-		CapacityRange: &csi.CapacityRange{RequiredBytes: 8 << 20}, VolumeCapabilities: []*csi.VolumeCapability{testutil.FSCap("")},
-		Parameters: rbdParams(c), Secrets: c.RBDSecrets()})
+	rbdVol := mustCreate(t, ctx, rbdDrv, rbdVolReq(c, "hostile-rbd-"+uuid.NewString()[:8], nil))
 	rbdSnap := mustSnapshot(t, ctx, rbdDrv, c.RBDSecrets(), rbdVol.GetVolumeId())
 	fsVol := mustCreate(t, ctx, fsDrv, &csi.CreateVolumeRequest{Name: "hostile-fs-" + uuid.NewString()[:8],
 		CapacityRange: &csi.CapacityRange{RequiredBytes: 8 << 20}, VolumeCapabilities: []*csi.VolumeCapability{fsCap(csi.VolumeCapability_AccessMode_MULTI_NODE_MULTI_WRITER)},
@@ -234,6 +233,41 @@ func fsCap(mode csi.VolumeCapability_AccessMode_Mode) *csi.VolumeCapability {
 		AccessMode: &csi.VolumeCapability_AccessMode{Mode: mode}}
 }
 
+// rbdVolReq is a good CreateVolume request for an 8 MiB RBD volume with
+// content from src (nil for none).
+func rbdVolReq(c *testutil.Cluster, name string, src *csi.VolumeContentSource) *csi.CreateVolumeRequest {
+	return &csi.CreateVolumeRequest{Name: name, CapacityRange: &csi.CapacityRange{RequiredBytes: 8 << 20},
+		VolumeCapabilities: []*csi.VolumeCapability{testutil.FSCap("")}, Parameters: rbdParams(c), Secrets: c.RBDSecrets(),
+		VolumeContentSource: src}
+}
+
+// call is a bad request: rpc with req must be answered code.
+func call[Req, Resp any](what string, code codes.Code, rpc func(context.Context, Req, ...grpc.CallOption) (Resp, error), req Req) badCall {
+	return badCall{what, code, func(ctx context.Context) error {
+		_, err := rpc(ctx, req)
+		return err
+	}}
+}
+
+// mutating returns the maker of bad calls of rpc named prefix+what: each
+// changes a good request (a fresh one from good) with mutate.
+func mutating[Req, Resp any](prefix string, rpc func(context.Context, Req, ...grpc.CallOption) (Resp, error),
+	good func() Req) func(what string, code codes.Code, mutate func(Req)) badCall {
+	return func(what string, code codes.Code, mutate func(Req)) badCall {
+		return badCall{prefix + what, code, func(ctx context.Context) error {
+			r := good()
+			mutate(r)
+			_, err := rpc(ctx, r)
+			return err
+		}}
+	}
+}
+
+// param sets parameter k of a CreateVolume request to v.
+func param(k, v string) func(*csi.CreateVolumeRequest) {
+	return func(r *csi.CreateVolumeRequest) { r.Parameters[k] = v }
+}
+
 func mustCreate(t *testing.T, ctx context.Context, d *testutil.Driver, req *csi.CreateVolumeRequest) *csi.Volume {
 	t.Helper()
 	resp, err := d.Controller.CreateVolume(ctx, req)
@@ -268,34 +302,18 @@ func missingID(c *testutil.Cluster, location int64) string {
 
 func rbdControllerCalls(c *testutil.Cluster, d *testutil.Driver, vol *csi.Volume, snap *csi.Snapshot) []badCall {
 	ctl := d.Controller
-	good := func() *csi.CreateVolumeRequest {
-		return &csi.CreateVolumeRequest{Name: "hostile-" + uuid.NewString()[:8], CapacityRange: &csi.CapacityRange{RequiredBytes: 8 << 20},
-			VolumeCapabilities: []*csi.VolumeCapability{testutil.FSCap("")}, Parameters: rbdParams(c), Secrets: c.RBDSecrets()}
-	}
-	create := func(what string, code codes.Code, mutate func(*csi.CreateVolumeRequest)) badCall {
-		return badCall{"rbd CreateVolume " + what, code, func(ctx context.Context) error {
-			r := good()
-			mutate(r)
-			_, err := ctl.CreateVolume(ctx, r)
-			return err
-		}}
-	}
-	param := func(k, v string) func(*csi.CreateVolumeRequest) {
-		return func(r *csi.CreateVolumeRequest) { r.Parameters[k] = v }
-	}
+	create := mutating("rbd CreateVolume ", ctl.CreateVolume, func() *csi.CreateVolumeRequest {
+		return rbdVolReq(c, "hostile-"+uuid.NewString()[:8], nil)
+	})
 	ia := codes.InvalidArgument
 	srcSnap := func(id string) func(*csi.CreateVolumeRequest) {
-		return func(r *csi.CreateVolumeRequest) {
-			r.VolumeContentSource = &csi.VolumeContentSource{Type: &csi.VolumeContentSource_Snapshot{
-				Snapshot: &csi.VolumeContentSource_SnapshotSource{SnapshotId: id}}}
-		}
+		return func(r *csi.CreateVolumeRequest) { r.VolumeContentSource = testutil.FromSnapshot(id) }
 	}
 	srcVol := func(id string) func(*csi.CreateVolumeRequest) {
-		return func(r *csi.CreateVolumeRequest) {
-			r.VolumeContentSource = &csi.VolumeContentSource{Type: &csi.VolumeContentSource_Volume{
-				Volume: &csi.VolumeContentSource_VolumeSource{VolumeId: id}}}
-		}
+		return func(r *csi.CreateVolumeRequest) { r.VolumeContentSource = testutil.FromVolume(id) }
 	}
+	id := vol.GetVolumeId()
+	upperID := id[:len(id)-36] + strings.ToUpper(id[len(id)-36:])
 	calls := []badCall{
 		create("without a name", ia, func(r *csi.CreateVolumeRequest) { r.Name = "" }),
 		create("without capabilities", ia, func(r *csi.CreateVolumeRequest) { r.VolumeCapabilities = nil }),
@@ -362,118 +380,47 @@ func rbdControllerCalls(c *testutil.Cluster, d *testutil.Driver, vol *csi.Volume
 			srcSnap(snap.GetSnapshotId())(r)
 			r.CapacityRange.RequiredBytes = 4 << 20
 		}),
-		{"rbd DeleteVolume without an ID", ia, func(ctx context.Context) error {
-			_, err := ctl.DeleteVolume(ctx, &csi.DeleteVolumeRequest{Secrets: c.RBDSecrets()})
-			return err
-		}},
-		{"rbd DeleteVolume without secrets", ia, func(ctx context.Context) error {
-			_, err := ctl.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: vol.GetVolumeId()})
-			return err
-		}},
-		{"rbd DeleteVolume of an ID not ours", codes.OK, func(ctx context.Context) error {
-			_, err := ctl.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: "pvc-1234", Secrets: c.RBDSecrets()})
-			return err
-		}},
-		{"rbd DeleteVolume of an unjournaled ID", codes.OK, func(ctx context.Context) error {
-			_, err := ctl.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: missingID(c, 1), Secrets: c.RBDSecrets()})
-			return err
-		}},
-		{"rbd DeleteVolume of an uppercase spelling of a real ID", codes.OK, func(ctx context.Context) error {
-			// Not the canonical form: not ours, so it must not touch the volume.
-			id := vol.GetVolumeId()
-			upper := id[:len(id)-36] + strings.ToUpper(id[len(id)-36:])
-			_, err := ctl.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: upper, Secrets: c.RBDSecrets()})
-			return err
-		}},
-		{"rbd ControllerExpandVolume without an ID", ia, func(ctx context.Context) error {
-			_, err := ctl.ControllerExpandVolume(ctx, &csi.ControllerExpandVolumeRequest{CapacityRange: &csi.CapacityRange{RequiredBytes: 1 << 30}, Secrets: c.RBDSecrets()})
-			return err
-		}},
-		{"rbd ControllerExpandVolume without a range", ia, func(ctx context.Context) error {
-			_, err := ctl.ControllerExpandVolume(ctx, &csi.ControllerExpandVolumeRequest{VolumeId: vol.GetVolumeId(), Secrets: c.RBDSecrets()})
-			return err
-		}},
-		{"rbd ControllerExpandVolume of a missing volume", codes.NotFound, func(ctx context.Context) error {
-			_, err := ctl.ControllerExpandVolume(ctx, &csi.ControllerExpandVolumeRequest{VolumeId: missingID(c, 1),
-				CapacityRange: &csi.CapacityRange{RequiredBytes: 1 << 30}, Secrets: c.RBDSecrets()})
-			return err
-		}},
-		{"rbd ControllerExpandVolume to 2^63-1 bytes", codes.OutOfRange, func(ctx context.Context) error {
-			_, err := ctl.ControllerExpandVolume(ctx, &csi.ControllerExpandVolumeRequest{VolumeId: vol.GetVolumeId(),
-				CapacityRange: &csi.CapacityRange{RequiredBytes: math.MaxInt64}, Secrets: c.RBDSecrets()})
-			return err
-		}},
-		{"rbd CreateSnapshot without a name", ia, func(ctx context.Context) error {
-			_, err := ctl.CreateSnapshot(ctx, &csi.CreateSnapshotRequest{SourceVolumeId: vol.GetVolumeId(), Secrets: c.RBDSecrets()})
-			return err
-		}},
-		{"rbd CreateSnapshot without a source", ia, func(ctx context.Context) error {
-			_, err := ctl.CreateSnapshot(ctx, &csi.CreateSnapshotRequest{Name: "hostile-x", Secrets: c.RBDSecrets()})
-			return err
-		}},
-		{"rbd CreateSnapshot of a missing volume", codes.NotFound, func(ctx context.Context) error {
-			_, err := ctl.CreateSnapshot(ctx, &csi.CreateSnapshotRequest{Name: "hostile-x", SourceVolumeId: missingID(c, 1), Secrets: c.RBDSecrets()})
-			return err
-		}},
-		{"rbd CreateSnapshot of a malformed ID", codes.NotFound, func(ctx context.Context) error {
-			_, err := ctl.CreateSnapshot(ctx, &csi.CreateSnapshotRequest{Name: "hostile-x", SourceVolumeId: "garbage", Secrets: c.RBDSecrets()})
-			return err
-		}},
-		{"rbd CreateSnapshot with a bad prefix", ia, func(ctx context.Context) error {
-			_, err := ctl.CreateSnapshot(ctx, &csi.CreateSnapshotRequest{Name: "hostile-x", SourceVolumeId: vol.GetVolumeId(), Secrets: c.RBDSecrets(),
-				Parameters: map[string]string{"snapshotNamePrefix": "../x"}})
-			return err
-		}},
-		{"rbd CreateSnapshot naming another cluster", ia, func(ctx context.Context) error {
-			_, err := ctl.CreateSnapshot(ctx, &csi.CreateSnapshotRequest{Name: "hostile-x", SourceVolumeId: vol.GetVolumeId(), Secrets: c.RBDSecrets(),
-				Parameters: map[string]string{"clusterID": "other"}})
-			return err
-		}},
-		{"rbd DeleteSnapshot without an ID", ia, func(ctx context.Context) error {
-			_, err := ctl.DeleteSnapshot(ctx, &csi.DeleteSnapshotRequest{Secrets: c.RBDSecrets()})
-			return err
-		}},
-		{"rbd DeleteSnapshot of an ID not ours", codes.OK, func(ctx context.Context) error {
-			_, err := ctl.DeleteSnapshot(ctx, &csi.DeleteSnapshotRequest{SnapshotId: "snapshot-1", Secrets: c.RBDSecrets()})
-			return err
-		}},
-		{"rbd ValidateVolumeCapabilities without an ID", ia, func(ctx context.Context) error {
-			_, err := ctl.ValidateVolumeCapabilities(ctx, &csi.ValidateVolumeCapabilitiesRequest{
-				VolumeCapabilities: []*csi.VolumeCapability{testutil.FSCap("")}, Secrets: c.RBDSecrets()})
-			return err
-		}},
-		{"rbd ValidateVolumeCapabilities without capabilities", ia, func(ctx context.Context) error {
-			_, err := ctl.ValidateVolumeCapabilities(ctx, &csi.ValidateVolumeCapabilitiesRequest{VolumeId: vol.GetVolumeId(), Secrets: c.RBDSecrets()})
-			return err
-		}},
-		{"rbd ValidateVolumeCapabilities of a missing volume", codes.NotFound, func(ctx context.Context) error {
-			_, err := ctl.ValidateVolumeCapabilities(ctx, &csi.ValidateVolumeCapabilitiesRequest{VolumeId: missingID(c, 1),
-				VolumeCapabilities: []*csi.VolumeCapability{testutil.FSCap("")}, Secrets: c.RBDSecrets()})
-			return err
-		}},
+		call("rbd DeleteVolume without an ID", ia, ctl.DeleteVolume, &csi.DeleteVolumeRequest{Secrets: c.RBDSecrets()}),
+		call("rbd DeleteVolume without secrets", ia, ctl.DeleteVolume, &csi.DeleteVolumeRequest{VolumeId: vol.GetVolumeId()}),
+		call("rbd DeleteVolume of an ID not ours", codes.OK, ctl.DeleteVolume, &csi.DeleteVolumeRequest{VolumeId: "pvc-1234", Secrets: c.RBDSecrets()}),
+		call("rbd DeleteVolume of an unjournaled ID", codes.OK, ctl.DeleteVolume, &csi.DeleteVolumeRequest{VolumeId: missingID(c, 1), Secrets: c.RBDSecrets()}),
+		// Not the canonical form: not ours, so it must not touch the volume.
+		call("rbd DeleteVolume of an uppercase spelling of a real ID", codes.OK, ctl.DeleteVolume, &csi.DeleteVolumeRequest{VolumeId: upperID, Secrets: c.RBDSecrets()}),
+		call("rbd ControllerExpandVolume without an ID", ia, ctl.ControllerExpandVolume, &csi.ControllerExpandVolumeRequest{CapacityRange: &csi.CapacityRange{RequiredBytes: 1 << 30}, Secrets: c.RBDSecrets()}),
+		call("rbd ControllerExpandVolume without a range", ia, ctl.ControllerExpandVolume, &csi.ControllerExpandVolumeRequest{VolumeId: vol.GetVolumeId(), Secrets: c.RBDSecrets()}),
+		call("rbd ControllerExpandVolume of a missing volume", codes.NotFound, ctl.ControllerExpandVolume, &csi.ControllerExpandVolumeRequest{VolumeId: missingID(c, 1),
+			CapacityRange: &csi.CapacityRange{RequiredBytes: 1 << 30}, Secrets: c.RBDSecrets()}),
+		call("rbd ControllerExpandVolume to 2^63-1 bytes", codes.OutOfRange, ctl.ControllerExpandVolume, &csi.ControllerExpandVolumeRequest{VolumeId: vol.GetVolumeId(),
+			CapacityRange: &csi.CapacityRange{RequiredBytes: math.MaxInt64}, Secrets: c.RBDSecrets()}),
+		call("rbd CreateSnapshot without a name", ia, ctl.CreateSnapshot, &csi.CreateSnapshotRequest{SourceVolumeId: vol.GetVolumeId(), Secrets: c.RBDSecrets()}),
+		call("rbd CreateSnapshot without a source", ia, ctl.CreateSnapshot, &csi.CreateSnapshotRequest{Name: "hostile-x", Secrets: c.RBDSecrets()}),
+		call("rbd CreateSnapshot of a missing volume", codes.NotFound, ctl.CreateSnapshot, &csi.CreateSnapshotRequest{Name: "hostile-x", SourceVolumeId: missingID(c, 1), Secrets: c.RBDSecrets()}),
+		call("rbd CreateSnapshot of a malformed ID", codes.NotFound, ctl.CreateSnapshot, &csi.CreateSnapshotRequest{Name: "hostile-x", SourceVolumeId: "garbage", Secrets: c.RBDSecrets()}),
+		call("rbd CreateSnapshot with a bad prefix", ia, ctl.CreateSnapshot, &csi.CreateSnapshotRequest{Name: "hostile-x", SourceVolumeId: vol.GetVolumeId(), Secrets: c.RBDSecrets(),
+			Parameters: map[string]string{"snapshotNamePrefix": "../x"}}),
+		call("rbd CreateSnapshot naming another cluster", ia, ctl.CreateSnapshot, &csi.CreateSnapshotRequest{Name: "hostile-x", SourceVolumeId: vol.GetVolumeId(), Secrets: c.RBDSecrets(),
+			Parameters: map[string]string{"clusterID": "other"}}),
+		call("rbd DeleteSnapshot without an ID", ia, ctl.DeleteSnapshot, &csi.DeleteSnapshotRequest{Secrets: c.RBDSecrets()}),
+		call("rbd DeleteSnapshot of an ID not ours", codes.OK, ctl.DeleteSnapshot, &csi.DeleteSnapshotRequest{SnapshotId: "snapshot-1", Secrets: c.RBDSecrets()}),
+		call("rbd ValidateVolumeCapabilities without an ID", ia, ctl.ValidateVolumeCapabilities, &csi.ValidateVolumeCapabilitiesRequest{
+			VolumeCapabilities: []*csi.VolumeCapability{testutil.FSCap("")}, Secrets: c.RBDSecrets()}),
+		call("rbd ValidateVolumeCapabilities without capabilities", ia, ctl.ValidateVolumeCapabilities, &csi.ValidateVolumeCapabilitiesRequest{VolumeId: vol.GetVolumeId(), Secrets: c.RBDSecrets()}),
+		call("rbd ValidateVolumeCapabilities of a missing volume", codes.NotFound, ctl.ValidateVolumeCapabilities, &csi.ValidateVolumeCapabilitiesRequest{VolumeId: missingID(c, 1),
+			VolumeCapabilities: []*csi.VolumeCapability{testutil.FSCap("")}, Secrets: c.RBDSecrets()}),
 	}
 	return calls
 }
 
 func fsControllerCalls(c *testutil.Cluster, d *testutil.Driver, vol *csi.Volume) []badCall {
 	ctl := d.Controller
-	good := func() *csi.CreateVolumeRequest {
+	create := mutating("cephfs CreateVolume ", ctl.CreateVolume, func() *csi.CreateVolumeRequest {
 		return &csi.CreateVolumeRequest{Name: "hostile-" + uuid.NewString()[:8], CapacityRange: &csi.CapacityRange{RequiredBytes: 8 << 20},
 			VolumeCapabilities: []*csi.VolumeCapability{fsCap(csi.VolumeCapability_AccessMode_MULTI_NODE_MULTI_WRITER)},
 			Parameters:         fsParams(c), Secrets: c.CephFSSecrets()}
-	}
-	create := func(what string, code codes.Code, mutate func(*csi.CreateVolumeRequest)) badCall {
-		return badCall{"cephfs CreateVolume " + what, code, func(ctx context.Context) error {
-			r := good()
-			mutate(r)
-			_, err := ctl.CreateVolume(ctx, r)
-			return err
-		}}
-	}
-	param := func(k, v string) func(*csi.CreateVolumeRequest) {
-		return func(r *csi.CreateVolumeRequest) { r.Parameters[k] = v }
-	}
+	})
 	ia := codes.InvalidArgument
+	// A volume ID of the filesystem that names nothing.
+	missing := func() string { id := vol.GetVolumeId(); return id[:len(id)-36] + uuid.NewString() }
 	return []badCall{
 		create("without fsName", ia, func(r *csi.CreateVolumeRequest) { delete(r.Parameters, "fsName") }),
 		create("in a missing filesystem", ia, param("fsName", "nofs")),
@@ -489,32 +436,13 @@ func fsControllerCalls(c *testutil.Cluster, d *testutil.Driver, vol *csi.Volume)
 		create("with a backingSnapshot that is no boolean", ia, param("backingSnapshot", "maybe")),
 		create("without secrets", ia, func(r *csi.CreateVolumeRequest) { r.Secrets = nil }),
 		create("of 2^63-1 bytes", codes.OutOfRange, func(r *csi.CreateVolumeRequest) { r.CapacityRange.RequiredBytes = math.MaxInt64 }),
-		create("from a missing volume", codes.NotFound, func(r *csi.CreateVolumeRequest) {
-			id := vol.GetVolumeId()
-			r.VolumeContentSource = &csi.VolumeContentSource{Type: &csi.VolumeContentSource_Volume{
-				Volume: &csi.VolumeContentSource_VolumeSource{VolumeId: id[:len(id)-36] + uuid.NewString()}}}
-		}),
-		{"cephfs DeleteVolume without an ID", ia, func(ctx context.Context) error {
-			_, err := ctl.DeleteVolume(ctx, &csi.DeleteVolumeRequest{Secrets: c.CephFSSecrets()})
-			return err
-		}},
-		{"cephfs DeleteVolume of an unjournaled ID", codes.OK, func(ctx context.Context) error {
-			id := vol.GetVolumeId()
-			_, err := ctl.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: id[:len(id)-36] + uuid.NewString(), Secrets: c.CephFSSecrets()})
-			return err
-		}},
-		{"cephfs ControllerExpandVolume of a missing volume", codes.NotFound, func(ctx context.Context) error {
-			id := vol.GetVolumeId()
-			_, err := ctl.ControllerExpandVolume(ctx, &csi.ControllerExpandVolumeRequest{VolumeId: id[:len(id)-36] + uuid.NewString(),
-				CapacityRange: &csi.CapacityRange{RequiredBytes: 1 << 30}, Secrets: c.CephFSSecrets()})
-			return err
-		}},
-		{"cephfs CreateSnapshot of a missing volume", codes.NotFound, func(ctx context.Context) error {
-			id := vol.GetVolumeId()
-			_, err := ctl.CreateSnapshot(ctx, &csi.CreateSnapshotRequest{Name: "hostile-x", SourceVolumeId: id[:len(id)-36] + uuid.NewString(),
-				Secrets: c.CephFSSecrets()})
-			return err
-		}},
+		create("from a missing volume", codes.NotFound, func(r *csi.CreateVolumeRequest) { r.VolumeContentSource = testutil.FromVolume(missing()) }),
+		call("cephfs DeleteVolume without an ID", ia, ctl.DeleteVolume, &csi.DeleteVolumeRequest{Secrets: c.CephFSSecrets()}),
+		call("cephfs DeleteVolume of an unjournaled ID", codes.OK, ctl.DeleteVolume, &csi.DeleteVolumeRequest{VolumeId: missing(), Secrets: c.CephFSSecrets()}),
+		call("cephfs ControllerExpandVolume of a missing volume", codes.NotFound, ctl.ControllerExpandVolume, &csi.ControllerExpandVolumeRequest{VolumeId: missing(),
+			CapacityRange: &csi.CapacityRange{RequiredBytes: 1 << 30}, Secrets: c.CephFSSecrets()}),
+		call("cephfs CreateSnapshot of a missing volume", codes.NotFound, ctl.CreateSnapshot, &csi.CreateSnapshotRequest{Name: "hostile-x", SourceVolumeId: missing(),
+			Secrets: c.CephFSSecrets()}),
 	}
 }
 
@@ -529,28 +457,16 @@ func nodeCalls(c *testutil.Cluster, rbdDrv, fsDrv *testutil.Driver, rbdVol, fsVo
 		return &csi.NodeStageVolumeRequest{VolumeId: rbdVol.GetVolumeId(), StagingTargetPath: staging, VolumeCapability: fsc,
 			VolumeContext: vc, Secrets: c.RBDNodeSecrets()}
 	}
-	stage := func(what string, code codes.Code, mutate func(*csi.NodeStageVolumeRequest)) badCall {
-		return badCall{"rbd NodeStageVolume " + what, code, func(ctx context.Context) error {
-			r := rbdStage()
-			mutate(r)
-			_, err := rbdNode.NodeStageVolume(ctx, r)
-			return err
-		}}
-	}
+	stage := mutating("rbd NodeStageVolume ", rbdNode.NodeStageVolume, rbdStage)
 	ctxv := func(k, v string) func(*csi.NodeStageVolumeRequest) {
 		return func(r *csi.NodeStageVolumeRequest) { r.VolumeContext[k] = v }
 	}
 	ia := codes.InvalidArgument
-	fsStage := func(what string, code codes.Code, mutate func(*csi.NodeStageVolumeRequest)) badCall {
-		return badCall{"cephfs NodeStageVolume " + what, code, func(ctx context.Context) error {
-			r := &csi.NodeStageVolumeRequest{VolumeId: fsVol.GetVolumeId(), StagingTargetPath: staging,
-				VolumeCapability: fsCap(csi.VolumeCapability_AccessMode_MULTI_NODE_MULTI_WRITER),
-				VolumeContext:    clone(fsVol.GetVolumeContext()), Secrets: c.CephFSNodeSecrets()}
-			mutate(r)
-			_, err := fsNode.NodeStageVolume(ctx, r)
-			return err
-		}}
-	}
+	fsStage := mutating("cephfs NodeStageVolume ", fsNode.NodeStageVolume, func() *csi.NodeStageVolumeRequest {
+		return &csi.NodeStageVolumeRequest{VolumeId: fsVol.GetVolumeId(), StagingTargetPath: staging,
+			VolumeCapability: fsCap(csi.VolumeCapability_AccessMode_MULTI_NODE_MULTI_WRITER),
+			VolumeContext:    clone(fsVol.GetVolumeContext()), Secrets: c.CephFSNodeSecrets()}
+	})
 	return []badCall{
 		stage("without an ID", ia, func(r *csi.NodeStageVolumeRequest) { r.VolumeId = "" }),
 		stage("without a staging path", ia, func(r *csi.NodeStageVolumeRequest) { r.StagingTargetPath = "" }),
@@ -572,40 +488,18 @@ func nodeCalls(c *testutil.Cluster, rbdDrv, fsDrv *testutil.Driver, rbdVol, fsVo
 				MountFlags: []string{"ro,exec"}}}, AccessMode: fsc.AccessMode}
 		}),
 		stage("without secrets", ia, func(r *csi.NodeStageVolumeRequest) { r.Secrets = nil }),
-		{"rbd NodeUnstageVolume at a relative path", ia, func(ctx context.Context) error {
-			_, err := rbdNode.NodeUnstageVolume(ctx, &csi.NodeUnstageVolumeRequest{VolumeId: rbdVol.GetVolumeId(), StagingTargetPath: "rel"})
-			return err
-		}},
-		{"rbd NodePublishVolume at a relative target", ia, func(ctx context.Context) error {
-			_, err := rbdNode.NodePublishVolume(ctx, &csi.NodePublishVolumeRequest{VolumeId: rbdVol.GetVolumeId(), StagingTargetPath: staging,
-				TargetPath: "pod/mount", VolumeCapability: fsc})
-			return err
-		}},
-		{"rbd NodePublishVolume onto its staging path", ia, func(ctx context.Context) error {
-			_, err := rbdNode.NodePublishVolume(ctx, &csi.NodePublishVolumeRequest{VolumeId: rbdVol.GetVolumeId(), StagingTargetPath: staging,
-				TargetPath: staging, VolumeCapability: fsc})
-			return err
-		}},
-		{"rbd NodeUnpublishVolume at a relative target", ia, func(ctx context.Context) error {
-			_, err := rbdNode.NodeUnpublishVolume(ctx, &csi.NodeUnpublishVolumeRequest{VolumeId: rbdVol.GetVolumeId(), TargetPath: "pod/mount"})
-			return err
-		}},
-		{"rbd NodeUnpublishVolume at a file the driver did not create", codes.OK, func(ctx context.Context) error {
-			_, err := rbdNode.NodeUnpublishVolume(ctx, &csi.NodeUnpublishVolumeRequest{VolumeId: rbdVol.GetVolumeId(), TargetPath: foreign})
-			return err
-		}},
-		{"rbd NodeGetVolumeStats at a relative path", ia, func(ctx context.Context) error {
-			_, err := rbdNode.NodeGetVolumeStats(ctx, &csi.NodeGetVolumeStatsRequest{VolumeId: rbdVol.GetVolumeId(), VolumePath: "x"})
-			return err
-		}},
-		{"rbd NodeGetVolumeStats at a missing path", codes.NotFound, func(ctx context.Context) error {
-			_, err := rbdNode.NodeGetVolumeStats(ctx, &csi.NodeGetVolumeStatsRequest{VolumeId: rbdVol.GetVolumeId(), VolumePath: target + "-none"})
-			return err
-		}},
-		{"rbd NodeExpandVolume at a relative path", ia, func(ctx context.Context) error {
-			_, err := rbdNode.NodeExpandVolume(ctx, &csi.NodeExpandVolumeRequest{VolumeId: rbdVol.GetVolumeId(), VolumePath: "x"})
-			return err
-		}},
+		call("rbd NodeUnstageVolume at a relative path", ia, rbdNode.NodeUnstageVolume, &csi.NodeUnstageVolumeRequest{VolumeId: rbdVol.GetVolumeId(), StagingTargetPath: "rel"}),
+		call("rbd NodePublishVolume at a relative target", ia, rbdNode.NodePublishVolume, &csi.NodePublishVolumeRequest{VolumeId: rbdVol.GetVolumeId(), StagingTargetPath: staging,
+			TargetPath: "pod/mount", VolumeCapability: fsc}),
+		call("rbd NodePublishVolume onto its staging path", ia, rbdNode.NodePublishVolume, &csi.NodePublishVolumeRequest{VolumeId: rbdVol.GetVolumeId(), StagingTargetPath: staging,
+			TargetPath: staging, VolumeCapability: fsc}),
+		call("rbd NodeUnpublishVolume at a relative target", ia, rbdNode.NodeUnpublishVolume, &csi.NodeUnpublishVolumeRequest{VolumeId: rbdVol.GetVolumeId(), TargetPath: "pod/mount"}),
+		call("rbd NodeUnpublishVolume at a file the driver did not create", codes.OK, rbdNode.NodeUnpublishVolume, &csi.NodeUnpublishVolumeRequest{VolumeId: rbdVol.GetVolumeId(), TargetPath: foreign}),
+		// The spec (and csi-sanity) call a relative volume_path NotFound:
+		// nothing is published there.
+		call("rbd NodeGetVolumeStats at a relative path", codes.NotFound, rbdNode.NodeGetVolumeStats, &csi.NodeGetVolumeStatsRequest{VolumeId: rbdVol.GetVolumeId(), VolumePath: "x"}),
+		call("rbd NodeGetVolumeStats at a missing path", codes.NotFound, rbdNode.NodeGetVolumeStats, &csi.NodeGetVolumeStatsRequest{VolumeId: rbdVol.GetVolumeId(), VolumePath: target + "-none"}),
+		call("rbd NodeExpandVolume at a relative path", codes.NotFound, rbdNode.NodeExpandVolume, &csi.NodeExpandVolumeRequest{VolumeId: rbdVol.GetVolumeId(), VolumePath: "x"}),
 		fsStage("at a relative staging path", ia, func(r *csi.NodeStageVolumeRequest) { r.StagingTargetPath = "rel" }),
 		fsStage("without fsName in the context", ia, func(r *csi.NodeStageVolumeRequest) { delete(r.VolumeContext, "fsName") }),
 		fsStage("with fuse options smuggling a key file", ia, func(r *csi.NodeStageVolumeRequest) {
@@ -617,14 +511,8 @@ func nodeCalls(c *testutil.Cluster, rbdDrv, fsDrv *testutil.Driver, rbdVol, fsVo
 			r.VolumeContext["kernelMountOptions"] = "name=admin"
 		}),
 		fsStage("as a block volume", ia, func(r *csi.NodeStageVolumeRequest) { r.VolumeCapability = testutil.BlockCap() }),
-		{"cephfs NodePublishVolume at a relative target", ia, func(ctx context.Context) error {
-			_, err := fsNode.NodePublishVolume(ctx, &csi.NodePublishVolumeRequest{VolumeId: fsVol.GetVolumeId(), StagingTargetPath: staging,
-				TargetPath: "rel", VolumeCapability: fsCap(csi.VolumeCapability_AccessMode_MULTI_NODE_MULTI_WRITER)})
-			return err
-		}},
-		{"cephfs NodeUnpublishVolume at a file the driver did not create", codes.OK, func(ctx context.Context) error {
-			_, err := fsNode.NodeUnpublishVolume(ctx, &csi.NodeUnpublishVolumeRequest{VolumeId: fsVol.GetVolumeId(), TargetPath: foreign})
-			return err
-		}},
+		call("cephfs NodePublishVolume at a relative target", ia, fsNode.NodePublishVolume, &csi.NodePublishVolumeRequest{VolumeId: fsVol.GetVolumeId(), StagingTargetPath: staging,
+			TargetPath: "rel", VolumeCapability: fsCap(csi.VolumeCapability_AccessMode_MULTI_NODE_MULTI_WRITER)}),
+		call("cephfs NodeUnpublishVolume at a file the driver did not create", codes.OK, fsNode.NodeUnpublishVolume, &csi.NodeUnpublishVolumeRequest{VolumeId: fsVol.GetVolumeId(), TargetPath: foreign}),
 	}
 }

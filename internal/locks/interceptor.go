@@ -4,6 +4,7 @@ import (
 	"context"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
+	"github.com/csi-addons/spec/lib/go/reclaimspace"
 	"google.golang.org/grpc"
 )
 
@@ -43,6 +44,12 @@ func KeysOf(req any) []Key {
 	case *csi.NodeUnpublishVolumeRequest:
 		add(VolumeID, r.GetVolumeId())
 	case *csi.NodeExpandVolumeRequest:
+		add(VolumeID, r.GetVolumeId())
+	// CSI-Addons: reclaiming space must not race a delete, unstage or
+	// expansion of the same volume.
+	case *reclaimspace.ControllerReclaimSpaceRequest:
+		add(VolumeID, r.GetVolumeId())
+	case *reclaimspace.NodeReclaimSpaceRequest:
 		add(VolumeID, r.GetVolumeId())
 	}
 	return keys

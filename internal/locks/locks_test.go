@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
+	"github.com/csi-addons/spec/lib/go/reclaimspace"
 	"google.golang.org/grpc/codes"
 
 	"github.com/leanceph/cephcsi/internal/csierr"
@@ -120,6 +121,8 @@ func TestKeysOfRequests(t *testing.T) {
 		{&csi.NodeUnpublishVolumeRequest{VolumeId: src}, []Key{VolumeID(src)}},
 		{&csi.NodeGetVolumeStatsRequest{VolumeId: src}, nil},
 		{&csi.DeleteVolumeRequest{}, nil},
+		{&reclaimspace.ControllerReclaimSpaceRequest{VolumeId: src}, []Key{VolumeID(src)}},
+		{&reclaimspace.NodeReclaimSpaceRequest{VolumeId: src}, []Key{VolumeID(src)}},
 	} {
 		if got := KeysOf(tc.req); !reflect.DeepEqual(got, tc.want) {
 			t.Errorf("KeysOf(%T) = %v, want %v", tc.req, got, tc.want)

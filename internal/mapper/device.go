@@ -63,10 +63,40 @@ func loopsBackedBy(sysfs, devRoot, file string) ([]string, error) {
 		if err != nil {
 			return nil, err
 		}
-		if ok && (backing == file || backing == file+" (deleted)") {
-			out = append(out, filepath.Join(devRoot, name))
+		dev := filepath.Join(devRoot, name)
+		if ok && (backing == file || backing == file+" (deleted)" || sameFileElsewhere(dev, backing, file)) {
+			out = append(out, dev)
 		}
 	}
 	sort.Strings(out)
 	return out, nil
+}
+
+// sameFileElsewhere reports whether the loop device dev, whose backing file
+// the kernel shows as backing, is backed by file all the same. The kernel
+// renders the path in the mount namespace the device was attached from: a
+// device attached by an earlier node plugin process in another mount
+// namespace and root (its FUSE helper outlived it) shows that root's path
+// before ours, and would otherwise never be found, so never unstaged. Such
+// a name counts only when it ends in file and the device's backing file is
+// file itself (device and inode).
+func sameFileElsewhere(dev, backing, file string) bool {
+	if !strings.HasSuffix(backing, file) || backing == file {
+		return false
+	}
+	var st unix.Stat_t
+	if err := unix.Stat(file, &st); err != nil {
+		return false
+	}
+	fd, err := unix.Open(dev, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return false
+	}
+	// Opened read-only for the ioctl alone: nothing to lose on close.
+	defer func() { _ = unix.Close(fd) }()
+	info, err := unix.IoctlLoopGetStatus64(fd)
+	if err != nil {
+		return false
+	}
+	return info.Device == st.Dev && info.Inode == st.Ino
 }

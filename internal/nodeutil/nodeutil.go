@@ -311,6 +311,17 @@ func Path(field, p string) error {
 	return nil
 }
 
+// VolumePath checks the volume_path of NodeGetVolumeStats and
+// NodeExpandVolume: required and clean, as Path; but a relative path names
+// no published volume, which the spec calls NotFound (csi-sanity's "volume
+// does not exist on the specified path" sends one).
+func VolumePath(p string) error {
+	if p != "" && !filepath.IsAbs(p) {
+		return csierr.Errorf(csierr.ErrNotFound, "volume_path %q is not an absolute path: no volume is published there", p)
+	}
+	return Path("volume_path", p)
+}
+
 // Paths checks several path fields; each pair is a field name and its value.
 func Paths(fields ...[2]string) error {
 	for _, f := range fields {
@@ -357,9 +368,8 @@ func Info(ctx context.Context, d *service.Deps) (*csi.NodeGetInfoResponse, error
 	if err != nil {
 		return nil, err
 	}
-	resp := &csi.NodeGetInfoResponse{NodeId: d.Options.NodeID}
-	if seg != nil {
-		resp.AccessibleTopology = &csi.Topology{Segments: seg}
-	}
-	return resp, nil
+	// Always a topology, empty without --domainlabels: a plugin whose
+	// controller advertises accessibility constraints answers one (the
+	// kubelet then records no keys).
+	return &csi.NodeGetInfoResponse{NodeId: d.Options.NodeID, AccessibleTopology: &csi.Topology{Segments: seg}}, nil
 }

@@ -181,3 +181,19 @@ func TestTargetsRecordedAndForgotten(t *testing.T) {
 		t.Error("forgetting a target wrote a record for an unstaged volume")
 	}
 }
+
+// A relative volume_path names no published volume: NotFound, as the spec
+// and csi-sanity want; a missing or unclean one is InvalidArgument.
+func TestVolumePath(t *testing.T) {
+	for p, want := range map[string]codes.Code{
+		"some/path":  codes.NotFound,
+		"":           codes.InvalidArgument,
+		"/a/../b":    codes.InvalidArgument,
+		"/a/b\n":     codes.InvalidArgument,
+		"/var/lib/x": codes.OK,
+	} {
+		if got := csierr.Code(VolumePath(p)); got != want {
+			t.Errorf("VolumePath(%q) = %v, want %v", p, got, want)
+		}
+	}
+}

@@ -18,6 +18,26 @@ func snapLimits(minSnaps, maxSnaps uint) func(*config.Options) {
 	return func(o *config.Options) { o.MinSnapsOnImage, o.MaxSnapsOnImage = minSnaps, maxSnaps }
 }
 
+// abortedUntilFlat checks a call past the hard depth limit: it is Aborted
+// and queues the flatten of source (making no image), is Aborted again
+// while that is queued, and succeeds once the manager has flattened it.
+func (c *ctl) abortedUntilFlat(what, source string, call func() error) {
+	c.t.Helper()
+	images := c.f.images("rbd")
+	wantCode(c.t, what+" past the hard limit", call(), codes.Aborted)
+	wantList(c.t, "queued flattens", c.f.queuedImages("rbd"), []string{source})
+	wantList(c.t, "images after the refused "+what, c.f.images("rbd"), images)
+	before := c.imageState()
+	wantCode(c.t, "retry while the source is being flattened", call(), codes.Aborted)
+	c.sameImages("the refused retry", before)
+	if err := c.f.runFlatten("rbd", source); err != nil {
+		c.t.Fatal(err)
+	}
+	if err := call(); err != nil {
+		c.t.Fatalf("retry once the source is flat: %v", err)
+	}
+}
+
 // Past the hard depth limit the source is flattened first: the call is
 // Aborted (the sidecar retries) until the manager is done, then succeeds.
 func TestHardDepthLimitFlattensTheSourceFirst(t *testing.T) {
@@ -31,22 +51,11 @@ func TestHardDepthLimitFlattensTheSourceFirst(t *testing.T) {
 		}
 		wantList(t, "queued flattens within the limit", c.f.queuedImages("rbd"), nil)
 		req := c.volReq("v3", 8<<20, fromVolume(v2.GetVolumeId()))
-		images := c.f.images("rbd")
-		_, err := c.create(req)
-		wantCode(t, "clone past the hard limit", err, codes.Aborted)
-		wantList(t, "queued flattens", c.f.queuedImages("rbd"), []string{volImage(v2)})
-		wantList(t, "images after the refused clone", c.f.images("rbd"), images)
-		before := c.imageState()
-		_, err = c.create(req)
-		wantCode(t, "retry while the source is being flattened", err, codes.Aborted)
-		c.sameImages("the refused retry", before)
-		if err := c.f.runFlatten("rbd", volImage(v2)); err != nil {
-			t.Fatal(err)
-		}
-		v3, err := c.create(req)
-		if err != nil {
-			t.Fatalf("retry once the source is flat: %v", err)
-		}
+		var v3 *csi.Volume
+		c.abortedUntilFlat("clone", volImage(v2), func() (err error) {
+			v3, err = c.create(req)
+			return err
+		})
 		img := c.img(volImage(v3))
 		if img.depth() != 2 || img.parentImage() != volImage(v3)+"-temp" || c.img(volImage(v3)+"-temp").parentImage() != volImage(v2) {
 			t.Errorf("v3: depth %d, parent %q", img.depth(), img.parentSpec())
@@ -57,23 +66,12 @@ func TestHardDepthLimitFlattensTheSourceFirst(t *testing.T) {
 		v0 := c.volume("v0", 8<<20, nil)
 		s0 := c.snapshot("s0", v0.GetVolumeId())
 		r0 := c.volume("r0", 8<<20, fromSnapshot(s0.GetSnapshotId()))
-		images := c.f.images("rbd")
 		req := c.snapReq("s1", r0.GetVolumeId())
-		_, err := c.createSnap(req)
-		wantCode(t, "snapshot past the hard limit", err, codes.Aborted)
-		wantList(t, "queued flattens", c.f.queuedImages("rbd"), []string{volImage(r0)})
-		wantList(t, "images after the refused snapshot", c.f.images("rbd"), images)
-		before := c.imageState()
-		_, err = c.createSnap(req)
-		wantCode(t, "retry while the source is being flattened", err, codes.Aborted)
-		c.sameImages("the refused retry", before)
-		if err := c.f.runFlatten("rbd", volImage(r0)); err != nil {
-			t.Fatal(err)
-		}
-		s1, err := c.createSnap(req)
-		if err != nil {
-			t.Fatalf("retry once the source is flat: %v", err)
-		}
+		var s1 *csi.Snapshot
+		c.abortedUntilFlat("snapshot", volImage(r0), func() (err error) {
+			s1, err = c.createSnap(req)
+			return err
+		})
 		if d := c.img(c.snapImage(s1)).depth(); d != 1 {
 			t.Errorf("snapshot image is %d deep, want 1", d)
 		}
@@ -157,8 +155,7 @@ func TestInterruptedCreateStillQueuesItsFlatten(t *testing.T) {
 			c := newCtl(t, tc.tweak)
 			v0 := c.volume("v0", 8<<20, nil)
 			call := tc.start(c, v0)
-			c.f.crash("QueueFlatten", 1, "")
-			c.crashes(func() { _, _ = call() })
+			c.crashesAt("QueueFlatten", 1, "", func() { _, _ = call() })
 			wantList(t, "queued flattens after the crash", c.f.queuedImages("rbd"), nil)
 			image, err := call()
 			if err != nil {

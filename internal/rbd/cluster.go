@@ -106,6 +106,12 @@ type image interface {
 	// Metadata returns the value of an image metadata key, "" when unset.
 	Metadata(key string) (string, error)
 	SetMetadata(key, value string) error
+	// Allocated is how much data the image's own objects hold (its
+	// parent's excluded), extent by extent: a trimmed or sparsified range
+	// counts no more even where its object still holds other data.
+	Allocated() (uint64, error)
+	// Sparsify deallocates the runs of zeros in the image's objects.
+	Sparsify() error
 	Close()
 }
 

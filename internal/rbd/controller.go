@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"k8s.io/klog/v2"
@@ -17,6 +18,7 @@ import (
 	"github.com/leanceph/cephcsi/internal/failpoint"
 	"github.com/leanceph/cephcsi/internal/journal"
 	"github.com/leanceph/cephcsi/internal/locks"
+	"github.com/leanceph/cephcsi/internal/metrics"
 	"github.com/leanceph/cephcsi/internal/request"
 	"github.com/leanceph/cephcsi/internal/service"
 	"github.com/leanceph/cephcsi/internal/topology"
@@ -176,13 +178,15 @@ func (s *ControllerServer) CreateVolume(ctx context.Context, req *csi.CreateVolu
 		strconv.FormatInt(req.GetCapacityRange().GetLimitBytes(), 10), request.SourceOf(req.GetVolumeContentSource()))
 
 	store := t.p.Journal()
+	began := time.Now()
 	entry, err := s.volumes.Lookup(store, name)
-	if err != nil {
+	if metrics.Step(metrics.RBD, metrics.StepJournalLookup, began, err) != nil {
 		return nil, err
 	}
 	fresh := entry == nil
 	if fresh {
-		if entry, err = s.volumes.Reserve(store, name, params.NamePrefix, journal.Entry{Request: digest}); err != nil {
+		began = time.Now()
+		if entry, err = s.volumes.Reserve(store, name, params.NamePrefix, journal.Entry{Request: digest}); metrics.Step(metrics.RBD, metrics.StepJournalReserve, began, err) != nil {
 			return nil, err
 		}
 		failpoint.Hit("create-volume-after-reserve")
@@ -441,7 +445,8 @@ func growImage(p pool, name string, size uint64) error {
 // grown to size and, deep in a clone chain, flattened in the background).
 func (s *ControllerServer) createImage(ctx context.Context, t *target, entry *journal.Entry, params *volumeParams, size int64, src *contentSource) error {
 	if src == nil {
-		if err := t.p.CreateImage(entry.ImageName, uint64(size), params.options()); err != nil {
+		began := time.Now()
+		if err := metrics.Step(metrics.RBD, metrics.StepCreate, began, t.p.CreateImage(entry.ImageName, uint64(size), params.options())); err != nil {
 			return fmt.Errorf("creating image %s: %w", imageSpec(t.p, entry.ImageName), err)
 		}
 		return nil
@@ -449,12 +454,13 @@ func (s *ControllerServer) createImage(ctx context.Context, t *target, entry *jo
 	var depth int
 	var flattenTemp bool
 	var err error
+	began := time.Now()
 	if src.snapshot != nil {
 		depth, err = s.restoreSnapshot(ctx, t, entry, params, src)
 	} else {
 		depth, flattenTemp, err = s.cloneVolume(ctx, t, entry, params, src)
 	}
-	if err != nil {
+	if metrics.Step(metrics.RBD, metrics.StepClone, began, err) != nil {
 		return err
 	}
 	failpoint.Hit("create-volume-after-clone")
@@ -490,7 +496,8 @@ func (s *ControllerServer) queueFlattens(ctx context.Context, t *target, name st
 // queueFlatten queues a flatten of an image of ours. The manager accepts a
 // repeat; ENOENT (no parent left, or no image) is nothing to flatten.
 func queueFlatten(p pool, name string) error {
-	if err := p.QueueFlatten(name); err != nil && !csierr.IsNotFound(err) {
+	began := time.Now()
+	if err := metrics.Step(metrics.RBD, metrics.StepFlattenQueue, began, p.QueueFlatten(name)); err != nil && !csierr.IsNotFound(err) {
 		return fmt.Errorf("queueing a flatten of %s: %w", imageSpec(p, name), err)
 	}
 	return nil
@@ -638,8 +645,9 @@ func (s *ControllerServer) DeleteVolume(ctx context.Context, req *csi.DeleteVolu
 		return nil, err
 	}
 	defer releaseName()
+	began := time.Now()
 	found, err := s.removeImages(ref.target, ref.image(), ref.entry.ImageID)
-	if err != nil {
+	if metrics.Step(metrics.RBD, metrics.StepRemove, began, err) != nil {
 		return nil, err
 	}
 	if !found {
@@ -648,7 +656,8 @@ func (s *ControllerServer) DeleteVolume(ctx context.Context, req *csi.DeleteVolu
 		purgeOurTrash(ref.c, ref.p)
 	}
 	failpoint.Hit("delete-volume-before-release")
-	if err := s.volumes.Release(ref.p.Journal(), ref.entry); err != nil {
+	began = time.Now()
+	if err := metrics.Step(metrics.RBD, metrics.StepJournalRelease, began, s.volumes.Release(ref.p.Journal(), ref.entry)); err != nil {
 		return nil, err
 	}
 	return &csi.DeleteVolumeResponse{}, nil

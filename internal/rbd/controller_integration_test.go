@@ -21,10 +21,8 @@ import (
 )
 
 func TestCreateVolumeShapeJournalAndDelete(t *testing.T) {
-	c := testutil.RequireCluster(t)
-	d := testutil.StartDriver(t, c, "rbd", nil)
-	io := c.IOContext(t, pool)
-	ctx := ctxT(t)
+	e := newRBDEnv(t)
+	c, d, io, ctx := e.c, e.d, e.io, e.ctx
 	name := uniqueName("pvc")
 
 	req := &csi.CreateVolumeRequest{
@@ -43,7 +41,7 @@ func TestCreateVolumeShapeJournalAndDelete(t *testing.T) {
 	if vol.GetCapacityBytes() != 11<<20 {
 		t.Errorf("capacity = %d, want 11 MiB (rounded up)", vol.GetCapacityBytes())
 	}
-	u := uuidOf(t, vol.GetVolumeId())
+	u := testutil.UUIDOf(t, vol.GetVolumeId())
 	image := "csi-vol-" + u
 	vc := vol.GetVolumeContext()
 	for k, want := range map[string]string{"clusterID": c.ClusterID, "pool": pool, "journalPool": pool, "imageName": image,
@@ -61,11 +59,10 @@ func TestCreateVolumeShapeJournalAndDelete(t *testing.T) {
 	if err != nil {
 		t.Fatalf("image %s not in pool: %v", image, err)
 	}
-	size, _ := img.GetSize()
 	features, _ := img.GetFeatures()
 	imageID, _ := img.GetId()
 	img.Close()
-	if size != 11<<20 {
+	if size := testutil.ImageSize(t, io, image); size != 11<<20 {
 		t.Errorf("image size = %d", size)
 	}
 	want := rbd.FeatureLayering | rbd.FeatureExclusiveLock | rbd.FeatureObjectMap | rbd.FeatureFastDiff
@@ -74,10 +71,10 @@ func TestCreateVolumeShapeJournalAndDelete(t *testing.T) {
 	}
 
 	// The journal, exactly as ceph-csi writes it.
-	if got := omap(t, io, "csi.volumes.default")["csi.volume."+name]; got != u {
+	if got := testutil.Omap(t, io, "csi.volumes.default")["csi.volume."+name]; got != u {
 		t.Errorf("csi.volumes.default[csi.volume.%s] = %q, want %q", name, got, u)
 	}
-	entry := omap(t, io, "csi.volume."+u)
+	entry := testutil.Omap(t, io, "csi.volume."+u)
 	if entry["csi.volname"] != name || entry["csi.imagename"] != image || entry["csi.imageid"] != imageID {
 		t.Errorf("csi.volume.%s = %v (image id %s)", u, entry, imageID)
 	}
@@ -95,54 +92,43 @@ func TestCreateVolumeShapeJournalAndDelete(t *testing.T) {
 
 	// Delete removes the image, then the journal keys; a second delete is fine.
 	for i := 0; i < 2; i++ {
-		if _, err := d.Controller.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: vol.GetVolumeId(), Secrets: c.RBDSecrets()}); err != nil {
-			t.Fatalf("delete #%d: %v", i+1, err)
-		}
+		e.deleteVolume(vol.GetVolumeId())
 	}
-	if left := ourLeftovers(t, io, u); len(left) > 0 {
+	if left := c.Leftovers(t, u); len(left) > 0 {
 		t.Errorf("left after delete: %v", left)
 	}
-	if _, ok := omap(t, io, "csi.volumes.default")["csi.volume."+name]; ok {
+	if _, ok := testutil.Omap(t, io, "csi.volumes.default")["csi.volume."+name]; ok {
 		t.Error("directory key left after delete")
 	}
 }
 
 func TestCreateVolumeDefaultsAndXFS(t *testing.T) {
-	c := testutil.RequireCluster(t)
-	d := testutil.StartDriver(t, c, "rbd", nil)
-	io := c.IOContext(t, pool)
-	ctx := ctxT(t)
-	resp, err := d.Controller.CreateVolume(ctx, &csi.CreateVolumeRequest{
-		Name: uniqueName("pvc"), VolumeCapabilities: mountCap(),
-		Parameters: params(c, "csi.storage.k8s.io/fstype", "xfs", "volumeNamePrefix", "k8s-"), Secrets: c.RBDSecrets(),
-	})
+	e := newRBDEnv(t)
+	// No capacity range: the default size.
+	req := e.volReq(uniqueName("pvc"), 0, nil, "csi.storage.k8s.io/fstype", "xfs", "volumeNamePrefix", "k8s-")
+	req.CapacityRange = nil
+	resp, err := e.d.Controller.CreateVolume(e.ctx, req)
 	if err != nil {
 		t.Fatal(err)
 	}
 	vol := resp.GetVolume()
-	image := "k8s-" + uuidOf(t, vol.GetVolumeId())
+	image := "k8s-" + testutil.UUIDOf(t, vol.GetVolumeId())
 	if vol.GetCapacityBytes() != 1<<30 || vol.GetVolumeContext()["imageName"] != image {
 		t.Fatalf("volume = %v", vol)
 	}
-	if !imageExists(t, io, image) {
+	if !testutil.ImageExists(t, e.io, image) {
 		t.Fatalf("image %s missing", image)
 	}
-	if _, err := d.Controller.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: vol.GetVolumeId(), Secrets: c.RBDSecrets()}); err != nil {
-		t.Fatal(err)
-	}
-	if imageExists(t, io, image) {
+	e.deleteVolume(vol.GetVolumeId())
+	if testutil.ImageExists(t, e.io, image) {
 		t.Fatal("custom-prefixed image left after delete")
 	}
 }
 
 func TestRacingCreatesMakeOneImage(t *testing.T) {
-	c := testutil.RequireCluster(t)
-	d := testutil.StartDriver(t, c, "rbd", nil)
-	io := c.IOContext(t, pool)
-	ctx := ctxT(t)
-	name := uniqueName("race")
-	req := &csi.CreateVolumeRequest{Name: name, CapacityRange: &csi.CapacityRange{RequiredBytes: 4 << 20},
-		VolumeCapabilities: mountCap(), Parameters: params(c), Secrets: c.RBDSecrets()}
+	e := newRBDEnv(t)
+	ctx := e.ctx
+	req := e.volReq(uniqueName("race"), 4<<20, nil)
 
 	var mu sync.Mutex
 	ids := map[string]bool{}
@@ -152,7 +138,7 @@ func TestRacingCreatesMakeOneImage(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			for {
-				resp, err := d.Controller.CreateVolume(ctx, req)
+				resp, err := e.d.Controller.CreateVolume(ctx, req)
 				if status.Code(err) == codes.Aborted { // the sidecar's retry
 					time.Sleep(5 * time.Millisecond)
 					continue
@@ -175,8 +161,8 @@ func TestRacingCreatesMakeOneImage(t *testing.T) {
 	var id string
 	for id = range ids {
 	}
-	u := uuidOf(t, id)
-	names, _ := rbd.GetImageNames(io)
+	u := testutil.UUIDOf(t, id)
+	names, _ := rbd.GetImageNames(e.io)
 	n := 0
 	for _, img := range names {
 		if img == "csi-vol-"+u {
@@ -186,29 +172,15 @@ func TestRacingCreatesMakeOneImage(t *testing.T) {
 	if n != 1 {
 		t.Fatalf("%d images for one name", n)
 	}
-	if _, err := d.Controller.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: id, Secrets: c.RBDSecrets()}); err != nil {
-		t.Fatal(err)
-	}
+	e.deleteVolume(id)
 }
 
 func TestExpandGrowsImage(t *testing.T) {
-	c := testutil.RequireCluster(t)
-	d := testutil.StartDriver(t, c, "rbd", nil)
-	io := c.IOContext(t, pool)
-	ctx := ctxT(t)
-	resp, err := d.Controller.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: uniqueName("exp"),
-		CapacityRange: &csi.CapacityRange{RequiredBytes: 8 << 20}, VolumeCapabilities: mountCap(),
-		Parameters: params(c), Secrets: c.RBDSecrets()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	id := resp.GetVolume().GetVolumeId()
-	image := "csi-vol-" + uuidOf(t, id)
-	defer func() {
-		if _, err := d.Controller.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: id, Secrets: c.RBDSecrets()}); err != nil {
-			t.Errorf("DeleteVolume: %v", err)
-		}
-	}()
+	e := newRBDEnv(t)
+	c, d, ctx := e.c, e.d, e.ctx
+	vol := e.create(uniqueName("exp"), 8<<20, nil)
+	id, image := vol.GetVolumeId(), vol.GetVolumeContext()["imageName"]
+	defer e.deleteVolume(id)
 
 	exp, err := d.Controller.ControllerExpandVolume(ctx, &csi.ControllerExpandVolumeRequest{VolumeId: id,
 		CapacityRange: &csi.CapacityRange{RequiredBytes: 20 << 20}, Secrets: c.RBDSecrets(), VolumeCapability: mountCap()[0]})
@@ -218,10 +190,7 @@ func TestExpandGrowsImage(t *testing.T) {
 	if exp.GetCapacityBytes() != 20<<20 || !exp.GetNodeExpansionRequired() {
 		t.Errorf("expand = %v", exp)
 	}
-	img, _ := rbd.OpenImageReadOnly(io, image, rbd.NoSnapshot)
-	size, _ := img.GetSize()
-	img.Close()
-	if size != 20<<20 {
+	if size := testutil.ImageSize(t, e.io, image); size != 20<<20 {
 		t.Errorf("image size after expand = %d", size)
 	}
 	// Shrinking is not done: the size stays.
@@ -231,10 +200,8 @@ func TestExpandGrowsImage(t *testing.T) {
 		t.Errorf("smaller expand = %v, %v", exp, err)
 	}
 	// Block volumes need no node expansion.
-	block := &csi.VolumeCapability{AccessType: &csi.VolumeCapability_Block{Block: &csi.VolumeCapability_BlockVolume{}},
-		AccessMode: &csi.VolumeCapability_AccessMode{Mode: csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER}}
 	exp, err = d.Controller.ControllerExpandVolume(ctx, &csi.ControllerExpandVolumeRequest{VolumeId: id,
-		CapacityRange: &csi.CapacityRange{RequiredBytes: 24 << 20}, Secrets: c.RBDSecrets(), VolumeCapability: block})
+		CapacityRange: &csi.CapacityRange{RequiredBytes: 24 << 20}, Secrets: c.RBDSecrets(), VolumeCapability: testutil.BlockCap()})
 	if err != nil || exp.GetNodeExpansionRequired() {
 		t.Errorf("block expand = %v, %v", exp, err)
 	}
@@ -246,49 +213,31 @@ func TestExpandGrowsImage(t *testing.T) {
 }
 
 func TestWatchedImageIsNotDeleted(t *testing.T) {
-	c := testutil.RequireCluster(t)
-	d := testutil.StartDriver(t, c, "rbd", nil)
-	io := c.IOContext(t, pool)
-	ctx := ctxT(t)
-	resp, err := d.Controller.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: uniqueName("busy"),
-		CapacityRange: &csi.CapacityRange{RequiredBytes: 4 << 20}, VolumeCapabilities: mountCap(),
-		Parameters: params(c), Secrets: c.RBDSecrets()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	id := resp.GetVolume().GetVolumeId()
-	image := "csi-vol-" + uuidOf(t, id)
+	e := newRBDEnv(t)
+	vol := e.create(uniqueName("busy"), 4<<20, nil)
+	id, image := vol.GetVolumeId(), vol.GetVolumeContext()["imageName"]
 	// A read-write open registers a watch, as a mapped device does.
-	img, err := rbd.OpenImage(io, image, rbd.NoSnapshot)
+	img, err := rbd.OpenImage(e.io, image, rbd.NoSnapshot)
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, err = d.Controller.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: id, Secrets: c.RBDSecrets()})
+	_, err = e.d.Controller.DeleteVolume(e.ctx, &csi.DeleteVolumeRequest{VolumeId: id, Secrets: e.c.RBDSecrets()})
 	if status.Code(err) != codes.FailedPrecondition {
 		t.Errorf("delete of a watched image: %v, want FailedPrecondition", err)
 	}
-	if !imageExists(t, io, image) {
+	if !testutil.ImageExists(t, e.io, image) {
 		t.Error("watched image was deleted")
 	}
 	img.Close()
-	if _, err := d.Controller.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: id, Secrets: c.RBDSecrets()}); err != nil {
-		t.Fatalf("delete after unwatch: %v", err)
-	}
-	if left := ourLeftovers(t, io, uuidOf(t, id)); len(left) > 0 {
-		t.Errorf("left: %v", left)
-	}
+	e.deleteVolume(id) // once unwatched
+	e.assertClean()
 }
 
 func TestBadRequestsArePreciseAndLeaveNothing(t *testing.T) {
-	c := testutil.RequireCluster(t)
-	d := testutil.StartDriver(t, c, "rbd", nil)
-	io := c.IOContext(t, pool)
-	ctx := ctxT(t)
-	before := len(omap(t, io, "csi.volumes.default"))
-	base := func() *csi.CreateVolumeRequest {
-		return &csi.CreateVolumeRequest{Name: uniqueName("bad"), VolumeCapabilities: mountCap(),
-			CapacityRange: &csi.CapacityRange{RequiredBytes: 1 << 20}, Parameters: params(c), Secrets: c.RBDSecrets()}
-	}
+	e := newRBDEnv(t)
+	c, d, io, ctx := e.c, e.d, e.io, e.ctx
+	before := len(testutil.Omap(t, io, "csi.volumes.default"))
+	base := func() *csi.CreateVolumeRequest { return e.volReq(uniqueName("bad"), 1<<20, nil) }
 	for what, tc := range map[string]struct {
 		mutate func(*csi.CreateVolumeRequest)
 		code   codes.Code
@@ -319,7 +268,7 @@ func TestBadRequestsArePreciseAndLeaveNothing(t *testing.T) {
 			t.Errorf("%s: the key appears in the error", what)
 		}
 	}
-	if after := len(omap(t, io, "csi.volumes.default")); after != before {
+	if after := len(testutil.Omap(t, io, "csi.volumes.default")); after != before {
 		t.Errorf("failed creates left %d journal keys", after-before)
 	}
 	// Deleting an ID that is not ours, or whose image is gone, succeeds.
@@ -336,24 +285,11 @@ func TestBadRequestsArePreciseAndLeaveNothing(t *testing.T) {
 // as `rbd image-meta list` shows them; with --setmetadata=false none are.
 func TestSetMetadataRecordsKubernetesNames(t *testing.T) {
 	for _, on := range []bool{true, false} {
-		c := testutil.RequireCluster(t)
-		d := testutil.StartDriver(t, c, "rbd", func(o *config.Options) { o.SetMetadata, o.ClusterName = on, "prod" })
-		ctx := ctxT(t)
-		io := c.IOContext(t, pool)
-		p := params(c, "csi.storage.k8s.io/pvc/name", "data", "csi.storage.k8s.io/pvc/namespace", "team-a",
-			"csi.storage.k8s.io/pv/name", "pvc-1234")
-		resp, err := d.Controller.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: uniqueName("meta"), VolumeCapabilities: mountCap(),
-			CapacityRange: &csi.CapacityRange{RequiredBytes: 4 << 20}, Parameters: p, Secrets: c.RBDSecrets()})
-		if err != nil {
-			t.Fatal(err)
-		}
-		vol := resp.GetVolume()
-		snap, err := d.Controller.CreateSnapshot(ctx, &csi.CreateSnapshotRequest{Name: uniqueName("metasnap"), SourceVolumeId: vol.GetVolumeId(),
-			Secrets: c.RBDSecrets(), Parameters: map[string]string{"csi.storage.k8s.io/volumesnapshot/name": "snap-1",
-				"csi.storage.k8s.io/volumesnapshot/namespace": "team-a", "csi.storage.k8s.io/volumesnapshotcontent/name": "snapcontent-9"}})
-		if err != nil {
-			t.Fatal(err)
-		}
+		e := newRBDEnv(t, func(o *config.Options) { o.SetMetadata, o.ClusterName = on, "prod" })
+		vol := e.create(uniqueName("meta"), 4<<20, nil, "csi.storage.k8s.io/pvc/name", "data",
+			"csi.storage.k8s.io/pvc/namespace", "team-a", "csi.storage.k8s.io/pv/name", "pvc-1234")
+		snap := e.snapshot(uniqueName("metasnap"), vol.GetVolumeId(), "csi.storage.k8s.io/volumesnapshot/name", "snap-1",
+			"csi.storage.k8s.io/volumesnapshot/namespace", "team-a", "csi.storage.k8s.io/volumesnapshotcontent/name", "snapcontent-9")
 		want := map[string]string{"csi.storage.k8s.io/pvc/name": "data", "csi.storage.k8s.io/pvc/namespace": "team-a",
 			"csi.storage.k8s.io/pv/name": "pvc-1234", "csi.ceph.com/cluster/name": "prod"}
 		wantSnap := map[string]string{"csi.storage.k8s.io/volumesnapshot/name": "snap-1", "csi.storage.k8s.io/volumesnapshot/namespace": "team-a",
@@ -361,41 +297,26 @@ func TestSetMetadataRecordsKubernetesNames(t *testing.T) {
 		if !on {
 			want, wantSnap = map[string]string{}, map[string]string{}
 		}
-		if got := imageMeta(t, io, vol.GetVolumeContext()["imageName"]); !reflect.DeepEqual(got, want) {
+		if got := imageMeta(t, e.io, vol.GetVolumeContext()["imageName"]); !reflect.DeepEqual(got, want) {
 			t.Errorf("setmetadata=%v: volume metadata = %v, want %v", on, got, want)
 		}
-		if got := imageMeta(t, io, "csi-snap-"+uuidOf(t, snap.GetSnapshot().GetSnapshotId())); !reflect.DeepEqual(got, wantSnap) {
+		if got := imageMeta(t, e.io, "csi-snap-"+testutil.UUIDOf(t, snap.GetSnapshotId())); !reflect.DeepEqual(got, wantSnap) {
 			t.Errorf("setmetadata=%v: snapshot metadata = %v, want %v", on, got, wantSnap)
 		}
 		// A restore names its own PVC, not the source's or the snapshot's.
-		rp := params(c, "csi.storage.k8s.io/pvc/name", "restored", "csi.storage.k8s.io/pvc/namespace", "team-b",
-			"csi.storage.k8s.io/pv/name", "pvc-5678")
-		rresp, err := d.Controller.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: uniqueName("metarestore"), VolumeCapabilities: mountCap(),
-			CapacityRange: &csi.CapacityRange{RequiredBytes: 4 << 20}, Parameters: rp, Secrets: c.RBDSecrets(),
-			VolumeContentSource: &csi.VolumeContentSource{Type: &csi.VolumeContentSource_Snapshot{
-				Snapshot: &csi.VolumeContentSource_SnapshotSource{SnapshotId: snap.GetSnapshot().GetSnapshotId()}}}})
-		if err != nil {
-			t.Fatal(err)
-		}
+		restored := e.create(uniqueName("metarestore"), 4<<20, testutil.FromSnapshot(snap.GetSnapshotId()),
+			"csi.storage.k8s.io/pvc/name", "restored", "csi.storage.k8s.io/pvc/namespace", "team-b", "csi.storage.k8s.io/pv/name", "pvc-5678")
 		wantRestore := map[string]string{"csi.storage.k8s.io/pvc/name": "restored", "csi.storage.k8s.io/pvc/namespace": "team-b",
 			"csi.storage.k8s.io/pv/name": "pvc-5678", "csi.ceph.com/cluster/name": "prod"}
 		if !on {
 			wantRestore = map[string]string{}
 		}
-		if got := imageMeta(t, io, rresp.GetVolume().GetVolumeContext()["imageName"]); !reflect.DeepEqual(got, wantRestore) {
+		if got := imageMeta(t, e.io, restored.GetVolumeContext()["imageName"]); !reflect.DeepEqual(got, wantRestore) {
 			t.Errorf("setmetadata=%v: restored volume metadata = %v, want %v", on, got, wantRestore)
 		}
-		for _, id := range []string{rresp.GetVolume().GetVolumeId()} {
-			if _, err := d.Controller.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: id, Secrets: c.RBDSecrets()}); err != nil {
-				t.Error(err)
-			}
-		}
-		if _, err := d.Controller.DeleteSnapshot(ctx, &csi.DeleteSnapshotRequest{SnapshotId: snap.GetSnapshot().GetSnapshotId(), Secrets: c.RBDSecrets()}); err != nil {
-			t.Error(err)
-		}
-		if _, err := d.Controller.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: vol.GetVolumeId(), Secrets: c.RBDSecrets()}); err != nil {
-			t.Error(err)
-		}
+		e.deleteVolume(restored.GetVolumeId())
+		e.deleteSnapshot(snap.GetSnapshotId())
+		e.deleteVolume(vol.GetVolumeId())
 	}
 }
 

@@ -127,11 +127,13 @@ func (c *ctl) mustDeleteSnapshot(id string) {
 	}
 }
 
-// crashes runs call, which must die at the crash armed on the fake: what
-// the call deferred runs (as a dying process releases its connections and
-// watches), nothing else does.
-func (c *ctl) crashes(call func()) {
+// crashesAt arms a crash at the nth call of op matching match (see
+// fakeCluster.crash) and runs call, which must die there: what the call
+// deferred runs (as a dying process releases its connections and watches),
+// nothing else does.
+func (c *ctl) crashesAt(op string, nth int, match string, call func()) {
 	c.t.Helper()
+	c.f.crash(op, nth, match)
 	crashed := func() (crashed bool) {
 		defer func() {
 			if r := recover(); r != nil {
@@ -275,6 +277,37 @@ func (c *ctl) sameState(what string, before []string) {
 	}
 }
 
+// failsAndUndoes makes call fail at the nth call of op matching match
+// and checks that it answers Internal with the cluster as it was before;
+// a second call, with nothing armed, must then succeed.
+func (c *ctl) failsAndUndoes(what, op string, nth int, match string, call func() error) {
+	c.t.Helper()
+	before := c.state()
+	c.f.fail(op, nth, match)
+	wantCode(c.t, "failing "+what, call(), codes.Internal)
+	if len(c.f.rules) != 0 {
+		c.t.Fatalf("the %s never reached the failing step %s", what, op)
+	}
+	c.sameState("the failed "+what, before)
+	if err := call(); err != nil {
+		c.t.Errorf("a retry after the undo: %v", err)
+	}
+}
+
+// refusedWhileWatched checks that call is refused (FailedPrecondition),
+// changing nothing, while img has watcher, and succeeds once it has none.
+func (c *ctl) refusedWhileWatched(what string, img *fakeImage, watcher string, call func() error) {
+	c.t.Helper()
+	img.watchers = []string{watcher}
+	before := c.state()
+	wantCode(c.t, what, call(), codes.FailedPrecondition)
+	c.sameState("the refused call", before)
+	img.watchers = nil
+	if err := call(); err != nil {
+		c.t.Fatalf("%s once it has no watcher: %v", what, err)
+	}
+}
+
 // sameImages is sameState for imageState.
 func (c *ctl) sameImages(what string, before []string) {
 	c.t.Helper()
@@ -399,8 +432,7 @@ func TestCreateVolumeRepairsHalfCreated(t *testing.T) {
 	t.Run("plain", func(t *testing.T) {
 		c := newCtl(t)
 		req := c.volReq("pvc", 8<<20, nil)
-		c.f.crash("CreateImage", 1, "")
-		c.crashes(func() { _, _ = c.create(req) })
+		c.crashesAt("CreateImage", 1, "", func() { _, _ = c.create(req) })
 		u := c.f.omap("rbd", "csi.volumes.default")["csi.volume.pvc"]
 		if u == "" || len(c.f.images("rbd")) != 0 {
 			t.Fatalf("after the crash: journal key %q, images %v; want a key and no image", u, c.f.images("rbd"))
@@ -421,8 +453,7 @@ func TestCreateVolumeRepairsHalfCreated(t *testing.T) {
 		c := newCtl(t)
 		src := c.volume("src", 8<<20, nil)
 		req := c.volReq("pvc", 8<<20, fromVolume(src.GetVolumeId()))
-		c.f.crash("CloneImage", 2, "")
-		c.crashes(func() { _, _ = c.create(req) })
+		c.crashesAt("CloneImage", 2, "", func() { _, _ = c.create(req) })
 		vol, err := c.create(req)
 		if err != nil {
 			t.Fatalf("retry: %v", err)
@@ -453,8 +484,7 @@ func TestCreateVolumeGrowsCloneInterruptedBeforeResize(t *testing.T) {
 				from = fromSnapshot(c.snapshot("snap", src.GetVolumeId()).GetSnapshotId())
 			}
 			req := c.volReq("big", 16<<20, from)
-			c.f.crash("Resize", 1, "")
-			c.crashes(func() { _, _ = c.create(req) })
+			c.crashesAt("Resize", 1, "", func() { _, _ = c.create(req) })
 			u := c.f.omap("rbd", "csi.volumes.default")["csi.volume.big"]
 			if img := c.img("csi-vol-" + u); img.size != 8<<20 {
 				t.Fatalf("after the crash the clone has %d bytes, want the source's 8 MiB", img.size)
@@ -496,8 +526,7 @@ func TestFailingRetryKeepsTheVolume(t *testing.T) {
 		c := newCtl(t)
 		src := c.volume("src", 8<<20, nil)
 		req := c.volReq("big", 16<<20, fromVolume(src.GetVolumeId()))
-		c.f.crash("Resize", 1, "")
-		c.crashes(func() { _, _ = c.create(req) })
+		c.crashesAt("Resize", 1, "", func() { _, _ = c.create(req) })
 		before := c.state()
 		c.f.fail("Resize", 1, "")
 		_, err := c.create(req)
@@ -553,17 +582,10 @@ func TestFailingCreateUndoesEverything(t *testing.T) {
 			if size == 0 {
 				size = 8 << 20
 			}
-			before := c.state()
-			c.f.fail(tc.op, tc.nth, tc.match)
-			_, err := c.create(c.volReq("pvc", size, from))
-			wantCode(t, "failing create", err, codes.Internal)
-			if len(c.f.rules) != 0 {
-				t.Fatalf("the create never reached the failing step %s", tc.op)
-			}
-			c.sameState("the failed create", before)
-			if _, err := c.create(c.volReq("pvc", size, from)); err != nil {
-				t.Errorf("a retry after the undo: %v", err)
-			}
+			c.failsAndUndoes("create", tc.op, tc.nth, tc.match, func() error {
+				_, err := c.create(c.volReq("pvc", size, from))
+				return err
+			})
 		})
 	}
 }
@@ -593,13 +615,9 @@ func TestDeleteVolumeRemovesImagesAndJournal(t *testing.T) {
 func TestDeleteVolumeKeepsWatchedImage(t *testing.T) {
 	c := newCtl(t)
 	vol := c.volume("pvc", 8<<20, nil)
-	img := c.img(volImage(vol))
-	img.watchers = []string{"10.0.0.7:0/2283147"} // a node has it mapped
-	before := c.state()
-	wantCode(t, "delete of a watched image", c.deleteVolume(vol.GetVolumeId()), codes.FailedPrecondition)
-	c.sameState("the refused delete", before)
-	img.watchers = nil
-	c.mustDeleteVolume(vol.GetVolumeId())
+	// A node has it mapped.
+	c.refusedWhileWatched("delete of a watched image", c.img(volImage(vol)), "10.0.0.7:0/2283147",
+		func() error { return c.deleteVolume(vol.GetVolumeId()) })
 	if left := c.leftovers("rbd", uuidOfID(t, vol.GetVolumeId())); len(left) != 0 {
 		t.Errorf("left after the delete: %v", left)
 	}
@@ -627,6 +645,19 @@ func TestDeleteVolumeTrashesImageWithClones(t *testing.T) {
 	c.mustDeleteSnapshot(snap.GetSnapshotId())
 	wantList(t, "images", c.f.images("rbd"), nil)
 	wantList(t, "trash after the last clone went", c.f.trash("rbd"), nil)
+}
+
+// A source deleted while its last clone is deleted too: the clone's delete
+// ends between the source's refused removal and its move to the trash, so
+// it finds no trashed parent to purge; the source's delete purges it.
+func TestDeleteRacingLastCloneLeavesNoTrash(t *testing.T) {
+	c := newCtl(t)
+	vol := c.volume("pvc", 8<<20, nil)
+	snap := c.snapshot("snap", vol.GetVolumeId())
+	c.f.before("TrashImage", volImage(vol), func() { c.mustDeleteSnapshot(snap.GetSnapshotId()) })
+	c.mustDeleteVolume(vol.GetVolumeId())
+	wantList(t, "images", c.f.images("rbd"), nil)
+	wantList(t, "trash", c.f.trash("rbd"), nil)
 }
 
 // Deleting the last clone purges every trashed ancestor of ours that no
@@ -672,8 +703,7 @@ func TestPurgeNeverRemovesForeignTrash(t *testing.T) {
 		vol := c.volume("pvc", 8<<20, nil)
 		snap := c.snapshot("snap", vol.GetVolumeId())
 		c.mustDeleteVolume(vol.GetVolumeId())
-		c.f.crash("RemoveTrashed", 1, "")
-		c.crashes(func() { _ = c.deleteSnapshot(snap.GetSnapshotId()) })
+		c.crashesAt("RemoveTrashed", 1, "", func() { _ = c.deleteSnapshot(snap.GetSnapshotId()) })
 		wantList(t, "trash after the crash", c.f.trash("rbd"), slices.Sorted(slices.Values([]string{foreign, volImage(vol)})))
 		c.mustDeleteSnapshot(snap.GetSnapshotId())
 		wantList(t, "trash", c.f.trash("rbd"), []string{foreign})
@@ -699,8 +729,7 @@ func TestDeleteVolumeKeepsImageWithForeignSnapshot(t *testing.T) {
 	t.Run("temporary snapshot of an interrupted clone", func(t *testing.T) {
 		c := newCtl(t)
 		src := c.volume("src", 8<<20, nil)
-		c.f.crash("CloneImage", 1, "")
-		c.crashes(func() { _, _ = c.create(c.volReq("clone", 8<<20, fromVolume(src.GetVolumeId()))) })
+		c.crashesAt("CloneImage", 1, "", func() { _, _ = c.create(c.volReq("clone", 8<<20, fromVolume(src.GetVolumeId()))) })
 		if s := c.img(volImage(src)).userSnaps(); len(s) != 1 || !strings.HasSuffix(s[0], "-temp") {
 			t.Fatalf("source snapshots after the crash = %v, want the clone's -temp one", s)
 		}
@@ -775,8 +804,7 @@ func TestInterruptedDeleteFinishesOnRetry(t *testing.T) {
 			src := c.volume("src", 8<<20, nil)
 			clone := c.volume("clone", 8<<20, fromVolume(src.GetVolumeId()))
 			snap := c.snapshot("snap", clone.GetVolumeId()) // the clone goes to the trash
-			c.f.crash(tc.op, tc.nth, tc.match)
-			c.crashes(func() { _ = c.deleteVolume(clone.GetVolumeId()) })
+			c.crashesAt(tc.op, tc.nth, tc.match, func() { _ = c.deleteVolume(clone.GetVolumeId()) })
 			c.mustDeleteVolume(clone.GetVolumeId())
 			if c.f.omap("rbd", "csi.volume."+uuidOfID(t, clone.GetVolumeId())) != nil ||
 				c.f.omap("rbd", "csi.volumes.default")["csi.volume.clone"] != "" {

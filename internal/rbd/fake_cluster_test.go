@@ -54,6 +54,9 @@ type fakeRule struct {
 	op, match string
 	left      int
 	err       error
+	// run, when set, runs before the call goes on: another client acting
+	// in between.
+	run func()
 }
 
 type fakeCluster struct {
@@ -89,6 +92,11 @@ func (f *fakeCluster) failWith(op string, nth int, match string, err error) {
 	f.rules = append(f.rules, &fakeRule{op: op, match: match, left: nth, err: err})
 }
 
+// before runs fn just before the next matching call of op does anything.
+func (f *fakeCluster) before(op, match string, fn func()) {
+	f.rules = append(f.rules, &fakeRule{op: op, match: match, left: 1, run: fn})
+}
+
 // crash makes the nth matching call of op panic before it does anything.
 func (f *fakeCluster) crash(op string, nth int, match string) {
 	f.rules = append(f.rules, &fakeRule{op: op, match: match, left: nth})
@@ -107,7 +115,11 @@ func (f *fakeCluster) step(op, target string) error {
 			continue
 		}
 		f.rules = append(f.rules[:i], f.rules[i+1:]...)
-		if r.err == nil {
+		switch {
+		case r.run != nil:
+			r.run()
+			return nil
+		case r.err == nil:
 			panic(fakeCrash{op: op, target: target})
 		}
 		return r.err
@@ -325,13 +337,23 @@ func (h *fakePoolHandle) openImage(img *fakeImage, readOnly bool) image {
 	return ih
 }
 
-func (h *fakePoolHandle) OpenImage(name string, readOnly bool) (image, error) {
-	if err := h.p.f.step("OpenImage", name); err != nil {
+// stepLive is the start of an operation op on live image name: the step
+// (an armed rule may fail it), then the image, ENOENT when it is missing.
+func (h *fakePoolHandle) stepLive(op, name string) (*fakeImage, error) {
+	if err := h.p.f.step(op, name); err != nil {
 		return nil, err
 	}
 	img := h.p.live(name)
 	if img == nil {
 		return nil, errno(syscall.ENOENT, "image %s", name)
+	}
+	return img, nil
+}
+
+func (h *fakePoolHandle) OpenImage(name string, readOnly bool) (image, error) {
+	img, err := h.stepLive("OpenImage", name)
+	if err != nil {
+		return nil, err
 	}
 	return h.openImage(img, readOnly), nil
 }
@@ -348,23 +370,17 @@ func (h *fakePoolHandle) OpenImageByID(id string, readOnly bool) (image, error) 
 }
 
 func (h *fakePoolHandle) RemoveImage(name string) error {
-	if err := h.p.f.step("RemoveImage", name); err != nil {
+	img, err := h.stepLive("RemoveImage", name)
+	if err != nil {
 		return err
-	}
-	img := h.p.live(name)
-	if img == nil {
-		return errno(syscall.ENOENT, "image %s", name)
 	}
 	return h.p.remove(img)
 }
 
 func (h *fakePoolHandle) TrashImage(name string) error {
-	if err := h.p.f.step("TrashImage", name); err != nil {
+	img, err := h.stepLive("TrashImage", name)
+	if err != nil {
 		return err
-	}
-	img := h.p.live(name)
-	if img == nil {
-		return errno(syscall.ENOENT, "image %s", name)
 	}
 	img.trashed = true
 	return nil
@@ -451,12 +467,9 @@ func (h *fakePoolHandle) TrashMarked(imageID string) (bool, error) {
 // QueueFlatten behaves as `rbd task add flatten`: a task already queued for
 // the image is fine; an image that is missing or has no parent is ENOENT.
 func (h *fakePoolHandle) QueueFlatten(name string) error {
-	if err := h.p.f.step("QueueFlatten", name); err != nil {
+	img, err := h.stepLive("QueueFlatten", name)
+	if err != nil {
 		return err
-	}
-	img := h.p.live(name)
-	if img == nil {
-		return errno(syscall.ENOENT, "image %s does not exist", name)
 	}
 	key := h.p.f.taskKey(h.p, img.id)
 	if h.p.f.tasks[key] {
@@ -491,6 +504,9 @@ type fakeImage struct {
 	// manager task); writers counts the driver's read-write opens.
 	watchers []string
 	writers  int
+	// allocated is what the image's objects hold; zeroed the part of it
+	// that is runs of zeros, which Sparsify gives back.
+	allocated, zeroed uint64
 }
 
 type fakeSnap struct {
@@ -630,6 +646,25 @@ func (h *fakeImageHandle) Resize(size uint64) error {
 		return err
 	}
 	h.img.size = size
+	return nil
+}
+
+func (h *fakeImageHandle) Allocated() (uint64, error) {
+	if err := h.f.step("Allocated", h.img.name); err != nil {
+		return 0, err
+	}
+	return h.img.allocated, h.check(false)
+}
+
+func (h *fakeImageHandle) Sparsify() error {
+	if err := h.f.step("Sparsify", h.img.name); err != nil {
+		return err
+	}
+	if err := h.check(true); err != nil {
+		return err
+	}
+	h.img.allocated -= h.img.zeroed
+	h.img.zeroed = 0
 	return nil
 }
 

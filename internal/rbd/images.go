@@ -312,7 +312,11 @@ func removeSnapshotsOf(p pool, img image, snaps []string) error {
 	return nil
 }
 
-// trash marks an image as ours and moves it to the RBD trash.
+// trash marks an image as ours and moves it to the RBD trash. Its last
+// clone may have gone in the meantime, deleted concurrently: that delete
+// looked for a trashed parent before this one was trashed and purged
+// nothing. So the entry is purged here at once when no clone needs it any
+// more; one of the two deletes always sees the final state.
 func (r *remover) trash(name string) error {
 	img, err := r.p.OpenImage(name, false)
 	if csierr.IsNotFound(err) {
@@ -321,13 +325,19 @@ func (r *remover) trash(name string) error {
 	if err != nil {
 		return fmt.Errorf("opening image %s: %w", imageSpec(r.p, name), err)
 	}
-	err = img.SetMetadata(trashedByUsKey, "true")
+	id, err := img.ID()
+	if err == nil {
+		err = img.SetMetadata(trashedByUsKey, "true")
+	}
 	img.Close()
 	if err != nil {
 		return fmt.Errorf("marking image %s before moving it to the trash: %w", imageSpec(r.p, name), err)
 	}
 	if err := r.p.TrashImage(name); err != nil && !csierr.IsNotFound(err) {
 		return fmt.Errorf("moving image %s to the trash: %w", imageSpec(r.p, name), err)
+	}
+	if parent, err := purgeTrashed(r.p, id); err == nil {
+		purgeAncestors(r.c, ancestorOf(parent))
 	}
 	return nil
 }

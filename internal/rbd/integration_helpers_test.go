@@ -4,18 +4,17 @@ package rbd_test
 
 import (
 	"context"
-	"errors"
-	"strings"
 	"testing"
 	"time"
 
 	"github.com/ceph/go-ceph/rados"
-	"github.com/ceph/go-ceph/rbd"
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"github.com/google/uuid"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
+	"github.com/leanceph/cephcsi/internal/config"
 	"github.com/leanceph/cephcsi/internal/testutil"
-	"github.com/leanceph/cephcsi/internal/volid"
 )
 
 const pool = "rbd"
@@ -43,148 +42,114 @@ func params(c *testutil.Cluster, extra ...string) map[string]string {
 
 func uniqueName(prefix string) string { return prefix + "-" + uuid.NewString()[:8] }
 
-// omap reads all omap values of an object as admin; nil when it is missing.
-func omap(t *testing.T, io *rados.IOContext, oid string) map[string]string {
+// retryAborted repeats call while it returns Aborted, as the sidecars do.
+func retryAborted[T any](t *testing.T, ctx context.Context, call func() (T, error)) (T, error) {
 	t.Helper()
-	vals, err := io.GetAllOmapValues(oid, "", "", 100)
-	if errors.Is(err, rados.ErrNotFound) {
-		return nil
-	}
-	if err != nil {
-		t.Fatalf("omap of %s: %v", oid, err)
-	}
-	out := map[string]string{}
-	for k, v := range vals {
-		out[k] = string(v)
-	}
-	return out
+	return retryAbortedCounting(ctx, nil, call)
 }
 
-func uuidOf(t *testing.T, id string) string {
-	t.Helper()
-	d, err := volid.Decode(id)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return d.UUID
-}
-
-func imageExists(t *testing.T, io *rados.IOContext, name string) bool {
-	t.Helper()
-	names, err := rbd.GetImageNames(io)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, n := range names {
-		if n == name {
-			return true
+// retryAbortedCounting is retryAborted that counts the Aborted answers.
+func retryAbortedCounting[T any](ctx context.Context, aborted *int, call func() (T, error)) (T, error) {
+	for {
+		v, err := call()
+		if status.Code(err) != codes.Aborted {
+			return v, err
+		}
+		if aborted != nil {
+			*aborted++
+		}
+		select {
+		case <-ctx.Done():
+			return v, err
+		case <-time.After(100 * time.Millisecond):
 		}
 	}
-	return false
 }
 
-// writeImage writes data at offset through librbd as admin.
-func writeImage(t *testing.T, io *rados.IOContext, name string, data []byte, off int64) {
-	t.Helper()
-	img, err := rbd.OpenImage(io, name, rbd.NoSnapshot)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer img.Close()
-	if _, err := img.WriteAt(data, off); err != nil {
-		t.Fatal(err)
-	}
-	if err := img.Flush(); err != nil {
-		t.Fatal(err)
-	}
+type rbdEnv struct {
+	t   *testing.T
+	c   *testutil.Cluster
+	d   *testutil.Driver
+	io  *rados.IOContext
+	ctx context.Context
+	// uuids collects every volume and snapshot made, for the leak check.
+	uuids []string
+	// aborted counts the Aborted answers create retried through.
+	aborted int
 }
 
-func readImage(t *testing.T, io *rados.IOContext, name string, n int, off int64) []byte {
-	t.Helper()
-	img, err := rbd.OpenImageReadOnly(io, name, rbd.NoSnapshot)
-	if err != nil {
-		t.Fatalf("open %s: %v", name, err)
+func newRBDEnv(t *testing.T, tweak ...func(*config.Options)) *rbdEnv {
+	c := testutil.RequireCluster(t)
+	var tw func(*config.Options)
+	if len(tweak) > 0 {
+		tw = tweak[0]
 	}
-	defer img.Close()
-	buf := make([]byte, n)
-	if _, err := img.ReadAt(buf, off); err != nil {
-		t.Fatal(err)
-	}
-	return buf
+	return &rbdEnv{t: t, c: c, d: testutil.StartDriver(t, c, "rbd", tw), io: c.IOContext(t, pool), ctx: ctxT(t)}
 }
 
-func parentOf(t *testing.T, io *rados.IOContext, name string) string {
-	t.Helper()
-	img, err := rbd.OpenImageReadOnly(io, name, rbd.NoSnapshot)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer img.Close()
-	p, err := img.GetParent()
-	if err != nil {
-		return ""
-	}
-	return p.Image.ImageName + "@" + p.Snap.SnapName
+// volReq is the CreateVolume request of a mounted RBD volume in pool rbd,
+// extra parameters added (or replacing the pool).
+func (e *rbdEnv) volReq(name string, size int64, src *csi.VolumeContentSource, extra ...string) *csi.CreateVolumeRequest {
+	return &csi.CreateVolumeRequest{Name: name, CapacityRange: &csi.CapacityRange{RequiredBytes: size}, VolumeCapabilities: mountCap(),
+		Parameters: params(e.c, extra...), Secrets: e.c.RBDSecrets(), VolumeContentSource: src}
 }
 
-func snapNames(t *testing.T, io *rados.IOContext, name string) []string {
-	t.Helper()
-	img, err := rbd.OpenImageReadOnly(io, name, rbd.NoSnapshot)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer img.Close()
-	snaps, err := img.GetSnapshotNames()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var out []string
-	for _, s := range snaps {
-		// As `rbd snap ls` shows them: user snapshots only, not the ones in
-		// the trash namespace that clones keep alive.
-		if ns, err := img.GetSnapNamespaceType(s.Id); err == nil && ns == rbd.SnapNamespaceTypeUser {
-			out = append(out, s.Name)
-		}
-	}
-	return out
-}
-
-// ourLeftovers lists images, trash entries and journal objects whose names
-// contain one of the given UUIDs.
-func ourLeftovers(t *testing.T, io *rados.IOContext, uuids ...string) []string {
-	t.Helper()
-	var left []string
-	match := func(s string) bool {
-		for _, u := range uuids {
-			if strings.Contains(s, u) {
-				return true
-			}
-		}
-		return false
-	}
-	names, _ := rbd.GetImageNames(io)
-	for _, n := range names {
-		if match(n) {
-			left = append(left, "image "+n)
-		}
-	}
-	trash, _ := rbd.GetTrashList(io)
-	for _, e := range trash {
-		if match(e.Name) {
-			left = append(left, "trash "+e.Name)
-		}
-	}
-	_ = io.ListObjects(func(oid string) {
-		if match(oid) {
-			left = append(left, "object "+oid)
-		}
+// create makes the volume of volReq, retrying while it is Aborted.
+func (e *rbdEnv) create(name string, size int64, src *csi.VolumeContentSource, extra ...string) *csi.Volume {
+	e.t.Helper()
+	req := e.volReq(name, size, src, extra...)
+	resp, err := retryAbortedCounting(e.ctx, &e.aborted, func() (*csi.CreateVolumeResponse, error) {
+		return e.d.Controller.CreateVolume(e.ctx, req)
 	})
-	for _, dir := range []string{"csi.volumes.default", "csi.snaps.default"} {
-		for k, v := range omap(t, io, dir) {
-			if match(v) {
-				left = append(left, "journal key "+dir+"/"+k)
-			}
-		}
+	if err != nil {
+		e.t.Fatalf("CreateVolume %s: %v", name, err)
 	}
-	return left
+	e.uuids = append(e.uuids, testutil.UUIDOf(e.t, resp.GetVolume().GetVolumeId()))
+	return resp.GetVolume()
+}
+
+// snapReq is the CreateSnapshot request of a snapshot class naming this
+// cluster, extra parameters added.
+func (e *rbdEnv) snapReq(name, sourceID string, extra ...string) *csi.CreateSnapshotRequest {
+	p := map[string]string{"clusterID": e.c.ClusterID}
+	for i := 0; i+1 < len(extra); i += 2 {
+		p[extra[i]] = extra[i+1]
+	}
+	return &csi.CreateSnapshotRequest{Name: name, SourceVolumeId: sourceID, Parameters: p, Secrets: e.c.RBDSecrets()}
+}
+
+// snapshot makes the snapshot of snapReq, retrying while it is Aborted.
+func (e *rbdEnv) snapshot(name, sourceID string, extra ...string) *csi.Snapshot {
+	e.t.Helper()
+	req := e.snapReq(name, sourceID, extra...)
+	resp, err := retryAborted(e.t, e.ctx, func() (*csi.CreateSnapshotResponse, error) {
+		return e.d.Controller.CreateSnapshot(e.ctx, req)
+	})
+	if err != nil {
+		e.t.Fatalf("CreateSnapshot %s: %v", name, err)
+	}
+	e.uuids = append(e.uuids, testutil.UUIDOf(e.t, resp.GetSnapshot().GetSnapshotId()))
+	return resp.GetSnapshot()
+}
+
+func (e *rbdEnv) deleteVolume(id string) {
+	e.t.Helper()
+	if _, err := e.d.Controller.DeleteVolume(e.ctx, &csi.DeleteVolumeRequest{VolumeId: id, Secrets: e.c.RBDSecrets()}); err != nil {
+		e.t.Fatalf("DeleteVolume: %v", err)
+	}
+}
+
+func (e *rbdEnv) deleteSnapshot(id string) {
+	e.t.Helper()
+	if _, err := e.d.Controller.DeleteSnapshot(e.ctx, &csi.DeleteSnapshotRequest{SnapshotId: id, Secrets: e.c.RBDSecrets()}); err != nil {
+		e.t.Fatalf("DeleteSnapshot: %v", err)
+	}
+}
+
+// assertClean fails when anything of this test is left on the cluster.
+func (e *rbdEnv) assertClean() {
+	e.t.Helper()
+	if left := e.c.Leftovers(e.t, e.uuids...); len(left) > 0 {
+		e.t.Errorf("leftovers: %v", left)
+	}
 }

@@ -23,7 +23,10 @@ import (
 // the image, make the device follow and grow the filesystem online.
 func (s *NodeServer) NodeExpandVolume(ctx context.Context, req *csi.NodeExpandVolumeRequest) (*csi.NodeExpandVolumeResponse, error) {
 	volID, volPath := req.GetVolumeId(), req.GetVolumePath()
-	if err := nodeutil.VolumeAndPaths(volID, [2]string{"volume_path", volPath}); err != nil {
+	if err := nodeutil.VolumeAndPaths(volID); err != nil {
+		return nil, err
+	}
+	if err := nodeutil.VolumePath(volPath); err != nil {
 		return nil, err
 	}
 	var rec stageRecord

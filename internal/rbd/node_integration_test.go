@@ -8,6 +8,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"errors"
+	"io"
 	"io/fs"
 	"net"
 	"os"
@@ -57,19 +58,37 @@ type nodeEnv struct {
 }
 
 // startNodeEnv serves the driver in-process with its plugin path in a
-// directory of the test. Whatever a failing test leaves mapped there is
-// torn down before the directory goes (a FUSE helper's mount is unmounted,
-// not deleted through).
-func startNodeEnv(t *testing.T) *nodeEnv {
+// directory of the test (tweak may change more options). Whatever a failing
+// test leaves mapped there is torn down before the directory goes (a FUSE
+// helper's mount is unmounted, not deleted through).
+func startNodeEnv(t *testing.T, tweak ...func(*config.Options)) *nodeEnv {
 	t.Helper()
-	c := testutil.RequireCluster(t)
-	started := time.Now()
-	pluginDir := shortDir(t, "csi-node")
-	work := shortDir(t, "csi-work")
-	tmp := privateTmp(t)
-	t.Cleanup(func() { tearDownUnder(t, work, pluginDir) })
-	d := testutil.StartDriver(t, c, "rbd", func(o *config.Options) { o.PluginPath = pluginDir })
-	return &nodeEnv{c: c, d: d, pluginDir: pluginDir, work: work, tmp: tmp, started: started}
+	e := newNodeDirs(t)
+	e.d = testutil.StartDriver(t, e.c, "rbd", func(o *config.Options) {
+		o.PluginPath = e.pluginDir
+		for _, tw := range tweak {
+			tw(o)
+		}
+	})
+	return e
+}
+
+// newNodeDirs is a nodeEnv without its driver: the directories of the
+// test, torn down as startNodeEnv says.
+func newNodeDirs(t *testing.T) *nodeEnv {
+	t.Helper()
+	e := &nodeEnv{c: testutil.RequireCluster(t), started: time.Now()}
+	e.pluginDir = shortDir(t, "csi-node")
+	e.work = shortDir(t, "csi-work")
+	e.tmp = privateTmp(t)
+	t.Cleanup(func() { tearDownUnder(t, e.work, e.pluginDir) })
+	return e
+}
+
+// kubeletPaths are the staging path of a volume and its target path in a
+// pod, below e.work, as kubelet would name them.
+func (e *nodeEnv) kubeletPaths(pod string) (staging, target string) {
+	return filepath.Join(e.work, pod+"-staging"), filepath.Join(e.work, pod, "mount")
 }
 
 // privateTmp points TMPDIR at a directory of the test, so that whatever
@@ -196,12 +215,45 @@ func loopsUnder(t *testing.T, dirs ...string) []string {
 // deleted when the test ends (after the unstage cleanups registered later).
 func createFuseVolume(t *testing.T, e *nodeEnv, ctl csi.ControllerClient, size int64, fsType string) *csi.Volume {
 	t.Helper()
+	return createVolumeReq(t, e, ctl, fuseVolumeReq(e, "node", size, fsType, nil))
+}
+
+// fuseVolumeReq is the CreateVolume request of an rbd-fuse volume of size
+// (fsType "" for the default) with content from src.
+func fuseVolumeReq(e *nodeEnv, prefix string, size int64, fsType string, src *csi.VolumeContentSource) *csi.CreateVolumeRequest {
 	p := params(e.c, "mounter", "rbd-fuse")
 	if fsType != "" {
 		p["csi.storage.k8s.io/fstype"] = fsType
 	}
-	return createVolumeReq(t, e, ctl, &csi.CreateVolumeRequest{Name: uniqueName("node"), VolumeCapabilities: mountCap(),
-		CapacityRange: &csi.CapacityRange{RequiredBytes: size}, Parameters: p, Secrets: e.c.RBDSecrets()})
+	return &csi.CreateVolumeRequest{Name: uniqueName(prefix), VolumeCapabilities: mountCap(),
+		CapacityRange: &csi.CapacityRange{RequiredBytes: size}, Parameters: p, Secrets: e.c.RBDSecrets(), VolumeContentSource: src}
+}
+
+// snapshotOf snapshots vol and deletes the snapshot when the test ends;
+// registered before the restores of it, that runs after they are deleted.
+func snapshotOf(t *testing.T, e *nodeEnv, vol *csi.Volume) (snapID string) {
+	t.Helper()
+	resp, err := e.d.Controller.CreateSnapshot(ctxT(t), &csi.CreateSnapshotRequest{SourceVolumeId: vol.GetVolumeId(),
+		Name: uniqueName("snap"), Secrets: e.c.RBDSecrets(), Parameters: map[string]string{"clusterID": e.c.ClusterID}})
+	if err != nil {
+		t.Fatalf("CreateSnapshot: %v", err)
+	}
+	snapID = resp.GetSnapshot().GetSnapshotId()
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		if _, err := e.d.Controller.DeleteSnapshot(ctx, &csi.DeleteSnapshotRequest{SnapshotId: snapID, Secrets: e.c.RBDSecrets()}); err != nil {
+			t.Errorf("DeleteSnapshot: %v", err)
+		}
+	})
+	return snapID
+}
+
+// restoreOf provisions an rbd-fuse volume of size from snapshot snapID; it
+// is deleted when the test ends.
+func restoreOf(t *testing.T, e *nodeEnv, snapID string, size int64) *csi.Volume {
+	t.Helper()
+	return createVolumeReq(t, e, e.d.Controller, fuseVolumeReq(e, "restore", size, "", testutil.FromSnapshot(snapID)))
 }
 
 // createVolumeReq creates a volume and deletes it when the test ends, after
@@ -245,9 +297,7 @@ func stageReq(c *testutil.Cluster, vol *csi.Volume, staging string, vcap *csi.Vo
 // stage stages vol and makes sure the test unstages it in the end.
 func stage(t *testing.T, node csi.NodeClient, c *testutil.Cluster, vol *csi.Volume, staging string, vcap *csi.VolumeCapability) {
 	t.Helper()
-	if _, err := node.NodeStageVolume(ctxT(t), stageReq(c, vol, staging, vcap)); err != nil {
-		t.Fatalf("NodeStageVolume: %v", err)
-	}
+	stageOnce(t, node, c, vol, staging, vcap)
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 		defer cancel()
@@ -257,13 +307,18 @@ func stage(t *testing.T, node csi.NodeClient, c *testutil.Cluster, vol *csi.Volu
 	})
 }
 
+// stageOnce stages vol; unlike stage, nothing unstages it at the end.
+func stageOnce(t *testing.T, node csi.NodeClient, c *testutil.Cluster, vol *csi.Volume, staging string, vcap *csi.VolumeCapability) {
+	t.Helper()
+	if _, err := node.NodeStageVolume(ctxT(t), stageReq(c, vol, staging, vcap)); err != nil {
+		t.Fatalf("NodeStageVolume: %v", err)
+	}
+}
+
+// publish publishes vol and makes sure the test unpublishes it in the end.
 func publish(t *testing.T, node csi.NodeClient, vol *csi.Volume, staging, target string, vcap *csi.VolumeCapability, ro bool) {
 	t.Helper()
-	if _, err := node.NodePublishVolume(ctxT(t), &csi.NodePublishVolumeRequest{VolumeId: vol.GetVolumeId(),
-		StagingTargetPath: staging, TargetPath: target, VolumeCapability: vcap, Readonly: ro,
-		VolumeContext: vol.GetVolumeContext()}); err != nil {
-		t.Fatalf("NodePublishVolume: %v", err)
-	}
+	publishOnce(t, node, vol, staging, target, vcap, ro)
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 		defer cancel()
@@ -271,6 +326,46 @@ func publish(t *testing.T, node csi.NodeClient, vol *csi.Volume, staging, target
 			t.Errorf("cleanup NodeUnpublishVolume: %v", err)
 		}
 	})
+}
+
+// publishOnce publishes vol; unlike publish, nothing unpublishes it at the
+// end.
+func publishOnce(t *testing.T, node csi.NodeClient, vol *csi.Volume, staging, target string, vcap *csi.VolumeCapability, ro bool) {
+	t.Helper()
+	if _, err := node.NodePublishVolume(ctxT(t), &csi.NodePublishVolumeRequest{VolumeId: vol.GetVolumeId(),
+		StagingTargetPath: staging, TargetPath: target, VolumeCapability: vcap, Readonly: ro,
+		VolumeContext: vol.GetVolumeContext()}); err != nil {
+		t.Fatalf("NodePublishVolume: %v", err)
+	}
+}
+
+// mountVolume stages vol at staging and publishes it read-write at target,
+// as kubelet does for a pod; the test undoes both in the end.
+func mountVolume(t *testing.T, e *nodeEnv, vol *csi.Volume, staging, target string, vcap *csi.VolumeCapability) {
+	t.Helper()
+	stage(t, e.d.Node, e.c, vol, staging, vcap)
+	publish(t, e.d.Node, vol, staging, target, vcap, false)
+}
+
+// unmountVolume unpublishes and unstages what mountVolume made.
+func unmountVolume(t *testing.T, e *nodeEnv, vol *csi.Volume, staging, target string) {
+	t.Helper()
+	unpublish(t, e.d.Node, vol, target)
+	unstage(t, e.d.Node, vol, staging)
+}
+
+// expandVolume grows vol to size through the controller, then asks the
+// node to grow what is published at target, and returns the node's answer.
+func expandVolume(t *testing.T, e *nodeEnv, vol *csi.Volume, size int64, vcap *csi.VolumeCapability,
+	staging, target string) (*csi.NodeExpandVolumeResponse, error) {
+	t.Helper()
+	ctx := ctxT(t)
+	if _, err := e.d.Controller.ControllerExpandVolume(ctx, &csi.ControllerExpandVolumeRequest{VolumeId: vol.GetVolumeId(),
+		CapacityRange: &csi.CapacityRange{RequiredBytes: size}, Secrets: e.c.RBDSecrets(), VolumeCapability: vcap}); err != nil {
+		t.Fatalf("ControllerExpandVolume: %v", err)
+	}
+	return e.d.Node.NodeExpandVolume(ctx, &csi.NodeExpandVolumeRequest{VolumeId: vol.GetVolumeId(), VolumePath: target,
+		CapacityRange: &csi.CapacityRange{RequiredBytes: size}, VolumeCapability: vcap, StagingTargetPath: staging})
 }
 
 func unpublish(t *testing.T, node csi.NodeClient, vol *csi.Volume, target string) {
@@ -462,8 +557,7 @@ func TestNodeStagePublishWriteUnstageRestage(t *testing.T) {
 	ctx := ctxT(t)
 	vol := createFuseVolume(t, e, e.d.Controller, 64<<20, "")
 	image := vol.GetVolumeContext()["imageName"]
-	staging := filepath.Join(e.work, "staging")
-	target := filepath.Join(e.work, "pod", "mount")
+	staging, target := e.kubeletPaths("pod")
 	vcap := testutil.FSCap("")
 
 	stage(t, e.d.Node, e.c, vol, staging, vcap)
@@ -560,7 +654,7 @@ func TestNodeStagePublishWriteUnstageRestage(t *testing.T) {
 	}
 	// The data is in the cluster, not in a cache on this node: read the
 	// ext4 superblock magic (0xEF53 at byte 1080) through librbd.
-	if magic := readImage(t, e.c.IOContext(t, pool), image, 2, 1080); !bytes.Equal(magic, []byte{0x53, 0xef}) {
+	if magic := testutil.ReadImage(t, e.c.IOContext(t, pool), image, 2, 1080); !bytes.Equal(magic, []byte{0x53, 0xef}) {
 		t.Errorf("ext4 magic in the image = %x", magic)
 	}
 
@@ -573,8 +667,7 @@ func TestNodeStagePublishWriteUnstageRestage(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(target, "ro.txt"), []byte("x"), 0o644); !errors.Is(err, syscall.EROFS) {
 		t.Errorf("write to a read-only publish: %v, want EROFS", err)
 	}
-	unpublish(t, e.d.Node, vol, target)
-	unstage(t, e.d.Node, vol, staging)
+	unmountVolume(t, e, vol, staging, target)
 	assertCleanNode(t, e)
 
 	// Asked to stage the ext4 volume as xfs, the node refuses instead of
@@ -584,7 +677,7 @@ func TestNodeStagePublishWriteUnstageRestage(t *testing.T) {
 		t.Errorf("staging an ext4 volume as xfs: %v, want FailedPrecondition (holds ext4)", err)
 	}
 	assertCleanNode(t, e)
-	if magic := readImage(t, e.c.IOContext(t, pool), image, 2, 1080); !bytes.Equal(magic, []byte{0x53, 0xef}) {
+	if magic := testutil.ReadImage(t, e.c.IOContext(t, pool), image, 2, 1080); !bytes.Equal(magic, []byte{0x53, 0xef}) {
 		t.Errorf("ext4 magic after the refused stage = %x", magic)
 	}
 
@@ -681,8 +774,7 @@ func TestNodeBlockVolumeWriteRead(t *testing.T) {
 	ctx := ctxT(t)
 	vol := createFuseVolume(t, e, e.d.Controller, 32<<20, "")
 	image := vol.GetVolumeContext()["imageName"]
-	staging := filepath.Join(e.work, "staging")
-	target := filepath.Join(e.work, "pod", "dev")
+	staging, target := e.kubeletPaths("pod")
 	vcap := testutil.BlockCap()
 
 	stage(t, e.d.Node, e.c, vol, staging, vcap)
@@ -721,12 +813,7 @@ func TestNodeBlockVolumeWriteRead(t *testing.T) {
 	}
 
 	// Grow the image; a block volume needs only the device to follow.
-	if _, err := e.d.Controller.ControllerExpandVolume(ctx, &csi.ControllerExpandVolumeRequest{VolumeId: vol.GetVolumeId(),
-		CapacityRange: &csi.CapacityRange{RequiredBytes: 48 << 20}, Secrets: e.c.RBDSecrets(), VolumeCapability: vcap}); err != nil {
-		t.Fatalf("ControllerExpandVolume: %v", err)
-	}
-	exp, err := e.d.Node.NodeExpandVolume(ctx, &csi.NodeExpandVolumeRequest{VolumeId: vol.GetVolumeId(), VolumePath: target,
-		CapacityRange: &csi.CapacityRange{RequiredBytes: 48 << 20}, VolumeCapability: vcap, StagingTargetPath: staging})
+	exp, err := expandVolume(t, e, vol, 48<<20, vcap, staging, target)
 	if err != nil {
 		t.Fatalf("NodeExpandVolume(block): %v", err)
 	}
@@ -737,10 +824,9 @@ func TestNodeBlockVolumeWriteRead(t *testing.T) {
 		t.Errorf("published device size after expand = %d", size)
 	}
 
-	unpublish(t, e.d.Node, vol, target)
-	unstage(t, e.d.Node, vol, staging)
+	unmountVolume(t, e, vol, staging, target)
 	assertCleanNode(t, e)
-	if got := readImage(t, e.c.IOContext(t, pool), image, len(pattern), off); !bytes.Equal(got, pattern) {
+	if got := testutil.ReadImage(t, e.c.IOContext(t, pool), image, len(pattern), off); !bytes.Equal(got, pattern) {
 		t.Error("the bytes written to the block device are not in the image")
 	}
 }
@@ -789,8 +875,7 @@ func TestNodeExpandXFSOnline(t *testing.T) {
 	ctx := ctxT(t)
 	// mkfs.xfs wants 300 MiB at least.
 	vol := createFuseVolume(t, e, e.d.Controller, 320<<20, "xfs")
-	staging := filepath.Join(e.work, "staging")
-	target := filepath.Join(e.work, "pod", "mount")
+	staging, target := e.kubeletPaths("pod")
 	vcap := testutil.FSCap("xfs")
 	stage(t, e.d.Node, e.c, vol, staging, vcap)
 	mi := mountAt(t, staging)
@@ -801,12 +886,7 @@ func TestNodeExpandXFSOnline(t *testing.T) {
 	writeFileSync(t, filepath.Join(target, "keep.txt"), []byte("xfs data"))
 	before, _ := statfs(t, target)
 
-	if _, err := e.d.Controller.ControllerExpandVolume(ctx, &csi.ControllerExpandVolumeRequest{VolumeId: vol.GetVolumeId(),
-		CapacityRange: &csi.CapacityRange{RequiredBytes: 480 << 20}, Secrets: e.c.RBDSecrets(), VolumeCapability: vcap}); err != nil {
-		t.Fatalf("ControllerExpandVolume: %v", err)
-	}
-	exp, err := e.d.Node.NodeExpandVolume(ctx, &csi.NodeExpandVolumeRequest{VolumeId: vol.GetVolumeId(), VolumePath: target,
-		CapacityRange: &csi.CapacityRange{RequiredBytes: 480 << 20}, VolumeCapability: vcap, StagingTargetPath: staging})
+	exp, err := expandVolume(t, e, vol, 480<<20, vcap, staging, target)
 	if err != nil {
 		t.Fatalf("NodeExpandVolume: %v", err)
 	}
@@ -826,29 +906,20 @@ func TestNodeExpandXFSOnline(t *testing.T) {
 		CapacityRange: &csi.CapacityRange{RequiredBytes: 480 << 20}, VolumeCapability: vcap}); err != nil {
 		t.Errorf("repeated NodeExpandVolume: %v", err)
 	}
-	unpublish(t, e.d.Node, vol, target)
-	unstage(t, e.d.Node, vol, staging)
+	unmountVolume(t, e, vol, staging, target)
 	assertCleanNode(t, e)
 }
 
 func TestNodeExpandExt4(t *testing.T) {
 	e := startNodeEnv(t)
-	ctx := ctxT(t)
 	vol := createFuseVolume(t, e, e.d.Controller, 64<<20, "ext4")
-	staging := filepath.Join(e.work, "staging")
-	target := filepath.Join(e.work, "pod", "mount")
+	staging, target := e.kubeletPaths("pod")
 	vcap := testutil.FSCap("ext4")
-	stage(t, e.d.Node, e.c, vol, staging, vcap)
-	publish(t, e.d.Node, vol, staging, target, vcap, false)
+	mountVolume(t, e, vol, staging, target, vcap)
 	writeFileSync(t, filepath.Join(target, "keep.txt"), []byte("ext4 data"))
 	before, _ := statfs(t, target)
 
-	if _, err := e.d.Controller.ControllerExpandVolume(ctx, &csi.ControllerExpandVolumeRequest{VolumeId: vol.GetVolumeId(),
-		CapacityRange: &csi.CapacityRange{RequiredBytes: 128 << 20}, Secrets: e.c.RBDSecrets(), VolumeCapability: vcap}); err != nil {
-		t.Fatalf("ControllerExpandVolume: %v", err)
-	}
-	_, err := e.d.Node.NodeExpandVolume(ctx, &csi.NodeExpandVolumeRequest{VolumeId: vol.GetVolumeId(), VolumePath: target,
-		CapacityRange: &csi.CapacityRange{RequiredBytes: 128 << 20}, VolumeCapability: vcap, StagingTargetPath: staging})
+	_, err := expandVolume(t, e, vol, 128<<20, vcap, staging, target)
 	if hasCapSysResource(t) {
 		if err != nil {
 			t.Fatalf("NodeExpandVolume with CAP_SYS_RESOURCE: %v", err)
@@ -869,10 +940,8 @@ func TestNodeExpandExt4(t *testing.T) {
 	if size := blockDevSize(t, mountAt(t, staging).Source); size != 128<<20 {
 		t.Errorf("device size after expand = %d, want 128 MiB", size)
 	}
-	unpublish(t, e.d.Node, vol, target)
-	unstage(t, e.d.Node, vol, staging)
-	stage(t, e.d.Node, e.c, vol, staging, vcap)
-	publish(t, e.d.Node, vol, staging, target, vcap, false)
+	unmountVolume(t, e, vol, staging, target)
+	mountVolume(t, e, vol, staging, target, vcap)
 	after, _ := statfs(t, target)
 	if after-before < 56<<20 {
 		t.Errorf("ext4 size %d -> %d after expand and restage, want about +64 MiB", before, after)
@@ -880,64 +949,29 @@ func TestNodeExpandExt4(t *testing.T) {
 	if got := readFileT(t, filepath.Join(target, "keep.txt")); got != "ext4 data" {
 		t.Errorf("file after growth = %q", got)
 	}
-	unpublish(t, e.d.Node, vol, target)
-	unstage(t, e.d.Node, vol, staging)
+	unmountVolume(t, e, vol, staging, target)
 	assertCleanNode(t, e)
 }
 
 func TestNodeRestoreFromSnapshotMounts(t *testing.T) {
 	e := startNodeEnv(t)
-	ctx := ctxT(t)
 	src := createFuseVolume(t, e, e.d.Controller, 64<<20, "")
-	staging := filepath.Join(e.work, "staging")
-	target := filepath.Join(e.work, "pod", "mount")
+	staging, target := e.kubeletPaths("pod")
 	vcap := testutil.FSCap("")
-	stage(t, e.d.Node, e.c, src, staging, vcap)
-	publish(t, e.d.Node, src, staging, target, vcap, false)
+	mountVolume(t, e, src, staging, target, vcap)
 	content := "before the snapshot " + src.GetVolumeId()
 	writeFileSync(t, filepath.Join(target, "snap.txt"), []byte(content))
-	unpublish(t, e.d.Node, src, target)
-	unstage(t, e.d.Node, src, staging)
+	unmountVolume(t, e, src, staging, target)
 
-	snapResp, err := e.d.Controller.CreateSnapshot(ctx, &csi.CreateSnapshotRequest{SourceVolumeId: src.GetVolumeId(),
-		Name: uniqueName("snap"), Secrets: e.c.RBDSecrets(), Parameters: map[string]string{"clusterID": e.c.ClusterID}})
-	if err != nil {
-		t.Fatalf("CreateSnapshot: %v", err)
-	}
-	snapID := snapResp.GetSnapshot().GetSnapshotId()
-	// Registered before the restored volume, so it runs after that is deleted.
-	t.Cleanup(func() {
-		c2, cancel := context.WithTimeout(context.Background(), time.Minute)
-		defer cancel()
-		if _, err := e.d.Controller.DeleteSnapshot(c2, &csi.DeleteSnapshotRequest{SnapshotId: snapID, Secrets: e.c.RBDSecrets()}); err != nil {
-			t.Errorf("DeleteSnapshot: %v", err)
-		}
-	})
+	snapID := snapshotOf(t, e, src)
 	// Restore into a bigger volume: the filesystem must grow to fill it.
-	restored := createVolumeReq(t, e, e.d.Controller, &csi.CreateVolumeRequest{Name: uniqueName("restore"),
-		VolumeCapabilities: mountCap(), CapacityRange: &csi.CapacityRange{RequiredBytes: 96 << 20},
-		Parameters: params(e.c, "mounter", "rbd-fuse"), Secrets: e.c.RBDSecrets(),
-		VolumeContentSource: &csi.VolumeContentSource{Type: &csi.VolumeContentSource_Snapshot{
-			Snapshot: &csi.VolumeContentSource_SnapshotSource{SnapshotId: snapID}}}})
+	restored := restoreOf(t, e, snapID, 96<<20)
 	// Write to the source after the snapshot: the restore must not see it.
-	stage(t, e.d.Node, e.c, src, staging, vcap)
-	publish(t, e.d.Node, src, staging, target, vcap, false)
+	mountVolume(t, e, src, staging, target, vcap)
 	writeFileSync(t, filepath.Join(target, "snap.txt"), []byte("after the snapshot"))
-	unpublish(t, e.d.Node, src, target)
-	unstage(t, e.d.Node, src, staging)
+	unmountVolume(t, e, src, staging, target)
 
-	rstaging := filepath.Join(e.work, "rstaging")
-	rtarget := filepath.Join(e.work, "pod2", "mount")
-	stage(t, e.d.Node, e.c, restored, rstaging, vcap)
-	publish(t, e.d.Node, restored, rstaging, rtarget, vcap, false)
-	if got := readFileT(t, filepath.Join(rtarget, "snap.txt")); got != content {
-		t.Errorf("restored file = %q, want %q", got, content)
-	}
-	if total, _ := statfs(t, rtarget); total < 80<<20 {
-		t.Errorf("restored filesystem total %d bytes, want it grown to the 96 MiB volume", total)
-	}
-	unpublish(t, e.d.Node, restored, rtarget)
-	unstage(t, e.d.Node, restored, rstaging)
+	checkRestore(t, e, restored, vcap, "snap.txt", content, 80<<20)
 	assertCleanNode(t, e)
 }
 
@@ -1026,7 +1060,6 @@ func TestNodeErrorsOnThisKernelAndBadInput(t *testing.T) {
 // v1: the refusal took from 0.5 to 25 s here.
 func TestNodeWrongKeyIsPermissionDenied(t *testing.T) {
 	c := testutil.RequireCluster(t)
-	started := time.Now()
 	v2 := regexp.MustCompile(`v2:[0-9.]+:[0-9]+`).FindString(readFileT(t, c.Conf))
 	if v2 == "" {
 		t.Fatalf("no v2: monitor address in %s", c.Conf)
@@ -1043,14 +1076,10 @@ func TestNodeWrongKeyIsPermissionDenied(t *testing.T) {
 	if err := os.WriteFile(configJSON, data, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	pluginDir := shortDir(t, "csi-node")
-	work := shortDir(t, "csi-work")
-	tmp := privateTmp(t)
-	t.Cleanup(func() { tearDownUnder(t, work, pluginDir) })
-	d := testutil.StartDriver(t, c, "rbd", func(o *config.Options) { o.PluginPath, o.ConfigPath = pluginDir, configJSON })
-	e := &nodeEnv{c: c, d: d, pluginDir: pluginDir, work: work, tmp: tmp, started: started}
+	e := startNodeEnv(t, func(o *config.Options) { o.ConfigPath = configJSON })
+	d := e.d
 	vol := createFuseVolume(t, e, d.Controller, 16<<20, "")
-	staging := filepath.Join(work, "staging")
+	staging := filepath.Join(e.work, "staging")
 
 	req := stageReq(c, vol, staging, testutil.FSCap(""))
 	req.Secrets = map[string]string{"userID": c.RBDNodeSecrets()["userID"], "userKey": wrongKey()}
@@ -1062,7 +1091,7 @@ func TestNodeWrongKeyIsPermissionDenied(t *testing.T) {
 		t.Error("the error shows the key")
 	}
 	assertCleanNode(t, e)
-	if states, _ := filepath.Glob(filepath.Join(pluginDir, "*", "rbd-node", "*.json")); len(states) > 0 {
+	if states, _ := filepath.Glob(filepath.Join(e.pluginDir, "*", "rbd-node", "*.json")); len(states) > 0 {
 		t.Errorf("node state left by the refused stage: %v", states)
 	}
 	// The right key stages through the same monitor address.
@@ -1088,19 +1117,17 @@ func wrongKey() string {
 func TestNodeRestartWithRealBinary(t *testing.T) {
 	c := testutil.RequireCluster(t)
 	started := time.Now()
+	// Built here, not with testutil.BuildBinary: its binary stays in /tmp.
 	bin := filepath.Join(t.TempDir(), "cephcsi")
 	build := exec.Command("go", "build", "-o", bin, "./cmd/cephcsi")
 	build.Dir = testutil.RepoRoot()
 	if out, err := build.CombinedOutput(); err != nil {
 		t.Fatalf("building cephcsi: %v\n%s", err, out)
 	}
-	pluginDir := shortDir(t, "csi-node")
-	work := shortDir(t, "csi-work")
-	tmp := privateTmp(t) // the plugin process inherits it
-	t.Cleanup(func() { tearDownUnder(t, work, pluginDir) })
+	e := newNodeDirs(t) // the plugin process inherits its TMPDIR
+	pluginDir, work := e.pluginDir, e.work
 	sock := filepath.Join(shortDir(t, "csi-sock"), "csi.sock")
 	logPath := filepath.Join(t.TempDir(), "plugin.log")
-	e := &nodeEnv{c: c, pluginDir: pluginDir, work: work}
 
 	// The controller side runs in-process, so the volume is deleted by a
 	// live driver even after the binary under test was killed.
@@ -1150,17 +1177,11 @@ func TestNodeRestartWithRealBinary(t *testing.T) {
 
 	node := start()
 	vol := createFuseVolume(t, e, ctl, 64<<20, "")
-	staging := filepath.Join(work, "staging")
-	target := filepath.Join(work, "pod", "mount")
+	staging, target := e.kubeletPaths("pod")
 	vcap := testutil.FSCap("")
-	ctx := ctxT(t)
-	if _, err := node.NodeStageVolume(ctx, stageReq(c, vol, staging, vcap)); err != nil {
-		t.Fatalf("NodeStageVolume: %v", err)
-	}
-	if _, err := node.NodePublishVolume(ctx, &csi.NodePublishVolumeRequest{VolumeId: vol.GetVolumeId(), StagingTargetPath: staging,
-		TargetPath: target, VolumeCapability: vcap}); err != nil {
-		t.Fatalf("NodePublishVolume: %v", err)
-	}
+	// No cleanups: the node client they would use dies with its plugin.
+	stageOnce(t, node, c, vol, staging, vcap)
+	publishOnce(t, node, vol, staging, target, vcap, false)
 	content := "survives a plugin restart " + vol.GetVolumeId()
 	writeFileSync(t, filepath.Join(target, "restart.txt"), []byte(content))
 	device := mountAt(t, staging).Source
@@ -1177,49 +1198,34 @@ func TestNodeRestartWithRealBinary(t *testing.T) {
 
 	node = start()
 	// kubelet re-stages after a plugin restart: same device, no remap.
-	if _, err := node.NodeStageVolume(ctx, stageReq(c, vol, staging, vcap)); err != nil {
-		t.Fatalf("NodeStageVolume after restart: %v", err)
-	}
+	stageOnce(t, node, c, vol, staging, vcap)
 	if got := mountAt(t, staging).Source; got != device {
 		t.Errorf("device after restart = %s, want %s", got, device)
 	}
 	if loops := loopsUnder(t, pluginDir); len(loops) != 1 {
 		t.Errorf("loop devices after restart and restage = %v, want exactly one", loops)
 	}
-	if _, err := node.NodeUnpublishVolume(ctx, &csi.NodeUnpublishVolumeRequest{VolumeId: vol.GetVolumeId(), TargetPath: target}); err != nil {
-		t.Fatalf("NodeUnpublishVolume after restart: %v", err)
-	}
-	if _, err := node.NodeUnstageVolume(ctx, &csi.NodeUnstageVolumeRequest{VolumeId: vol.GetVolumeId(), StagingTargetPath: staging}); err != nil {
-		t.Fatalf("NodeUnstageVolume after restart: %v", err)
-	}
+	unpublish(t, node, vol, target)
+	unstage(t, node, vol, staging)
 	assertCleanNode(t, e)
 
 	// Kill it again while nothing is staged, restart, and stage anew.
 	_ = proc.Process.Signal(syscall.SIGKILL)
 	_ = proc.Wait()
 	node = start()
-	if _, err := node.NodeStageVolume(ctx, stageReq(c, vol, staging, vcap)); err != nil {
-		t.Fatalf("NodeStageVolume after the second restart: %v", err)
-	}
-	if _, err := node.NodePublishVolume(ctx, &csi.NodePublishVolumeRequest{VolumeId: vol.GetVolumeId(), StagingTargetPath: staging,
-		TargetPath: target, VolumeCapability: vcap}); err != nil {
-		t.Fatalf("NodePublishVolume: %v", err)
-	}
+	stageOnce(t, node, c, vol, staging, vcap)
+	publishOnce(t, node, vol, staging, target, vcap, false)
 	if got := readFileT(t, filepath.Join(target, "restart.txt")); got != content {
 		t.Errorf("file after restarts = %q, want %q", got, content)
 	}
 	if got := readFileT(t, filepath.Join(target, "while-down.txt")); got != "written while the plugin was down" {
 		t.Errorf("file written while the plugin was down = %q", got)
 	}
-	if _, err := node.NodeUnpublishVolume(ctx, &csi.NodeUnpublishVolumeRequest{VolumeId: vol.GetVolumeId(), TargetPath: target}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := node.NodeUnstageVolume(ctx, &csi.NodeUnstageVolumeRequest{VolumeId: vol.GetVolumeId(), StagingTargetPath: staging}); err != nil {
-		t.Fatal(err)
-	}
+	unpublish(t, node, vol, target)
+	unstage(t, node, vol, staging)
 	assertCleanNode(t, e)
 	key := c.RBDNodeSecrets()["userKey"]
-	assertNoKeyLeft(t, key, started, pluginDir, work, tmp, filepath.Dir(logPath))
+	assertNoKeyLeft(t, key, started, pluginDir, work, e.tmp, filepath.Dir(logPath))
 	if strings.Contains(readFileT(t, logPath), key) {
 		t.Error("the plugin log contains the key")
 	}
@@ -1281,11 +1287,9 @@ func TestNodeFuseThroughput(t *testing.T) {
 	e := startNodeEnv(t)
 	const size, block = 256 << 20, 4 << 20
 	vol := createFuseVolume(t, e, e.d.Controller, size, "")
-	staging := filepath.Join(e.work, "staging")
-	target := filepath.Join(e.work, "pod", "dev")
+	staging, target := e.kubeletPaths("pod")
 	vcap := testutil.BlockCap()
-	stage(t, e.d.Node, e.c, vol, staging, vcap)
-	publish(t, e.d.Node, vol, staging, target, vcap, false)
+	mountVolume(t, e, vol, staging, target, vcap)
 
 	// O_DIRECT wants page-aligned buffers: mmap gives them.
 	buf, err := unix.Mmap(-1, 0, block, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_ANON|unix.MAP_PRIVATE)
@@ -1293,44 +1297,17 @@ func TestNodeFuseThroughput(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer func() { _ = unix.Munmap(buf) }()
-	fill := func(b []byte, i int) {
-		for j := 0; j < len(b); j += 8 {
-			copy(b[j:j+8], []byte{byte(i), byte(j >> 8), byte(j >> 16), 0x5a, 0xa5, byte(i), 0, 1})
-		}
-	}
-	want := make([]byte, block)
 	mbps := func(d time.Duration) float64 { return float64(size) / d.Seconds() / 1e6 }
 
 	dev, err := os.OpenFile(target, os.O_RDWR|syscall.O_DIRECT, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
-	start := time.Now()
-	for i := 0; i < size/block; i++ {
-		fill(buf, i)
-		if _, err := dev.WriteAt(buf, int64(i)*block); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := dev.Sync(); err != nil {
-		t.Fatal(err)
-	}
-	loopWrite := time.Since(start)
-	start = time.Now()
-	for i := 0; i < size/block; i++ {
-		if _, err := dev.ReadAt(buf, int64(i)*block); err != nil {
-			t.Fatal(err)
-		}
-		if fill(want, i); !bytes.Equal(buf, want) {
-			t.Fatalf("block %d read through the loop device differs from what was written", i)
-		}
-	}
-	loopRead := time.Since(start)
+	loopWrite, loopRead := timeSequential(t, "the loop device", dev, dev.Sync, buf, size)
 	if err := dev.Close(); err != nil {
 		t.Fatal(err)
 	}
-	unpublish(t, e.d.Node, vol, target)
-	unstage(t, e.d.Node, vol, staging)
+	unmountVolume(t, e, vol, staging, target)
 
 	ioctx := e.c.IOContext(t, pool)
 	name := uniqueName("direct")
@@ -1343,30 +1320,65 @@ func TestNodeFuseThroughput(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer func() { _ = img.Close() }()
-	start = time.Now()
-	for i := 0; i < size/block; i++ {
-		fill(buf, i)
-		if _, err := img.WriteAt(buf, int64(i)*block); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := img.Flush(); err != nil {
-		t.Fatal(err)
-	}
-	directWrite := time.Since(start)
-	start = time.Now()
-	for i := 0; i < size/block; i++ {
-		if _, err := img.ReadAt(buf, int64(i)*block); err != nil {
-			t.Fatal(err)
-		}
-		if fill(want, i); !bytes.Equal(buf, want) {
-			t.Fatalf("block %d read through go-ceph differs from what was written", i)
-		}
-	}
-	directRead := time.Since(start)
+	directWrite, directRead := timeSequential(t, "go-ceph", img, img.Flush, buf, size)
 	t.Logf("sequential 4 MiB blocks, %d MiB, one single-OSD cluster on this machine:", size>>20)
 	t.Logf("  loop device over the FUSE helper (O_DIRECT): write+fsync %.0f MB/s, read %.0f MB/s", mbps(loopWrite), mbps(loopRead))
 	t.Logf("  go-ceph WriteAt/ReadAt on an image:          write+flush %.0f MB/s, read %.0f MB/s", mbps(directWrite), mbps(directRead))
+}
+
+// timeSequential writes size bytes through dev in blocks of len(buf) (a
+// pattern of each block's number), flushes them, reads them back and fails
+// at the first block that differs; it returns how long the writes (with
+// the flush) and the reads took.
+func timeSequential(t *testing.T, through string, dev interface {
+	io.WriterAt
+	io.ReaderAt
+}, flush func() error, buf []byte, size int) (write, read time.Duration) {
+	t.Helper()
+	fill := func(b []byte, i int) {
+		for j := 0; j < len(b); j += 8 {
+			copy(b[j:j+8], []byte{byte(i), byte(j >> 8), byte(j >> 16), 0x5a, 0xa5, byte(i), 0, 1})
+		}
+	}
+	block := len(buf)
+	want := make([]byte, block)
+	start := time.Now()
+	for i := 0; i < size/block; i++ {
+		fill(buf, i)
+		if _, err := dev.WriteAt(buf, int64(i*block)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := flush(); err != nil {
+		t.Fatal(err)
+	}
+	write = time.Since(start)
+	start = time.Now()
+	for i := 0; i < size/block; i++ {
+		if _, err := dev.ReadAt(buf, int64(i*block)); err != nil {
+			t.Fatal(err)
+		}
+		if fill(want, i); !bytes.Equal(buf, want) {
+			t.Fatalf("block %d read through %s differs from what was written", i, through)
+		}
+	}
+	return write, time.Since(start)
+}
+
+// checkRestore mounts a restored volume in a pod of its own, checks that
+// file holds content and that the filesystem was grown to minTotal bytes
+// at least (the restore being larger than its snapshot), and unmounts it.
+func checkRestore(t *testing.T, e *nodeEnv, restored *csi.Volume, vcap *csi.VolumeCapability, file, content string, minTotal int64) {
+	t.Helper()
+	staging, target := e.kubeletPaths("restore")
+	mountVolume(t, e, restored, staging, target, vcap)
+	if got := readFileT(t, filepath.Join(target, file)); got != content {
+		t.Errorf("restored file = %q, want %q", got, content)
+	}
+	if total, _ := statfs(t, target); total < minTotal {
+		t.Errorf("restored filesystem is %d bytes, want at least %d: grown to the volume of %d", total, minTotal, restored.GetCapacityBytes())
+	}
+	unmountVolume(t, e, restored, staging, target)
 }
 
 // A snapshot of a mounted ext4 volume (its journal needs replaying),
@@ -1376,48 +1388,17 @@ func TestNodeFuseThroughput(t *testing.T) {
 // the offline path: the filesystem must be grown before it is mounted.
 func TestNodeRestoreLargerFromSnapshotOfMountedVolume(t *testing.T) {
 	e := startNodeEnv(t)
-	ctx := ctxT(t)
 	src := createFuseVolume(t, e, e.d.Controller, 64<<20, "")
-	staging := filepath.Join(e.work, "staging")
-	target := filepath.Join(e.work, "pod", "mount")
+	staging, target := e.kubeletPaths("pod")
 	vcap := testutil.FSCap("")
-	stage(t, e.d.Node, e.c, src, staging, vcap)
-	publish(t, e.d.Node, src, staging, target, vcap, false)
+	mountVolume(t, e, src, staging, target, vcap)
 	content := "written while mounted " + src.GetVolumeId()
 	writeFileSync(t, filepath.Join(target, "live.txt"), []byte(content))
 
-	snapResp, err := e.d.Controller.CreateSnapshot(ctx, &csi.CreateSnapshotRequest{SourceVolumeId: src.GetVolumeId(),
-		Name: uniqueName("snap"), Secrets: e.c.RBDSecrets(), Parameters: map[string]string{"clusterID": e.c.ClusterID}})
-	if err != nil {
-		t.Fatalf("CreateSnapshot: %v", err)
-	}
-	snapID := snapResp.GetSnapshot().GetSnapshotId()
-	t.Cleanup(func() {
-		c2, cancel := context.WithTimeout(context.Background(), time.Minute)
-		defer cancel()
-		if _, err := e.d.Controller.DeleteSnapshot(c2, &csi.DeleteSnapshotRequest{SnapshotId: snapID, Secrets: e.c.RBDSecrets()}); err != nil {
-			t.Errorf("DeleteSnapshot: %v", err)
-		}
-	})
-	restored := createVolumeReq(t, e, e.d.Controller, &csi.CreateVolumeRequest{Name: uniqueName("restore"),
-		VolumeCapabilities: mountCap(), CapacityRange: &csi.CapacityRange{RequiredBytes: 128 << 20},
-		Parameters: params(e.c, "mounter", "rbd-fuse"), Secrets: e.c.RBDSecrets(),
-		VolumeContentSource: &csi.VolumeContentSource{Type: &csi.VolumeContentSource_Snapshot{
-			Snapshot: &csi.VolumeContentSource_SnapshotSource{SnapshotId: snapID}}}})
-	rstaging := filepath.Join(e.work, "rstaging")
-	rtarget := filepath.Join(e.work, "pod2", "mount")
-	stage(t, e.d.Node, e.c, restored, rstaging, vcap)
-	publish(t, e.d.Node, restored, rstaging, rtarget, vcap, false)
-	if got := readFileT(t, filepath.Join(rtarget, "live.txt")); got != content {
-		t.Errorf("restored file = %q, want %q", got, content)
-	}
-	if total, _ := statfs(t, rtarget); total < 110<<20 {
-		t.Errorf("restored filesystem is %d bytes, want it grown to the 128 MiB volume", total)
-	}
-	unpublish(t, e.d.Node, restored, rtarget)
-	unstage(t, e.d.Node, restored, rstaging)
-	unpublish(t, e.d.Node, src, target)
-	unstage(t, e.d.Node, src, staging)
+	restored := restoreOf(t, e, snapshotOf(t, e, src), 128<<20)
+	// Staged while the source is still mounted.
+	checkRestore(t, e, restored, vcap, "live.txt", content, 110<<20)
+	unmountVolume(t, e, src, staging, target)
 	assertCleanNode(t, e)
 }
 

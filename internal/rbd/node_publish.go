@@ -89,7 +89,10 @@ func (s *NodeServer) NodeUnpublishVolume(ctx context.Context, req *csi.NodeUnpub
 // NodeGetVolumeStats implements csi.NodeServer.
 func (s *NodeServer) NodeGetVolumeStats(ctx context.Context, req *csi.NodeGetVolumeStatsRequest) (*csi.NodeGetVolumeStatsResponse, error) {
 	path := req.GetVolumePath()
-	if err := nodeutil.VolumeAndPaths(req.GetVolumeId(), [2]string{"volume_path", path}); err != nil {
+	if err := nodeutil.VolumeAndPaths(req.GetVolumeId()); err != nil {
+		return nil, err
+	}
+	if err := nodeutil.VolumePath(path); err != nil {
 		return nil, err
 	}
 	fi, err := os.Stat(path)

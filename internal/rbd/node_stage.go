@@ -6,6 +6,7 @@ import (
 	"maps"
 	"os"
 	"strings"
+	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"k8s.io/klog/v2"
@@ -14,6 +15,7 @@ import (
 	"github.com/leanceph/cephcsi/internal/csierr"
 	"github.com/leanceph/cephcsi/internal/failpoint"
 	"github.com/leanceph/cephcsi/internal/mapper"
+	"github.com/leanceph/cephcsi/internal/metrics"
 	"github.com/leanceph/cephcsi/internal/nodeutil"
 	"github.com/leanceph/cephcsi/internal/request"
 )
@@ -160,8 +162,9 @@ func (s *NodeServer) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolu
 	if err := s.state.Save(volID, &sr.rec); err != nil {
 		return nil, fmt.Errorf("saving node state of %s: %w", volID, err)
 	}
+	began := time.Now()
 	dev, err := m.Map(ctx, sr.spec)
-	if err != nil {
+	if metrics.Node(metrics.RBD, sr.rec.Mapper, metrics.OpMap, began, err) != nil {
 		if !staged {
 			_ = s.state.Remove(volID)
 		}
@@ -185,7 +188,8 @@ func (s *NodeServer) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolu
 	}
 	if err := s.mountStaged(ctx, sr); err != nil {
 		// Leave nothing behind: the next attempt maps afresh.
-		if uerr := m.Unmap(ctx, sr.rec.spec(), sr.rec.UnmapOptions); uerr != nil {
+		began := time.Now()
+		if uerr := metrics.Node(metrics.RBD, sr.rec.Mapper, metrics.OpUnmap, began, m.Unmap(ctx, sr.rec.spec(), sr.rec.UnmapOptions)); uerr != nil {
 			logger.Error(uerr, "unmapping after a failed stage")
 		} else {
 			_ = s.state.Remove(volID)
@@ -226,7 +230,9 @@ func (s *NodeServer) mountStaged(ctx context.Context, sr *stageRequest) error {
 		// Clones and restored snapshots share the source's XFS UUID.
 		opts = append(opts, "nouuid")
 	}
-	if err := s.mounter.FormatAndMountSensitiveWithFormatOptions(rec.Device, rec.StagingPath, rec.FsType, opts, nil, sr.mkfsOpts); err != nil {
+	began := time.Now()
+	err = s.mounter.FormatAndMountSensitiveWithFormatOptions(rec.Device, rec.StagingPath, rec.FsType, opts, nil, sr.mkfsOpts)
+	if metrics.Node(metrics.RBD, "fs", metrics.OpMount, began, err) != nil {
 		return fmt.Errorf("mounting %s (%s) at %s: %w", rec.Device, sr.spec, rec.StagingPath, err)
 	}
 	if existing == "xfs" && !rec.ReadOnly {
@@ -256,7 +262,8 @@ func (s *NodeServer) NodeUnstageVolume(ctx context.Context, req *csi.NodeUnstage
 		return nil, fmt.Errorf("checking staging path: %w", err)
 	}
 	if mounted || mount.IsCorruptedMnt(err) {
-		if err := s.mounter.Unmount(staging); err != nil {
+		began := time.Now()
+		if err := metrics.Node(metrics.RBD, "fs", metrics.OpUnmount, began, s.mounter.Unmount(staging)); err != nil {
 			if strings.Contains(err.Error(), "busy") {
 				return nil, csierr.Errorf(csierr.ErrPrecondition, "staging path %s is still in use: %v", staging, err)
 			}
@@ -271,7 +278,8 @@ func (s *NodeServer) NodeUnstageVolume(ctx context.Context, req *csi.NodeUnstage
 		return nil, fmt.Errorf("node state of %s names unknown mapper %q", volID, rec.Mapper)
 	}
 	failpoint.Hit("node-unstage-after-unmount")
-	if err := m.Unmap(ctx, rec.spec(), rec.UnmapOptions); err != nil {
+	began := time.Now()
+	if err := metrics.Node(metrics.RBD, rec.Mapper, metrics.OpUnmap, began, m.Unmap(ctx, rec.spec(), rec.UnmapOptions)); err != nil {
 		return nil, fmt.Errorf("unmapping %s: %w", rec.spec(), err)
 	}
 	failpoint.Hit("node-unstage-after-unmap")

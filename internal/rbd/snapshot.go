@@ -14,6 +14,7 @@ import (
 	"github.com/leanceph/cephcsi/internal/failpoint"
 	"github.com/leanceph/cephcsi/internal/journal"
 	"github.com/leanceph/cephcsi/internal/locks"
+	"github.com/leanceph/cephcsi/internal/metrics"
 	"github.com/leanceph/cephcsi/internal/request"
 	"github.com/leanceph/cephcsi/internal/volid"
 )
@@ -65,8 +66,9 @@ func (s *ControllerServer) CreateSnapshot(ctx context.Context, req *csi.CreateSn
 	digest := request.Digest(req.GetParameters(), "snapshot", req.GetSourceVolumeId())
 
 	store := ref.p.Journal()
+	began := time.Now()
 	entry, err := s.snapshots.Lookup(store, name)
-	if err != nil {
+	if metrics.Step(metrics.RBD, metrics.StepJournalLookup, began, err) != nil {
 		return nil, err
 	}
 	if entry != nil {
@@ -94,10 +96,16 @@ func (s *ControllerServer) CreateSnapshot(ctx context.Context, req *csi.CreateSn
 			return nil, err
 		}
 		klog.FromContext(ctx).Info("repairing a half-created snapshot", "image", entry.ImageName)
-	} else if entry, err = s.snapshots.Reserve(store, name, prefix, journal.Entry{Source: ref.image(), Request: digest}); err != nil {
-		return nil, err
+	} else {
+		began = time.Now()
+		entry, err = s.snapshots.Reserve(store, name, prefix, journal.Entry{Source: ref.image(), Request: digest})
+		if metrics.Step(metrics.RBD, metrics.StepJournalReserve, began, err) != nil {
+			return nil, err
+		}
 	}
+	began = time.Now()
 	info, err := s.snapshotImage(ctx, ref, entry, request.SnapshotMetadata(req.GetParameters(), s.Options.ClusterName))
+	_ = metrics.Step(metrics.RBD, metrics.StepSnapshot, began, err)
 	if err != nil {
 		if !errors.Is(err, csierr.ErrInProgress) {
 			s.undoCreate(ctx, ref.target, s.snapshots, entry)
@@ -269,8 +277,9 @@ func (s *ControllerServer) DeleteSnapshot(ctx context.Context, req *csi.DeleteSn
 	// Volumes restored from the snapshot keep working: the image goes to the
 	// trash until its last clone is gone.
 	// The image's own snapshot, for restores, is the one it carries.
+	began := time.Now()
 	found, parent, err := s.remover(t, entry.ImageName).remove(entry.ImageName, entry.ImageID, true)
-	if err != nil {
+	if metrics.Step(metrics.RBD, metrics.StepRemove, began, err) != nil {
 		return nil, err
 	}
 	purgeAncestors(t.c, parent)
@@ -278,7 +287,8 @@ func (s *ControllerServer) DeleteSnapshot(ctx context.Context, req *csi.DeleteSn
 		purgeOurTrash(t.c, t.p)
 	}
 	failpoint.Hit("delete-snapshot-before-release")
-	if err := s.snapshots.Release(t.p.Journal(), entry); err != nil {
+	began = time.Now()
+	if err := metrics.Step(metrics.RBD, metrics.StepJournalRelease, began, s.snapshots.Release(t.p.Journal(), entry)); err != nil {
 		return nil, err
 	}
 	return &csi.DeleteSnapshotResponse{}, nil

@@ -21,102 +21,6 @@ import (
 	"github.com/leanceph/cephcsi/internal/testutil"
 )
 
-// retryAborted repeats call while it returns Aborted, as the sidecars do.
-func retryAborted[T any](t *testing.T, ctx context.Context, call func() (T, error)) (T, error) {
-	t.Helper()
-	return retryAbortedCounting(ctx, nil, call)
-}
-
-// retryAbortedCounting is retryAborted that counts the Aborted answers.
-func retryAbortedCounting[T any](ctx context.Context, aborted *int, call func() (T, error)) (T, error) {
-	for {
-		v, err := call()
-		if status.Code(err) != codes.Aborted {
-			return v, err
-		}
-		if aborted != nil {
-			*aborted++
-		}
-		select {
-		case <-ctx.Done():
-			return v, err
-		case <-time.After(100 * time.Millisecond):
-		}
-	}
-}
-
-type rbdEnv struct {
-	t   *testing.T
-	c   *testutil.Cluster
-	d   *testutil.Driver
-	io  *rados.IOContext
-	ctx context.Context
-	// uuids collects every volume and snapshot made, for the leak check.
-	uuids []string
-	// aborted counts the Aborted answers create retried through.
-	aborted int
-}
-
-func newRBDEnv(t *testing.T, tweak ...func(*config.Options)) *rbdEnv {
-	c := testutil.RequireCluster(t)
-	var tw func(*config.Options)
-	if len(tweak) > 0 {
-		tw = tweak[0]
-	}
-	return &rbdEnv{t: t, c: c, d: testutil.StartDriver(t, c, "rbd", tw), io: c.IOContext(t, pool), ctx: ctxT(t)}
-}
-
-func (e *rbdEnv) create(name string, size int64, src *csi.VolumeContentSource, extra ...string) *csi.Volume {
-	e.t.Helper()
-	resp, err := retryAbortedCounting(e.ctx, &e.aborted, func() (*csi.CreateVolumeResponse, error) {
-		return e.d.Controller.CreateVolume(e.ctx, &csi.CreateVolumeRequest{Name: name,
-			CapacityRange: &csi.CapacityRange{RequiredBytes: size}, VolumeCapabilities: mountCap(),
-			Parameters: params(e.c, extra...), Secrets: e.c.RBDSecrets(), VolumeContentSource: src})
-	})
-	if err != nil {
-		e.t.Fatalf("CreateVolume %s: %v", name, err)
-	}
-	e.uuids = append(e.uuids, uuidOf(e.t, resp.GetVolume().GetVolumeId()))
-	return resp.GetVolume()
-}
-
-func (e *rbdEnv) snapshot(name, sourceID string) *csi.Snapshot {
-	e.t.Helper()
-	resp, err := retryAborted(e.t, e.ctx, func() (*csi.CreateSnapshotResponse, error) {
-		return e.d.Controller.CreateSnapshot(e.ctx, &csi.CreateSnapshotRequest{Name: name, SourceVolumeId: sourceID,
-			Parameters: map[string]string{"clusterID": e.c.ClusterID}, Secrets: e.c.RBDSecrets()})
-	})
-	if err != nil {
-		e.t.Fatalf("CreateSnapshot %s: %v", name, err)
-	}
-	e.uuids = append(e.uuids, uuidOf(e.t, resp.GetSnapshot().GetSnapshotId()))
-	return resp.GetSnapshot()
-}
-
-func (e *rbdEnv) deleteVolume(id string) {
-	e.t.Helper()
-	if _, err := e.d.Controller.DeleteVolume(e.ctx, &csi.DeleteVolumeRequest{VolumeId: id, Secrets: e.c.RBDSecrets()}); err != nil {
-		e.t.Fatalf("DeleteVolume: %v", err)
-	}
-}
-
-func (e *rbdEnv) deleteSnapshot(id string) {
-	e.t.Helper()
-	if _, err := e.d.Controller.DeleteSnapshot(e.ctx, &csi.DeleteSnapshotRequest{SnapshotId: id, Secrets: e.c.RBDSecrets()}); err != nil {
-		e.t.Fatalf("DeleteSnapshot: %v", err)
-	}
-}
-
-// assertClean fails when anything of this test is left in the given pools.
-func (e *rbdEnv) assertClean(pools ...*rados.IOContext) {
-	e.t.Helper()
-	for _, io := range pools {
-		if left := ourLeftovers(e.t, io, e.uuids...); len(left) > 0 {
-			e.t.Errorf("leftovers: %v", left)
-		}
-	}
-}
-
 func pattern(seed byte, n int) []byte {
 	return bytes.Repeat([]byte{seed, seed + 1, seed + 2, 0xff}, n/4)
 }
@@ -127,7 +31,7 @@ func TestSnapshotRestoreBytesAndShape(t *testing.T) {
 	src := e.create(uniqueName("src"), 8<<20, nil)
 	srcImage := src.GetVolumeContext()["imageName"]
 	before, after := pattern(1, 64<<10), pattern(9, 64<<10)
-	writeImage(t, e.io, srcImage, before, 1<<20)
+	testutil.WriteImage(t, e.io, srcImage, before, 1<<20)
 
 	snapName := uniqueName("snap")
 	snap := e.snapshot(snapName, src.GetVolumeId())
@@ -135,18 +39,18 @@ func TestSnapshotRestoreBytesAndShape(t *testing.T) {
 		snap.GetSourceVolumeId() != src.GetVolumeId() {
 		t.Errorf("snapshot = %v", snap)
 	}
-	su := uuidOf(t, snap.GetSnapshotId())
+	su := testutil.UUIDOf(t, snap.GetSnapshotId())
 	snapImage := "csi-snap-" + su
-	writeImage(t, e.io, srcImage, after, 1<<20) // not part of the snapshot
+	testutil.WriteImage(t, e.io, srcImage, after, 1<<20) // not part of the snapshot
 
 	// The shape a Rook user sees.
-	if p := parentOf(t, e.io, snapImage); !strings.HasPrefix(p, srcImage+"@") {
+	if p := testutil.ImageParent(t, e.io, snapImage); !strings.HasPrefix(p, srcImage+"@") {
 		t.Errorf("parent of %s = %q, want %s@...", snapImage, p, srcImage)
 	}
-	if s := snapNames(t, e.io, srcImage); len(s) != 0 {
+	if s := testutil.ImageUserSnaps(t, e.io, srcImage); len(s) != 0 {
 		t.Errorf("source still has snapshots %v", s)
 	}
-	if s := snapNames(t, e.io, snapImage); len(s) != 1 || s[0] != snapImage {
+	if s := testutil.ImageUserSnaps(t, e.io, snapImage); len(s) != 1 || s[0] != snapImage {
 		t.Errorf("snapshot image snapshots = %v, want [%s]", s, snapImage)
 	}
 	img, _ := rbd.OpenImageReadOnly(e.io, snapImage, rbd.NoSnapshot)
@@ -155,10 +59,10 @@ func TestSnapshotRestoreBytesAndShape(t *testing.T) {
 	if features&^rbd.FeatureOperations != rbd.FeatureLayering|rbd.FeatureDeepFlatten {
 		t.Errorf("snapshot image features = %#x", features)
 	}
-	if got := omap(t, e.io, "csi.snaps.default")["csi.snap."+snapName]; got != su {
+	if got := testutil.Omap(t, e.io, "csi.snaps.default")["csi.snap."+snapName]; got != su {
 		t.Errorf("csi.snaps.default[csi.snap.%s] = %q", snapName, got)
 	}
-	j := omap(t, e.io, "csi.snap."+su)
+	j := testutil.Omap(t, e.io, "csi.snap."+su)
 	if j["csi.snapname"] != snapName || j["csi.imagename"] != snapImage || j["csi.source"] != srcImage {
 		t.Errorf("csi.snap.%s = %v", su, j)
 	}
@@ -168,21 +72,19 @@ func TestSnapshotRestoreBytesAndShape(t *testing.T) {
 		t.Errorf("repeated CreateSnapshot gave %s, want %s", again.GetSnapshotId(), snap.GetSnapshotId())
 	}
 	other := e.create(uniqueName("other"), 4<<20, nil)
-	_, err := e.d.Controller.CreateSnapshot(e.ctx, &csi.CreateSnapshotRequest{Name: snapName,
-		SourceVolumeId: other.GetVolumeId(), Secrets: e.c.RBDSecrets()})
+	_, err := e.d.Controller.CreateSnapshot(e.ctx, e.snapReq(snapName, other.GetVolumeId()))
 	if status.Code(err) != codes.AlreadyExists {
 		t.Errorf("same snapshot name, other source: %v, want AlreadyExists", err)
 	}
 
-	fromSnap := &csi.VolumeContentSource{Type: &csi.VolumeContentSource_Snapshot{
-		Snapshot: &csi.VolumeContentSource_SnapshotSource{SnapshotId: snap.GetSnapshotId()}}}
+	fromSnap := testutil.FromSnapshot(snap.GetSnapshotId())
 	// Restore: the snapshot's bytes, not the later write.
 	restored := e.create(uniqueName("restore"), 8<<20, fromSnap)
 	rImage := restored.GetVolumeContext()["imageName"]
-	if p := parentOf(t, e.io, rImage); p != snapImage+"@"+snapImage {
+	if p := testutil.ImageParent(t, e.io, rImage); p != snapImage+"@"+snapImage {
 		t.Errorf("parent of restored = %q", p)
 	}
-	if got := readImage(t, e.io, rImage, len(before), 1<<20); !bytes.Equal(got, before) {
+	if got := testutil.ReadImage(t, e.io, rImage, len(before), 1<<20); !bytes.Equal(got, before) {
 		t.Error("restored volume does not hold the bytes written before the snapshot")
 	}
 	// Restore into a bigger size.
@@ -190,57 +92,45 @@ func TestSnapshotRestoreBytesAndShape(t *testing.T) {
 	if bigger.GetCapacityBytes() != 16<<20 {
 		t.Errorf("bigger restore capacity = %d", bigger.GetCapacityBytes())
 	}
-	if size, _ := imageSizeOf(t, e.io, bigger.GetVolumeContext()["imageName"]); size != 16<<20 {
+	if size := testutil.ImageSize(t, e.io, bigger.GetVolumeContext()["imageName"]); size != 16<<20 {
 		t.Errorf("bigger restore image size = %d", size)
 	}
-	if got := readImage(t, e.io, bigger.GetVolumeContext()["imageName"], len(before), 1<<20); !bytes.Equal(got, before) {
+	if got := testutil.ReadImage(t, e.io, bigger.GetVolumeContext()["imageName"], len(before), 1<<20); !bytes.Equal(got, before) {
 		t.Error("bigger restore lost the snapshot's bytes")
 	}
 	// Restore into another pool of the same cluster.
 	inPool2 := e.create(uniqueName("restore-pool2"), 8<<20, fromSnap, "pool", "rbd2")
-	if inPool2.GetVolumeContext()["pool"] != "rbd2" || !imageExists(t, io2, inPool2.GetVolumeContext()["imageName"]) {
+	if inPool2.GetVolumeContext()["pool"] != "rbd2" || !testutil.ImageExists(t, io2, inPool2.GetVolumeContext()["imageName"]) {
 		t.Fatalf("restore into rbd2: %v", inPool2.GetVolumeContext())
 	}
-	if got := readImage(t, io2, inPool2.GetVolumeContext()["imageName"], len(before), 1<<20); !bytes.Equal(got, before) {
+	if got := testutil.ReadImage(t, io2, inPool2.GetVolumeContext()["imageName"], len(before), 1<<20); !bytes.Equal(got, before) {
 		t.Error("restore into rbd2 lost the snapshot's bytes")
 	}
 	// Smaller than the snapshot: OutOfRange, and nothing made.
-	_, err = e.d.Controller.CreateVolume(e.ctx, &csi.CreateVolumeRequest{Name: uniqueName("small"),
-		CapacityRange: &csi.CapacityRange{RequiredBytes: 4 << 20}, VolumeCapabilities: mountCap(),
-		Parameters: params(e.c), Secrets: e.c.RBDSecrets(), VolumeContentSource: fromSnap})
+	_, err = e.d.Controller.CreateVolume(e.ctx, e.volReq(uniqueName("small"), 4<<20, fromSnap))
 	if status.Code(err) != codes.OutOfRange {
 		t.Errorf("restore into a smaller size: %v, want OutOfRange", err)
 	}
 
 	// Deleting the source keeps the snapshot and the restores readable.
 	e.deleteVolume(src.GetVolumeId())
-	if got := readImage(t, e.io, rImage, len(before), 1<<20); !bytes.Equal(got, before) {
+	if got := testutil.ReadImage(t, e.io, rImage, len(before), 1<<20); !bytes.Equal(got, before) {
 		t.Error("restored volume unreadable after its source was deleted")
 	}
 	late := e.create(uniqueName("restore-late"), 8<<20, fromSnap)
-	if got := readImage(t, e.io, late.GetVolumeContext()["imageName"], len(before), 1<<20); !bytes.Equal(got, before) {
+	if got := testutil.ReadImage(t, e.io, late.GetVolumeContext()["imageName"], len(before), 1<<20); !bytes.Equal(got, before) {
 		t.Error("restore after the source was deleted lost the bytes")
 	}
 	// Deleting the snapshot keeps the restores readable too.
 	e.deleteSnapshot(snap.GetSnapshotId())
 	e.deleteSnapshot(snap.GetSnapshotId()) // idempotent
-	if got := readImage(t, e.io, rImage, len(before), 1<<20); !bytes.Equal(got, before) {
+	if got := testutil.ReadImage(t, e.io, rImage, len(before), 1<<20); !bytes.Equal(got, before) {
 		t.Error("restored volume unreadable after the snapshot was deleted")
 	}
 	for _, v := range []*csi.Volume{restored, bigger, inPool2, late, other} {
 		e.deleteVolume(v.GetVolumeId())
 	}
-	e.assertClean(e.io, io2)
-}
-
-func imageSizeOf(t *testing.T, io *rados.IOContext, name string) (uint64, error) {
-	t.Helper()
-	img, err := rbd.OpenImageReadOnly(io, name, rbd.NoSnapshot)
-	if err != nil {
-		return 0, err
-	}
-	defer img.Close()
-	return img.GetSize()
+	e.assertClean()
 }
 
 func TestPVCCloneThroughTempImage(t *testing.T) {
@@ -248,28 +138,27 @@ func TestPVCCloneThroughTempImage(t *testing.T) {
 	src := e.create(uniqueName("src"), 8<<20, nil)
 	srcImage := src.GetVolumeContext()["imageName"]
 	before, after := pattern(3, 32<<10), pattern(7, 32<<10)
-	writeImage(t, e.io, srcImage, before, 0)
+	testutil.WriteImage(t, e.io, srcImage, before, 0)
 
-	fromVol := &csi.VolumeContentSource{Type: &csi.VolumeContentSource_Volume{
-		Volume: &csi.VolumeContentSource_VolumeSource{VolumeId: src.GetVolumeId()}}}
+	fromVol := testutil.FromVolume(src.GetVolumeId())
 	name := uniqueName("clone")
 	clone := e.create(name, 12<<20, fromVol)
-	writeImage(t, e.io, srcImage, after, 0)
+	testutil.WriteImage(t, e.io, srcImage, after, 0)
 	cImage := clone.GetVolumeContext()["imageName"]
 	temp := cImage + "-temp"
-	if p := parentOf(t, e.io, cImage); !strings.HasPrefix(p, temp+"@") {
+	if p := testutil.ImageParent(t, e.io, cImage); !strings.HasPrefix(p, temp+"@") {
 		t.Errorf("parent of clone = %q, want %s@...", p, temp)
 	}
-	if p := parentOf(t, e.io, temp); !strings.HasPrefix(p, srcImage+"@") {
+	if p := testutil.ImageParent(t, e.io, temp); !strings.HasPrefix(p, srcImage+"@") {
 		t.Errorf("parent of temp = %q, want %s@...", p, srcImage)
 	}
-	if s := snapNames(t, e.io, srcImage); len(s) != 0 {
+	if s := testutil.ImageUserSnaps(t, e.io, srcImage); len(s) != 0 {
 		t.Errorf("source keeps snapshots %v", s)
 	}
-	if got := readImage(t, e.io, cImage, len(before), 0); !bytes.Equal(got, before) {
+	if got := testutil.ReadImage(t, e.io, cImage, len(before), 0); !bytes.Equal(got, before) {
 		t.Error("clone does not hold the source's bytes at clone time")
 	}
-	if size, _ := imageSizeOf(t, e.io, cImage); size != 12<<20 {
+	if size := testutil.ImageSize(t, e.io, cImage); size != 12<<20 {
 		t.Errorf("clone size = %d, want 12 MiB", size)
 	}
 	// A retry returns the same clone.
@@ -277,27 +166,23 @@ func TestPVCCloneThroughTempImage(t *testing.T) {
 		t.Error("repeated clone request made another volume")
 	}
 	// Same name with no source: AlreadyExists.
-	_, err := e.d.Controller.CreateVolume(e.ctx, &csi.CreateVolumeRequest{Name: name,
-		CapacityRange: &csi.CapacityRange{RequiredBytes: 12 << 20}, VolumeCapabilities: mountCap(),
-		Parameters: params(e.c), Secrets: e.c.RBDSecrets()})
+	_, err := e.d.Controller.CreateVolume(e.ctx, e.volReq(name, 12<<20, nil))
 	if status.Code(err) != codes.AlreadyExists {
 		t.Errorf("same name without the source: %v, want AlreadyExists", err)
 	}
 	// A missing source is NotFound.
-	_, err = e.d.Controller.CreateVolume(e.ctx, &csi.CreateVolumeRequest{Name: uniqueName("orphan"),
-		VolumeCapabilities: mountCap(), Parameters: params(e.c), Secrets: e.c.RBDSecrets(),
-		VolumeContentSource: &csi.VolumeContentSource{Type: &csi.VolumeContentSource_Volume{
-			Volume: &csi.VolumeContentSource_VolumeSource{VolumeId: "0001-000e-test-cluster-1-0000000000000001-00000000-0000-0000-0000-000000000000"}}}})
+	_, err = e.d.Controller.CreateVolume(e.ctx, e.volReq(uniqueName("orphan"), 0,
+		testutil.FromVolume("0001-000e-test-cluster-1-0000000000000001-00000000-0000-0000-0000-000000000000")))
 	if status.Code(err) != codes.NotFound {
 		t.Errorf("clone of a missing volume: %v, want NotFound", err)
 	}
 
 	e.deleteVolume(src.GetVolumeId())
-	if got := readImage(t, e.io, cImage, len(before), 0); !bytes.Equal(got, before) {
+	if got := testutil.ReadImage(t, e.io, cImage, len(before), 0); !bytes.Equal(got, before) {
 		t.Error("clone unreadable after its source was deleted")
 	}
 	e.deleteVolume(clone.GetVolumeId())
-	e.assertClean(e.io)
+	e.assertClean()
 }
 
 // depthOf counts the ancestors of an image as admin.
@@ -338,18 +223,17 @@ func testCloneChain(t *testing.T, tweak func(*config.Options), hard int) (aborte
 	e := newRBDEnv(t, tweak)
 	data := pattern(5, 16<<10)
 	first := e.create(uniqueName("chain0"), 4<<20, nil)
-	writeImage(t, e.io, first.GetVolumeContext()["imageName"], data, 4096)
+	testutil.WriteImage(t, e.io, first.GetVolumeContext()["imageName"], data, 4096)
 	chain := []*csi.Volume{first}
 	for i := 1; i <= 10; i++ {
 		prev := chain[len(chain)-1]
-		v := e.create(uniqueName("chain"), 4<<20, &csi.VolumeContentSource{Type: &csi.VolumeContentSource_Volume{
-			Volume: &csi.VolumeContentSource_VolumeSource{VolumeId: prev.GetVolumeId()}}})
+		v := e.create(uniqueName("chain"), 4<<20, testutil.FromVolume(prev.GetVolumeId()))
 		chain = append(chain, v)
 		image := v.GetVolumeContext()["imageName"]
 		if d := depthOf(t, e.io, image); d > hard {
 			t.Errorf("clone %d is %d levels deep, beyond the hard limit %d", i, d, hard)
 		}
-		if got := readImage(t, e.io, image, len(data), 4096); !bytes.Equal(got, data) {
+		if got := testutil.ReadImage(t, e.io, image, len(data), 4096); !bytes.Equal(got, data) {
 			t.Errorf("clone %d lost the original bytes", i)
 		}
 	}
@@ -358,12 +242,12 @@ func testCloneChain(t *testing.T, tweak func(*config.Options), hard int) (aborte
 		deleteWhenFlattened(e, v.GetVolumeId())
 		if i+1 < len(chain) {
 			last := chain[len(chain)-1].GetVolumeContext()["imageName"]
-			if got := readImage(t, e.io, last, len(data), 4096); !bytes.Equal(got, data) {
+			if got := testutil.ReadImage(t, e.io, last, len(data), 4096); !bytes.Equal(got, data) {
 				t.Fatalf("last clone unreadable after deleting %d ancestors", i+1)
 			}
 		}
 	}
-	e.assertClean(e.io)
+	e.assertClean()
 	return e.aborted
 }
 
@@ -396,8 +280,7 @@ func TestConcurrentCreateSnapshotGivesOne(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			resp, err := retryAborted(t, e.ctx, func() (*csi.CreateSnapshotResponse, error) {
-				return e.d.Controller.CreateSnapshot(e.ctx, &csi.CreateSnapshotRequest{Name: name,
-					SourceVolumeId: src.GetVolumeId(), Secrets: e.c.RBDSecrets()})
+				return e.d.Controller.CreateSnapshot(e.ctx, e.snapReq(name, src.GetVolumeId()))
 			})
 			if err != nil {
 				t.Error(err)
@@ -413,11 +296,11 @@ func TestConcurrentCreateSnapshotGivesOne(t *testing.T) {
 		t.Fatalf("concurrent CreateSnapshot gave %d snapshots", len(ids))
 	}
 	for id := range ids {
-		e.uuids = append(e.uuids, uuidOf(t, id))
+		e.uuids = append(e.uuids, testutil.UUIDOf(t, id))
 		names, _ := rbd.GetImageNames(e.io)
 		n := 0
 		for _, img := range names {
-			if strings.HasPrefix(img, "csi-snap-") && strings.Contains(omap(t, e.io, "csi.snap."+uuidOf(t, id))["csi.imagename"], img) {
+			if strings.HasPrefix(img, "csi-snap-") && strings.Contains(testutil.Omap(t, e.io, "csi.snap."+testutil.UUIDOf(t, id))["csi.imagename"], img) {
 				n++
 			}
 		}
@@ -427,7 +310,7 @@ func TestConcurrentCreateSnapshotGivesOne(t *testing.T) {
 		e.deleteSnapshot(id)
 	}
 	e.deleteVolume(src.GetVolumeId())
-	e.assertClean(e.io)
+	e.assertClean()
 }
 
 // TestSnapshotCountLimitsAtDefaults drives a source image to the default
@@ -445,7 +328,7 @@ func TestSnapshotCountLimitsAtDefaults(t *testing.T) {
 	src := e.create(uniqueName("many"), 4<<20, nil)
 	srcImage := src.GetVolumeContext()["imageName"]
 	data := pattern(9, 8<<10)
-	writeImage(t, e.io, srcImage, data, 0)
+	testutil.WriteImage(t, e.io, srcImage, data, 0)
 	img, err := rbd.OpenImage(e.io, srcImage, rbd.NoSnapshot)
 	if err != nil {
 		t.Fatal(err)
@@ -480,7 +363,7 @@ func TestSnapshotCountLimitsAtDefaults(t *testing.T) {
 	}
 	flattened := func(image string) bool {
 		deadline := time.Now().Add(time.Minute)
-		for parentOf(t, e.io, image) != "" {
+		for testutil.ImageParent(t, e.io, image) != "" {
 			if time.Now().After(deadline) {
 				return false
 			}
@@ -488,7 +371,7 @@ func TestSnapshotCountLimitsAtDefaults(t *testing.T) {
 		}
 		return true
 	}
-	snapImage := func(s *csi.Snapshot) string { return "csi-snap-" + uuidOf(t, s.GetSnapshotId()) }
+	snapImage := func(s *csi.Snapshot) string { return "csi-snap-" + testutil.UUIDOf(t, s.GetSnapshotId()) }
 
 	start := time.Now()
 	pad(249)
@@ -501,7 +384,7 @@ func TestSnapshotCountLimitsAtDefaults(t *testing.T) {
 	if !flattened(snapImage(atMin)) {
 		t.Errorf("%s, made with 250 snapshots on its source, was not flattened", snapImage(atMin))
 	}
-	if p := parentOf(t, e.io, snapImage(below)); !strings.HasPrefix(p, srcImage+"@") {
+	if p := testutil.ImageParent(t, e.io, snapImage(below)); !strings.HasPrefix(p, srcImage+"@") {
 		t.Errorf("%s, made below the minimum, has parent %q; want it kept on %s", snapImage(below), p, srcImage)
 	}
 
@@ -509,22 +392,17 @@ func TestSnapshotCountLimitsAtDefaults(t *testing.T) {
 	if n := count(); n != 450 {
 		t.Fatalf("source carries %d snapshots, want 450", n)
 	}
-	req := &csi.CreateSnapshotRequest{Name: uniqueName("atmax"), SourceVolumeId: src.GetVolumeId(),
-		Parameters: map[string]string{"clusterID": e.c.ClusterID}, Secrets: e.c.RBDSecrets()}
+	req := e.snapReq(uniqueName("atmax"), src.GetVolumeId())
 	if _, err := e.d.Controller.CreateSnapshot(e.ctx, req); status.Code(err) != codes.Aborted {
 		t.Fatalf("CreateSnapshot at 450 snapshots: %v, want Aborted", err)
 	}
 	if !flattened(snapImage(below)) {
 		t.Fatalf("%s was not flattened after the maximum was reached", snapImage(below))
 	}
-	resp, err := retryAborted(t, e.ctx, func() (*csi.CreateSnapshotResponse, error) { return e.d.Controller.CreateSnapshot(e.ctx, req) })
-	if err != nil {
-		t.Fatalf("CreateSnapshot once the clones were flattened: %v", err)
-	}
-	atMax := resp.GetSnapshot()
-	e.uuids = append(e.uuids, uuidOf(t, atMax.GetSnapshotId()))
+	// Once the clones are flattened it succeeds.
+	atMax := e.snapshot(req.GetName(), src.GetVolumeId())
 	for _, s := range []*csi.Snapshot{below, atMin, atMax} {
-		if got := readImage(t, e.io, snapImage(s), len(data), 0); !bytes.Equal(got, data) {
+		if got := testutil.ReadImage(t, e.io, snapImage(s), len(data), 0); !bytes.Equal(got, data) {
 			t.Errorf("%s does not hold the source's bytes", snapImage(s))
 		}
 	}
@@ -534,7 +412,7 @@ func TestSnapshotCountLimitsAtDefaults(t *testing.T) {
 	}
 	img.Close()
 	deleteWhenFlattened(e, src.GetVolumeId())
-	e.assertClean(e.io)
+	e.assertClean()
 }
 
 // Ten PVC clones, each of the one before, with enough data that the
@@ -550,13 +428,12 @@ func TestDeleteCloneChainWhileFlattening(t *testing.T) {
 	data := pattern(7, chunk)
 	first := e.create(uniqueName("fchain0"), size, nil)
 	for off := int64(0); off < size; off += stride {
-		writeImage(t, e.io, first.GetVolumeContext()["imageName"], data, off)
+		testutil.WriteImage(t, e.io, first.GetVolumeContext()["imageName"], data, off)
 	}
 	chain := []*csi.Volume{first}
 	for i := 1; i <= 10; i++ {
 		prev := chain[len(chain)-1]
-		chain = append(chain, e.create(uniqueName("fchain"), size, &csi.VolumeContentSource{Type: &csi.VolumeContentSource_Volume{
-			Volume: &csi.VolumeContentSource_VolumeSource{VolumeId: prev.GetVolumeId()}}}))
+		chain = append(chain, e.create(uniqueName("fchain"), size, testutil.FromVolume(prev.GetVolumeId())))
 	}
 	for i, v := range chain {
 		start := time.Now()
@@ -572,16 +449,16 @@ func TestDeleteCloneChainWhileFlattening(t *testing.T) {
 			}
 			time.Sleep(200 * time.Millisecond)
 		}
-		if imageExists(t, e.io, v.GetVolumeContext()["imageName"]) {
+		if testutil.ImageExists(t, e.io, v.GetVolumeContext()["imageName"]) {
 			t.Fatalf("DeleteVolume %d answered OK but its image is still in the pool", i)
 		}
 		t.Logf("delete %d took %s", i, time.Since(start).Round(time.Millisecond))
 		for _, later := range chain[i+1:] {
 			image := later.GetVolumeContext()["imageName"]
-			if got := readImage(t, e.io, image, chunk, 5*stride); !bytes.Equal(got, data) {
+			if got := testutil.ReadImage(t, e.io, image, chunk, 5*stride); !bytes.Equal(got, data) {
 				t.Fatalf("after deleting %d ancestors, %s lost the original bytes", i+1, image)
 			}
 		}
 	}
-	e.assertClean(e.io)
+	e.assertClean()
 }

@@ -73,8 +73,7 @@ func TestCreateSnapshotRepairsHalfCreated(t *testing.T) {
 			c := newCtl(t)
 			vol := c.volume("pvc", 8<<20, nil)
 			req := c.snapReq("snap", vol.GetVolumeId())
-			c.f.crash(tc.op, tc.nth, tc.match)
-			c.crashes(func() { _, _ = c.createSnap(req) })
+			c.crashesAt(tc.op, tc.nth, tc.match, func() { _, _ = c.createSnap(req) })
 			u := c.f.omap("rbd", "csi.snaps.default")["csi.snap.snap"]
 			if u == "" {
 				t.Fatal("no journal key after the crash")
@@ -126,17 +125,10 @@ func TestFailingCreateSnapshotUndoesEverything(t *testing.T) {
 			if tc.soft != 0 {
 				c.s.Options.SoftMaxClones = tc.soft
 			}
-			before := c.state()
-			c.f.fail(tc.op, tc.nth, tc.match)
-			_, err := c.createSnap(c.snapReq("snap", vol.GetVolumeId()))
-			wantCode(t, "failing CreateSnapshot", err, codes.Internal)
-			if len(c.f.rules) != 0 {
-				t.Fatalf("the call never reached the failing step %s", tc.op)
-			}
-			c.sameState("the failed CreateSnapshot", before)
-			if _, err := c.createSnap(c.snapReq("snap", vol.GetVolumeId())); err != nil {
-				t.Errorf("a retry after the undo: %v", err)
-			}
+			c.failsAndUndoes("CreateSnapshot", tc.op, tc.nth, tc.match, func() error {
+				_, err := c.createSnap(c.snapReq("snap", vol.GetVolumeId()))
+				return err
+			})
 		})
 	}
 }
@@ -218,13 +210,8 @@ func TestDeleteSnapshot(t *testing.T) {
 		c := newCtl(t)
 		vol := c.volume("pvc", 8<<20, nil)
 		snap := c.snapshot("snap", vol.GetVolumeId())
-		img := c.img(c.snapImage(snap))
-		img.watchers = []string{"10.0.0.3:0/mgr"}
-		before := c.state()
-		wantCode(t, "delete while the image is being flattened", c.deleteSnapshot(snap.GetSnapshotId()), codes.FailedPrecondition)
-		c.sameState("the refused delete", before)
-		img.watchers = nil
-		c.mustDeleteSnapshot(snap.GetSnapshotId())
+		c.refusedWhileWatched("delete while the image is being flattened", c.img(c.snapImage(snap)), "10.0.0.3:0/mgr",
+			func() error { return c.deleteSnapshot(snap.GetSnapshotId()) })
 		if left := c.leftovers("rbd", uuidOfID(t, snap.GetSnapshotId())); len(left) != 0 {
 			t.Errorf("left: %v", left)
 		}

@@ -17,6 +17,24 @@ import (
 	"github.com/leanceph/cephcsi/internal/csierr"
 )
 
+// CallObserver is told of every call (the metrics exporter implements it).
+type CallObserver interface {
+	CallStarted(fullMethod string)
+	CallFinished(fullMethod string, code codes.Code, took time.Duration)
+}
+
+// observeCalls reports each call's start and end to o, with the code of the
+// status the client receives.
+func observeCalls(o CallObserver) grpc.UnaryServerInterceptor {
+	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, next grpc.UnaryHandler) (any, error) {
+		start := time.Now()
+		o.CallStarted(info.FullMethod)
+		resp, err := next(ctx, req)
+		o.CallFinished(info.FullMethod, status.Code(err), time.Since(start))
+		return resp, err
+	}
+}
+
 // withRequestID gives every call a short random ID carried by the contextual
 // logger, so each log line of a call can be found with one grep.
 func withRequestID(ctx context.Context, req any, info *grpc.UnaryServerInfo, next grpc.UnaryHandler) (any, error) {
@@ -26,10 +44,13 @@ func withRequestID(ctx context.Context, req any, info *grpc.UnaryServerInfo, nex
 	return next(klog.NewContext(ctx, logger), req)
 }
 
+// probes are the liveness calls, polled often: logged only when they fail.
+var probes = map[string]bool{"/csi.v1.Identity/Probe": true, "/identity.Identity/Probe": true}
+
 // logCalls logs each request and its outcome with secrets stripped.
 func logCalls(ctx context.Context, req any, info *grpc.UnaryServerInfo, next grpc.UnaryHandler) (any, error) {
 	logger := klog.FromContext(ctx).WithValues("method", info.FullMethod)
-	probe := info.FullMethod == "/csi.v1.Identity/Probe"
+	probe := probes[info.FullMethod]
 	if !probe {
 		logger.V(2).Info("request", "body", protosanitizer.StripSecrets(req).String())
 	}
@@ -98,4 +119,52 @@ func recoverPanics(ctx context.Context, req any, info *grpc.UnaryServerInfo, nex
 		}
 	}()
 	return next(ctx, req)
+}
+
+// answerByDeadline answers when the call's context ends, even while the
+// handler still runs: a Ceph call in C cannot be interrupted, and the
+// sidecar that set the deadline has stopped waiting anyway. The handler
+// goes on in the background until its Ceph calls return (each bounded by
+// librados' timeouts) and releases what it holds as it returns, the
+// operation locks included (the locks interceptor runs inside this one),
+// so a retry meanwhile answers Aborted instead of racing it. A late result
+// is logged; the retry finds what it made.
+func answerByDeadline(ctx context.Context, req any, info *grpc.UnaryServerInfo, next grpc.UnaryHandler) (any, error) {
+	type result struct {
+		resp any
+		err  error
+	}
+	done := make(chan result, 1)
+	go func() {
+		resp, err := next(ctx, req)
+		done <- result{resp, err}
+	}()
+	select {
+	case r := <-done:
+		return r.resp, r.err
+	case <-ctx.Done():
+	}
+	// The handler may have returned as the context ended: its answer wins.
+	select {
+	case r := <-done:
+		return r.resp, r.err
+	default:
+	}
+	logger := klog.FromContext(ctx)
+	start := time.Now()
+	logger.Info("answering before the call ends; it goes on in the background and holds its locks until it does",
+		"method", info.FullMethod, "reason", ctx.Err())
+	go func() {
+		r := <-done
+		logger.Info("call ended after its answer", "method", info.FullMethod, "after", time.Since(start).Round(time.Millisecond),
+			"error", errString(r.err))
+	}()
+	return nil, fmt.Errorf("%w: the call goes on in the background; retry later", ctx.Err())
+}
+
+func errString(err error) string {
+	if err == nil {
+		return ""
+	}
+	return err.Error()
 }

@@ -3,16 +3,21 @@ package server
 import (
 	"bytes"
 	"context"
+	"errors"
 	"flag"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
+	"github.com/csi-addons/spec/lib/go/fence"
+	"github.com/csi-addons/spec/lib/go/reclaimspace"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"k8s.io/klog/v2"
+
+	"github.com/leanceph/cephcsi/internal/locks"
 )
 
 // captureLogs sends klog output at verbosity 2 into a buffer for one test.
@@ -70,6 +75,38 @@ func TestSecretsNeverLogged(t *testing.T) {
 	for _, id := range ids {
 		if id != ids[0] {
 			t.Fatalf("request IDs differ within one call: %v", ids)
+		}
+	}
+}
+
+// The CSI-Addons requests carry secrets too (the NetworkFenceClass's, the
+// PV's node-stage secret): they are stripped the same way.
+func TestAddonsSecretsNeverLogged(t *testing.T) {
+	buf := captureLogs(t)
+	key := "AQ" + strings.Repeat("ADDONS", 6) + "=="
+	info := &grpc.UnaryServerInfo{FullMethod: "/fence.FenceController/FenceClusterNetwork"}
+	for _, req := range []any{
+		&fence.FenceClusterNetworkRequest{Parameters: map[string]string{"clusterID": "c1"}, Secrets: map[string]string{"userKey": key},
+			Cidrs: []*fence.CIDR{{Cidr: "10.96.1.0/24"}}},
+		&fence.GetFenceClientsRequest{Secrets: map[string]string{"adminKey": key}},
+		&reclaimspace.ControllerReclaimSpaceRequest{VolumeId: "vol-1", Secrets: map[string]string{"userKey": key}},
+		&reclaimspace.NodeReclaimSpaceRequest{VolumeId: "vol-2", Secrets: map[string]string{"userKey": key}},
+	} {
+		_, err := withRequestID(context.Background(), req, info, func(ctx context.Context, req any) (any, error) {
+			return logCalls(ctx, req, info, func(context.Context, any) (any, error) { return nil, errors.New("refused") })
+		})
+		if err == nil {
+			t.Fatal("the handler's error was lost")
+		}
+	}
+	klog.Flush()
+	out := buf.String()
+	if strings.Contains(out, key) {
+		t.Fatalf("secret in logs:\n%s", out)
+	}
+	for _, want := range []string{"10.96.1.0/24", "vol-1", "vol-2", "***stripped***"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("log lacks %q:\n%s", want, out)
 		}
 	}
 }
@@ -181,5 +218,59 @@ func TestFastCallsNotLoggedAsSlow(t *testing.T) {
 	klog.Flush()
 	if strings.Contains(buf.String(), "call still running") {
 		t.Fatalf("a fast call was logged as slow:\n%s", buf.String())
+	}
+}
+
+// A handler stuck past the call's deadline (a Ceph call in C): the call is
+// answered DeadlineExceeded at the deadline, the handler's locks stay held
+// while it runs (a retry answers Aborted, not racing it), and are free once
+// it returns.
+func TestAnswerByDeadline(t *testing.T) {
+	set := &locks.Set{}
+	info := &grpc.UnaryServerInfo{FullMethod: "/csi.v1.Controller/DeleteVolume"}
+	unblock := make(chan struct{})
+	ended := make(chan struct{})
+	stuck := func(ctx context.Context, req any) (any, error) {
+		<-unblock
+		defer close(ended)
+		return &csi.DeleteVolumeResponse{}, nil
+	}
+	call := func(ctx context.Context, h grpc.UnaryHandler) error {
+		_, err := toStatus(ctx, &csi.DeleteVolumeRequest{VolumeId: "vol-1"}, info, func(ctx context.Context, req any) (any, error) {
+			return answerByDeadline(ctx, req, info, func(ctx context.Context, req any) (any, error) {
+				return locks.Interceptor(set)(ctx, req, info, h)
+			})
+		})
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	err := call(ctx, stuck)
+	if status.Code(err) != codes.DeadlineExceeded || time.Since(start) > 2*time.Second {
+		t.Fatalf("stuck call answered %v after %s, want DeadlineExceeded at its deadline", err, time.Since(start))
+	}
+	quick := func(ctx context.Context, req any) (any, error) { return &csi.DeleteVolumeResponse{}, nil }
+	if err := call(context.Background(), quick); status.Code(err) != codes.Aborted {
+		t.Fatalf("retry while the first call runs: %v, want Aborted", err)
+	}
+	close(unblock)
+	<-ended
+	deadline := time.Now().Add(2 * time.Second)
+	for {
+		err := call(context.Background(), quick)
+		if err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("retry after the first call ended: %v", err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	// A handler that returns in time is answered as it returned.
+	if err := call(context.Background(), func(context.Context, any) (any, error) {
+		return nil, status.Error(codes.NotFound, "gone")
+	}); status.Code(err) != codes.NotFound {
+		t.Fatalf("prompt handler's answer: %v", err)
 	}
 }

@@ -1,5 +1,6 @@
-// Package server runs the CSI gRPC server: the unix socket, the middleware
-// every call passes through, and the Identity service.
+// Package server runs the driver's gRPC servers (CSI, and CSI-Addons on a
+// socket of its own): the unix socket, the middleware every call passes
+// through, and the CSI Identity service.
 package server
 
 import (
@@ -9,6 +10,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"sort"
 	"strings"
 	"time"
 
@@ -30,6 +32,7 @@ type Services struct {
 type Server struct {
 	grpc     *grpc.Server
 	listener net.Listener
+	name     string
 }
 
 // Listen parses an endpoint (unix:///path or tcp://host:port) and listens on
@@ -62,7 +65,11 @@ func Listen(endpoint string) (net.Listener, error) {
 // Option tunes the server.
 type Option func(*settings)
 
-type settings struct{ slowCallInterval time.Duration }
+type settings struct {
+	slowCallInterval time.Duration
+	calls            CallObserver
+	name             string
+}
 
 // WithSlowCallLog logs, every interval, each call still running (with its
 // method and request ID); 0 turns it off.
@@ -70,20 +77,53 @@ func WithSlowCallLog(interval time.Duration) Option {
 	return func(s *settings) { s.slowCallInterval = interval }
 }
 
-// New builds a server for svcs on lis with the standard middleware: request
-// IDs, the slow-call log, logging without secrets, the gRPC status of every
-// error (the RPC edge), panic recovery and the operation locks of opLocks.
+// WithCallObserver tells o of every call: its start, and its end with the
+// gRPC code of the answer.
+func WithCallObserver(o CallObserver) Option {
+	return func(s *settings) { s.calls = o }
+}
+
+// WithName names the API the server speaks in its log lines ("CSI" unless
+// given).
+func WithName(name string) Option {
+	return func(s *settings) { s.name = name }
+}
+
+// New builds a server for svcs on lis with the standard middleware: call
+// metrics (when observed), request IDs, the slow-call log, logging without
+// secrets, the gRPC status of every error (the RPC edge), an answer by the
+// call's deadline (the handler, its panic recovery and its operation locks
+// of opLocks go on in the background past it; see answerByDeadline).
 func New(lis net.Listener, svcs Services, opLocks *locks.Set, opts ...Option) *Server {
-	var set settings
+	return NewFor(lis, svcs.register, opLocks, opts...)
+}
+
+// NewFor builds a server on lis for the services that register adds, with
+// the same middleware as New. The CSI-Addons services run on a socket of
+// their own this way, and share the CSI server's operation locks when given
+// the same opLocks.
+func NewFor(lis net.Listener, register func(grpc.ServiceRegistrar), opLocks *locks.Set, opts ...Option) *Server {
+	set := settings{name: "CSI"}
 	for _, o := range opts {
 		o(&set)
 	}
-	chain := []grpc.UnaryServerInterceptor{withRequestID}
+	var chain []grpc.UnaryServerInterceptor
+	if set.calls != nil {
+		// Outermost: the time includes lock waits and logging, and the
+		// code is the one the client gets.
+		chain = append(chain, observeCalls(set.calls))
+	}
+	chain = append(chain, withRequestID)
 	if set.slowCallInterval > 0 {
 		chain = append(chain, logSlowCalls(set.slowCallInterval))
 	}
-	chain = append(chain, logCalls, toStatus, recoverPanics, locks.Interceptor(opLocks))
+	chain = append(chain, logCalls, toStatus, answerByDeadline, recoverPanics, locks.Interceptor(opLocks))
 	g := grpc.NewServer(grpc.ChainUnaryInterceptor(chain...))
+	register(g)
+	return &Server{grpc: g, listener: lis, name: set.name}
+}
+
+func (svcs Services) register(g grpc.ServiceRegistrar) {
 	if svcs.Identity != nil {
 		csi.RegisterIdentityServer(g, svcs.Identity)
 	}
@@ -93,12 +133,24 @@ func New(lis net.Listener, svcs Services, opLocks *locks.Set, opts ...Option) *S
 	if svcs.Node != nil {
 		csi.RegisterNodeServer(g, svcs.Node)
 	}
-	return &Server{grpc: g, listener: lis}
+}
+
+// Methods lists the full names of the methods served ("/csi.v1.Node/
+// NodeStageVolume").
+func (s *Server) Methods() []string {
+	var out []string
+	for svc, info := range s.grpc.GetServiceInfo() {
+		for _, m := range info.Methods {
+			out = append(out, "/"+svc+"/"+m.Name)
+		}
+	}
+	sort.Strings(out)
+	return out
 }
 
 // Serve blocks until the server stops.
 func (s *Server) Serve() error {
-	klog.InfoS("serving CSI", "address", s.listener.Addr().String())
+	klog.InfoS("serving "+s.name, "address", s.listener.Addr().String())
 	return s.grpc.Serve(s.listener)
 }
 

@@ -64,6 +64,10 @@ func (c *Cluster) CephFSNodeSecrets() map[string]string {
 // Admin returns a client.admin connection for checking the cluster.
 func (c *Cluster) Admin() *rados.Conn { return c.admin }
 
+// Close ends the admin connection (of a cluster from LoadCluster; the
+// shared one of RequireCluster stays open for the test process).
+func (c *Cluster) Close() { c.admin.Shutdown() }
+
 // RepoRoot finds the repository root from this source file.
 func RepoRoot() string {
 	_, file, _, _ := runtime.Caller(0)
@@ -81,25 +85,60 @@ var (
 // left running for the next test package.
 func RequireCluster(t testing.TB) *Cluster {
 	t.Helper()
-	once.Do(func() { shared, initErr = startCluster() })
+	once.Do(func() {
+		dir := os.Getenv("CEPHCSI_CLUSTER_DIR")
+		if dir == "" {
+			dir = filepath.Join(RepoRoot(), "_output", "ceph")
+		}
+		shared, initErr = startCluster(dir, nil)
+	})
 	if initErr != nil {
 		t.Fatalf("local Ceph cluster: %v", initErr)
 	}
 	return shared
 }
 
-func startCluster() (*Cluster, error) {
-	dir := os.Getenv("CEPHCSI_CLUSTER_DIR")
-	if dir == "" {
-		dir = filepath.Join(RepoRoot(), "_output", "ceph")
+// StartPrivateCluster starts a cluster of the test's own in dir, with env
+// added to the script's environment (CEPH_BIND_ADDR, CEPH_MON_PORT...),
+// and purges it when the test ends. It takes some 30 seconds.
+func StartPrivateCluster(t testing.TB, dir string, env ...string) *Cluster {
+	t.Helper()
+	script := filepath.Join(RepoRoot(), "scripts", "ceph-cluster.sh")
+	t.Cleanup(func() {
+		cmd := exec.Command(script, "purge", dir)
+		cmd.Env = append(os.Environ(), env...)
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Errorf("%s purge %s: %v\n%s", script, dir, err, out)
+		}
+	})
+	c, err := startCluster(dir, env)
+	if err != nil {
+		t.Fatalf("private Ceph cluster in %s: %v", dir, err)
 	}
+	t.Cleanup(func() { c.admin.Shutdown() })
+	return c
+}
+
+func startCluster(dir string, env []string) (*Cluster, error) {
 	script := filepath.Join(RepoRoot(), "scripts", "ceph-cluster.sh")
 	cmd := exec.Command(script, "start", dir)
+	cmd.Env = append(os.Environ(), env...)
 	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
 	if err := cmd.Run(); err != nil {
 		return nil, fmt.Errorf("%s start %s: %w", script, dir, err)
 	}
-	out, err := exec.Command(script, "env", dir).Output()
+	return LoadCluster(script, dir, env...)
+}
+
+// LoadCluster describes a running cluster by what `script env dir` prints
+// (scripts/ceph-cluster.sh or a script printing the same variables, run with
+// env added to its environment) and connects to it as admin. Admin calls
+// give up after a minute, so that a test against a cluster it breaks on
+// purpose fails instead of hanging.
+func LoadCluster(script, dir string, env ...string) (*Cluster, error) {
+	envCmd := exec.Command(script, "env", dir)
+	envCmd.Env = append(os.Environ(), env...)
+	out, err := envCmd.Output()
 	if err != nil {
 		return nil, fmt.Errorf("%s env: %w", script, err)
 	}
@@ -119,8 +158,11 @@ func startCluster() (*Cluster, error) {
 	if err := conn.ReadConfigFile(c.Conf); err != nil {
 		return nil, err
 	}
-	if err := conn.SetConfigOption("keyring", vars["CEPH_ADMIN_KEYRING"]); err != nil {
-		return nil, err
+	for _, kv := range [][2]string{{"keyring", vars["CEPH_ADMIN_KEYRING"]},
+		{"rados_osd_op_timeout", "60"}, {"rados_mon_op_timeout", "60"}, {"client_mount_timeout", "60"}} {
+		if err := conn.SetConfigOption(kv[0], kv[1]); err != nil {
+			return nil, err
+		}
 	}
 	if err := conn.Connect(); err != nil {
 		return nil, fmt.Errorf("connecting as admin: %w", err)
@@ -147,19 +189,24 @@ type Driver struct {
 	Node       csi.NodeClient
 	Identity   csi.IdentityClient
 	Socket     string
+	// Addons is a connection to the CSI-Addons socket, AddonsSocket.
+	Addons       *grpc.ClientConn
+	AddonsSocket string
 }
 
 // StartDriver serves a driver of kind ("rbd" or "cephfs") with the
-// controller and node services until the test ends. tweak may adjust the
-// options before start.
+// controller and node services, and the CSI-Addons services on a socket of
+// their own, until the test ends. tweak may adjust the options before
+// start.
 func StartDriver(t testing.TB, c *Cluster, kind string, tweak func(*config.Options)) *Driver {
 	t.Helper()
-	sock := filepath.Join(shortTempDir(t), "csi.sock")
+	dir := shortTempDir(t)
+	sock, addonsSock := filepath.Join(dir, "csi.sock"), filepath.Join(dir, "addons.sock")
 	opts := &config.Options{}
 	fs := flagSet()
 	opts.Register(fs)
 	if err := fs.Parse([]string{"--type=" + kind, "--controllerserver", "--nodeserver", "--nodeid=test-node",
-		"--endpoint=unix://" + sock, "--configpath=" + c.ConfigJSON}); err != nil {
+		"--endpoint=unix://" + sock, "--csi-addons-endpoint=unix://" + addonsSock, "--configpath=" + c.ConfigJSON}); err != nil {
 		t.Fatal(err)
 	}
 	opts.PluginPath = filepath.Join(shortTempDir(t), "plugins")
@@ -183,31 +230,47 @@ func StartDriver(t testing.TB, c *Cluster, kind string, tweak func(*config.Optio
 			t.Error("driver did not stop")
 		}
 	})
+	waitSocket(t, sock, done)
+	conn, err := grpc.NewClient("unix:"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	d := &Driver{Conn: conn, Socket: sock, Controller: csi.NewControllerClient(conn),
+		Node: csi.NewNodeClient(conn), Identity: csi.NewIdentityClient(conn)}
+	if opts.CSIAddonsEndpoint == "unix://"+addonsSock {
+		waitSocket(t, addonsSock, done)
+		if d.Addons, err = grpc.NewClient("unix:"+addonsSock, grpc.WithTransportCredentials(insecure.NewCredentials())); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { d.Addons.Close() })
+		d.AddonsSocket = addonsSock
+	}
+	return d
+}
+
+// waitSocket waits until sock accepts connections, or the driver exits.
+func waitSocket(t testing.TB, sock string, done chan error) {
+	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		// The socket file exists a moment before it listens (bind, then
 		// listen): wait until a connection goes through.
 		if c, err := net.Dial("unix", sock); err == nil {
 			c.Close()
-			break
+			return
 		}
 		select {
 		case err := <-done:
+			done <- err
 			t.Fatalf("driver exited: %v", err)
 		default:
 		}
 		if time.Now().After(deadline) {
-			t.Fatal("driver socket did not appear")
+			t.Fatalf("driver socket %s did not appear", sock)
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	conn, err := grpc.NewClient("unix:"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close() })
-	return &Driver{Conn: conn, Socket: sock, Controller: csi.NewControllerClient(conn),
-		Node: csi.NewNodeClient(conn), Identity: csi.NewIdentityClient(conn)}
 }
 
 // shortTempDir returns a temporary directory with a short path: unix socket
@@ -235,4 +298,16 @@ func BlockCap() *csi.VolumeCapability {
 		AccessType: &csi.VolumeCapability_Block{Block: &csi.VolumeCapability_BlockVolume{}},
 		AccessMode: &csi.VolumeCapability_AccessMode{Mode: csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER},
 	}
+}
+
+// FromSnapshot is the content source of a restore from snapshot id.
+func FromSnapshot(id string) *csi.VolumeContentSource {
+	return &csi.VolumeContentSource{Type: &csi.VolumeContentSource_Snapshot{
+		Snapshot: &csi.VolumeContentSource_SnapshotSource{SnapshotId: id}}}
+}
+
+// FromVolume is the content source of a PVC clone of volume id.
+func FromVolume(id string) *csi.VolumeContentSource {
+	return &csi.VolumeContentSource{Type: &csi.VolumeContentSource_Volume{
+		Volume: &csi.VolumeContentSource_VolumeSource{VolumeId: id}}}
 }

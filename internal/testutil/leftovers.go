@@ -1,6 +1,8 @@
 package testutil
 
 import (
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -142,4 +144,31 @@ func (c *Cluster) cephfsLeftovers(t testing.TB, match func(string) bool) []strin
 		}
 	})
 	return append(left, journalLeftovers(t, io, FSMetadataPool+"/csi", match)...)
+}
+
+// NodeLeftovers lists the mounts, loop devices and FUSE helper processes
+// whose paths lie under dir (a plugin path of a test; a mount of dir itself
+// is the test's own).
+func NodeLeftovers(dir string) []string {
+	var left []string
+	if mi, err := os.ReadFile("/proc/self/mountinfo"); err == nil {
+		for _, line := range strings.Split(string(mi), "\n") {
+			if f := strings.Fields(line); len(f) > 4 && strings.HasPrefix(f[4], dir) && f[4] != dir {
+				left = append(left, "mount "+f[4])
+			}
+		}
+	}
+	loops, _ := filepath.Glob("/sys/block/loop*/loop/backing_file")
+	for _, l := range loops {
+		if b, _ := os.ReadFile(l); strings.HasPrefix(strings.TrimSpace(string(b)), dir) {
+			left = append(left, "loop device backed by "+strings.TrimSpace(string(b)))
+		}
+	}
+	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
+	for _, pc := range procs {
+		if b, _ := os.ReadFile(pc); strings.Contains(string(b), dir) && strings.Contains(string(b), "rbd-fuse-helper") {
+			left = append(left, "helper process "+filepath.Base(filepath.Dir(pc)))
+		}
+	}
+	return left
 }

@@ -47,6 +47,17 @@ func BuildBinary(t testing.TB, tags ...string) string {
 	return bin
 }
 
+// RemoveBinaries deletes what BuildBinary built, for a TestMain to call
+// once its tests are done.
+func RemoveBinaries() {
+	buildMu.Lock()
+	defer buildMu.Unlock()
+	for key, bin := range binaries {
+		os.RemoveAll(filepath.Dir(bin))
+		delete(binaries, key)
+	}
+}
+
 // Process is the real cephcsi binary serving CSI on a unix socket.
 type Process struct {
 	Controller csi.ControllerClient
@@ -106,3 +117,6 @@ func (p *Process) Kill() {
 	_ = p.cmd.Process.Kill()
 	<-p.done
 }
+
+// PID is the process ID of the running binary.
+func (p *Process) PID() int { return p.cmd.Process.Pid }
