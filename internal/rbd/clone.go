@@ -160,7 +160,7 @@ func (s *ControllerServer) openVolumeSource(volumeID string, creds cephconn.Cred
 // sit `added` levels below parent: past it the parent is flattened first and
 // the call is retried (ErrInProgress). It returns the new image's depth.
 func (s *ControllerServer) limitDepth(ctx context.Context, src *target, parent image, added int) (int, error) {
-	depth, err := cloneDepth(src.c, src.p, parent)
+	depth, err := cloneDepth(src.c, parent)
 	if err != nil {
 		return 0, err
 	}

@@ -321,7 +321,7 @@ func (s *ControllerServer) finishVolume(ctx context.Context, t *target, entry *j
 // stopped before queueing them. They are judged on the chain and the
 // source as they are now.
 func (s *ControllerServer) requeueFlattens(ctx context.Context, t *target, img image, src *contentSource) error {
-	depth, err := cloneDepth(t.c, t.p, img)
+	depth, err := cloneDepth(t.c, img)
 	if err != nil {
 		return err
 	}

@@ -49,5 +49,5 @@ func (h *HeaderProbe) Depth(name string) (int, error) {
 		return 0, err
 	}
 	defer img.Close()
-	return cloneDepth(h.c, h.p, img)
+	return cloneDepth(h.c, img)
 }

@@ -41,31 +41,41 @@ func hasDependentClones(err error) bool {
 	return csierr.IsErrno(err, syscall.ENOTEMPTY) || csierr.IsErrno(err, syscall.EBUSY) || csierr.IsErrno(err, syscall.EMLINK)
 }
 
-// cloneDepth counts the ancestors of an open image of pool p. It reads the
-// header of each ancestor (one round trip a level) instead of opening it
-// (a dozen round trips, and librbd opens the ancestor's own ancestors too).
-func cloneDepth(c cluster, p pool, img image) (int, error) {
-	id, err := img.ID()
+// cloneDepth counts the ancestors of an open image. Its parent comes with
+// the open (no round trip); each further ancestor's is read from the
+// ancestor's header (one round trip a level) instead of opening it (a
+// dozen round trips, and librbd opens the ancestor's own ancestors too).
+func cloneDepth(c cluster, img image) (int, error) {
+	first, err := img.Parent()
 	if err != nil {
-		return 0, err
+		return 0, fmt.Errorf("reading the parent of %s: %w", img.Name(), err)
 	}
-	h, err := p.Header(id)
-	if err != nil {
-		return 0, fmt.Errorf("reading the header of %s: %w", imageSpec(p, img.Name()), err)
+	if first == nil {
+		return 0, nil
 	}
 	depth := 0
-	for parent := h.Parent; parent != nil && depth < maxChainWalk; {
+	next := func(p pool, imageID string) (*headerParent, error) {
 		depth++
-		pp, err := c.OpenPool("", parent.PoolID)
+		h, err := p.Header(imageID)
+		p.Close()
 		if err != nil {
+			return nil, fmt.Errorf("reading the header of parent image ID %s: %w", imageID, err)
+		}
+		return h.Parent, nil
+	}
+	p, err := c.OpenPool(first.Pool, 0)
+	if err != nil {
+		return 0, fmt.Errorf("opening pool %s of parent %s: %w", first.Pool, first.Image, err)
+	}
+	parent, err := next(p, first.ImageID)
+	for err == nil && parent != nil && depth < maxChainWalk {
+		if p, err = c.OpenPool("", parent.PoolID); err != nil {
 			return 0, fmt.Errorf("opening pool %d of parent image ID %s: %w", parent.PoolID, parent.ImageID, err)
 		}
-		h, err := pp.Header(parent.ImageID)
-		pp.Close()
-		if err != nil {
-			return 0, fmt.Errorf("reading the header of parent image ID %s: %w", parent.ImageID, err)
-		}
-		parent = h.Parent
+		parent, err = next(p, parent.ImageID)
+	}
+	if err != nil {
+		return 0, err
 	}
 	return depth, nil
 }

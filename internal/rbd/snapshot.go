@@ -130,7 +130,7 @@ func (s *ControllerServer) finishSnapshot(ref *volumeRef, entry *journal.Entry, 
 		}
 		entry.ImageID = id
 	}
-	depth, err := cloneDepth(ref.c, ref.p, img)
+	depth, err := cloneDepth(ref.c, img)
 	if err != nil || depth == 0 {
 		return err // flat: nothing to queue
 	}
