@@ -302,10 +302,9 @@ func call(ctx context.Context, fn func(context.Context) error) (int, error) {
 // seqResult is what timeSequential measured: latencies and, where
 // counted, the messages and OSD ops of each call.
 type seqResult struct {
-	d, f               latencies
-	dMsgs, dOSD        []float64
-	fMsgs, fOSD        []float64
-	dCounted, fCounted bool
+	d, f        latencies
+	dMsgs, dOSD []float64
+	fMsgs, fOSD []float64
 }
 
 // medianOf is the median of per-call counts; -1 when none were counted.
