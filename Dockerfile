@@ -44,9 +44,10 @@ ARG CEPH_DEB_VERSION=20.2.4+ds-2
 # The Ceph client libraries the binary links with and the tools the node
 # service runs (ceph-fuse and mount.ceph, rbd, rbd-nbd; the rbd-fuse mapper
 # is the binary itself), pinned; mkfs/resize for ext4 and xfs, losetup/blkid,
-# mount, modprobe, fusermount3, and logrotate for the operator's log rotator.
+# mount, modprobe, fusermount3, cryptsetup for LUKS-encrypted volumes, and
+# logrotate for the operator's log rotator.
 ARG IMAGE_CEPH_PACKAGES="ceph-common ceph-fuse rbd-nbd librados2 librbd1 libcephfs2"
-ARG IMAGE_PACKAGES="e2fsprogs xfsprogs util-linux mount kmod fuse3 ca-certificates logrotate"
+ARG IMAGE_PACKAGES="e2fsprogs xfsprogs util-linux mount kmod fuse3 cryptsetup-bin ca-certificates logrotate"
 RUN pkgs=; for p in ${IMAGE_CEPH_PACKAGES}; do pkgs="$pkgs $p=${CEPH_DEB_VERSION}"; done \
 	&& apt-get -o Acquire::Check-Valid-Until=false update \
 	&& apt-get install -y --no-install-recommends $pkgs ${IMAGE_PACKAGES} \

@@ -188,7 +188,7 @@ func TestDockerfileMatchesTree(t *testing.T) {
 	// (not rbd-fuse: the rbd-fuse mapper's helper is the driver binary).
 	ceph, other := imagePackages(env)
 	for _, pkg := range []string{"librados2", "librbd1", "libcephfs2", "ceph-common", "ceph-fuse", "rbd-nbd",
-		"e2fsprogs", "xfsprogs", "util-linux", "mount", "kmod", "fuse3", "logrotate"} {
+		"e2fsprogs", "xfsprogs", "util-linux", "mount", "kmod", "fuse3", "logrotate", "cryptsetup-bin"} {
 		if !slices.Contains(ceph, pkg) && !slices.Contains(other, pkg) {
 			t.Errorf("build.env's image packages lack %s", pkg)
 		}

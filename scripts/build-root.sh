@@ -15,10 +15,10 @@
 #
 # Roots live in ~/.cache/cephcsi-root (CEPHCSI_ROOT_CACHE), named by a hash of
 # this script and the build.env pins they use, so they are rebuilt only when
-# those change; an older root of the same kind is removed once a new one is
-# ready. Concurrent callers wait for one build (flock). The Ceph packages are
-# pinned to the exact Debian version of build.env: a registry that no longer
-# serves it makes the build fail, loudly.
+# those change; once a new one is ready, older roots of its kind are removed
+# but for the newest other one. Concurrent callers wait for one build
+# (flock). The Ceph packages are pinned to the exact Debian version of
+# build.env: a registry that no longer serves it makes the build fail, loudly.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -112,10 +112,13 @@ unshare --mount --propagation private sh -euc '
 rm -rf "$tmp"/var/lib/apt/lists/*
 # What the root holds, for tests and notes.
 chroot "$tmp" dpkg-query -W -f='${Package}=${Version}\n' >"$tmp/.cephcsi-packages"
-for old in "$cache/$kind"-*; do
-	[[ $old == "$tmp" || ! -d $old ]] || rm -rf "$old"
-done
 mv "$tmp" "$root"
 touch "$root/.cephcsi-root-ready"
+# Older roots of this kind go, but the newest other one stays: two checkouts
+# pinned differently (a branch, a worktree) would otherwise evict each other's
+# root on every call.
+ls -1dt "$cache/$kind"-*/.cephcsi-root-ready 2>/dev/null | tail -n +3 | while read -r marker; do
+	rm -rf "$(dirname "$marker")"
+done
 log "the $kind root is ready after $((SECONDS - start)) s"
 echo "$root"

@@ -58,9 +58,11 @@ smp=${KT_SMP:-2}
 # authenc(hmac(sha384),cts(cbc(aes))) when libceph prepares the key, a
 # run-time request that modules.dep does not show (without them: "libceph:
 # cannot prepare key: -65"; hmac, sha512, cbc and aes are built into
-# Debian's 7.x).
+# Debian's 7.x). For LUKS-encrypted volumes: dm_mod and dm_crypt, xts for
+# its default aes-xts-plain64 (aes and ecb are built in), and the AF_ALG
+# sockets through which cryptsetup checks that the kernel has the cipher.
 modules=('?crc32c_generic' virtio_pci virtio_net virtio_console 9pnet_virtio 9p overlay
-	ext4 xfs libceph '?authenc' '?cts' rbd ceph nbd)
+	ext4 xfs libceph '?authenc' '?cts' rbd ceph nbd dm_mod dm_crypt xts '?af_alg' '?algif_skcipher')
 
 log() { echo "kernel-guest: $*" >&2; }
 die() {

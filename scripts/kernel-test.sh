@@ -17,8 +17,10 @@
 # the project's dev root (scripts/in-root), as the guest's userspace does;
 # QEMU and the namespace are the host's.
 #
-# Environment: GO (default go), KT_TEST_TIMEOUT (default 20m), and the KT_*
-# variables of scripts/kernel-guest.sh.
+# Environment: GO (default go), KT_TEST_TIMEOUT (default 20m), KT_CLUSTER_DIR
+# (the private cluster, default _output/ceph-kernel), and the KT_* variables
+# of scripts/kernel-guest.sh (KT_NETNS, KT_TAP, KT_HOST_ADDR, KT_GUEST_ADDR
+# and KT_STATE keep two runs on one machine apart).
 set -euo pipefail
 unset CEPH_ARGS CEPH_CONF CEPH_KEYRING
 
@@ -32,7 +34,8 @@ in_root=scripts/in-root
 # go-ceph's tags for the Ceph release (none for the newest) and the test's.
 read -ra tag_list <<<"${GO_CEPH_TAGS:-} kernel"
 tags=$(IFS=, && echo "${tag_list[*]}")
-cluster=$repo/_output/ceph-kernel
+cluster=${KT_CLUSTER_DIR:-$repo/_output/ceph-kernel}
+state=${KT_STATE:-$repo/_output/kernel-guest}
 netns=${KT_NETNS:-cephcsi-kt}
 host_addr=${KT_HOST_ADDR:-10.99.1.1}
 test_bin=$repo/_output/kernel.test
@@ -89,11 +92,11 @@ timed "boot the guest" "$guest" boot
 args=(-test.v -test.count=1 -test.timeout "${KT_TEST_TIMEOUT:-20m}")
 [[ -z "$run" ]] || args+=(-test.run "$run")
 rc=0
-timed "kernel node tests" ip netns exec "$netns" env KT_CLUSTER_DIR="$cluster" CEPH_BIND_ADDR="$host_addr" \
+timed "kernel node tests" ip netns exec "$netns" env KT_CLUSTER_DIR="$cluster" CEPH_BIND_ADDR="$host_addr" KT_AGENT_SOCK="$state/agent.sock" \
 	"$in_root" "$test_bin" "${args[@]}" || rc=$?
 if [[ $rc -ne 0 ]]; then
 	log "guest console (tail):"
-	tail -20 "$repo/_output/kernel-guest/console.log" >&2 || true
+	tail -20 "$state/console.log" >&2 || true
 fi
 log "$(printf 'total %.0f s' "$(awk -v a="$start" -v b="$(now)" 'BEGIN { print b - a }')")"
 exit $rc

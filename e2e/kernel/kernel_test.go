@@ -23,6 +23,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
+	"github.com/leanceph/cephcsi/internal/config"
 	"github.com/leanceph/cephcsi/internal/testutil"
 )
 
@@ -47,6 +48,9 @@ type env struct {
 	hostOutput string
 	// keys are every cephx key of the cluster's CSI users.
 	keys []string
+	// kmsConfig is the KMS configuration (a host path below _output) the
+	// controllers and the guest's node plugins read.
+	kmsConfig string
 }
 
 func getenv(name, def string) string {
@@ -104,6 +108,7 @@ func setup(t *testing.T) *env {
 	// kernel client (docs/kernel-tests.md): say which kind this cluster has.
 	t.Logf("guest kernel %s; the CSI users' cephx keys are %s", kver, keyTypes(e.keys))
 
+	e.kmsConfig = writeKMSConfig(t, e.hostOutput)
 	binary := getenv("KT_CEPHCSI", filepath.Join(repo, "_output", "cephcsi"))
 	step(t, "start node plugins in the guest", func() {
 		e.rbdPlugin = e.startNodePlugin(t, binary, "rbd", rbdPort)
@@ -111,7 +116,7 @@ func setup(t *testing.T) *env {
 		e.fsNode = e.startNodePlugin(t, binary, "cephfs", cephfsPort).node
 	})
 	step(t, "start controllers on the host", func() {
-		e.rbdCtl = testutil.StartDriver(t, c, "rbd", nil).Controller
+		e.rbdCtl = testutil.StartDriver(t, c, "rbd", func(o *config.Options) { o.KMSConfigPath = e.kmsConfig }).Controller
 		e.fsCtl = testutil.StartDriver(t, c, "cephfs", nil).Controller
 	})
 	return e
@@ -178,8 +183,9 @@ func (e *env) startNodePlugin(t *testing.T, binary, kind string, port int) *plug
 func (p *plugin) start(t *testing.T) {
 	t.Helper()
 	p.pid = strings.TrimSpace(p.e.g.sh(t, fmt.Sprintf(
-		"mkdir -p /run/kt && setsid %s --type=%s --nodeserver --nodeid=kt-guest --endpoint=tcp://%s:%d --configpath=%s --v=5 >>%s 2>&1 </dev/null & echo $!",
-		quote(p.e.guestPath(p.binary)), p.kind, p.e.guestAddr, p.port, quote(p.e.guestPath(p.e.c.ConfigJSON)), p.logFile)))
+		"mkdir -p /run/kt && setsid %s --type=%s --nodeserver --nodeid=kt-guest --endpoint=tcp://%s:%d --configpath=%s --kmsconfigpath=%s --v=5 >>%s 2>&1 </dev/null & echo $!",
+		quote(p.e.guestPath(p.binary)), p.kind, p.e.guestAddr, p.port, quote(p.e.guestPath(p.e.c.ConfigJSON)),
+		quote(p.e.guestPath(p.e.kmsConfig)), p.logFile)))
 	deadline := time.Now().Add(2 * time.Minute)
 	for {
 		info, err := p.node.NodeGetInfo(ctxT(t), &csi.NodeGetInfoRequest{})
@@ -267,6 +273,9 @@ func TestKernelNode(t *testing.T) {
 	t.Run("krbd-xfs-restore-from-snapshot", e.testRestoreFromSnapshot)
 	t.Run("krbd-ext4-readonly-from-snapshot", e.testReadOnlyFromSnapshot)
 	t.Run("cephfs-kernel", e.testCephFSKernel)
+	t.Run("krbd-luks-ext4-restore-expand", e.testLUKSFilesystem)
+	t.Run("rbd-nbd-luks-block-clone", e.testLUKSBlockClone)
+	t.Run("luks-ceph-csi-layout-opens", e.testCephCSILayout)
 	step(t, "guest left clean", func() { e.assertGuestClean(t) })
 	e.assertNoKeyFiles(t)
 	// krbd lends the key to the kernel's keyring for each map request; its

@@ -48,17 +48,17 @@ func (e *env) createRBD(t *testing.T, size int64, vcap *csi.VolumeCapability, pa
 	step(t, "CreateVolume "+strconv.FormatInt(size/mib, 10)+" MiB", func() {
 		resp, err := e.rbdCtl.CreateVolume(ctxT(t), &csi.CreateVolumeRequest{Name: name,
 			CapacityRange: &csi.CapacityRange{RequiredBytes: size}, VolumeCapabilities: []*csi.VolumeCapability{vcap},
-			Parameters: p, Secrets: e.c.RBDSecrets(), VolumeContentSource: src})
+			Parameters: p, Secrets: e.rbdSecrets(), VolumeContentSource: src})
 		if err != nil {
 			t.Fatalf("CreateVolume: %v", err)
 		}
 		vol = resp.GetVolume()
 	})
-	v := e.newVolume(vol, vcap, e.rbdNode, e.rbdCtl, e.c.RBDNodeSecrets(), "rbd.csi.ceph.com")
+	v := e.newVolume(vol, vcap, e.rbdNode, e.rbdCtl, e.rbdNodeSecrets(), "rbd.csi.ceph.com")
 	image := vol.GetVolumeContext()["imageName"]
 	t.Cleanup(func() {
 		v.release(t)
-		if _, err := e.rbdCtl.DeleteVolume(ctxT(t), &csi.DeleteVolumeRequest{VolumeId: vol.GetVolumeId(), Secrets: e.c.RBDSecrets()}); err != nil {
+		if _, err := e.rbdCtl.DeleteVolume(ctxT(t), &csi.DeleteVolumeRequest{VolumeId: vol.GetVolumeId(), Secrets: e.rbdSecrets()}); err != nil {
 			t.Errorf("DeleteVolume %s: %v", vol.GetVolumeId(), err)
 			return
 		}
@@ -210,7 +210,7 @@ func (e *env) controllerSecrets(ctl csi.ControllerClient) map[string]string {
 	if ctl == e.fsCtl {
 		return e.c.CephFSSecrets()
 	}
-	return e.c.RBDSecrets()
+	return e.rbdSecrets()
 }
 
 // writeData writes n MiB of random data to file in the guest, flushes it and
@@ -464,14 +464,14 @@ func (e *env) snapshotOf(t *testing.T, v *volume) *csi.Snapshot {
 	var snap *csi.Snapshot
 	step(t, "CreateSnapshot", func() {
 		resp, err := e.rbdCtl.CreateSnapshot(ctxT(t), &csi.CreateSnapshotRequest{SourceVolumeId: v.id(),
-			Name: "kt-snap-" + uuid.NewString(), Secrets: e.c.RBDSecrets(), Parameters: map[string]string{"clusterID": e.c.ClusterID}})
+			Name: "kt-snap-" + uuid.NewString(), Secrets: e.rbdSecrets(), Parameters: map[string]string{"clusterID": e.c.ClusterID}})
 		if err != nil {
 			t.Fatalf("CreateSnapshot: %v", err)
 		}
 		snap = resp.GetSnapshot()
 	})
 	t.Cleanup(func() {
-		if _, err := e.rbdCtl.DeleteSnapshot(ctxT(t), &csi.DeleteSnapshotRequest{SnapshotId: snap.GetSnapshotId(), Secrets: e.c.RBDSecrets()}); err != nil {
+		if _, err := e.rbdCtl.DeleteSnapshot(ctxT(t), &csi.DeleteSnapshotRequest{SnapshotId: snap.GetSnapshotId(), Secrets: e.rbdSecrets()}); err != nil {
 			t.Errorf("DeleteSnapshot: %v", err)
 		}
 	})

@@ -28,9 +28,9 @@ type volumeParams struct {
 // does not implement yet; each is refused when it asks for something, with
 // what the user would lose.
 var notImplemented = map[string]string{
-	"encrypted":       "fscrypt encryption of the volume",
-	"encryptionKMSID": "fscrypt encryption of the volume",
-	"encryptionType":  "fscrypt encryption of the volume",
+	"encrypted":       "fscrypt encryption of CephFS volumes (only RBD volumes are encrypted, with LUKS2; see docs/encryption.md)",
+	"encryptionKMSID": "fscrypt encryption of CephFS volumes (only RBD volumes are encrypted, with LUKS2; see docs/encryption.md)",
+	"encryptionType":  "fscrypt encryption of CephFS volumes (only RBD volumes are encrypted, with LUKS2; see docs/encryption.md)",
 }
 
 func parseVolumeParams(p map[string]string) (*volumeParams, error) {

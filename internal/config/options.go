@@ -28,6 +28,8 @@ type Options struct {
 	DriverName      string
 	DriverNamespace string
 	ConfigPath      string
+	// KMSConfigPath is the KMS configuration of encrypted volumes.
+	KMSConfigPath   string
 	InstanceID      string
 	IsControllerSrv bool
 	IsNodeSrv       bool
@@ -114,6 +116,8 @@ func (o *Options) Register(fs *flag.FlagSet) {
 	fs.StringVar(&o.DriverNamespace, none("drivernamespace", "only ceph-csi's --type=controller uses it"), "default",
 		"namespace the driver runs in; no effect here (ceph-csi's --type=controller reads Kubernetes objects there)")
 	fs.StringVar(&o.ConfigPath, "configpath", DefaultConfigPath, "path of config.json; cluster-mapping.json is read from the same directory")
+	fs.StringVar(&o.KMSConfigPath, "kmsconfigpath", "/etc/ceph-csi-encryption-kms-config/config.json",
+		"path of the KMS configuration of encrypted volumes (ceph-csi's fixed path by default; without the file, the ConfigMap csi-kms-connection-details in $POD_NAMESPACE)")
 	fs.StringVar(&o.InstanceID, "instanceid", "default", "suffix of the journal's directory objects (csi.volumes.<instanceid>)")
 	fs.BoolVar(&o.IsControllerSrv, "controllerserver", false, "serve the CSI controller service")
 	fs.BoolVar(&o.IsNodeSrv, "nodeserver", false, "serve the CSI node service")

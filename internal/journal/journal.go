@@ -43,6 +43,13 @@ const (
 	keyJournalPool     = "csi.journalpool"
 	keySource          = "csi.source"
 	keyBackingSnapshot = "csi.backingsnapshotid"
+	// Encryption (ceph-csi writes these keys in both journals): the KMS ID
+	// of an encrypted volume ("default" without encryptionKMSID), the
+	// encryption type ("block" or "file"), and the owner, the namespace of
+	// the PVC, which some KMS configurations read their Secret from.
+	keyEncryptKMS     = "csi.volume.encryptKMS"
+	keyEncryptionType = "csi.volume.encryptionType"
+	keyOwner          = "csi.volume.owner"
 	// keyRequest is ours (ceph-csi reads only the keys it knows): a digest
 	// of what the creating request asked for, so that a repeated request
 	// is answered from the same volume only when it asks for the same.
@@ -86,6 +93,11 @@ type Entry struct {
 	// Request is the digest of the request that created the entry; empty
 	// for entries written by another driver.
 	Request string
+	// KMSID and EncryptionType are set for an encrypted volume (and the
+	// snapshots of one); Owner is the PVC's namespace when it was known.
+	KMSID          string
+	EncryptionType string
+	Owner          string
 }
 
 func (e *Entry) fromOmap(m map[string]string, nameKey string) {
@@ -96,12 +108,16 @@ func (e *Entry) fromOmap(m map[string]string, nameKey string) {
 	e.Source = m[keySource]
 	e.BackingSnapshotID = m[keyBackingSnapshot]
 	e.Request = m[keyRequest]
+	e.KMSID = m[keyEncryptKMS]
+	e.EncryptionType = m[keyEncryptionType]
+	e.Owner = m[keyOwner]
 }
 
 func (e *Entry) toOmap(nameKey string) map[string]string {
 	m := map[string]string{nameKey: e.RequestName, keyImageName: e.ImageName}
 	for k, v := range map[string]string{keyImageID: e.ImageID, keyJournalPool: e.JournalPool,
-		keySource: e.Source, keyBackingSnapshot: e.BackingSnapshotID, keyRequest: e.Request} {
+		keySource: e.Source, keyBackingSnapshot: e.BackingSnapshotID, keyRequest: e.Request,
+		keyEncryptKMS: e.KMSID, keyEncryptionType: e.EncryptionType, keyOwner: e.Owner} {
 		if v != "" {
 			m[k] = v
 		}
@@ -110,7 +126,8 @@ func (e *Entry) toOmap(nameKey string) map[string]string {
 }
 
 func (j *Journal) entryKeys() []string {
-	return []string{j.nameKey, keyImageName, keyImageID, keyJournalPool, keySource, keyBackingSnapshot, keyRequest}
+	return []string{j.nameKey, keyImageName, keyImageID, keyJournalPool, keySource, keyBackingSnapshot, keyRequest,
+		keyEncryptKMS, keyEncryptionType, keyOwner}
 }
 
 // Lookup returns the entry reserved for requestName, or nil when there is

@@ -56,6 +56,10 @@ type Command struct {
 	// Key, when set, is given to the program in an in-memory file at
 	// KeyFilePath and is scrubbed from its output.
 	Key string
+	// Secret is a key kept in a byte slice (a LUKS passphrase the caller
+	// clears after use): given and scrubbed like Key, which must then be
+	// empty. Its bytes are never turned into a string here.
+	Secret []byte
 	// EmptyKeyOnReturn empties the key file once Run returns, for a
 	// program that reads the key while starting and leaves a daemon behind
 	// that keeps descriptor 3 open (ceph-fuse): the daemon's descriptor then
@@ -108,8 +112,8 @@ func (Exec) Run(ctx context.Context, c Command) (Result, error) {
 	// Daemons (rbd-nbd, ceph-fuse) fork and keep running; do not wait for
 	// them to close inherited pipes.
 	cmd.WaitDelay = 2 * time.Second
-	if c.Key != "" {
-		f, err := keyFile(c.Key)
+	if c.hasKey() {
+		f, err := c.keyFile()
 		if err != nil {
 			return Result{}, err
 		}
@@ -124,7 +128,7 @@ func (Exec) Run(ctx context.Context, c Command) (Result, error) {
 		// Its output may still be written to; do not read it.
 		return Result{}, err
 	}
-	res := Result{Stdout: Redact(stdout.String(), c.Key), Stderr: Redact(stderr.String(), c.Key)}
+	res := Result{Stdout: c.redact(stdout.Bytes()), Stderr: c.redact(stderr.Bytes())}
 	if errors.Is(err, exec.ErrWaitDelay) {
 		err = nil // exited successfully; a forked daemon still holds the pipes
 	}
@@ -154,7 +158,7 @@ func (e *RunError) Error() string {
 	if msg == "" {
 		msg = strings.TrimSpace(e.Result.Stdout)
 	}
-	return fmt.Sprintf("%s %s: %s: %s", e.Command.Path, strings.Join(e.Command.Args, " "), Redact(e.Err.Error(), e.Command.Key), LastLines(msg, 5))
+	return fmt.Sprintf("%s %s: %s: %s", e.Command.Path, strings.Join(e.Command.Args, " "), e.Command.redact([]byte(e.Err.Error())), LastLines(msg, 5))
 }
 
 func (e *RunError) Unwrap() error { return e.Err }
@@ -226,8 +230,8 @@ func (Exec) Start(ctx context.Context, c Command) (int, error) {
 		cmd.Stderr = c.Log
 	}
 	var key *os.File
-	if c.Key != "" {
-		f, err := keyFile(c.Key)
+	if c.hasKey() {
+		f, err := c.keyFile()
 		if err != nil {
 			return 0, err
 		}
@@ -254,7 +258,7 @@ func (Exec) Start(ctx context.Context, c Command) (int, error) {
 		// Bounded: the pipe reaches EOF when the helper closes it or dies,
 		// and the deadline below closes our end otherwise.
 		data, _ := io.ReadAll(io.LimitReader(reportR, 64<<10))
-		reported <- strings.TrimSpace(Redact(string(data), c.Key))
+		reported <- strings.TrimSpace(c.redact(data))
 	}()
 	var report string
 	select {
@@ -286,9 +290,30 @@ func killStarted(cmd *exec.Cmd, exited <-chan error, err error) error {
 	return err
 }
 
+func (c Command) hasKey() bool { return c.Key != "" || len(c.Secret) > 0 }
+
+// keyFile returns the in-memory file of the command's key.
+func (c Command) keyFile() (*os.File, error) {
+	if c.Key != "" && len(c.Secret) > 0 {
+		return nil, errors.New("a command takes Key or Secret, not both")
+	}
+	if len(c.Secret) > 0 {
+		return keyFile(c.Secret)
+	}
+	return keyFile([]byte(c.Key))
+}
+
+// redact is the program's output as a string, the key removed.
+func (c Command) redact(out []byte) string {
+	if len(c.Secret) > 0 {
+		out = bytes.ReplaceAll(out, c.Secret, []byte("<redacted>"))
+	}
+	return Redact(string(out), c.Key)
+}
+
 // keyFile returns an in-memory file holding key, positioned at 0, sealed
 // so that nobody can change it; it can only be emptied (emptyKeyFile).
-func keyFile(key string) (*os.File, error) {
+func keyFile(key []byte) (*os.File, error) {
 	fd, err := unix.MemfdCreate("cephcsi-key", unix.MFD_CLOEXEC|unix.MFD_ALLOW_SEALING)
 	if err != nil {
 		return nil, fmt.Errorf("creating an in-memory key file: %w", err)
@@ -296,7 +321,7 @@ func keyFile(key string) (*os.File, error) {
 	f := os.NewFile(uintptr(fd), "cephcsi-key")
 	// The key alone, no newline: mount.ceph and Ceph's keyfile reading both
 	// take it so.
-	if _, err := f.WriteString(key); err != nil {
+	if _, err := f.Write(key); err != nil {
 		closeFile(f)
 		return nil, fmt.Errorf("writing the in-memory key file: %w", err)
 	}

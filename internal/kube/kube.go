@@ -1,5 +1,6 @@
 // Package kube reaches the Kubernetes API for the little the driver reads
-// from it: a node's labels (topology, read affinity). It uses the pod's
+// from it: a node's labels (topology, read affinity), and the Secrets and
+// ConfigMaps that KMS configurations name (encrypted volumes). It uses the pod's
 // service account, or a kubeconfig file when one is named (--kubeconfig,
 // or the KUBERNETES_CONFIG_PATH environment variable ceph-csi reads).
 package kube
@@ -62,4 +63,31 @@ func (c *Client) NodeLabels(ctx context.Context, node string) (map[string]string
 		return nil, fmt.Errorf("reading node %q: %w", node, err)
 	}
 	return n.GetLabels(), nil
+}
+
+// SecretData returns the data of a Secret. Its values are key material
+// for some callers: they are never logged here.
+func (c *Client) SecretData(ctx context.Context, namespace, name string) (map[string][]byte, error) {
+	cs, err := c.clientset()
+	if err != nil {
+		return nil, err
+	}
+	s, err := cs.CoreV1().Secrets(namespace).Get(ctx, name, metav1.GetOptions{})
+	if err != nil {
+		return nil, fmt.Errorf("reading Secret %s/%s: %w", namespace, name, err)
+	}
+	return s.Data, nil
+}
+
+// ConfigMapData returns the data of a ConfigMap.
+func (c *Client) ConfigMapData(ctx context.Context, namespace, name string) (map[string]string, error) {
+	cs, err := c.clientset()
+	if err != nil {
+		return nil, err
+	}
+	m, err := cs.CoreV1().ConfigMaps(namespace).Get(ctx, name, metav1.GetOptions{})
+	if err != nil {
+		return nil, fmt.Errorf("reading ConfigMap %s/%s: %w", namespace, name, err)
+	}
+	return m.Data, nil
 }

@@ -37,6 +37,11 @@ type contentSource struct {
 	// used for the depth checks and the clone (read-only for a snapshot,
 	// read-write for a volume, which gets a temporary snapshot).
 	img image
+	// id is the CSI ID of the source (snapshot or volume) and entry its
+	// journal entry: an encrypted source's DEK is sealed for that ID by
+	// the KMS the entry names.
+	id    string
+	entry *journal.Entry
 }
 
 func (c *contentSource) close() {
@@ -113,7 +118,7 @@ func (s *ControllerServer) openSnapshotSource(snapshotID string, creds cephconn.
 		t.close()
 		return nil, err
 	}
-	c := &contentSource{t: t, clusterID: id.ClusterID, snapshot: entry}
+	c := &contentSource{t: t, clusterID: id.ClusterID, snapshot: entry, id: snapshotID, entry: entry}
 	c.img, err = t.p.OpenImage(entry.ImageName, true)
 	var info *snapshotInfo
 	if err == nil {
@@ -142,7 +147,7 @@ func (s *ControllerServer) openVolumeSource(volumeID string, creds cephconn.Cred
 		ref.close()
 		return nil, notFoundVolume(volumeID, journal.ErrNotFound)
 	}
-	c := &contentSource{t: ref.target, clusterID: ref.id.ClusterID, image: ref.image()}
+	c := &contentSource{t: ref.target, clusterID: ref.id.ClusterID, image: ref.image(), id: volumeID, entry: ref.entry}
 	c.img, err = ref.p.OpenImage(ref.image(), false)
 	var size uint64
 	if err == nil {

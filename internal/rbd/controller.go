@@ -17,6 +17,7 @@ import (
 	"github.com/leanceph/cephcsi/internal/csierr"
 	"github.com/leanceph/cephcsi/internal/failpoint"
 	"github.com/leanceph/cephcsi/internal/journal"
+	"github.com/leanceph/cephcsi/internal/kms"
 	"github.com/leanceph/cephcsi/internal/locks"
 	"github.com/leanceph/cephcsi/internal/metrics"
 	"github.com/leanceph/cephcsi/internal/request"
@@ -174,6 +175,18 @@ func (s *ControllerServer) CreateVolume(ctx context.Context, req *csi.CreateVolu
 	if src != nil {
 		defer src.close()
 	}
+	if err := checkSourceEncryption(src, params.Encryption); err != nil {
+		return nil, err
+	}
+	owner := req.GetParameters()[request.PVCNamespaceKey]
+	var volKMS kms.KMS
+	if params.Encryption != nil {
+		// Built before anything is made: a KMS the user misconfigured fails
+		// the request with nothing left behind.
+		if volKMS, err = s.volumeKMS(ctx, params.Encryption.KMSID, req.GetSecrets(), owner, true); err != nil {
+			return nil, err
+		}
+	}
 	digest := request.Digest(req.GetParameters(), "volume", strconv.FormatInt(size, 10),
 		strconv.FormatInt(req.GetCapacityRange().GetLimitBytes(), 10), request.SourceOf(req.GetVolumeContentSource()))
 
@@ -185,8 +198,12 @@ func (s *ControllerServer) CreateVolume(ctx context.Context, req *csi.CreateVolu
 	}
 	fresh := entry == nil
 	if fresh {
+		template := journal.Entry{Request: digest, Owner: owner}
+		if params.Encryption != nil {
+			template.KMSID, template.EncryptionType = params.Encryption.journalKMSID(), encryptionTypeBlock
+		}
 		began = time.Now()
-		if entry, err = s.volumes.Reserve(store, name, params.NamePrefix, journal.Entry{Request: digest}); metrics.Step(metrics.RBD, metrics.StepJournalReserve, began, err) != nil {
+		if entry, err = s.volumes.Reserve(store, name, params.NamePrefix, template); metrics.Step(metrics.RBD, metrics.StepJournalReserve, began, err) != nil {
 			return nil, err
 		}
 		failpoint.Hit("create-volume-after-reserve")
@@ -200,9 +217,17 @@ func (s *ControllerServer) CreateVolume(ctx context.Context, req *csi.CreateVolu
 		have, err = s.newVolume(ctx, t, entry, params, size, src, meta)
 	} else {
 		have, created, err = s.finishVolume(ctx, t, entry, params, size, req.GetCapacityRange(), src)
-		if err == nil {
-			err = s.recordMetadata(t.p, entry, meta, src != nil)
-		}
+	}
+	var volumeID string
+	if err == nil {
+		volumeID, err = volid.ID{ClusterID: params.ClusterID, LocationID: t.p.ID(), UUID: entry.UUID}.Encode()
+	}
+	if err == nil {
+		err = s.setupEncryption(ctx, t, entry, volKMS, src, volumeID, req.GetSecrets())
+	}
+	if err == nil && !fresh {
+		// A new image got its names in newVolume.
+		err = s.recordMetadata(t.p, entry, meta, src != nil)
 	}
 	if err != nil {
 		// Only what this call began is undone: a volume an earlier call made
@@ -714,8 +739,14 @@ func (s *ControllerServer) ControllerExpandVolume(ctx context.Context, req *csi.
 		}
 		have = uint64(size)
 	}
+	// An encrypted block volume needs the node too: its LUKS mapping does
+	// not follow the image by itself.
 	block := req.GetVolumeCapability().GetBlock() != nil
-	return &csi.ControllerExpandVolumeResponse{CapacityBytes: int64(have), NodeExpansionRequired: !block}, nil
+	encrypted, err := imageEncrypted(img)
+	if err != nil {
+		return nil, err
+	}
+	return &csi.ControllerExpandVolumeResponse{CapacityBytes: int64(have), NodeExpansionRequired: !block || encrypted}, nil
 }
 
 // ValidateVolumeCapabilities implements csi.ControllerServer.

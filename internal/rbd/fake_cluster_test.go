@@ -2,6 +2,7 @@ package rbd
 
 import (
 	"fmt"
+	"maps"
 	"sort"
 	"strings"
 	"syscall"
@@ -324,7 +325,8 @@ func (h *fakePoolHandle) CloneImage(from pool, parent, snap, dst string, o image
 	if h.p.live(dst) != nil {
 		return errno(syscall.EEXIST, "image %s exists", dst)
 	}
-	h.p.add(dst, s.size, o, s)
+	// librbd copies the parent's image metadata into a clone.
+	maps.Copy(h.p.add(dst, s.size, o, s).meta, pimg.meta)
 	return nil
 }
 

@@ -335,11 +335,13 @@ func (r *remover) trash(name string) error {
 	if err != nil {
 		return fmt.Errorf("opening image %s: %w", imageSpec(r.p, name), err)
 	}
+	// The DEK of an encrypted image goes now: a trashed image is never
+	// staged again, and its clones carry their own copy.
 	id, err := img.ID()
-	if err == nil {
-		err = img.SetMetadata(trashedByUsKey, "true")
-	}
 	img.Close()
+	if err == nil {
+		err = r.p.SetImageMetadata(id, map[string]string{trashedByUsKey: "true"}, []string{metaDEK, metaDEKOld})
+	}
 	if err != nil {
 		return fmt.Errorf("marking image %s before moving it to the trash: %w", imageSpec(r.p, name), err)
 	}

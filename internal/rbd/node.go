@@ -11,6 +11,7 @@ import (
 	utilexec "k8s.io/utils/exec"
 
 	"github.com/leanceph/cephcsi/internal/keyexec"
+	"github.com/leanceph/cephcsi/internal/luks"
 	"github.com/leanceph/cephcsi/internal/mapper"
 	"github.com/leanceph/cephcsi/internal/nodeutil"
 	"github.com/leanceph/cephcsi/internal/request"
@@ -34,6 +35,7 @@ type NodeServer struct {
 	exec      utilexec.Interface
 	publisher *nodeutil.Publisher
 	state     nodeutil.StateStore
+	crypt     luks.Crypt
 	// sizeWait bounds waiting for a device to show a grown image's size.
 	sizeWait time.Duration
 }
@@ -70,6 +72,7 @@ func newNodeServer(d *service.Deps, mappers map[string]mapper.Mapper, m mount.In
 		exec:      ex,
 		publisher: &nodeutil.Publisher{Mounter: m},
 		state:     nodeutil.StateStore{Dir: stateDir},
+		crypt:     luks.Crypt{Runner: keyexec.Exec{}},
 		sizeWait:  30 * time.Second,
 	}
 }
@@ -89,6 +92,8 @@ type stageRecord struct {
 	FsType       string `json:"fsType,omitempty"`
 	ReadOnly     bool   `json:"readOnly,omitempty"`
 	UnmapOptions string `json:"unmapOptions,omitempty"`
+	// Crypt is the LUKS mapping of an encrypted volume (under /dev/mapper).
+	Crypt string `json:"crypt,omitempty"`
 	nodeutil.Published
 }
 

@@ -48,6 +48,13 @@ func (s *NodeServer) NodeExpandVolume(ctx context.Context, req *csi.NodeExpandVo
 	if err != nil {
 		return nil, err
 	}
+	if rec.Crypt != "" {
+		// The mapping keeps its size until told; it needs no passphrase
+		// for that (the volume key is in its table).
+		if err := s.crypt.Resize(ctx, rec.Crypt); err != nil {
+			return nil, err
+		}
+	}
 	if rec.Block || req.GetVolumeCapability().GetBlock() != nil {
 		return &csi.NodeExpandVolumeResponse{CapacityBytes: size}, nil
 	}
@@ -55,7 +62,7 @@ func (s *NodeServer) NodeExpandVolume(ctx context.Context, req *csi.NodeExpandVo
 	if mounted, _ := s.publisher.IsMountPoint(mountPath); !mounted {
 		mountPath = volPath
 	}
-	if _, err := s.resizer.Resize(rec.Device, mountPath); err != nil {
+	if _, err := s.resizer.Resize(rec.dataDevice(), mountPath); err != nil {
 		msg := err.Error()
 		if rec.FsType == "ext4" && strings.Contains(msg, "Permission denied") {
 			msg += " (online ext4 growth needs CAP_SYS_RESOURCE in the plugin; the filesystem grows at the next stage)"

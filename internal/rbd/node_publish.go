@@ -46,10 +46,11 @@ func (s *NodeServer) NodePublishVolume(ctx context.Context, req *csi.NodePublish
 		if !staged || rec.Device == "" || !rec.Block {
 			return nil, csierr.Errorf(csierr.ErrPrecondition, "volume %s is not staged as a block volume on this node", volID)
 		}
-		if _, err := os.Stat(rec.Device); err != nil {
-			return nil, csierr.Errorf(csierr.ErrPrecondition, "device %s of volume %s: %v", rec.Device, volID, err)
+		dev := rec.dataDevice()
+		if _, err := os.Stat(dev); err != nil {
+			return nil, csierr.Errorf(csierr.ErrPrecondition, "device %s of volume %s: %v", dev, volID, err)
 		}
-		if err := s.publisher.BindFile(rec.Device, target, req.GetReadonly()); err != nil {
+		if err := s.publisher.BindFile(dev, target, req.GetReadonly()); err != nil {
 			return nil, err
 		}
 	} else {

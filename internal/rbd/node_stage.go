@@ -14,6 +14,7 @@ import (
 
 	"github.com/leanceph/cephcsi/internal/csierr"
 	"github.com/leanceph/cephcsi/internal/failpoint"
+	"github.com/leanceph/cephcsi/internal/luks"
 	"github.com/leanceph/cephcsi/internal/mapper"
 	"github.com/leanceph/cephcsi/internal/metrics"
 	"github.com/leanceph/cephcsi/internal/nodeutil"
@@ -26,6 +27,8 @@ type stageRequest struct {
 	spec       mapper.Spec
 	mountFlags []string
 	mkfsOpts   []string
+	// crypt is set for an encrypted volume.
+	crypt *cryptVolume
 }
 
 func (s *NodeServer) parseStage(ctx context.Context, req *csi.NodeStageVolumeRequest) (*stageRequest, error) {
@@ -94,6 +97,10 @@ func (s *NodeServer) parseStage(ctx context.Context, req *csi.NodeStageVolumeReq
 	if err != nil {
 		return nil, err
 	}
+	enc, err := parseEncryption(vc, "volume_context.")
+	if err != nil {
+		return nil, err
+	}
 	block := vcap.GetBlock() != nil
 	readOnly := request.ReadOnly(vcap.GetAccessMode().GetMode())
 	sr := &stageRequest{
@@ -101,6 +108,10 @@ func (s *NodeServer) parseStage(ctx context.Context, req *csi.NodeStageVolumeReq
 			StagingPath: req.GetStagingTargetPath(), Block: block, ReadOnly: readOnly, UnmapOptions: unmapOpts},
 		spec: mapper.Spec{Monitors: cl.Monitors, Pool: vc["pool"], Namespace: ns, Image: vc["imageName"],
 			UserID: creds.ID, Key: creds.Key, Options: mapOpts, ReadOnly: readOnly, CrushLocation: loc},
+	}
+	if enc != nil {
+		sr.crypt = &cryptVolume{volumeID: req.GetVolumeId(), clusterID: cl.ClusterID, pool: vc["pool"], namespace: ns,
+			image: vc["imageName"], readOnly: readOnly, creds: creds, secrets: req.GetSecrets(), enc: enc}
 	}
 	if block {
 		return sr, nil
@@ -151,7 +162,7 @@ func (s *NodeServer) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolu
 		}
 		// Keep the mapper that holds the image now (a new one applies after
 		// unstage) and what is published.
-		sr.rec.Mapper, sr.rec.UnmapOptions, sr.rec.Targets = old.Mapper, old.UnmapOptions, old.Targets
+		sr.rec.Mapper, sr.rec.UnmapOptions, sr.rec.Targets, sr.rec.Crypt = old.Mapper, old.UnmapOptions, old.Targets, old.Crypt
 	}
 	m := s.mappers[sr.rec.Mapper]
 	if m == nil {
@@ -176,6 +187,11 @@ func (s *NodeServer) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolu
 		return nil, fmt.Errorf("saving node state of %s: %w", volID, err)
 	}
 	logger.V(2).Info("image mapped", "device", dev, "mapper", sr.rec.Mapper)
+	if sr.crypt != nil {
+		if err := s.stageEncrypted(ctx, sr, m, staged); err != nil {
+			return nil, err
+		}
+	}
 	if sr.rec.Block {
 		return &csi.NodeStageVolumeResponse{}, nil
 	}
@@ -189,7 +205,9 @@ func (s *NodeServer) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolu
 	if err := s.mountStaged(ctx, sr); err != nil {
 		// Leave nothing behind: the next attempt maps afresh.
 		began := time.Now()
-		if uerr := metrics.Node(metrics.RBD, sr.rec.Mapper, metrics.OpUnmap, began, m.Unmap(ctx, sr.rec.spec(), sr.rec.UnmapOptions)); uerr != nil {
+		if cerr := s.closeCrypt(ctx, &sr.rec); cerr != nil {
+			logger.Error(cerr, "closing the LUKS mapping after a failed stage")
+		} else if uerr := metrics.Node(metrics.RBD, sr.rec.Mapper, metrics.OpUnmap, began, m.Unmap(ctx, sr.rec.spec(), sr.rec.UnmapOptions)); uerr != nil {
 			logger.Error(uerr, "unmapping after a failed stage")
 		} else {
 			_ = s.state.Remove(volID)
@@ -206,9 +224,10 @@ func (s *NodeServer) mountStaged(ctx context.Context, sr *stageRequest) error {
 	if err := os.MkdirAll(rec.StagingPath, 0o750); err != nil {
 		return fmt.Errorf("creating staging path: %w", err)
 	}
-	existing, err := s.mounter.GetDiskFormat(rec.Device)
+	dev := rec.dataDevice()
+	existing, err := s.mounter.GetDiskFormat(dev)
 	if err != nil {
-		return fmt.Errorf("probing %s: %w", rec.Device, err)
+		return fmt.Errorf("probing %s: %w", dev, err)
 	}
 	switch {
 	case existing == "" && rec.ReadOnly:
@@ -218,7 +237,7 @@ func (s *NodeServer) mountStaged(ctx context.Context, sr *stageRequest) error {
 	}
 	if existing == "ext4" && !rec.ReadOnly {
 		// Offline growth needs no CAP_SYS_RESOURCE, unlike online growth.
-		if err := s.growExtOffline(rec.Device); err != nil {
+		if err := s.growExtOffline(dev); err != nil {
 			return err
 		}
 	}
@@ -231,14 +250,14 @@ func (s *NodeServer) mountStaged(ctx context.Context, sr *stageRequest) error {
 		opts = append(opts, "nouuid")
 	}
 	began := time.Now()
-	err = s.mounter.FormatAndMountSensitiveWithFormatOptions(rec.Device, rec.StagingPath, rec.FsType, opts, nil, sr.mkfsOpts)
+	err = s.mounter.FormatAndMountSensitiveWithFormatOptions(dev, rec.StagingPath, rec.FsType, opts, nil, sr.mkfsOpts)
 	if metrics.Node(metrics.RBD, "fs", metrics.OpMount, began, err) != nil {
-		return fmt.Errorf("mounting %s (%s) at %s: %w", rec.Device, sr.spec, rec.StagingPath, err)
+		return fmt.Errorf("mounting %s (%s) at %s: %w", dev, sr.spec, rec.StagingPath, err)
 	}
 	if existing == "xfs" && !rec.ReadOnly {
-		if need, err := s.resizer.NeedResize(rec.Device, rec.StagingPath); err == nil && need {
-			if _, err := s.resizer.Resize(rec.Device, rec.StagingPath); err != nil {
-				klog.FromContext(ctx).Error(err, "growing xfs to the device size", "device", rec.Device)
+		if need, err := s.resizer.NeedResize(dev, rec.StagingPath); err == nil && need {
+			if _, err := s.resizer.Resize(dev, rec.StagingPath); err != nil {
+				klog.FromContext(ctx).Error(err, "growing xfs to the device size", "device", dev)
 			}
 		}
 	}
@@ -278,6 +297,9 @@ func (s *NodeServer) NodeUnstageVolume(ctx context.Context, req *csi.NodeUnstage
 		return nil, fmt.Errorf("node state of %s names unknown mapper %q", volID, rec.Mapper)
 	}
 	failpoint.Hit("node-unstage-after-unmount")
+	if err := s.closeCrypt(ctx, &rec); err != nil {
+		return nil, err
+	}
 	began := time.Now()
 	if err := metrics.Node(metrics.RBD, rec.Mapper, metrics.OpUnmap, began, m.Unmap(ctx, rec.spec(), rec.UnmapOptions)); err != nil {
 		return nil, fmt.Errorf("unmapping %s: %w", rec.spec(), err)
@@ -287,4 +309,39 @@ func (s *NodeServer) NodeUnstageVolume(ctx context.Context, req *csi.NodeUnstage
 		return nil, fmt.Errorf("removing node state of %s: %w", volID, err)
 	}
 	return &csi.NodeUnstageVolumeResponse{}, nil
+}
+
+// stageEncrypted opens the LUKS mapping of an encrypted volume on its
+// mapped device. The mapping's name is recorded first, so that an unstage
+// after a crash closes it; a failure unmaps what this call mapped.
+func (s *NodeServer) stageEncrypted(ctx context.Context, sr *stageRequest, m mapper.Mapper, staged bool) error {
+	sr.rec.Crypt = luks.MapperName(sr.crypt.volumeID)
+	if err := s.state.Save(sr.crypt.volumeID, &sr.rec); err != nil {
+		return fmt.Errorf("saving node state of %s: %w", sr.crypt.volumeID, err)
+	}
+	if _, err := s.openEncrypted(ctx, sr.crypt, sr.rec.Device); err != nil {
+		if !staged {
+			if uerr := m.Unmap(ctx, sr.rec.spec(), sr.rec.UnmapOptions); uerr != nil {
+				klog.FromContext(ctx).Error(uerr, "unmapping after a failed LUKS open", "volume", sr.crypt.volumeID)
+			} else {
+				_ = s.state.Remove(sr.crypt.volumeID)
+			}
+		}
+		return err
+	}
+	return nil
+}
+
+// closeCrypt closes the LUKS mapping of a staged volume, if it has one.
+func (s *NodeServer) closeCrypt(ctx context.Context, rec *stageRecord) error {
+	if rec.Crypt == "" {
+		return nil
+	}
+	if err := s.crypt.Close(ctx, rec.Crypt); err != nil {
+		if strings.Contains(err.Error(), "busy") || strings.Contains(err.Error(), "in use") {
+			return csierr.Errorf(csierr.ErrPrecondition, "LUKS mapping %s is still in use: %v", rec.Crypt, err)
+		}
+		return err
+	}
+	return nil
 }

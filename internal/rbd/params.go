@@ -33,6 +33,8 @@ type volumeParams struct {
 	StripeUnit  uint64
 	StripeCount uint64
 	ObjectOrder uint64
+	// Encryption is nil for a plain volume.
+	Encryption *encryption
 }
 
 // options are the librbd options of the volume's image.
@@ -61,9 +63,7 @@ var featureNeeds = map[string]string{
 // implement yet. Each is refused when it asks for something, so that a
 // user never believes they got it: the value names what would be lost.
 var notImplemented = map[string]string{
-	"encrypted":               "encryption of the volume (LUKS)",
-	"encryptionKMSID":         "encryption of the volume (LUKS)",
-	"encryptionType":          "encryption of the volume (LUKS)",
+	"integrityMode":           "dm-integrity verification of encrypted volumes",
 	"thickProvision":          "thick provisioning (zero-filling the image)",
 	"journalPool":             "a journal in a pool other than the image's",
 	"tryOtherMounters":        "falling back to another mounter",
@@ -224,6 +224,9 @@ func parseVolumeParams(p map[string]string) (*volumeParams, error) {
 		return nil, err
 	}
 	var err error
+	if v.Encryption, err = parseEncryption(p, ""); err != nil {
+		return nil, err
+	}
 	if v.NamePrefix, err = request.NamePrefix(p, "volumeNamePrefix", request.DefaultVolumePrefix); err != nil {
 		return nil, err
 	}

@@ -3,6 +3,7 @@ package rbd
 import (
 	"math/bits"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -168,10 +169,36 @@ func checkLayout(t *testing.T, p map[string]string, v *volumeParams) {
 
 // notImplementedParams restates the parameters the driver refuses when they
 // ask for something.
-var notImplementedParams = []string{"encrypted", "encryptionKMSID", "encryptionType", "thickProvision",
+var notImplementedParams = []string{"integrityMode", "thickProvision",
 	"topologyConstrainedPools", "journalPool", "tryOtherMounters", "cephLogDir", "cephLogStrategy", "BaseReadIops",
 	"BaseWriteIops", "BaseReadBytesPerSecond", "BaseWriteBytesPerSecond", "ReadIopsPerGiB", "WriteIopsPerGiB",
 	"ReadBpsPerGiB", "WriteBpsPerGiB", "BaseVolSizeBytes"}
+
+// checkEncryption: encryption is on exactly when "encrypted" is a true
+// boolean, only as "block" (LUKS), with options cryptsetup is given as
+// they are.
+func checkEncryption(t *testing.T, p map[string]string, e *encryption) {
+	t.Helper()
+	on, err := strconv.ParseBool(strings.TrimSpace(p["encrypted"]))
+	if (err == nil && on) != (e != nil) {
+		t.Fatalf("encrypted=%q gave encryption %+v", p["encrypted"], e)
+	}
+	if e == nil {
+		return
+	}
+	if typ := strings.TrimSpace(p["encryptionType"]); typ != "" && typ != "block" {
+		t.Fatalf("accepted encryptionType %q", typ)
+	}
+	if c := e.Options.Cipher; c != "" && !strings.HasSuffix(c, "-xts-plain64") {
+		t.Fatalf("accepted encryptionCipher %q", c)
+	}
+	if k := e.Options.KeySize; k != 0 && k != 256 && k != 512 {
+		t.Fatalf("accepted encryptionKeySize %d", k)
+	}
+	if s := e.Options.SectorSize; s != 0 && (s < 512 || s > 4096 || s&(s-1) != 0) {
+		t.Fatalf("accepted encryptionSectorSize %d", s)
+	}
+}
 
 // asksNothing restates off: empty or a false boolean.
 func asksNothing(v string) bool {
@@ -278,6 +305,7 @@ func FuzzParseVolumeParams(f *testing.F) {
 				t.Fatalf("accepted mounter %q, which the node refuses: %v", m, err)
 			}
 		}
+		checkEncryption(t, p, params.Encryption)
 		for _, name := range notImplementedParams {
 			if v, set := p[name]; set && !asksNothing(v) {
 				t.Fatalf("accepted %s=%q, which is not implemented", name, v)

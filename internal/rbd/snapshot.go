@@ -83,6 +83,9 @@ func (s *ControllerServer) CreateSnapshot(ctx context.Context, req *csi.CreateSn
 				err = s.finishSnapshot(ref, entry, img)
 				img.Close()
 				if err == nil {
+					err = s.sealSnapshotOf(ctx, ref, entry, req.GetSecrets())
+				}
+				if err == nil {
 					err = s.recordMetadata(ref.p, entry, request.SnapshotMetadata(req.GetParameters(), s.Options.ClusterName), true)
 				}
 				if err != nil {
@@ -98,7 +101,8 @@ func (s *ControllerServer) CreateSnapshot(ctx context.Context, req *csi.CreateSn
 		klog.FromContext(ctx).Info("repairing a half-created snapshot", "image", entry.ImageName)
 	} else {
 		began = time.Now()
-		entry, err = s.snapshots.Reserve(store, name, prefix, journal.Entry{Source: ref.image(), Request: digest})
+		entry, err = s.snapshots.Reserve(store, name, prefix, journal.Entry{Source: ref.image(), Request: digest,
+			KMSID: ref.entry.KMSID, EncryptionType: ref.entry.EncryptionType, Owner: ref.entry.Owner})
 		if metrics.Step(metrics.RBD, metrics.StepJournalReserve, began, err) != nil {
 			return nil, err
 		}
@@ -106,6 +110,9 @@ func (s *ControllerServer) CreateSnapshot(ctx context.Context, req *csi.CreateSn
 	began = time.Now()
 	info, err := s.snapshotImage(ctx, ref, entry, request.SnapshotMetadata(req.GetParameters(), s.Options.ClusterName))
 	_ = metrics.Step(metrics.RBD, metrics.StepSnapshot, began, err)
+	if err == nil {
+		err = s.sealSnapshotOf(ctx, ref, entry, req.GetSecrets())
+	}
 	if err != nil {
 		if !errors.Is(err, csierr.ErrInProgress) {
 			s.undoCreate(ctx, ref.target, s.snapshots, entry)
@@ -113,6 +120,16 @@ func (s *ControllerServer) CreateSnapshot(ctx context.Context, req *csi.CreateSn
 		return nil, err
 	}
 	return s.snapshotResponse(ref, entry, info, time.Now())
+}
+
+// sealSnapshotOf gives the snapshot image of entry the source volume's
+// DEK when the volume is encrypted (see sealSnapshot).
+func (s *ControllerServer) sealSnapshotOf(ctx context.Context, ref *volumeRef, entry *journal.Entry, secrets map[string]string) error {
+	id, err := volid.ID{ClusterID: ref.id.ClusterID, LocationID: ref.p.ID(), UUID: entry.UUID}.Encode()
+	if err != nil {
+		return err
+	}
+	return s.sealSnapshot(ctx, ref, entry, id, secrets)
 }
 
 // finishSnapshot does the last steps of a snapshot an earlier call made,

@@ -17,6 +17,11 @@ var (
 	}
 )
 
+// PVCNamespaceKey is the parameter (from --extra-create-metadata) naming
+// the PVC's namespace: the owner of the volume, which some KMS
+// configurations read their Secret from.
+const PVCNamespaceKey = "csi.storage.k8s.io/pvc/namespace"
+
 // ClusterNameKey is the metadata key of --clustername.
 const ClusterNameKey = "csi.ceph.com/cluster/name"
 

@@ -27,10 +27,34 @@ type Deps struct {
 	// Labels reads the node's Kubernetes labels; nil for the Kubernetes API
 	// (tests give a fake).
 	Labels func(ctx context.Context) (map[string]string, error)
+	// KubeObjects reads the Secrets and ConfigMaps KMS configurations
+	// name; nil for the Kubernetes API (tests give a fake).
+	KubeObjects KubeReader
+
+	kubeOnce sync.Once
+	kube     KubeReader
 
 	labelsOnce sync.Once
 	labels     map[string]string
 	labelsErr  error
+}
+
+// KubeReader reads Kubernetes Secrets and ConfigMaps.
+type KubeReader interface {
+	SecretData(ctx context.Context, namespace, name string) (map[string][]byte, error)
+	ConfigMapData(ctx context.Context, namespace, name string) (map[string]string, error)
+}
+
+// Kube returns KubeObjects, or a client of the Kubernetes API (connected
+// on first use, through --kubeconfig or the pod's service account).
+func (d *Deps) Kube() KubeReader {
+	d.kubeOnce.Do(func() {
+		d.kube = d.KubeObjects
+		if d.kube == nil {
+			d.kube = &kube.Client{Kubeconfig: d.Options.Kubeconfig}
+		}
+	})
+	return d.kube
 }
 
 // Lock takes more operation locks, or fails with ErrInProgress (Aborted,

@@ -1,0 +1,160 @@
+package rbd
+
+import (
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+
+	"github.com/leanceph/cephcsi/internal/csierr"
+	"github.com/leanceph/cephcsi/internal/kms"
+	"github.com/leanceph/cephcsi/internal/luks"
+	"github.com/leanceph/cephcsi/internal/service"
+)
+
+// Encrypted volumes, laid out on the cluster as ceph-csi lays them out: a
+// LUKS2 header at the start of the image, written by the node on the first
+// stage; the image metadata key metaEncrypted says how far that got, and
+// metaDEK holds the DEK (the LUKS passphrase) sealed by the volume's KMS.
+// The journal entry records the KMS ID, the encryption type and the owner
+// (the PVC namespace), which calls without StorageClass parameters
+// (DeleteVolume, CreateSnapshot) need.
+const (
+	metaEncrypted    = "rbd.csi.ceph.com/encrypted"
+	metaEncryptedOld = ".rbd.csi.ceph.com/encrypted"
+	metaDEK          = "rbd.csi.ceph.com/dek"
+	metaDEKOld       = ".rbd.csi.ceph.com/dek"
+
+	// statePrepared: the DEK is stored, the image not yet formatted.
+	statePrepared = "encryptionPrepared"
+	// stateEncrypted: the image holds a LUKS header.
+	stateEncrypted = "encrypted"
+
+	encryptionTypeBlock = "block"
+	encryptionTypeFile  = "file"
+)
+
+// encryption is what the encryption parameters ask for; nil when they ask
+// for none.
+type encryption struct {
+	// KMSID is encryptionKMSID, "" for the default KMS.
+	KMSID   string
+	Options luks.Options
+}
+
+// journalKMSID is the KMS ID as ceph-csi records it in the journal.
+func (e *encryption) journalKMSID() string {
+	if e.KMSID == "" {
+		return kms.TypeDefault
+	}
+	return e.KMSID
+}
+
+// parseEncryption reads encrypted, encryptionType, encryptionKMSID and the
+// LUKS options from StorageClass parameters or a volume context; prefix
+// is put before the parameter names in errors ("" or "volume_context.").
+func parseEncryption(p map[string]string, prefix string) (*encryption, error) {
+	bad := func(name, format string, args ...any) error {
+		if prefix == "" {
+			return csierr.Param(name, format, args...)
+		}
+		return csierr.Errorf(csierr.ErrInvalid, "%s%s: %s", prefix, name, fmt.Sprintf(format, args...))
+	}
+	v, ok := p["encrypted"]
+	if !ok || strings.TrimSpace(v) == "" {
+		return nil, nil
+	}
+	on, err := strconv.ParseBool(strings.TrimSpace(v))
+	if err != nil {
+		return nil, bad("encrypted", "%q is not true or false", v)
+	}
+	if !on {
+		return nil, nil
+	}
+	switch t := strings.TrimSpace(p["encryptionType"]); t {
+	case "", encryptionTypeBlock:
+	case encryptionTypeFile:
+		return nil, bad("encryptionType", "%q (fscrypt on the volume's filesystem) is not supported for RBD by this driver; "+
+			"use %q (LUKS2 on the image)", t, encryptionTypeBlock)
+	default:
+		return nil, bad("encryptionType", "%q is not %q or %q", t, encryptionTypeBlock, encryptionTypeFile)
+	}
+	e := &encryption{KMSID: strings.TrimSpace(p["encryptionKMSID"])}
+	if e.KMSID == kms.TypeDefault {
+		e.KMSID = ""
+	}
+	e.Options, err = luks.ParseOptions(p["encryptionCipher"], p["encryptionKeySize"], p["encryptionSectorSize"])
+	var pe *luks.ParamError
+	if errors.As(err, &pe) {
+		return nil, bad(pe.Param, "%s", pe.Msg)
+	}
+	return e, err
+}
+
+// kmsEnv is what the volume's KMS is built with.
+func kmsEnv(d *service.Deps, secrets map[string]string, owner string) kms.Env {
+	env := kms.Env{ConfigPath: d.Options.KMSConfigPath, Secrets: secrets, Tenant: owner, Namespace: kms.PodNamespace()}
+	if k := d.Kube(); k != nil {
+		env.Kube = k
+	}
+	return env
+}
+
+// kmsError gives a KMS failure its kind: a configuration the user must fix
+// is InvalidArgument (at CreateVolume) or FailedPrecondition (later calls,
+// whose request the user did not write); a KMS that cannot be reached is
+// Unavailable.
+func kmsError(err error, atCreate bool) error {
+	switch {
+	case errors.Is(err, kms.ErrConfig), errors.Is(err, kms.ErrUnsupported):
+		if atCreate {
+			return csierr.Errorf(csierr.ErrInvalid, "parameter %q: %w", "encryptionKMSID", err)
+		}
+		return csierr.Errorf(csierr.ErrPrecondition, "%w", err)
+	case errors.Is(err, kms.ErrWrongKey):
+		return csierr.Errorf(csierr.ErrPermission, "%w", err)
+	default:
+		return csierr.Errorf(csierr.ErrUnavailable, "%w", err)
+	}
+}
+
+// imageEncryption is the encryption metadata of an image: its state
+// (metaEncrypted, "" when not encrypted) and its sealed DEK.
+type imageEncryption struct {
+	State, SealedDEK string
+}
+
+// readEncryption reads the encryption metadata of an open image, taking
+// the keys ceph-csi wrote before v3.4 (with a leading dot) when the
+// current ones are missing.
+func readEncryption(img image) (imageEncryption, error) {
+	var e imageEncryption
+	for _, k := range []struct {
+		to       *string
+		key, old string
+	}{{&e.State, metaEncrypted, metaEncryptedOld}, {&e.SealedDEK, metaDEK, metaDEKOld}} {
+		v, err := img.Metadata(k.key)
+		if err == nil && v == "" {
+			v, err = img.Metadata(k.old)
+		}
+		if err != nil {
+			return e, fmt.Errorf("reading %s of image %s: %w", k.key, img.Name(), err)
+		}
+		*k.to = strings.TrimSpace(v)
+	}
+	return e, nil
+}
+
+// encryptionMetadata is the image metadata that records an encryption
+// state and sealed DEK ("" for the default KMS, which stores none), and the
+// keys it replaces.
+func encryptionMetadata(state, sealed string) (set map[string]string, drop []string) {
+	set = map[string]string{metaEncrypted: state}
+	drop = []string{metaEncryptedOld, metaDEKOld}
+	if sealed != "" {
+		set[metaDEK] = sealed
+	} else {
+		drop = append(drop, metaDEK)
+	}
+	return set, drop
+}
