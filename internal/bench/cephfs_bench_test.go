@@ -56,7 +56,11 @@ func newFSFloor(b *testing.B, r *run) *fsFloor {
 	b.Helper()
 	conns := cephconn.NewPool(time.Hour, 30*time.Second)
 	creds := cephconn.Credentials{ID: r.cluster.Var("CEPH_FS_PROVISIONER_ID"), Key: r.cluster.Var("CEPH_FS_PROVISIONER_KEY")}
-	conn, err := conns.Get([]string{r.cluster.Monitors}, creds)
+	var conn *cephconn.Conn
+	asok, err := connectCounted(b, func() (err error) {
+		conn, err = conns.Get([]string{r.cluster.Monitors}, creds)
+		return err
+	})
 	if err != nil {
 		conns.Close()
 		b.Fatalf("floor connection as %s: %v", creds, err)
@@ -73,6 +77,7 @@ func newFSFloor(b *testing.B, r *run) *fsFloor {
 		conn.Release()
 		conns.Close()
 	})
+	r.floorAsok = asok
 	return &fsFloor{fsa: admin.NewFromConn(conn.Conn), io: io, dir: "bench." + r.id + ".dir", run: r.id}
 }
 
@@ -427,7 +432,7 @@ func BenchmarkCephFS(b *testing.B) {
 
 	ids := make([]string, seqN)
 	var want []string
-	d, f := timeSequential(b, seqN, func(i int) error {
+	res := r.timeSequential(seqN, func(i int) error {
 		id, _, err := r.createVolume(r.name("vol", i), nil)
 		ids[i] = id
 		return err
@@ -441,12 +446,12 @@ func BenchmarkCephFS(b *testing.B) {
 		want = append(want, subOf(id))
 	}
 	r.expectSubvolumes(want...)
-	r.addRow(row{Op: "CreateVolume", Mode: "seq", N: seqN, Median: d.median(), P99: d.p99(), FloorMedian: f.median(), Floor: fsFloorCreate})
+	r.addRow(seqRow("CreateVolume", res, fsFloorCreate))
 
 	// Snapshots all of one source volume (and one floor source).
 	srcID, floorSrc := ids[0], r.name("fvol", 0)
 	snapIDs := make([]string, seqN)
-	d, f = timeSequential(b, seqN, func(i int) error {
+	res = r.timeSequential(seqN, func(i int) error {
 		id, err := r.createSnapshot(r.name("snap", i), srcID)
 		snapIDs[i] = id
 		return err
@@ -458,12 +463,12 @@ func BenchmarkCephFS(b *testing.B) {
 	if snaps, err := r.fsa.ListSubVolumeSnapshots(fsName, fsGroup, subOf(srcID)); err != nil || len(snaps) != seqN {
 		b.Fatalf("snapshots of %s: %d, %v; want %d", subOf(srcID), len(snaps), err, seqN)
 	}
-	r.addRow(row{Op: "CreateSnapshot", Mode: "seq", N: seqN, Median: d.median(), P99: d.p99(), FloorMedian: f.median(), Floor: fsFloorSnapshot})
+	r.addRow(seqRow("CreateSnapshot", res, fsFloorSnapshot))
 
 	restoreIDs := make([]string, fsCloneN)
 	retries := 0
 	want = want[:0]
-	d, f = timeSequential(b, fsCloneN, func(i int) error {
+	res = r.timeSequential(fsCloneN, func(i int) error {
 		id, n, err := r.createVolume(r.name("restore", i), snapshotSource(snapIDs[i]))
 		restoreIDs[i], retries = id, retries+n
 		return err
@@ -477,13 +482,14 @@ func BenchmarkCephFS(b *testing.B) {
 		want = append(want, subOf(id))
 	}
 	r.expectSubvolumes(want...)
-	r.addRow(row{Op: "Restore(to-ready)", Mode: "seq", N: fsCloneN, Median: d.median(), P99: d.p99(), FloorMedian: f.median(),
-		Floor: fsFloorRestore, Retries: retries})
+	x := seqRow("Restore(to-ready)", res, fsFloorRestore)
+	x.Retries = retries
+	r.addRow(x)
 
 	cloneIDs := make([]string, fsCloneN)
 	retries = 0
 	want = want[:0]
-	d, f = timeSequential(b, fsCloneN, func(i int) error {
+	res = r.timeSequential(fsCloneN, func(i int) error {
 		id, n, err := r.createVolume(r.name("clone", i), volumeSource(srcID))
 		cloneIDs[i], retries = id, retries+n
 		return err
@@ -501,8 +507,9 @@ func BenchmarkCephFS(b *testing.B) {
 	if snaps, err := r.fsa.ListSubVolumeSnapshots(fsName, fsGroup, subOf(srcID)); err != nil || len(snaps) != seqN {
 		b.Fatalf("snapshots of %s after the PVC clones: %d, %v; want the %d of CreateSnapshot", subOf(srcID), len(snaps), err, seqN)
 	}
-	r.addRow(row{Op: "PVCClone(to-ready)", Mode: "seq", N: fsCloneN, Median: d.median(), P99: d.p99(), FloorMedian: f.median(),
-		Floor: fsFloorClone, Retries: retries})
+	x = seqRow("PVCClone(to-ready)", res, fsFloorClone)
+	x.Retries = retries
+	r.addRow(x)
 
 	// Clones and restores go first (untimed).
 	for _, id := range append(append([]string(nil), cloneIDs...), restoreIDs...) {
@@ -517,7 +524,7 @@ func BenchmarkCephFS(b *testing.B) {
 			}
 		}
 	}
-	d, f = timeSequential(b, seqN, func(i int) error {
+	res = r.timeSequential(seqN, func(i int) error {
 		return r.deleteSnapshot(snapIDs[i])
 	}, func(i int) error {
 		name := r.name("fsnap", i)
@@ -527,13 +534,13 @@ func BenchmarkCephFS(b *testing.B) {
 		delete(r.floorSnap, name)
 		return nil
 	})
-	r.addRow(row{Op: "DeleteSnapshot", Mode: "seq", N: seqN, Median: d.median(), P99: d.p99(), FloorMedian: f.median(), Floor: fsFloorDelSnap})
+	r.addRow(seqRow("DeleteSnapshot", res, fsFloorDelSnap))
 
-	d, f = timeSequential(b, seqN, func(i int) error {
+	res = r.timeSequential(seqN, func(i int) error {
 		return r.deleteVolume(ids[i])
 	}, func(i int) error {
 		return r.floor.deleteVolume(r.name("fvol", i))
 	})
-	r.addRow(row{Op: "DeleteVolume", Mode: "seq", N: seqN, Median: d.median(), P99: d.p99(), FloorMedian: f.median(), Floor: fsFloorDelete})
+	r.addRow(seqRow("DeleteVolume", res, fsFloorDelete))
 	r.finish()
 }

@@ -10,24 +10,35 @@
 // leaves something behind (images, trash entries, journal keys or scratch
 // objects carrying its names), which is a correctness check.
 //
+// Next to each latency it prints the Ceph messages and OSD ops the call
+// made, read from the librados perf counters of the driver process and of
+// the floor's client (procstats_test.go); the scale curve (scale_test.go),
+// the driver's memory and leak figures (lean_test.go) and every target of
+// issue 20, marked met or not met (report_test.go), follow the table. The
+// report is also written to _output/bench/results.txt, the scale plot to
+// _output/bench/scale.png.
+//
 // Adding a row set (for instance CephFS, in cephfs_bench_test.go): write a
 // BenchmarkXxx that
 //   - calls newRun(b, "cephfs") for the cluster, a driver on its socket
 //     (run.driver), a unique run ID for names and a leak tracker,
-//   - times driver calls and their floor with timeSequential (interleaved,
-//     so both see the same background load) or timeConcurrent,
-//   - records each result with run.addRow(row{...}), which also reports it
-//     through b.ReportMetric,
+//   - times driver calls and their floor with run.timeSequential
+//     (interleaved, so both see the same background load) or
+//     run.timeConcurrent,
+//   - records each result with run.addRow(seqRow(...)) or concRow, which
+//     also reports it through b.ReportMetric,
 //   - cleans up and calls its own scoped leftovers check before returning.
 //
-// TestMain prints every recorded row in one table after the benchmarks end.
+// TestMain prints the report after the benchmarks end.
 package bench
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"math"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -51,9 +62,14 @@ import (
 // Environment knobs. CEPHCSI_BENCH_DRIVER selects what is measured:
 // "binary" (default: the built _output/cephcsi, or CEPHCSI_BINARY, as a
 // separate process) or "inprocess" (testutil.StartDriver, same process).
+// CEPHCSI_BENCH_CEPH_ARGS adds Ceph options to the CEPH_ARGS of the driver
+// process and of the benchmark's own clients (the floors), e.g.
+// "--debug_objecter=10 --log_file=/tmp/objecter.$pid.log" to see which
+// object each OSD op of a call goes to.
 const (
-	envDriver = "CEPHCSI_BENCH_DRIVER"
-	envBinary = "CEPHCSI_BINARY"
+	envDriver   = "CEPHCSI_BENCH_DRIVER"
+	envBinary   = "CEPHCSI_BINARY"
+	envCephArgs = "CEPHCSI_BENCH_CEPH_ARGS"
 )
 
 // callTimeout bounds one gRPC call including its Aborted retries.
@@ -75,6 +91,10 @@ type row struct {
 	// (concurrent rows only).
 	Rate, FloorRate float64
 	Errors, Retries int
+	// Msgs and OSD are the Ceph messages and OSD ops of one call (the
+	// median of sequential calls, the mean of concurrent ones), of the
+	// driver and of the floor; -1 when not counted (procstats_test.go).
+	Msgs, OSD, FloorMsgs, FloorOSD float64
 }
 
 func (r row) ratio() float64 {
@@ -100,80 +120,6 @@ func note(format string, args ...any) {
 		}
 	}
 	runNotes = append(runNotes, s)
-}
-
-func TestMain(m *testing.M) {
-	code := m.Run()
-	printTable(os.Stdout)
-	os.Exit(code)
-}
-
-func ms(d time.Duration) string {
-	if d <= 0 {
-		return "-"
-	}
-	return fmt.Sprintf("%.1fms", float64(d)/float64(time.Millisecond))
-}
-
-func printTable(w *os.File) {
-	rowsMu.Lock()
-	defer rowsMu.Unlock()
-	if len(allRows) == 0 {
-		return
-	}
-	fmt.Fprintln(w)
-	fmt.Fprintln(w, "==== cephcsi benchmark: driver calls over the CSI socket vs. raw go-ceph floor (same cluster, same run)")
-	for _, n := range runNotes {
-		fmt.Fprintln(w, "  "+n)
-	}
-	fmt.Fprintln(w)
-	fmt.Fprintf(w, "%-6s %-22s %-4s %4s %9s %9s %9s %6s %8s %8s %6s %7s\n",
-		"group", "op", "mode", "N", "median", "p99", "floor", "ratio", "ops/s", "floor/s", "errors", "aborted")
-	for _, r := range allRows {
-		ratio, rate, frate := "-", "-", "-"
-		if r.FloorMedian > 0 {
-			ratio = fmt.Sprintf("%.2fx", r.ratio())
-		}
-		if r.Rate > 0 {
-			rate = fmt.Sprintf("%.1f", r.Rate)
-		}
-		if r.FloorRate > 0 {
-			frate = fmt.Sprintf("%.1f", r.FloorRate)
-		}
-		fmt.Fprintf(w, "%-6s %-22s %-4s %4d %9s %9s %9s %6s %8s %8s %6d %7d\n",
-			r.Group, r.Op, r.Mode, r.N, ms(r.Median), ms(r.P99), ms(r.FloorMedian), ratio, rate, frate, r.Errors, r.Retries)
-	}
-	fmt.Fprintln(w)
-	fmt.Fprintln(w, "floor = the raw go-ceph calls each row is compared with:")
-	seen := map[string]bool{}
-	for _, r := range allRows {
-		k := r.Group + " " + r.Op
-		if r.Floor == "" || seen[k] {
-			continue
-		}
-		seen[k] = true
-		fmt.Fprintf(w, "  %-29s %s\n", k+":", r.Floor)
-	}
-	fmt.Fprintln(w)
-	fmt.Fprintln(w, "targets (informational, never a failure):")
-	for _, r := range allRows {
-		if r.FloorMedian > 0 {
-			verdict := "met"
-			if r.ratio() > 2 {
-				verdict = "MISSED"
-			}
-			fmt.Fprintf(w, "  %-6s %-22s %-4s median within 2x of floor: %s (%.2fx)\n", r.Group, r.Op, r.Mode, verdict, r.ratio())
-		}
-		if r.Mode != "seq" && r.Op == "CreateVolume" {
-			verdict := "met"
-			if r.Errors > 0 || r.Rate < 100 {
-				verdict = "MISSED"
-			}
-			fmt.Fprintf(w, "  %-6s %-22s %-4s %d volumes, no error, >= 100 volumes/s: %s (%.1f/s, %d errors)\n",
-				r.Group, r.Op, r.Mode, r.N, verdict, r.Rate, r.Errors)
-		}
-	}
-	fmt.Fprintln(w, "  p99 is the nearest-rank percentile: with N <= 100 it is the slowest or second-slowest call.")
 }
 
 // latencies summarises a set of durations.
@@ -213,8 +159,13 @@ type run struct {
 	b       *testing.B
 	cluster *testutil.Cluster
 	driver  csi.ControllerClient
-	group   string
-	id      string
+	// proc is the driver process (nil in-process: then nothing is counted).
+	proc  *driverProc
+	group string
+	id    string
+	// floorAsok is the admin socket of the floor's Ceph client, "" when
+	// it is not counted.
+	floorAsok asoks
 
 	mu    sync.Mutex
 	uuids []string
@@ -225,11 +176,61 @@ func newRun(b *testing.B, kind string) *run {
 	b.Helper()
 	c := testutil.RequireCluster(b)
 	r := &run{b: b, cluster: c, group: kind, id: uuid.NewString()[:8]}
-	r.driver = startDriver(b, c, kind)
+	r.driver, r.proc = startDriver(b, c, kind)
 	if la, err := os.ReadFile("/proc/loadavg"); err == nil {
 		note("load average at the start of %s: %s", b.Name(), strings.Join(strings.Fields(string(la))[:3], " "))
 	}
+	if v, err := cephVersion(c); err == nil {
+		note("cluster: %s", v)
+	}
 	return r
+}
+
+// cephVersion asks the monitor for the cluster's version.
+func cephVersion(c *testutil.Cluster) (string, error) {
+	out, _, err := c.Admin().MonCommand([]byte(`{"prefix": "version", "format": "json"}`))
+	if err != nil {
+		return "", err
+	}
+	var v struct {
+		Version string `json:"version"`
+	}
+	if err := json.Unmarshal(out, &v); err != nil {
+		return "", err
+	}
+	return v.Version, nil
+}
+
+// benchAsokDir holds the admin sockets of the Ceph clients of the
+// benchmark process itself (the floors'; see cephArgs), set up by TestMain.
+var benchAsokDir string
+
+// connectCounted runs connect, which makes a new librados client, and
+// returns the admin socket that client opened in benchAsokDir, so that the
+// floor's round trips are counted as the driver's are.
+func connectCounted(b *testing.B, connect func() error) (asoks, error) {
+	b.Helper()
+	pattern := filepath.Join(benchAsokDir, "*.asok")
+	before, _ := filepath.Glob(pattern)
+	if err := connect(); err != nil {
+		return "", err
+	}
+	after, _ := filepath.Glob(pattern)
+	seen := map[string]bool{}
+	for _, s := range before {
+		seen[s] = true
+	}
+	var fresh []string
+	for _, s := range after {
+		if !seen[s] {
+			fresh = append(fresh, s)
+		}
+	}
+	if benchAsokDir == "" || len(fresh) != 1 {
+		note("floor round trips not counted: %d new admin sockets in %q after connecting", len(fresh), benchAsokDir)
+		return "", nil
+	}
+	return asoks(fresh[0]), nil
 }
 
 // name returns a request or object name unique to this run.
@@ -298,33 +299,104 @@ func call(ctx context.Context, fn func(context.Context) error) (int, error) {
 	}
 }
 
+// seqResult is what timeSequential measured: latencies and, where
+// counted, the messages and OSD ops of each call.
+type seqResult struct {
+	d, f        latencies
+	dMsgs, dOSD []float64
+	fMsgs, fOSD []float64
+}
+
+// medianOf is the median of per-call counts; -1 when none were counted.
+func medianOf(v []float64) float64 {
+	if len(v) == 0 {
+		return -1
+	}
+	s := append([]float64(nil), v...)
+	sort.Float64s(s)
+	if len(s)%2 == 1 {
+		return s[len(s)/2]
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2
+}
+
+// seqRow makes the table row of a sequential measurement.
+func seqRow(op string, res seqResult, floor string) row {
+	return row{Op: op, Mode: "seq", N: len(res.d), Median: res.d.median(), P99: res.d.p99(), FloorMedian: res.f.median(), Floor: floor,
+		Msgs: medianOf(res.dMsgs), OSD: medianOf(res.dOSD), FloorMsgs: medianOf(res.fMsgs), FloorOSD: medianOf(res.fOSD)}
+}
+
+// counters reads the driver's or the floor's Ceph counters; ok is false
+// when that side is not counted.
+func (r *run) counters(floor bool) (cephCounters, bool) {
+	d := r.floorAsok
+	if !floor {
+		if r.proc == nil {
+			return cephCounters{}, false
+		}
+		d = r.proc.asok
+	}
+	if d == "" {
+		return cephCounters{}, false
+	}
+	c, err := d.read()
+	if err != nil {
+		r.b.Fatalf("reading Ceph perf counters: %v", err)
+	}
+	return c, true
+}
+
 // timeSequential times n driver calls and n floor runs, interleaved
 // (alternating which goes first) so that both see the same background load.
-// A nil floor times the driver alone. Errors stop the benchmark: sequential
-// rows are about latency, and an error there is a bug.
-func timeSequential(b *testing.B, n int, drv, floor func(i int) error) (d, f latencies) {
+// A nil floor times the driver alone. Counters are read outside the timed
+// part. Errors stop the benchmark: sequential rows are about latency, and
+// an error there is a bug.
+func (r *run) timeSequential(n int, drv, floor func(i int) error) seqResult {
+	b := r.b
 	b.Helper()
-	timeOne := func(fn func(int) error, i int, into *latencies, what string) {
+	var res seqResult
+	timeOne := func(fn func(int) error, i int, isFloor bool) {
+		before, counted := r.counters(isFloor)
 		start := time.Now()
 		if err := fn(i); err != nil {
+			what := "driver"
+			if isFloor {
+				what = "floor"
+			}
 			b.Fatalf("%s #%d: %v", what, i, err)
 		}
-		*into = append(*into, time.Since(start))
+		took := time.Since(start)
+		var delta cephCounters
+		if counted {
+			after, _ := r.counters(isFloor)
+			delta = after.minus(before)
+		}
+		if isFloor {
+			res.f = append(res.f, took)
+			if counted {
+				res.fMsgs, res.fOSD = append(res.fMsgs, float64(delta.Msgs)), append(res.fOSD, float64(delta.OSDOps))
+			}
+		} else {
+			res.d = append(res.d, took)
+			if counted {
+				res.dMsgs, res.dOSD = append(res.dMsgs, float64(delta.Msgs)), append(res.dOSD, float64(delta.OSDOps))
+			}
+		}
 	}
 	for i := range n {
 		if floor == nil {
-			timeOne(drv, i, &d, "driver")
+			timeOne(drv, i, false)
 			continue
 		}
 		if i%2 == 0 {
-			timeOne(drv, i, &d, "driver")
-			timeOne(floor, i, &f, "floor")
+			timeOne(drv, i, false)
+			timeOne(floor, i, true)
 		} else {
-			timeOne(floor, i, &f, "floor")
-			timeOne(drv, i, &d, "driver")
+			timeOne(floor, i, true)
+			timeOne(drv, i, false)
 		}
 	}
-	return d, f
+	return res
 }
 
 // concurrentResult is what timeConcurrent measured.
@@ -333,6 +405,8 @@ type concurrentResult struct {
 	wall    time.Duration
 	errs    []error
 	retries int
+	// msgs and osd are per call (the mean), -1 when not counted.
+	msgs, osd float64
 }
 
 func (c concurrentResult) rate() float64 {
@@ -344,13 +418,15 @@ func (c concurrentResult) rate() float64 {
 }
 
 // timeConcurrent runs op(0..n-1) on conc workers. op returns the number of
-// Aborted retries it made.
-func timeConcurrent(n, conc int, op func(i int) (int, error)) concurrentResult {
+// Aborted retries it made. The driver's (or with floor, the floor's)
+// counters are read before and after the whole run.
+func (r *run) timeConcurrent(n, conc int, floor bool, op func(i int) (int, error)) concurrentResult {
 	var (
 		mu  sync.Mutex
-		res concurrentResult
+		res = concurrentResult{msgs: -1, osd: -1}
 		wg  sync.WaitGroup
 	)
+	before, counted := r.counters(floor)
 	next := make(chan int)
 	start := time.Now()
 	for range conc {
@@ -378,29 +454,74 @@ func timeConcurrent(n, conc int, op func(i int) (int, error)) concurrentResult {
 	close(next)
 	wg.Wait()
 	res.wall = time.Since(start)
+	if counted && n > 0 {
+		after, _ := r.counters(floor)
+		d := after.minus(before)
+		res.msgs, res.osd = float64(d.Msgs)/float64(n), float64(d.OSDOps)/float64(n)
+	}
 	return res
 }
 
+// concRow makes the table row of a concurrent driver run next to its floor.
+func concRow(op, mode string, n int, drv, floor concurrentResult, floorDesc string) row {
+	return row{Op: op, Mode: mode, N: n, Median: drv.lat.median(), P99: drv.lat.p99(),
+		FloorMedian: floor.lat.median(), Floor: floorDesc, Rate: drv.rate(), FloorRate: floor.rate(),
+		Errors: len(drv.errs), Retries: drv.retries, Msgs: drv.msgs, OSD: drv.osd, FloorMsgs: floor.msgs, FloorOSD: floor.osd}
+}
+
+// driverProc is the driver process under test.
+type driverProc struct {
+	pid   int
+	asok  asoks  // the admin sockets of its Ceph clients
+	pprof string // base URL of its Go profile endpoint
+	log   string // path of its log
+}
+
+// stats reads what the driver process costs and how many Ceph clients and
+// connections it holds.
+func (p *driverProc) stats() (procStats, cephCounters, error) {
+	st, err := readProc(p.pid, p.pprof)
+	if err != nil {
+		return st, cephCounters{}, err
+	}
+	c, err := p.asok.read()
+	return st, c, err
+}
+
 // startDriver serves the driver on a unix socket and returns a client for
-// its controller service, as chosen by CEPHCSI_BENCH_DRIVER.
-func startDriver(b *testing.B, c *testutil.Cluster, kind string) csi.ControllerClient {
+// its controller service, as chosen by CEPHCSI_BENCH_DRIVER, and the
+// process (nil in-process).
+func startDriver(b *testing.B, c *testutil.Cluster, kind string) (csi.ControllerClient, *driverProc) {
 	b.Helper()
 	switch mode := os.Getenv(envDriver); mode {
 	case "", "binary":
 		return startBinary(b, c, kind)
 	case "inprocess":
-		note("driver under test: in-process server on a real unix socket (testutil.StartDriver)")
-		return testutil.StartDriver(b, c, kind, nil).Controller
+		note("driver under test: in-process server on a real unix socket (testutil.StartDriver); nothing counted")
+		return testutil.StartDriver(b, c, kind, nil).Controller, nil
 	default:
 		b.Fatalf("%s=%q: want binary or inprocess", envDriver, mode)
-		return nil
+		return nil, nil
 	}
+}
+
+// freePort returns a TCP port on 127.0.0.1 that was free a moment ago.
+func freePort(b *testing.B) int {
+	b.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
 }
 
 // startBinary runs the built cephcsi binary as a controller plugin (what
 // the provisioner sidecar talks to) and stops it when the benchmark ends.
-// At the end it checks that no cephx key reached the driver's log.
-func startBinary(b *testing.B, c *testutil.Cluster, kind string) csi.ControllerClient {
+// Its Ceph clients serve admin sockets (CEPH_ARGS) and it serves Go
+// profiles on a local port (--enableprofiling), for the counters and the
+// lean figures. At the end it checks that no cephx key reached its log.
+func startBinary(b *testing.B, c *testutil.Cluster, kind string) (csi.ControllerClient, *driverProc) {
 	b.Helper()
 	bin := os.Getenv(envBinary)
 	if bin == "" {
@@ -418,18 +539,26 @@ func startBinary(b *testing.B, c *testutil.Cluster, kind string) csi.ControllerC
 	if err != nil {
 		b.Fatal(err)
 	}
+	asokPath := filepath.Join(dir, "asok")
+	if err := os.Mkdir(asokPath, 0o700); err != nil {
+		b.Fatal(err)
+	}
 	sock := filepath.Join(dir, "csi.sock")
 	logPath := filepath.Join(dir, "driver.log")
 	logFile, err := os.Create(logPath)
 	if err != nil {
 		b.Fatal(err)
 	}
+	port := freePort(b)
 	cmd := exec.Command(bin, "--type="+kind, "--controllerserver", "--nodeid=bench",
-		"--endpoint=unix://"+sock, "--configpath="+c.ConfigJSON, "--pluginpath="+filepath.Join(dir, "plugins"))
+		"--endpoint=unix://"+sock, "--configpath="+c.ConfigJSON, "--pluginpath="+filepath.Join(dir, "plugins"),
+		"--enableprofiling", "--metricshost=127.0.0.1", fmt.Sprintf("--metricsport=%d", port))
+	cmd.Env = append(os.Environ(), strings.TrimSpace("CEPH_ARGS="+cephArgs(asokPath)+" "+os.Getenv(envCephArgs)))
 	cmd.Stdout, cmd.Stderr = logFile, logFile
 	if err := cmd.Start(); err != nil {
 		b.Fatal(err)
 	}
+	proc := &driverProc{pid: cmd.Process.Pid, asok: asoks(filepath.Join(asokPath, "*.asok")), pprof: fmt.Sprintf("http://127.0.0.1:%d", port), log: logPath}
 	exited := make(chan error, 1)
 	go func() { exited <- cmd.Wait() }()
 	b.Cleanup(func() {
@@ -469,7 +598,7 @@ func startBinary(b *testing.B, c *testutil.Cluster, kind string) csi.ControllerC
 		b.Fatal(err)
 	}
 	b.Cleanup(func() { conn.Close() })
-	return csi.NewControllerClient(conn)
+	return csi.NewControllerClient(conn), proc
 }
 
 // checkLogHasNoKeys fails the benchmark when a cephx key of the cluster

@@ -48,7 +48,7 @@ func newRBDRun(b *testing.B) *rbdRun {
 	r := &rbdRun{run: newRun(b, "rbd"), isSnapshot: map[string]bool{}, deleted: map[string]bool{}, floorDeleted: map[string]bool{}}
 	r.secrets = r.cluster.RBDSecrets()
 	r.admin = r.cluster.IOContext(b, rbdPool)
-	r.floor = newRBDFloor(b, r.cluster, rbdPool, r.id, rbdSize)
+	r.floor, r.floorAsok = newRBDFloor(b, r.cluster, rbdPool, r.id, rbdSize)
 	note("rbd: pool %s, images of %d MiB with feature layering, driver calls with the csi-rbd-provisioner user; floor as the same user in the same process as the client", rbdPool, rbdSize>>20)
 	// Registered after the driver started, so it runs before the driver stops.
 	b.Cleanup(func() {
@@ -351,7 +351,7 @@ func BenchmarkRBDVolumesSequential(b *testing.B) {
 	r.warmUp()
 	ids := make([]string, seqN)
 	var floorNames, driverImages []string
-	d, f := timeSequential(b, seqN, func(i int) error {
+	res := r.timeSequential(seqN, func(i int) error {
 		id, _, err := r.createVolume(r.name("seq", i), nil)
 		ids[i] = id
 		return err
@@ -364,9 +364,9 @@ func BenchmarkRBDVolumesSequential(b *testing.B) {
 		driverImages = append(driverImages, imageOf(id, false))
 	}
 	r.expectImages(append(driverImages, floorNames...)...)
-	r.addRow(row{Op: "CreateVolume", Mode: "seq", N: seqN, Median: d.median(), P99: d.p99(), FloorMedian: f.median(), Floor: floorCreate})
+	r.addRow(seqRow("CreateVolume", res, floorCreate))
 
-	d, f = timeSequential(b, seqN, func(i int) error {
+	res = r.timeSequential(seqN, func(i int) error {
 		_, err := r.deleteVolume(ids[i])
 		return err
 	}, func(i int) error {
@@ -376,18 +376,21 @@ func BenchmarkRBDVolumesSequential(b *testing.B) {
 		r.floorGone(floorNames[i])
 		return nil
 	})
-	r.addRow(row{Op: "DeleteVolume", Mode: "seq", N: seqN, Median: d.median(), P99: d.p99(), FloorMedian: f.median(), Floor: floorDelete})
+	r.addRow(seqRow("DeleteVolume", res, floorDelete))
 	r.finish()
 }
 
 // BenchmarkRBDVolumesConcurrent: 100 CreateVolume and then 100 DeleteVolume
-// calls on 16 concurrent clients, next to the floor run the same way.
+// calls on 16 concurrent clients, then 100 restores from one snapshot the
+// same way, each next to the floor run the same way. The driver's resident
+// memory is sampled throughout (the lean figures).
 func BenchmarkRBDVolumesConcurrent(b *testing.B) {
 	r := newRBDRun(b)
 	r.warmUp()
+	stopSampling := r.sampleRSS()
 	mode := fmt.Sprintf("c%d", concurrency)
 	ids := make([]string, concN)
-	created := timeConcurrent(concN, concurrency, func(i int) (int, error) {
+	created := r.timeConcurrent(concN, concurrency, false, func(i int) (int, error) {
 		id, retries, err := r.createVolume(r.name("conc", i), nil)
 		ids[i] = id
 		return retries, err
@@ -397,7 +400,7 @@ func BenchmarkRBDVolumesConcurrent(b *testing.B) {
 		floorNames[i] = r.name("fconc", i)
 		r.addFloor(floorNames[i])
 	}
-	floorCreated := timeConcurrent(concN, concurrency, func(i int) (int, error) {
+	floorCreated := r.timeConcurrent(concN, concurrency, true, func(i int) (int, error) {
 		return 0, r.floor.createVolume(floorNames[i])
 	})
 	if len(floorCreated.errs) > 0 {
@@ -413,17 +416,15 @@ func BenchmarkRBDVolumesConcurrent(b *testing.B) {
 		}
 	}
 	r.expectImages(append(driverImages, floorNames...)...)
-	r.addRow(row{Op: "CreateVolume", Mode: mode, N: concN, Median: created.lat.median(), P99: created.lat.p99(),
-		FloorMedian: floorCreated.lat.median(), Floor: floorCreate, Rate: created.rate(), FloorRate: floorCreated.rate(),
-		Errors: len(created.errs), Retries: created.retries})
+	r.addRow(concRow("CreateVolume", mode, concN, created, floorCreated, floorCreate))
 
-	deleted := timeConcurrent(concN, concurrency, func(i int) (int, error) {
+	deleted := r.timeConcurrent(concN, concurrency, false, func(i int) (int, error) {
 		if ids[i] == "" {
 			return 0, fmt.Errorf("no volume (its create failed)")
 		}
 		return r.deleteVolume(ids[i])
 	})
-	floorDeleted := timeConcurrent(concN, concurrency, func(i int) (int, error) {
+	floorDeleted := r.timeConcurrent(concN, concurrency, true, func(i int) (int, error) {
 		if err := r.floor.deleteVolume(floorNames[i]); err != nil {
 			return 0, err
 		}
@@ -436,10 +437,77 @@ func BenchmarkRBDVolumesConcurrent(b *testing.B) {
 	if len(deleted.errs) > 0 {
 		b.Logf("%d DeleteVolume calls failed: %v", len(deleted.errs), errSummary(deleted.errs))
 	}
-	r.addRow(row{Op: "DeleteVolume", Mode: mode, N: concN, Median: deleted.lat.median(), P99: deleted.lat.p99(),
-		FloorMedian: floorDeleted.lat.median(), Floor: floorDelete, Rate: deleted.rate(), FloorRate: floorDeleted.rate(),
-		Errors: len(deleted.errs), Retries: deleted.retries})
+	r.addRow(concRow("DeleteVolume", mode, concN, deleted, floorDeleted, floorDelete))
+
+	r.concurrentRestores(mode)
+	stopSampling()
 	r.finish()
+}
+
+// concurrentRestores times 100 restores of one snapshot on 16 clients, and
+// the floor's 100 clones of one snapshot image the same way; the restored
+// volumes are deleted afterwards (untimed).
+func (r *rbdRun) concurrentRestores(mode string) {
+	b := r.b
+	srcID, _, err := r.createVolume(r.name("csrc", 0), nil)
+	if err != nil {
+		b.Fatalf("source volume: %v", err)
+	}
+	snapID, err := r.createSnapshot(r.name("csnap", 0), srcID)
+	if err != nil {
+		b.Fatalf("snapshot: %v", err)
+	}
+	floorSrc, floorSnap := r.name("fcsrc", 0), r.name("fcsnap", 0)
+	if err := r.floorDo(floorSrc, func() error { return r.floor.createVolume(floorSrc) }); err != nil {
+		b.Fatalf("floor source: %v", err)
+	}
+	if err := r.floorDo(floorSnap, func() error { return r.floor.snapshot(floorSrc, floorSnap) }); err != nil {
+		b.Fatalf("floor snapshot: %v", err)
+	}
+	ids := make([]string, concN)
+	restored := r.timeConcurrent(concN, concurrency, false, func(i int) (int, error) {
+		id, retries, err := r.createVolume(r.name("crestore", i), snapshotSource(snapID))
+		ids[i] = id
+		return retries, err
+	})
+	floorNames := make([]string, concN)
+	for i := range floorNames {
+		floorNames[i] = r.name("fcrestore", i)
+		r.addFloor(floorNames[i])
+	}
+	floorRestored := r.timeConcurrent(concN, concurrency, true, func(i int) (int, error) {
+		return 0, r.floor.restore(floorSnap, floorNames[i])
+	})
+	if len(floorRestored.errs) > 0 {
+		b.Fatalf("floor restores failed: %v", errSummary(floorRestored.errs))
+	}
+	if len(restored.errs) > 0 {
+		b.Logf("%d restores failed: %v", len(restored.errs), errSummary(restored.errs))
+	}
+	var want []string
+	for _, id := range ids {
+		if id != "" {
+			want = append(want, imageOf(id, false))
+		}
+	}
+	r.expectImages(append(want, floorNames...)...)
+	r.addRow(concRow("Restore(CreateVolume)", mode, concN, restored, floorRestored, floorRestore))
+	// Untimed cleanup, restores before their snapshot.
+	cleanup := r.timeConcurrent(concN, concurrency, false, func(i int) (int, error) {
+		if ids[i] == "" {
+			return 0, nil
+		}
+		return r.deleteVolume(ids[i])
+	})
+	if len(cleanup.errs) > 0 {
+		b.Fatalf("deleting the restored volumes: %v", errSummary(cleanup.errs))
+	}
+	for _, name := range floorNames {
+		if err := r.floor.removeAll(name); err != nil {
+			b.Fatalf("floor cleanup: %v", err)
+		}
+		r.floorGone(name)
+	}
 }
 
 // BenchmarkRBDSnapshotsAndClones: CreateSnapshot, restore (CreateVolume
@@ -460,7 +528,7 @@ func BenchmarkRBDSnapshotsAndClones(b *testing.B) {
 
 	snapIDs := make([]string, seqN)
 	var want []string
-	d, f := timeSequential(b, seqN, func(i int) error {
+	res := r.timeSequential(seqN, func(i int) error {
 		id, err := r.createSnapshot(r.name("snap", i), srcID)
 		snapIDs[i] = id
 		return err
@@ -473,11 +541,11 @@ func BenchmarkRBDSnapshotsAndClones(b *testing.B) {
 		want = append(want, imageOf(id, true))
 	}
 	r.expectImages(want...)
-	r.addRow(row{Op: "CreateSnapshot", Mode: "seq", N: seqN, Median: d.median(), P99: d.p99(), FloorMedian: f.median(), Floor: floorSnapshot})
+	r.addRow(seqRow("CreateSnapshot", res, floorSnapshot))
 
 	restoreIDs := make([]string, seqN)
 	want = want[:0]
-	d, f = timeSequential(b, seqN, func(i int) error {
+	res = r.timeSequential(seqN, func(i int) error {
 		id, _, err := r.createVolume(r.name("restore", i), snapshotSource(snapIDs[i]))
 		restoreIDs[i] = id
 		return err
@@ -490,12 +558,12 @@ func BenchmarkRBDSnapshotsAndClones(b *testing.B) {
 		want = append(want, imageOf(id, false))
 	}
 	r.expectImages(want...)
-	r.addRow(row{Op: "Restore(CreateVolume)", Mode: "seq", N: seqN, Median: d.median(), P99: d.p99(), FloorMedian: f.median(), Floor: floorRestore})
+	r.addRow(seqRow("Restore(CreateVolume)", res, floorRestore))
 
 	r.noteChildrenCost(imageOf(srcID, false))
 	cloneIDs := make([]string, seqN)
 	want = want[:0]
-	d, f = timeSequential(b, seqN, func(i int) error {
+	res = r.timeSequential(seqN, func(i int) error {
 		id, _, err := r.createVolume(r.name("clone", i), volumeSource(srcID))
 		cloneIDs[i] = id
 		return err
@@ -511,7 +579,7 @@ func BenchmarkRBDSnapshotsAndClones(b *testing.B) {
 	}
 	r.expectImages(want...)
 	r.noteChildrenCost(imageOf(srcID, false))
-	r.addRow(row{Op: "PVCClone(CreateVolume)", Mode: "seq", N: seqN, Median: d.median(), P99: d.p99(), FloorMedian: f.median(), Floor: floorClone})
+	r.addRow(seqRow("PVCClone(CreateVolume)", res, floorClone))
 
 	// Clones and restores go first (untimed), so that the snapshots have
 	// no clones left when DeleteSnapshot is timed.
@@ -528,7 +596,7 @@ func BenchmarkRBDSnapshotsAndClones(b *testing.B) {
 			r.floorGone(name)
 		}
 	}
-	d, f = timeSequential(b, seqN, func(i int) error {
+	res = r.timeSequential(seqN, func(i int) error {
 		return r.deleteSnapshot(snapIDs[i])
 	}, func(i int) error {
 		name := r.name("fsnap", i)
@@ -538,7 +606,7 @@ func BenchmarkRBDSnapshotsAndClones(b *testing.B) {
 		r.floorGone(name)
 		return nil
 	})
-	r.addRow(row{Op: "DeleteSnapshot", Mode: "seq", N: seqN, Median: d.median(), P99: d.p99(), FloorMedian: f.median(), Floor: floorDelSnap})
+	r.addRow(seqRow("DeleteSnapshot", res, floorDelSnap))
 	r.finish()
 }
 

@@ -38,11 +38,15 @@ type rbdFloor struct {
 	size uint64
 }
 
-func newRBDFloor(b *testing.B, c *testutil.Cluster, pool, runID string, size uint64) *rbdFloor {
+func newRBDFloor(b *testing.B, c *testutil.Cluster, pool, runID string, size uint64) (*rbdFloor, asoks) {
 	b.Helper()
 	conns := cephconn.NewPool(time.Hour, 30*time.Second)
 	creds := cephconn.Credentials{ID: c.Var("CEPH_RBD_PROVISIONER_ID"), Key: c.Var("CEPH_RBD_PROVISIONER_KEY")}
-	conn, err := conns.Get([]string{c.Monitors}, creds)
+	var conn *cephconn.Conn
+	asok, err := connectCounted(b, func() (err error) {
+		conn, err = conns.Get([]string{c.Monitors}, creds)
+		return err
+	})
 	if err != nil {
 		conns.Close()
 		b.Fatalf("floor connection as %s: %v", creds, err)
@@ -58,7 +62,7 @@ func newRBDFloor(b *testing.B, c *testutil.Cluster, pool, runID string, size uin
 		conn.Release()
 		conns.Close()
 	})
-	return &rbdFloor{io: io, dir: "bench." + runID + ".dir", run: runID, size: size}
+	return &rbdFloor{io: io, dir: "bench." + runID + ".dir", run: runID, size: size}, asok
 }
 
 func (f *rbdFloor) entryObject(name string) string { return "bench." + f.run + ".entry." + name }

@@ -223,9 +223,18 @@ func TestProvisionSubvolumeClonePaths(t *testing.T) {
 	a := &fakeAdmin{clone: &admin.CloneStatus{State: admin.ClonePending}}
 	f := fakeFS(a)
 	a.errs["SubVolumeInfo"] = []error{cephErr(syscall.ENOENT)}
-	_, started, err := s.provisionSubvolume(context.Background(), f, entry, "", r, 4<<20, snapSrc())
+	_, started, err := s.provisionSubvolume(context.Background(), f, entry, false, "", r, 4<<20, snapSrc())
 	if csierr.Code(err) != codes.Aborted || !started {
+		t.Errorf("clone of a name without subvolume: started %v, %v; want Aborted", started, err)
+	}
+	// A new reservation has no subvolume to look at: the clone starts at once.
+	a = &fakeAdmin{clone: &admin.CloneStatus{State: admin.ClonePending}}
+	f = fakeFS(a)
+	if _, started, err = s.provisionSubvolume(context.Background(), f, entry, true, "", r, 4<<20, snapSrc()); csierr.Code(err) != codes.Aborted || !started {
 		t.Errorf("fresh clone: started %v, %v; want Aborted", started, err)
+	}
+	if slices.ContainsFunc(a.calls, func(c string) bool { return strings.HasPrefix(c, "SubVolumeInfo") }) {
+		t.Errorf("a fresh clone read the info of its new name: %q", a.calls)
 	}
 
 	// A retry that finds it complete drops the temporary snapshot of a
@@ -234,7 +243,7 @@ func TestProvisionSubvolumeClonePaths(t *testing.T) {
 		info: &admin.SubVolumeInfo{Type: "clone", State: admin.StateComplete, Path: "/volumes/csi/csi-vol-1/u", BytesQuota: admin.ByteCount(1 << 20)}}
 	f = fakeFS(a)
 	a.errs["SubVolumeInfo"] = []error{cephErr(syscall.EAGAIN)} // not complete at the first look
-	res, started, err := s.provisionSubvolume(context.Background(), f, entry, "", r, 4<<20, &contentSource{volume: "csi-vol-src", size: 1 << 20})
+	res, started, err := s.provisionSubvolume(context.Background(), f, entry, false, "", r, 4<<20, &contentSource{volume: "csi-vol-src", size: 1 << 20})
 	if err != nil || started || res.size != 4<<20 || res.path != "/volumes/csi/csi-vol-1/u" {
 		t.Fatalf("completed clone = %+v, started %v, %v", res, started, err)
 	}
@@ -247,7 +256,7 @@ func TestProvisionSubvolumeClonePaths(t *testing.T) {
 	// A plain subvolume under the name does not match a request with a source.
 	a = &fakeAdmin{info: &admin.SubVolumeInfo{Type: "subvolume", State: admin.StateComplete, BytesQuota: admin.ByteCount(4 << 20)}}
 	f = fakeFS(a)
-	if _, _, err := s.provisionSubvolume(context.Background(), f, entry, "", r, 4<<20, snapSrc()); csierr.Code(err) != codes.AlreadyExists {
+	if _, _, err := s.provisionSubvolume(context.Background(), f, entry, false, "", r, 4<<20, snapSrc()); csierr.Code(err) != codes.AlreadyExists {
 		t.Errorf("source mismatch: %v, want AlreadyExists", err)
 	}
 
@@ -255,7 +264,7 @@ func TestProvisionSubvolumeClonePaths(t *testing.T) {
 	a = &fakeAdmin{clone: &admin.CloneStatus{State: admin.CloneFailed}}
 	f = fakeFS(a)
 	a.errs["SubVolumeInfo"] = []error{cephErr(syscall.EAGAIN)}
-	if _, _, err := s.provisionSubvolume(context.Background(), f, entry, "", r, 4<<20, snapSrc()); !errors.Is(err, errCloneFailed) {
+	if _, _, err := s.provisionSubvolume(context.Background(), f, entry, false, "", r, 4<<20, snapSrc()); !errors.Is(err, errCloneFailed) {
 		t.Errorf("failed clone: %v, want errCloneFailed", err)
 	}
 }
@@ -292,5 +301,49 @@ func TestAwaitCloneWithinCloneWait(t *testing.T) {
 	}
 	if d := time.Since(start); d > time.Second {
 		t.Errorf("waited %v with a 1.2 s deadline, want the answer a second before it", d)
+	}
+}
+
+// A retry of a clone this driver started reads only the clone's status
+// while it copies; a complete, failed or missing clone goes the full path.
+func TestCloneInFlight(t *testing.T) {
+	s := &ControllerServer{Deps: &service.Deps{Options: &config.Options{}}}
+	entry := &journal.Entry{RequestName: "pvc", ImageName: "csi-vol-1"}
+	src := admin.CloneSource{Volume: "myfs", Group: "csi", SubVolume: "csi-vol-src", Snapshot: "csi-vol-1"}
+
+	a := &fakeAdmin{clone: &admin.CloneStatus{State: admin.CloneInProgress, Source: src}}
+	if err := s.cloneInFlight(fakeFS(a), entry); csierr.Code(err) != codes.Aborted {
+		t.Errorf("copying: %v; want Aborted", err)
+	}
+	if want := []string{"CloneStatus csi-vol-1"}; !slices.Equal(a.calls, want) {
+		t.Errorf("calls while copying %q, want %q", a.calls, want)
+	}
+	for _, a := range []*fakeAdmin{
+		{clone: &admin.CloneStatus{State: admin.CloneComplete, Source: src}},
+		{clone: &admin.CloneStatus{State: admin.CloneFailed, Source: src}},
+		{errs: map[string][]error{"CloneStatus": {cephErr(syscall.ENOENT)}}},
+	} {
+		if err := s.cloneInFlight(fakeFS(a), entry); err != nil {
+			t.Errorf("%v; want nil (the full path decides)", err)
+		}
+		if want := []string{"CloneStatus csi-vol-1"}; !slices.Equal(a.calls, want) {
+			t.Errorf("calls %q, want %q only", a.calls, want)
+		}
+	}
+}
+
+func TestClonePollAfter(t *testing.T) {
+	if d := clonePollAfter(0, 0); d != clonePollFirst {
+		t.Errorf("first wait %v, want %v", d, clonePollFirst)
+	}
+	if d := clonePollAfter(clonePollQuick/2, clonePollFirst); d != clonePollFirst {
+		t.Errorf("wait within the first second %v, want %v", d, clonePollFirst)
+	}
+	d := clonePollFirst
+	for range 20 {
+		d = clonePollAfter(2*clonePollQuick, d)
+	}
+	if d != clonePollMax {
+		t.Errorf("wait after a long copy %v, want %v", d, clonePollMax)
 	}
 }

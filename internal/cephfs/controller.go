@@ -124,59 +124,27 @@ func (s *ControllerServer) CreateVolume(ctx context.Context, req *csi.CreateVolu
 	if params.Pool != "" && !f.fs.hasDataPool(params.Pool) {
 		return nil, csierr.Param("pool", "%q is not a data pool of filesystem %s (%v)", params.Pool, f.fs.Name, f.fs.DataPools)
 	}
-	src, err := s.resolveSource(f, req.GetVolumeContentSource(), params.ClusterID)
-	if err != nil {
-		return nil, err
-	}
-	if src != nil && !params.BackingSnapshot && src.size > size {
-		return nil, csierr.Errorf(csierr.ErrOutOfRange, "requested size %d is smaller than the source's %d", size, src.size)
-	}
-	backingID := ""
-	if params.BackingSnapshot {
-		backingID = src.snapshotID
-	}
-
 	digest := request.Digest(req.GetParameters(), "volume", strconv.FormatInt(size, 10),
 		strconv.FormatInt(req.GetCapacityRange().GetLimitBytes(), 10), request.SourceOf(req.GetVolumeContentSource()))
-	store := f.store()
 	began := time.Now()
-	entry, err := s.volumes.Lookup(store, name)
+	entry, err := s.volumes.Lookup(f.store(), name)
 	if metrics.Step(metrics.CephFS, metrics.StepJournalLookup, began, err) != nil {
 		return nil, err
 	}
-	fresh := entry == nil
-	switch {
-	case fresh:
-		began = time.Now()
-		entry, err = s.volumes.Reserve(store, name, params.NamePrefix, journal.Entry{BackingSnapshotID: backingID, Request: digest})
-		if metrics.Step(metrics.CephFS, metrics.StepJournalReserve, began, err) != nil {
+	// A retry of a clone still copying is answered from the clone's state
+	// alone (with --clonewait the full path waits for it instead).
+	if entry != nil && entry.Request == digest && req.GetVolumeContentSource() != nil && !params.BackingSnapshot && s.Options.CloneWait == 0 {
+		if err := s.cloneInFlight(f, entry); err != nil {
 			return nil, err
 		}
-		failpoint.Hit("cephfs-create-volume-after-reserve")
-	case entry.Request != "" && entry.Request != digest:
-		return nil, csierr.Errorf(csierr.ErrExists, "volume %q exists, made by a request with other parameters, size or content source", name)
-	case entry.BackingSnapshotID != backingID:
-		return nil, csierr.Errorf(csierr.ErrExists, "volume %q exists with backing snapshot %q, not %q", name, entry.BackingSnapshotID, backingID)
+	}
+	entry, src, res, err := s.provisionVolume(ctx, f, name, entry, digest, params, req, size)
+	if err != nil {
+		return nil, err
 	}
 	volumeID, err := volid.ID{ClusterID: params.ClusterID, LocationID: f.fs.ID, UUID: entry.UUID}.Encode()
 	if err != nil {
 		return nil, csierr.Errorf(csierr.ErrInvalid, "clusterID %q: %v", params.ClusterID, err)
-	}
-
-	var res *provisioned
-	started := false
-	if params.BackingSnapshot {
-		res, err = s.provisionBacking(f, volumeID, src)
-	} else {
-		res, started, err = s.provisionSubvolume(ctx, f, entry, params.Pool, req.GetCapacityRange(), size, src)
-	}
-	if err != nil {
-		// A running clone is kept for the retry; a volume an earlier call
-		// made is kept unless its clone failed.
-		if !errors.Is(err, csierr.ErrInProgress) && (fresh || started || errors.Is(err, errCloneFailed)) {
-			s.undoCreate(ctx, f, entry, volumeID, src)
-		}
-		return nil, err
 	}
 	if s.Options.SetMetadata && !params.BackingSnapshot {
 		if err := f.setMetadata(ctx, entry.ImageName, "", request.VolumeMetadata(req.GetParameters(), s.Options.ClusterName)); err != nil {
@@ -190,7 +158,7 @@ func (s *ControllerServer) CreateVolume(ctx context.Context, req *csi.CreateVolu
 	vc["subvolumePath"] = res.path
 	if params.BackingSnapshot {
 		vc["subvolumeName"] = src.snapshot.Source
-		vc["backingSnapshotID"] = backingID
+		vc["backingSnapshotID"] = entry.BackingSnapshotID
 	}
 	var accessible []*csi.Topology
 	if place != nil {
@@ -205,12 +173,99 @@ func (s *ControllerServer) CreateVolume(ctx context.Context, req *csi.CreateVolu
 	}}, nil
 }
 
+// provisionVolume checks the content source and makes (or finishes) the
+// volume of request name: entry is its journal entry, nil when the name is
+// new (then reserved here).
+func (s *ControllerServer) provisionVolume(ctx context.Context, f *fsConn, name string, entry *journal.Entry, digest string,
+	params *volumeParams, req *csi.CreateVolumeRequest, size int64) (*journal.Entry, *contentSource, *provisioned, error) {
+	src, err := s.resolveSource(f, req.GetVolumeContentSource(), params.ClusterID)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	if src != nil && !params.BackingSnapshot && src.size > size {
+		return nil, nil, nil, csierr.Errorf(csierr.ErrOutOfRange, "requested size %d is smaller than the source's %d", size, src.size)
+	}
+	backingID := ""
+	if params.BackingSnapshot {
+		backingID = src.snapshotID
+	}
+	fresh := entry == nil
+	switch {
+	case fresh:
+		began := time.Now()
+		entry, err = s.volumes.Reserve(f.store(), name, params.NamePrefix, journal.Entry{BackingSnapshotID: backingID, Request: digest})
+		if metrics.Step(metrics.CephFS, metrics.StepJournalReserve, began, err) != nil {
+			return nil, nil, nil, err
+		}
+		failpoint.Hit("cephfs-create-volume-after-reserve")
+	case entry.Request != "" && entry.Request != digest:
+		return nil, nil, nil, csierr.Errorf(csierr.ErrExists, "volume %q exists, made by a request with other parameters, size or content source", name)
+	case entry.BackingSnapshotID != backingID:
+		return nil, nil, nil, csierr.Errorf(csierr.ErrExists, "volume %q exists with backing snapshot %q, not %q", name, entry.BackingSnapshotID, backingID)
+	}
+	volumeID, err := volid.ID{ClusterID: params.ClusterID, LocationID: f.fs.ID, UUID: entry.UUID}.Encode()
+	if err != nil {
+		return nil, nil, nil, csierr.Errorf(csierr.ErrInvalid, "clusterID %q: %v", params.ClusterID, err)
+	}
+	var res *provisioned
+	started := false
+	if params.BackingSnapshot {
+		res, err = s.provisionBacking(f, volumeID, src)
+	} else {
+		res, started, err = s.provisionSubvolume(ctx, f, entry, fresh, params.Pool, req.GetCapacityRange(), size, src)
+	}
+	if err != nil {
+		// A running clone is kept for the retry; a volume an earlier call
+		// made is kept unless its clone failed.
+		if !errors.Is(err, csierr.ErrInProgress) && (fresh || started || errors.Is(err, errCloneFailed)) {
+			s.undoCreate(ctx, f, entry, volumeID, src)
+		}
+		return nil, nil, nil, err
+	}
+	return entry, src, res, nil
+}
+
+// cloneInFlight answers a repeated CreateVolume of a clone this driver
+// started (its entry carries this request's digest, so source, size and
+// parameters were checked when it began) while the copy runs: one manager
+// command per retry, as a client polling the clone would make, instead of
+// reading the source and the new subvolume again each time. It returns
+// ErrInProgress while the clone copies, nil when the full path must
+// decide (no clone yet, or one that completed or failed).
+func (s *ControllerServer) cloneInFlight(f *fsConn, entry *journal.Entry) error {
+	st, err := f.admin.CloneStatus(f.fs.Name, f.group, entry.ImageName)
+	if err != nil || st.Source.SubVolume == "" {
+		return nil
+	}
+	if err := cloneProgress(entry.ImageName, st); errors.Is(err, csierr.ErrInProgress) {
+		return err
+	}
+	return nil
+}
+
+// growClone grows a clone (which has its source's quota) to size.
+func (f *fsConn) growClone(name string, have, size int64) (int64, error) {
+	if have >= size {
+		return have, nil
+	}
+	if _, err := f.admin.ResizeSubVolume(f.fs.Name, f.group, name, admin.ByteCount(size), true); err != nil {
+		return 0, fmt.Errorf("growing clone %s to %d bytes: %w", name, size, err)
+	}
+	return size, nil
+}
+
 // provisionSubvolume makes the subvolume of entry, or checks and finishes the
 // one an earlier call made. started says whether this call started it.
-func (s *ControllerServer) provisionSubvolume(ctx context.Context, f *fsConn, entry *journal.Entry, pool string, r *csi.CapacityRange, size int64,
+func (s *ControllerServer) provisionSubvolume(ctx context.Context, f *fsConn, entry *journal.Entry, fresh bool, pool string, r *csi.CapacityRange, size int64,
 	src *contentSource) (res *provisioned, started bool, err error) {
 	name := entry.ImageName
-	info, err := f.admin.SubVolumeInfo(f.fs.Name, f.group, name)
+	// A reservation just made has a new UUID, which names no subvolume yet:
+	// nothing to look at.
+	var info *admin.SubVolumeInfo
+	err = errNoSubvolumeYet
+	if !fresh {
+		info, err = f.admin.SubVolumeInfo(f.fs.Name, f.group, name)
+	}
 	switch {
 	case csierr.IsNotFound(err):
 		started = true
@@ -258,11 +313,8 @@ func (s *ControllerServer) provisionSubvolume(ctx context.Context, f *fsConn, en
 				return nil, started, err
 			}
 		}
-		if have < size {
-			if _, err := f.admin.ResizeSubVolume(f.fs.Name, f.group, name, admin.ByteCount(size), true); err != nil {
-				return nil, started, fmt.Errorf("growing clone %s to %d bytes: %w", name, size, err)
-			}
-			have = size
+		if have, err = f.growClone(name, have, size); err != nil {
+			return nil, started, err
 		}
 	}
 	if !request.Fits(have, r) {
@@ -271,8 +323,26 @@ func (s *ControllerServer) provisionSubvolume(ctx context.Context, f *fsConn, en
 	return &provisioned{path: info.Path, size: have}, started, nil
 }
 
-// clonePollInterval is how often a clone's state is read while waiting.
-const clonePollInterval = 50 * time.Millisecond
+// errNoSubvolumeYet stands for the subvolume info of a new reservation.
+var errNoSubvolumeYet = fmt.Errorf("new reservation: %w", csierr.ErrNotFound)
+
+// A clone's state is read every clonePollFirst for the first
+// clonePollQuick (a small copy is done within a few MDS ticks), then less
+// often, up to every clonePollMax.
+const (
+	clonePollFirst = 20 * time.Millisecond
+	clonePollQuick = time.Second
+	clonePollMax   = time.Second
+)
+
+// clonePollAfter is the wait before the next read of a clone's state when
+// waited has passed since the first.
+func clonePollAfter(waited, last time.Duration) time.Duration {
+	if waited < clonePollQuick {
+		return clonePollFirst
+	}
+	return min(max(last*3/2, clonePollFirst), clonePollMax)
+}
 
 // awaitClone reads the state of the clone of entry until it is complete,
 // for at most --clonewait (and never past the call's deadline); a copy
@@ -280,10 +350,12 @@ const clonePollInterval = 50 * time.Millisecond
 func (s *ControllerServer) awaitClone(ctx context.Context, f *fsConn, entry *journal.Entry, src *contentSource) error {
 	name := entry.ImageName
 	sub, snap := src.origin(name)
-	deadline := time.Now().Add(s.Options.CloneWait)
+	start := time.Now()
+	deadline := start.Add(s.Options.CloneWait)
 	if d, ok := ctx.Deadline(); ok && d.Add(-time.Second).Before(deadline) {
 		deadline = d.Add(-time.Second)
 	}
+	var interval time.Duration
 	for {
 		st, err := f.admin.CloneStatus(f.fs.Name, f.group, name)
 		if err != nil {
@@ -294,71 +366,16 @@ func (s *ControllerServer) awaitClone(ctx context.Context, f *fsConn, entry *jou
 				entry.RequestName, st.Source.SubVolume, st.Source.Snapshot, sub, snap)
 		}
 		err = cloneProgress(name, st)
-		if !errors.Is(err, csierr.ErrInProgress) || time.Now().Add(clonePollInterval).After(deadline) {
+		interval = clonePollAfter(time.Since(start), interval)
+		if !errors.Is(err, csierr.ErrInProgress) || time.Now().Add(interval).After(deadline) {
 			return err
 		}
 		select {
 		case <-ctx.Done():
 			return err
-		case <-time.After(clonePollInterval):
+		case <-time.After(interval):
 		}
 	}
-}
-
-// subvolume group on first use.
-func (f *fsConn) createSubvolume(name string, size int64, pool string) error {
-	opts := &admin.SubVolumeOptions{Size: admin.ByteCount(size), Mode: subvolumeMode, PoolLayout: pool}
-	err := f.admin.CreateSubVolume(f.fs.Name, f.group, name, opts)
-	if csierr.IsNotFound(err) {
-		if gerr := f.admin.CreateSubVolumeGroup(f.fs.Name, f.group, nil); gerr != nil {
-			return fmt.Errorf("creating subvolume group %s in %s: %w", f.group, f.fs.Name, gerr)
-		}
-		err = f.admin.CreateSubVolume(f.fs.Name, f.group, name, opts)
-	}
-	if err != nil {
-		return fmt.Errorf("creating subvolume %s in group %s of %s: %w", name, f.group, f.fs.Name, err)
-	}
-	return nil
-}
-
-// that clones still copy from is FailedPrecondition.
-func (f *fsConn) removeSnapshot(subvolume, snapshot string) error {
-	err := f.admin.RemoveSubVolumeSnapshot(f.fs.Name, f.group, subvolume, snapshot)
-	switch {
-	case err == nil, csierr.IsNotFound(err):
-		return nil
-	case csierr.IsErrno(err, syscall.EAGAIN):
-		return csierr.Errorf(csierr.ErrPrecondition, "snapshot %s of %s still has clones copying from it; retry when they are done: %v",
-			snapshot, subvolume, err)
-	}
-	return fmt.Errorf("removing snapshot %s of %s: %w", snapshot, subvolume, err)
-}
-
-// then lingers as "snapshot-retained" until its last snapshot goes, when
-// Ceph purges it). A clone still copying is cancelled first; its source is
-// returned so the caller can drop a temporary snapshot.
-func (f *fsConn) removeSubvolume(name string) (cloneSource *admin.CloneSource, err error) {
-	err = f.admin.RemoveSubVolumeWithFlags(f.fs.Name, f.group, name, admin.SubVolRmFlags{RetainSnapshots: true})
-	if err == nil || csierr.IsNotFound(err) {
-		return nil, nil
-	}
-	if !csierr.IsErrno(err, syscall.EAGAIN) {
-		return nil, fmt.Errorf("removing subvolume %s: %w", name, err)
-	}
-	// An unfinished clone: only a cancelled or failed one may be removed.
-	if st, serr := f.admin.CloneStatus(f.fs.Name, f.group, name); serr == nil && st.Source.SubVolume != "" {
-		src := st.Source
-		cloneSource = &src
-	}
-	if cerr := f.admin.CancelClone(f.fs.Name, f.group, name); cerr != nil && !csierr.IsNotFound(cerr) &&
-		!csierr.IsErrno(cerr, syscall.EINVAL) { // EINVAL: the clone has already ended
-		return cloneSource, fmt.Errorf("cancelling clone %s: %w", name, cerr)
-	}
-	err = f.admin.RemoveSubVolumeWithFlags(f.fs.Name, f.group, name, admin.SubVolRmFlags{Force: true})
-	if err != nil && !csierr.IsNotFound(err) {
-		return cloneSource, fmt.Errorf("removing cancelled clone %s: %w", name, err)
-	}
-	return cloneSource, nil
 }
 
 // undoCreate removes what a failed CreateVolume made, so nothing leaks.

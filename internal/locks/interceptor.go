@@ -10,7 +10,10 @@ import (
 
 // KeysOf returns the keys a request names: what it creates (by name) or
 // works on (by ID), and the source a new volume or snapshot is made from,
-// so that nothing deletes a source while it is being copied.
+// so that nothing deletes a source while it is being copied. A snapshot a
+// volume is restored from is only read: restores of one snapshot share
+// its key. A source volume is snapshotted for a clone (an RBD PVC clone
+// takes a temporary snapshot on it), which one call at a time does.
 func KeysOf(req any) []Key {
 	var keys []Key
 	add := func(k func(string) Key, v string) {
@@ -21,7 +24,7 @@ func KeysOf(req any) []Key {
 	switch r := req.(type) {
 	case *csi.CreateVolumeRequest:
 		add(VolumeName, r.GetName())
-		add(SnapshotID, r.GetVolumeContentSource().GetSnapshot().GetSnapshotId())
+		add(func(id string) Key { return SnapshotID(id).Shared() }, r.GetVolumeContentSource().GetSnapshot().GetSnapshotId())
 		add(VolumeID, r.GetVolumeContentSource().GetVolume().GetVolumeId())
 	case *csi.DeleteVolumeRequest:
 		add(VolumeID, r.GetVolumeId())

@@ -5,6 +5,12 @@
 // already busy is refused at once (Aborted) instead of queueing behind the
 // first. The keys a request names are taken by the server's middleware
 // (Interceptor) before the handler runs, the same way for every service.
+//
+// A key can also be taken shared (Key.Shared): by any number of calls at
+// once that only read what it names (restores of one snapshot), while no
+// call holds it exclusively, and the other way round. A delete of the
+// snapshot is refused while restores of it run, as before; the restores no
+// longer refuse each other.
 package locks
 
 import (
@@ -25,25 +31,38 @@ const (
 	snapshotID
 )
 
-// Key is one lockable thing.
+// Key is one lockable thing, taken exclusively unless shared.
 type Key struct {
-	kind kind
-	id   string
+	kind   kind
+	id     string
+	shared bool
+}
+
+// Shared returns the key taken in shared mode.
+func (k Key) Shared() Key {
+	k.shared = true
+	return k
+}
+
+// base is the key as the set holds it, whatever the mode.
+func (k Key) base() Key {
+	k.shared = false
+	return k
 }
 
 // VolumeName is the key of a CreateVolume request name.
-func VolumeName(name string) Key { return Key{volumeName, name} }
+func VolumeName(name string) Key { return Key{kind: volumeName, id: name} }
 
 // VolumeID is the key of a volume, for controller and node calls alike.
 // IDs of ours are taken in their canonical form, so that two spellings of
 // one ID share one lock.
-func VolumeID(id string) Key { return Key{volumeID, canonical(id)} }
+func VolumeID(id string) Key { return Key{kind: volumeID, id: canonical(id)} }
 
 // SnapshotName is the key of a CreateSnapshot request name.
-func SnapshotName(name string) Key { return Key{snapshotName, name} }
+func SnapshotName(name string) Key { return Key{kind: snapshotName, id: name} }
 
 // SnapshotID is the key of a snapshot.
-func SnapshotID(id string) Key { return Key{snapshotID, canonical(id)} }
+func SnapshotID(id string) Key { return Key{kind: snapshotID, id: canonical(id)} }
 
 func (k Key) String() string {
 	switch k.kind {
@@ -70,29 +89,43 @@ func canonical(id string) string {
 
 // Set is a set of held keys. The zero value is ready to use.
 type Set struct {
-	mu   sync.Mutex
-	held map[Key]struct{}
+	mu sync.Mutex
+	// held counts the holders of a key: -1 for an exclusive one, the
+	// number of shared ones otherwise.
+	held map[Key]int
 }
 
-// TryAcquire takes key and reports whether it was free.
+// TryAcquire takes key and reports whether it was free (for a shared key:
+// held by no exclusive holder).
 func (s *Set) TryAcquire(key Key) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.held == nil {
-		s.held = make(map[Key]struct{})
+		s.held = make(map[Key]int)
 	}
-	if _, busy := s.held[key]; busy {
+	b := key.base()
+	n := s.held[b]
+	switch {
+	case key.shared && n >= 0:
+		s.held[b] = n + 1
+	case !key.shared && n == 0:
+		s.held[b] = -1
+	default:
 		return false
 	}
-	s.held[key] = struct{}{}
 	return true
 }
 
-// Release frees key.
+// Release frees key (one shared holder of it).
 func (s *Set) Release(key Key) {
 	s.mu.Lock()
-	delete(s.held, key)
-	s.mu.Unlock()
+	defer s.mu.Unlock()
+	b := key.base()
+	if n := s.held[b]; key.shared && n > 1 {
+		s.held[b] = n - 1
+		return
+	}
+	delete(s.held, b)
 }
 
 // TryAcquireAll takes every key or none of them; on success it returns the

@@ -114,7 +114,7 @@ func TestKeysOfRequests(t *testing.T) {
 		{&csi.CreateVolumeRequest{Name: "pvc-2", VolumeContentSource: &csi.VolumeContentSource{Type: &csi.VolumeContentSource_Volume{
 			Volume: &csi.VolumeContentSource_VolumeSource{VolumeId: src}}}}, []Key{VolumeName("pvc-2"), VolumeID(src)}},
 		{&csi.CreateVolumeRequest{Name: "pvc-3", VolumeContentSource: &csi.VolumeContentSource{Type: &csi.VolumeContentSource_Snapshot{
-			Snapshot: &csi.VolumeContentSource_SnapshotSource{SnapshotId: src}}}}, []Key{VolumeName("pvc-3"), SnapshotID(src)}},
+			Snapshot: &csi.VolumeContentSource_SnapshotSource{SnapshotId: src}}}}, []Key{VolumeName("pvc-3"), SnapshotID(src).Shared()}},
 		{&csi.CreateSnapshotRequest{Name: "snap", SourceVolumeId: src}, []Key{SnapshotName("snap"), VolumeID(src)}},
 		{&csi.DeleteSnapshotRequest{SnapshotId: src}, []Key{SnapshotID(src)}},
 		{&csi.NodeStageVolumeRequest{VolumeId: src}, []Key{VolumeID(src)}},
@@ -127,5 +127,43 @@ func TestKeysOfRequests(t *testing.T) {
 		if got := KeysOf(tc.req); !reflect.DeepEqual(got, tc.want) {
 			t.Errorf("KeysOf(%T) = %v, want %v", tc.req, got, tc.want)
 		}
+	}
+}
+
+// Restores of one snapshot share its key; a delete of the snapshot is
+// refused while one runs, and a restore while the delete runs.
+func TestSharedKeys(t *testing.T) {
+	var s Set
+	snap := SnapshotID("0001-0001-c-0000000000000001-197480ab-6e0f-11ed-b5c4-6efb82c232c4")
+	r1, err := s.Acquire(VolumeName("pvc-1"), snap.Shared())
+	if err != nil {
+		t.Fatal(err)
+	}
+	r2, err := s.Acquire(VolumeName("pvc-2"), snap.Shared())
+	if err != nil {
+		t.Fatalf("a second restore of the snapshot: %v", err)
+	}
+	if _, err := s.Acquire(snap); csierr.Code(err) != codes.Aborted {
+		t.Fatalf("delete during restores: %v, want Aborted", err)
+	}
+	r1()
+	if _, err := s.Acquire(snap); csierr.Code(err) != codes.Aborted {
+		t.Fatalf("delete during the last restore: %v, want Aborted", err)
+	}
+	r2()
+	del, err := s.Acquire(snap)
+	if err != nil {
+		t.Fatalf("delete after the restores: %v", err)
+	}
+	if _, err := s.Acquire(VolumeName("pvc-3"), snap.Shared()); csierr.Code(err) != codes.Aborted {
+		t.Fatalf("restore during the delete: %v, want Aborted", err)
+	}
+	if !s.TryAcquire(VolumeName("pvc-3")) {
+		t.Fatal("a refused restore left its name held")
+	}
+	s.Release(VolumeName("pvc-3"))
+	del()
+	if len(s.held) != 0 {
+		t.Fatalf("keys left held: %v", s.held)
 	}
 }

@@ -55,6 +55,15 @@ type pool interface {
 	Trash() ([]trashEntry, error)
 	// ImageID reads the ID of an image without opening it.
 	ImageID(name string) (string, error)
+	// Header reads the parent and the snapshot count of the image with
+	// this ID (also one in the RBD trash) from its header object, in one
+	// round trip, without opening it (header.go). A missing image is
+	// ENOENT.
+	Header(imageID string) (*header, error)
+	// TrashMarked reports, in one round trip, whether the image with this
+	// ID carries the mark (trashedByUsKey) this driver sets on an image of
+	// its own before moving it to the RBD trash.
+	TrashMarked(imageID string) (bool, error)
 	// SetImageMetadata sets the image metadata keys kv and removes the keys
 	// drop (missing ones are fine) of the image with this ID, in one round
 	// trip.
@@ -89,7 +98,8 @@ type image interface {
 	RemoveSnapshot(name string) error
 	Resize(size uint64) error
 	// Watchers lists the addresses of the clients that have the image open
-	// for writing (a node's mapping, a manager task).
+	// for writing (a node's mapping, a manager task), other than this
+	// driver's own connection (whose read-write open of the image is one).
 	Watchers() ([]string, error)
 	// Children lists the clones of the image's snapshots.
 	Children() ([]childInfo, error)

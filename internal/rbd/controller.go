@@ -90,9 +90,15 @@ func (s *ControllerServer) openTarget(clusterID, name string, id int64, creds ce
 }
 
 // remover returns the image remover of t, which proves a leftover
-// snapshot ours through the journals of t's pool.
-func (s *ControllerServer) remover(t *target) *remover {
+// snapshot ours through the journals of t's pool, or by its name when it
+// is one of known (snapshots the caller knows it took).
+func (s *ControllerServer) remover(t *target, known ...string) *remover {
 	return &remover{c: t.c, p: t.p, owned: func(snap string) (bool, error) {
+		for _, k := range known {
+			if snap == k {
+				return true, nil
+			}
+		}
 		return s.ownSnapshot(t.p, snap)
 	}}
 }
@@ -206,8 +212,9 @@ func (s *ControllerServer) CreateVolume(ctx context.Context, req *csi.CreateVolu
 	}
 	var have int64
 	created := fresh
+	meta := request.VolumeMetadata(req.GetParameters(), s.Options.ClusterName)
 	if fresh {
-		have, err = s.newVolume(ctx, t, entry, params, size, src)
+		have, err = s.newVolume(ctx, t, entry, params, size, src, meta)
 	} else {
 		have, created, err = s.finishVolume(ctx, t, entry, params, size, req.GetCapacityRange(), src)
 	}
@@ -218,8 +225,9 @@ func (s *ControllerServer) CreateVolume(ctx context.Context, req *csi.CreateVolu
 	if err == nil {
 		err = s.setupEncryption(ctx, t, entry, volKMS, src, volumeID, req.GetSecrets())
 	}
-	if err == nil {
-		err = s.recordMetadata(t.p, entry, request.VolumeMetadata(req.GetParameters(), s.Options.ClusterName))
+	if err == nil && !fresh {
+		// A new image got its names in newVolume.
+		err = s.recordMetadata(t.p, entry, meta, src != nil)
 	}
 	if err != nil {
 		// Only what this call began is undone: a volume an earlier call made
@@ -264,8 +272,10 @@ func placeVolume(params *volumeParams, req *csi.CreateVolumeRequest) (*topology.
 // newVolume makes the image of an entry just reserved: its UUID is new, so
 // no image can exist yet and nothing needs checking. The size is what was
 // made; the image ID is read from its rbd_id object instead of opening the
-// image.
-func (s *ControllerServer) newVolume(ctx context.Context, t *target, entry *journal.Entry, params *volumeParams, size int64, src *contentSource) (int64, error) {
+// image, then written to the journal while the metadata kv goes onto the
+// image (two objects, at once).
+func (s *ControllerServer) newVolume(ctx context.Context, t *target, entry *journal.Entry, params *volumeParams, size int64,
+	src *contentSource, kv map[string]string) (int64, error) {
 	if err := s.createImage(ctx, t, entry, params, size, src); err != nil {
 		return 0, err
 	}
@@ -273,11 +283,26 @@ func (s *ControllerServer) newVolume(ctx context.Context, t *target, entry *jour
 	if err != nil {
 		return 0, fmt.Errorf("reading the ID of the new image %s: %w", imageSpec(t.p, entry.ImageName), err)
 	}
-	if err := s.volumes.SetImageID(t.p.Journal(), entry.UUID, id); err != nil {
+	entry.ImageID = id
+	err = both(func() error { return s.volumes.SetImageID(t.p.Journal(), entry.UUID, id) },
+		func() error { return s.recordMetadata(t.p, entry, kv, src != nil) })
+	if err != nil {
 		return 0, err
 	}
-	entry.ImageID = id
 	return size, nil
+}
+
+// both runs a and b at once (writes to two objects that do not depend on
+// each other: two round trips in the time of one) and returns the first
+// error.
+func both(a, b func() error) error {
+	errB := make(chan error, 1)
+	go func() { errB <- b() }()
+	errA := a()
+	if err := <-errB; errA == nil {
+		errA = err
+	}
+	return errA
 }
 
 // finishVolume makes the image of entry, or checks and finishes one an
@@ -372,13 +397,13 @@ func (s *ControllerServer) completeImage(t *target, img image, entry *journal.En
 }
 
 // recordMetadata writes the Kubernetes names of --setmetadata on the image
-// of entry (repeated retries write the same).
-func (s *ControllerServer) recordMetadata(p pool, entry *journal.Entry, kv map[string]string) error {
-	if !s.Options.SetMetadata {
+// of entry (repeated retries write the same). A clone starts with its
+// parent's metadata, names of another PVC or snapshot, which are dropped;
+// an image that is no clone and gets no names needs no write.
+func (s *ControllerServer) recordMetadata(p pool, entry *journal.Entry, kv map[string]string, clone bool) error {
+	if !s.Options.SetMetadata || (len(kv) == 0 && !clone) {
 		return nil
 	}
-	// A clone starts with its parent's metadata: names of another PVC or
-	// snapshot, which this image must not carry.
 	if err := p.SetImageMetadata(entry.ImageID, kv, request.MetadataKeys()); err != nil {
 		return fmt.Errorf("recording metadata on %s: %w", imageSpec(p, entry.ImageName), err)
 	}
@@ -508,7 +533,7 @@ func queueFlatten(p pool, name string) error {
 // cannot be removed the entry stays, for a retry or a delete to finish.
 func (s *ControllerServer) undoCreate(ctx context.Context, t *target, j *journal.Journal, entry *journal.Entry) {
 	logger := klog.FromContext(ctx)
-	if _, err := s.removeImages(t, entry.ImageName); err != nil {
+	if _, err := s.removeImages(t, entry.ImageName, entry.ImageID); err != nil {
 		logger.Error(err, "cleaning up after a failed create", "image", entry.ImageName)
 		return
 	}
@@ -517,20 +542,32 @@ func (s *ControllerServer) undoCreate(ctx context.Context, t *target, j *journal
 	}
 }
 
-// removeImages removes an image of ours and its -temp intermediate, then
-// purges the trashed ancestors of ours no clone needs any more; found says
-// whether the image was still there. An image still open (a node's
-// mapping, a manager task) is kept: ErrPrecondition.
-func (s *ControllerServer) removeImages(t *target, name string) (found bool, err error) {
-	rm := s.remover(t)
-	found, parent, err := rm.remove(name)
+// removeImages removes an image of ours (id is its ID when the journal has
+// it) and its -temp intermediate, then purges the trashed ancestors of
+// ours no clone needs any more; found says whether the image was still
+// there. An image still open (a node's mapping, a manager task) is kept:
+// ErrPrecondition.
+func (s *ControllerServer) removeImages(t *target, name, id string) (found bool, err error) {
+	found, parent, err := s.remover(t).remove(name, id, false)
 	if err != nil {
 		return found, err
 	}
 	failpoint.Hit("remove-images-after-image")
-	_, tempParent, err := rm.remove(name + tempSuffix)
-	if err != nil {
-		return found, err
+	// Only PVC clones have a -temp: its rbd_id object (one read) says
+	// whether there is one to remove.
+	var tempParent *ancestor
+	temp := name + tempSuffix
+	tempID, err := t.p.ImageID(temp)
+	switch {
+	case csierr.IsNotFound(err):
+	case err != nil:
+		return found, fmt.Errorf("looking for %s: %w", imageSpec(t.p, temp), err)
+	default:
+		// Its snapshot named after the image is the one the image was
+		// cloned from.
+		if _, tempParent, err = s.remover(t, name).remove(temp, tempID, true); err != nil {
+			return found, err
+		}
 	}
 	purgeAncestors(t.c, parent)
 	purgeAncestors(t.c, tempParent)
@@ -634,7 +671,7 @@ func (s *ControllerServer) DeleteVolume(ctx context.Context, req *csi.DeleteVolu
 	}
 	defer releaseName()
 	began := time.Now()
-	found, err := s.removeImages(ref.target, ref.image())
+	found, err := s.removeImages(ref.target, ref.image(), ref.entry.ImageID)
 	if metrics.Step(metrics.RBD, metrics.StepRemove, began, err) != nil {
 		return nil, err
 	}

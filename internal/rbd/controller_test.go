@@ -877,3 +877,39 @@ func TestTopologyConstrainedPoolsPlaceTheImage(t *testing.T) {
 		t.Errorf("without requirements: %v, %v", plain, err)
 	}
 }
+
+// The common calls open no image they need not open (each open is a dozen
+// round trips, and as many again for every ancestor): a restore opens the
+// snapshot image only and walks the chain through headers, and a volume
+// without snapshots, a clone or not, is removed without being opened.
+func TestCommonCallsOpenOnlyWhatTheyNeed(t *testing.T) {
+	c := newCtl(t)
+	opens := func() int { return c.f.calls["OpenImage"] + c.f.calls["OpenImageByID"] }
+	vol := c.volume("pvc", 8<<20, nil)
+	snap := c.snapshot("snap", vol.GetVolumeId())
+	before := opens()
+	restored := c.volume("restored", 8<<20, fromSnapshot(snap.GetSnapshotId()))
+	if n := opens() - before; n != 1 {
+		t.Errorf("a restore opened %d images, want 1 (the snapshot image)", n)
+	}
+	for _, v := range []*csi.Volume{restored, c.volume("plain", 8<<20, nil)} {
+		before = opens()
+		c.mustDeleteVolume(v.GetVolumeId())
+		if n := opens() - before; n != 0 {
+			t.Errorf("deleting %s opened %d images, want none", volImage(v), n)
+		}
+		if img := c.f.image("rbd", volImage(v)); img != nil {
+			t.Errorf("%s is still there", volImage(v))
+		}
+	}
+	// A volume whose snapshot keeps it is opened, and trashed.
+	before = opens()
+	c.mustDeleteVolume(vol.GetVolumeId())
+	if opens() == before {
+		t.Error("a volume with a snapshot's clone was removed without looking at it")
+	}
+	wantList(t, "trash", c.f.trash("rbd"), []string{volImage(vol)})
+	c.mustDeleteSnapshot(snap.GetSnapshotId())
+	wantList(t, "trash after the snapshot went", c.f.trash("rbd"), nil)
+	wantList(t, "images", c.f.images("rbd"), nil)
+}

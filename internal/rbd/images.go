@@ -41,30 +41,41 @@ func hasDependentClones(err error) bool {
 	return csierr.IsErrno(err, syscall.ENOTEMPTY) || csierr.IsErrno(err, syscall.EBUSY) || csierr.IsErrno(err, syscall.EMLINK)
 }
 
-// cloneDepth counts the ancestors of an open image.
+// cloneDepth counts the ancestors of an open image. Its parent comes with
+// the open (no round trip); each further ancestor's is read from the
+// ancestor's header (one round trip a level) instead of opening it (a
+// dozen round trips, and librbd opens the ancestor's own ancestors too).
 func cloneDepth(c cluster, img image) (int, error) {
-	parent, err := img.Parent()
+	first, err := img.Parent()
 	if err != nil {
 		return 0, fmt.Errorf("reading the parent of %s: %w", img.Name(), err)
 	}
+	if first == nil {
+		return 0, nil
+	}
 	depth := 0
-	for parent != nil && depth < maxChainWalk {
+	next := func(p pool, imageID string) (*headerParent, error) {
 		depth++
-		p, err := c.OpenPool(parent.Pool, 0)
-		if err != nil {
-			return 0, fmt.Errorf("opening pool %s of parent %s: %w", parent.Pool, parent.Image, err)
-		}
-		next, err := p.OpenImageByID(parent.ImageID, true)
+		h, err := p.Header(imageID)
 		p.Close()
 		if err != nil {
-			return 0, fmt.Errorf("opening parent %s: %w", parent.Image, err)
+			return nil, fmt.Errorf("reading the header of parent image ID %s: %w", imageID, err)
 		}
-		parent, err = next.Parent()
-		name := next.Name()
-		next.Close()
-		if err != nil {
-			return 0, fmt.Errorf("reading the parent of %s: %w", name, err)
+		return h.Parent, nil
+	}
+	p, err := c.OpenPool(first.Pool, 0)
+	if err != nil {
+		return 0, fmt.Errorf("opening pool %s of parent %s: %w", first.Pool, first.Image, err)
+	}
+	parent, err := next(p, first.ImageID)
+	for err == nil && parent != nil && depth < maxChainWalk {
+		if p, err = c.OpenPool("", parent.PoolID); err != nil {
+			return 0, fmt.Errorf("opening pool %d of parent image ID %s: %w", parent.PoolID, parent.ImageID, err)
 		}
+		parent, err = next(p, parent.ImageID)
+	}
+	if err != nil {
+		return 0, err
 	}
 	return depth, nil
 }
@@ -145,6 +156,24 @@ type remover struct {
 	owned func(snapshot string) (bool, error)
 }
 
+// ancestor is the parent of an image just removed, for purgeAncestors:
+// named by librbd (which says whether it is in the trash), or by IDs from
+// the image's header (which does not).
+type ancestor struct {
+	pool    string // "" when only poolID is known
+	poolID  int64
+	imageID string
+	inTrash *bool // nil: not known, the trash mark decides
+}
+
+func ancestorOf(p *parentInfo) *ancestor {
+	if p == nil {
+		return nil
+	}
+	trash := p.Trash
+	return &ancestor{pool: p.Pool, imageID: p.ImageID, inTrash: &trash}
+}
+
 // remove deletes an image of ours. An image that clones still depend on
 // moves to the RBD trash, marked as ours, and is purged once its last
 // clone is gone. An image a client still has open (a node's mapping, a
@@ -153,18 +182,32 @@ type remover struct {
 // it (librbd moves an open image without exclusive-lock to the trash). It
 // returns whether the image was there and its parent, for purgeAncestors;
 // a missing image is fine.
-func (r *remover) remove(name string) (found bool, parent *parentInfo, err error) {
-	img, err := r.p.OpenImage(name, true)
+//
+// id is the image's ID when the journal has it, "" when not. withSnapshots
+// says the image normally carries a snapshot of ours (a snapshot image's
+// restore snapshot, a -temp image's clone snapshot): it is then opened for
+// writing at once, to remove them through the same open.
+func (r *remover) remove(name, id string, withSnapshots bool) (found bool, parent *ancestor, err error) {
+	if id != "" && !withSnapshots {
+		if parent, ok := r.removeDirect(name, id); ok {
+			return true, parent, nil
+		}
+	}
+	img, err := r.p.OpenImage(name, !withSnapshots)
 	if csierr.IsNotFound(err) {
 		return false, nil, nil
 	}
 	if err != nil {
 		return false, nil, fmt.Errorf("opening image %s: %w", imageSpec(r.p, name), err)
 	}
-	parent, err = r.inspect(img)
+	info, err := r.inspect(img)
 	userSnaps := []string(nil)
 	if err == nil {
 		userSnaps, err = r.userSnapshots(img)
+	}
+	if err == nil && len(userSnaps) > 0 && withSnapshots {
+		err = removeSnapshotsOf(r.p, img, userSnaps)
+		userSnaps = nil
 	}
 	img.Close()
 	if err != nil {
@@ -178,11 +221,32 @@ func (r *remover) remove(name string) (found bool, parent *parentInfo, err error
 	err = r.p.RemoveImage(name)
 	switch {
 	case err == nil, csierr.IsNotFound(err):
-		return true, parent, nil
+		return true, ancestorOf(info), nil
 	case hasDependentClones(err):
-		return true, parent, r.trash(name)
+		return true, ancestorOf(info), r.trash(name)
 	}
 	return true, nil, fmt.Errorf("removing image %s: %w", imageSpec(r.p, name), err)
+}
+
+// removeDirect is the common case of remove: an image without snapshots
+// goes straight to librbd's remove, which refuses, before it changes
+// anything, an image that another client has open (EBUSY), that has
+// snapshots (ENOTEMPTY) or that is in a group (EMLINK). Only when it
+// refuses, or the header cannot be read, is the image opened and looked
+// at (ok false: remove goes on). The parent comes from the header, read
+// first in one round trip.
+func (r *remover) removeDirect(name, id string) (parent *ancestor, ok bool) {
+	h, err := r.p.Header(id)
+	if err != nil || h.Snapshots > 0 {
+		return nil, false
+	}
+	if err := r.p.RemoveImage(name); err != nil {
+		return nil, false
+	}
+	if h.Parent != nil {
+		parent = &ancestor{poolID: h.Parent.PoolID, imageID: h.Parent.ImageID}
+	}
+	return parent, true
 }
 
 // inspect checks the watchers of an image about to be removed and returns
@@ -245,9 +309,14 @@ func (r *remover) removeSnapshots(name string, snaps []string) error {
 		return fmt.Errorf("opening image %s: %w", imageSpec(r.p, name), err)
 	}
 	defer img.Close()
+	return removeSnapshotsOf(r.p, img, snaps)
+}
+
+// removeSnapshotsOf removes snapshots of an image open for writing.
+func removeSnapshotsOf(p pool, img image, snaps []string) error {
 	for _, sn := range snaps {
 		if err := img.RemoveSnapshot(sn); err != nil {
-			return fmt.Errorf("removing snapshot %s@%s: %w", imageSpec(r.p, name), sn, err)
+			return fmt.Errorf("removing snapshot %s@%s: %w", imageSpec(p, img.Name()), sn, err)
 		}
 	}
 	return nil
@@ -280,7 +349,7 @@ func (r *remover) trash(name string) error {
 		return fmt.Errorf("moving image %s to the trash: %w", imageSpec(r.p, name), err)
 	}
 	if parent, err := purgeTrashed(r.p, id); err == nil {
-		purgeAncestors(r.c, parent)
+		purgeAncestors(r.c, ancestorOf(parent))
 	}
 	return nil
 }
@@ -289,25 +358,39 @@ func (r *remover) trash(name string) error {
 // deletes the trashed ancestors of ours that no clone needs any more. It
 // stops at the first ancestor that is not in the trash, not marked as
 // ours, or still has clones. Failures only leave an entry for a later
-// delete to purge. The parent's Trash flag is not trusted: it was read
-// before the image went, and a concurrent delete of the parent may have
-// trashed it since (and failed to purge it, the clone being still there),
-// so each ancestor is tried; purgeTrashed removes only a trash entry marked
-// as ours.
-func purgeAncestors(c cluster, parent *parentInfo) {
-	for i := 0; parent != nil && i < maxChainWalk; i++ {
-		p, err := c.OpenPool(parent.Pool, 0)
+// delete to purge. An ancestor's trash state is not trusted when it says
+// "not in the trash": it was read before the image went, and a concurrent
+// delete of the ancestor may have trashed it since (and failed to purge it,
+// the clone being still there), so its mark decides.
+func purgeAncestors(c cluster, a *ancestor) {
+	for i := 0; a != nil && i < maxChainWalk; i++ {
+		p, err := c.OpenPool(a.pool, a.poolID)
 		if err != nil {
 			return
 		}
-		next, err := purgeTrashed(p, parent.ImageID)
+		var next *parentInfo
+		if a.inTrash == nil || !*a.inTrash {
+			// The mark (one round trip) says whether it is a trashed
+			// image of ours, before any open.
+			var marked bool
+			if marked, err = p.TrashMarked(a.imageID); err == nil && !marked {
+				err = errNotOurs
+			}
+		}
+		if err == nil {
+			next, err = purgeTrashed(p, a.imageID)
+		}
 		p.Close()
 		if err != nil {
 			return
 		}
-		parent = next
+		a = ancestorOf(next)
 	}
 }
+
+// errNotOurs stops purgeAncestors at an image that is not a trashed image
+// of ours.
+var errNotOurs = errors.New("not a trashed image of ours")
 
 // errStillNeeded means a trashed image of ours still has clones.
 var errStillNeeded = errors.New("still has clones")
@@ -356,7 +439,7 @@ func purgeOurTrash(c cluster, p pool) {
 			}
 			if parent, err := purgeTrashed(p, e.ID); err == nil {
 				removed++
-				purgeAncestors(c, parent)
+				purgeAncestors(c, ancestorOf(parent))
 			}
 		}
 		if removed == 0 {

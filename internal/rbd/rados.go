@@ -199,6 +199,64 @@ func (p *radosPool) ImageID(name string) (string, error) {
 	return string(buf[4 : 4+l]), nil
 }
 
+// Header implements pool: the class calls librbd makes for the same facts
+// when it opens an image, in one read operation.
+func (p *radosPool) Header(imageID string) (*header, error) {
+	op := rados.CreateReadOp()
+	defer op.Release()
+	noSnap := binary.LittleEndian.AppendUint64(nil, cephNoSnap)
+	parent := op.Exec("rbd", "parent_get", nil)
+	overlap := op.Exec("rbd", "parent_overlap_get", noSnap)
+	snapc := op.Exec("rbd", "get_snapcontext", nil)
+	if err := op.Operate(p.io, "rbd_header."+imageID, rados.OperationNoFlag); err != nil {
+		return nil, opError(err)
+	}
+	var out [3][]byte
+	for i, step := range []*rados.ReadOpExecStep{parent, overlap, snapc} {
+		b, err := step.Bytes()
+		if err != nil {
+			return nil, err
+		}
+		out[i] = b
+	}
+	h, err := decodeHeader(out[0], out[1], out[2])
+	if err != nil {
+		return nil, fmt.Errorf("image ID %s: %w", imageID, err)
+	}
+	return h, nil
+}
+
+// TrashMarked implements pool: librbd keeps image metadata in the header's
+// omap, each key prefixed "metadata_".
+func (p *radosPool) TrashMarked(imageID string) (bool, error) {
+	op := rados.CreateReadOp()
+	defer op.Release()
+	key := "metadata_" + trashedByUsKey
+	step := op.GetOmapValuesByKeys([]string{key})
+	if err := op.Operate(p.io, "rbd_header."+imageID, rados.OperationNoFlag); err != nil {
+		return false, opError(err)
+	}
+	for {
+		kv, err := step.Next()
+		if err != nil || kv == nil {
+			return false, err
+		}
+		if kv.Key == key {
+			return string(kv.Value) == "true", nil
+		}
+	}
+}
+
+// opError gives the errno of a failed compound operation, which go-ceph
+// reports in an OperationError that does not unwrap to it.
+func opError(err error) error {
+	var opErr rados.OperationError
+	if errors.As(err, &opErr) && opErr.OpError != nil {
+		return opErr.OpError
+	}
+	return err
+}
+
 // SetImageMetadata writes the keys into the image header's omap, where
 // librbd keeps image metadata (each key prefixed "metadata_"), in one write
 // operation instead of a round trip per key; `rbd image-meta` and librbd
@@ -359,9 +417,14 @@ func (i *radosImage) Watchers() ([]string, error) {
 	if err != nil {
 		return nil, err
 	}
+	// A watcher's ID is its client's global ID: this connection's own
+	// watches (a read-write open of this driver) are not another client.
+	self := int64(i.conn.GetInstanceID())
 	out := make([]string, 0, len(ws))
 	for _, w := range ws {
-		out = append(out, w.Addr)
+		if w.Id != self {
+			out = append(out, w.Addr)
+		}
 	}
 	return out, nil
 }

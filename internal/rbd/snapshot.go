@@ -86,7 +86,7 @@ func (s *ControllerServer) CreateSnapshot(ctx context.Context, req *csi.CreateSn
 					err = s.sealSnapshotOf(ctx, ref, entry, req.GetSecrets())
 				}
 				if err == nil {
-					err = s.recordMetadata(ref.p, entry, request.SnapshotMetadata(req.GetParameters(), s.Options.ClusterName))
+					err = s.recordMetadata(ref.p, entry, request.SnapshotMetadata(req.GetParameters(), s.Options.ClusterName), true)
 				}
 				if err != nil {
 					return nil, err
@@ -108,13 +108,10 @@ func (s *ControllerServer) CreateSnapshot(ctx context.Context, req *csi.CreateSn
 		}
 	}
 	began = time.Now()
-	info, err := s.snapshotImage(ctx, ref, entry)
+	info, err := s.snapshotImage(ctx, ref, entry, request.SnapshotMetadata(req.GetParameters(), s.Options.ClusterName))
 	_ = metrics.Step(metrics.RBD, metrics.StepSnapshot, began, err)
 	if err == nil {
 		err = s.sealSnapshotOf(ctx, ref, entry, req.GetSecrets())
-	}
-	if err == nil {
-		err = s.recordMetadata(ref.p, entry, request.SnapshotMetadata(req.GetParameters(), s.Options.ClusterName))
 	}
 	if err != nil {
 		if !errors.Is(err, csierr.ErrInProgress) {
@@ -179,8 +176,11 @@ func (s *ControllerServer) finishSnapshot(ref *volumeRef, entry *journal.Entry, 
 
 // snapshotImage takes the snapshot: the source's content cloned into the
 // snapshot image (through a temporary snapshot on the source), and a
-// snapshot on the new image for restores.
-func (s *ControllerServer) snapshotImage(ctx context.Context, ref *volumeRef, entry *journal.Entry) (*snapshotInfo, error) {
+// snapshot on the new image for restores. The image ID and the metadata
+// kv (which replaces what the clone inherited) are written at once, to two
+// objects. The answer is read from the new snapshot (size and creation
+// time, as a retry reads them), which the open image has cached.
+func (s *ControllerServer) snapshotImage(ctx context.Context, ref *volumeRef, entry *journal.Entry, kv map[string]string) (*snapshotInfo, error) {
 	snap := entry.ImageName
 	src, err := ref.p.OpenImage(ref.image(), false)
 	if err != nil {
@@ -218,10 +218,11 @@ func (s *ControllerServer) snapshotImage(ctx context.Context, ref *volumeRef, en
 	if err != nil {
 		return nil, err
 	}
-	if err := s.snapshots.SetImageID(ref.p.Journal(), entry.UUID, id); err != nil {
+	entry.ImageID = id
+	if err := both(func() error { return s.snapshots.SetImageID(ref.p.Journal(), entry.UUID, id) },
+		func() error { return s.recordMetadata(ref.p, entry, kv, true) }); err != nil {
 		return nil, err
 	}
-	entry.ImageID = id
 	if flattenNew || depth > int(s.Options.SoftMaxClones) {
 		if err := queueFlatten(ref.p, snap); err != nil {
 			return nil, err
@@ -292,8 +293,9 @@ func (s *ControllerServer) DeleteSnapshot(ctx context.Context, req *csi.DeleteSn
 	defer releaseName()
 	// Volumes restored from the snapshot keep working: the image goes to the
 	// trash until its last clone is gone.
+	// The image's own snapshot, for restores, is the one it carries.
 	began := time.Now()
-	found, parent, err := s.remover(t).remove(entry.ImageName)
+	found, parent, err := s.remover(t, entry.ImageName).remove(entry.ImageName, entry.ImageID, true)
 	if metrics.Step(metrics.RBD, metrics.StepRemove, began, err) != nil {
 		return nil, err
 	}
