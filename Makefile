@@ -36,8 +36,11 @@ build: root
 
 # Every test, each suite timed: unit tests, the integration tests against the
 # local cluster (started on demand), then the conformance, end-to-end,
-# kernel and compatibility suites.
-SUITES ?= unit lint fuzz integration sanity e2e test-kernel test-compat test-faults image
+# kernel, compatibility and fault suites. "a+b" runs a and b side by side
+# (scripts/run-suites.sh): fuzzing (niced, for a fixed time) next to suites
+# that mostly wait on clusters; the CPU-heavy ones before the e2e leave the
+# cold build of the Kubernetes programs what CPU they can.
+SUITES ?= unit lint integration sanity e2e test-kernel fuzz+test-compat test-faults+image
 test: deps
 	@scripts/run-suites.sh $(SUITES)
 
@@ -51,7 +54,7 @@ unit: root
 FUZZTIME ?= 10s
 FUZZMINIMIZETIME ?= 1s
 fuzz: root
-	$(IN_ROOT) env GO=$(GO) FUZZTIME=$(FUZZTIME) FUZZMINIMIZETIME=$(FUZZMINIMIZETIME) TAGS='$(call tags)' scripts/fuzz.sh
+	$(IN_ROOT) nice -n 10 env GO=$(GO) FUZZTIME=$(FUZZTIME) FUZZMINIMIZETIME=$(FUZZMINIMIZETIME) TAGS='$(call tags)' scripts/fuzz.sh
 
 integration: build
 	$(IN_ROOT) $(GO) test -tags '$(call tags,integration)' -count=1 -p 1 -timeout 30m ./...

@@ -98,7 +98,6 @@ func run(m *testing.M) int {
 		mem := b.memory()
 		theBed = b
 		code = m.Run()
-		testutil.RemoveBinaries()
 		b.c.Close()
 		timings = append([]string{fmt.Sprintf("%-34s up in %.0f s, daemons %s", "bed", upTook.Seconds(), mem)}, timings...)
 	}

@@ -50,6 +50,10 @@ func (e *encryption) journalKMSID() string {
 	return e.KMSID
 }
 
+// encryptionParams are the parameters that only mean something with
+// encrypted=true.
+var encryptionParams = []string{"encryptionKMSID", "encryptionType", "encryptionCipher", "encryptionKeySize", "encryptionSectorSize"}
+
 // parseEncryption reads encrypted, encryptionType, encryptionKMSID and the
 // LUKS options from StorageClass parameters or a volume context; prefix
 // is put before the parameter names in errors ("" or "volume_context.").
@@ -62,6 +66,17 @@ func parseEncryption(p map[string]string, prefix string) (*encryption, error) {
 	}
 	v, ok := p["encrypted"]
 	if !ok || strings.TrimSpace(v) == "" {
+		// A StorageClass naming a KMS or a cipher but not saying
+		// encrypted would get plain volumes its author believes encrypted.
+		// A volume context is what an older driver wrote: taken as it is.
+		if prefix == "" {
+			for _, name := range encryptionParams {
+				if strings.TrimSpace(p[name]) != "" {
+					return nil, bad("encrypted", "is not set but %s is: set encrypted to \"true\" for encrypted volumes "+
+						"(or \"false\" for plain ones)", name)
+				}
+			}
+		}
 		return nil, nil
 	}
 	on, err := strconv.ParseBool(strings.TrimSpace(v))

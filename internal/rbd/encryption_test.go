@@ -154,6 +154,8 @@ func TestEncryptionRefusals(t *testing.T) {
 		param string
 	}{
 		{[]string{"encrypted", "yes please"}, "encrypted"},
+		{[]string{"encryptionKMSID", "sm"}, "encrypted"},
+		{[]string{"encrypted", " ", "encryptionCipher", "aes-xts-plain64"}, "encrypted"},
 		{[]string{"encrypted", "true", "encryptionType", "file"}, "encryptionType"},
 		{[]string{"encrypted", "true", "encryptionKMSID", "vault"}, "encryptionKMSID"},
 		{[]string{"encrypted", "true", "encryptionKMSID", "nope"}, "encryptionKMSID"},
@@ -203,5 +205,18 @@ func TestDefaultKMSStoresNoDEK(t *testing.T) {
 	}
 	if e := c.f.omap("rbd", "csi.volume."+uuidOfID(t, vol.GetVolumeId())); e["csi.volume.encryptKMS"] != "default" {
 		t.Fatalf("journal %v", e)
+	}
+}
+
+// encrypted="false" is an explicit choice: the KMS a shared StorageClass
+// template names is then not used, and the volume is plain.
+func TestExplicitlyPlainVolumeIgnoresItsKMS(t *testing.T) {
+	c := encCtl(t)
+	vol := c.volume("plain", 8<<20, nil, "encrypted", "false", "encryptionKMSID", "sm")
+	if img := c.f.image("rbd", volImage(vol)); img.meta[metaEncrypted] != "" {
+		t.Fatalf("metadata %v: a volume with encrypted=false is plain", img.meta)
+	}
+	if e := c.f.omap("rbd", "csi.volume."+uuidOfID(t, vol.GetVolumeId())); e["csi.volume.encryptKMS"] != "" {
+		t.Fatalf("journal %v: no KMS for a plain volume", e)
 	}
 }

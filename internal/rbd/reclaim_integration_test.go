@@ -59,7 +59,7 @@ func poolUsed(t *testing.T, io *rados.IOContext, what string, ok func(uint64) bo
 			return last
 		}
 	}
-	t.Fatalf("%s: pool %s stores %d bytes", what, pool, last)
+	t.Fatalf("%s: the pool stores %d bytes", what, last)
 	return 0
 }
 
@@ -92,8 +92,14 @@ func syncFS(t *testing.T, path string) {
 func TestReclaimSpaceGivesSpaceToThePool(t *testing.T) {
 	e := startNodeEnv(t)
 	c := e.c
+	// A pool of its own: the shared pool's statistics move with what the
+	// other tests write and delete.
+	const pool = "reclaim-test"
+	c.PrivateRBDPool(t, pool)
 	io := c.IOContext(t, pool)
-	vol := createFuseVolume(t, e, e.d.Controller, 256<<20, "ext4")
+	req := fuseVolumeReq(e, "node", 256<<20, "ext4", nil)
+	req.Parameters["pool"] = pool
+	vol := createVolumeReq(t, e, e.d.Controller, req)
 	image := vol.GetVolumeContext()["imageName"]
 	staging := filepath.Join(e.work, "staging")
 	stage(t, e.d.Node, c, vol, staging, testutil.FSCap("ext4"))

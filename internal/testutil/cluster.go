@@ -7,6 +7,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"net"
 	"os"
@@ -180,6 +181,36 @@ func (c *Cluster) IOContext(t testing.TB, pool string) *rados.IOContext {
 	}
 	t.Cleanup(io.Destroy)
 	return io
+}
+
+// PrivateRBDPool creates an RBD pool of the test's own (for what the shared
+// pools' statistics cannot show while other tests use them) and removes it
+// when the test ends.
+func (c *Cluster) PrivateRBDPool(t testing.TB, name string) {
+	t.Helper()
+	mon := func(cmd map[string]any) error {
+		b, err := json.Marshal(cmd)
+		if err != nil {
+			return err
+		}
+		_, info, err := c.admin.MonCommand(b)
+		if err != nil {
+			return fmt.Errorf("%v: %w (%s)", cmd["prefix"], err, info)
+		}
+		return nil
+	}
+	if err := mon(map[string]any{"prefix": "osd pool create", "pool": name, "pg_num": 8}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := mon(map[string]any{"prefix": "osd pool rm", "pool": name, "pool2": name,
+			"yes_i_really_really_mean_it": true}); err != nil {
+			t.Errorf("removing pool %s: %v", name, err)
+		}
+	})
+	if err := mon(map[string]any{"prefix": "osd pool application enable", "pool": name, "app": "rbd"}); err != nil {
+		t.Fatal(err)
+	}
 }
 
 // Driver is a driver served in-process on a real unix socket.

@@ -1,7 +1,9 @@
 package testutil
 
 import (
+	"crypto/sha256"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -20,7 +22,10 @@ var (
 )
 
 // BuildBinary builds cmd/cephcsi with the given build tags, once per test
-// process and tag set, and returns its path.
+// process and tag set, and returns its path. Every test process of a
+// checkout builds into the same directory under the temporary directory (to
+// a file of its own, renamed into place: a process still running the old
+// binary keeps it), so repeated runs do not pile up binaries.
 func BuildBinary(t testing.TB, tags ...string) string {
 	t.Helper()
 	key := strings.Join(tags, ",")
@@ -29,12 +34,23 @@ func BuildBinary(t testing.TB, tags ...string) string {
 	if bin, ok := binaries[key]; ok {
 		return bin
 	}
-	dir, err := os.MkdirTemp("", "cephcsi-bin")
+	sum := sha256.Sum256([]byte(RepoRoot()))
+	dir := filepath.Join(os.TempDir(), fmt.Sprintf("cephcsi-bin-%x", sum[:6]))
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	name := "cephcsi"
+	if key != "" {
+		name += "-" + strings.ReplaceAll(key, ",", "-")
+	}
+	bin := filepath.Join(dir, name)
+	tmp, err := os.CreateTemp(dir, name+".build*")
 	if err != nil {
 		t.Fatal(err)
 	}
-	bin := filepath.Join(dir, "cephcsi")
-	args := []string{"build", "-o", bin}
+	_ = tmp.Close()
+	defer os.Remove(tmp.Name())
+	args := []string{"build", "-o", tmp.Name()}
 	if key != "" {
 		args = append(args, "-tags", key)
 	}
@@ -43,19 +59,11 @@ func BuildBinary(t testing.TB, tags ...string) string {
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("building cephcsi (tags %q): %v\n%s", key, err, out)
 	}
+	if err := os.Rename(tmp.Name(), bin); err != nil {
+		t.Fatal(err)
+	}
 	binaries[key] = bin
 	return bin
-}
-
-// RemoveBinaries deletes what BuildBinary built, for a TestMain to call
-// once its tests are done.
-func RemoveBinaries() {
-	buildMu.Lock()
-	defer buildMu.Unlock()
-	for key, bin := range binaries {
-		os.RemoveAll(filepath.Dir(bin))
-		delete(binaries, key)
-	}
 }
 
 // Process is the real cephcsi binary serving CSI on a unix socket.
