@@ -35,12 +35,13 @@ build: root
 	$(IN_ROOT) $(GO) build -tags '$(call tags)' -ldflags '$(LDFLAGS)' -o $(BINARY) ./cmd/cephcsi
 
 # Every test, each suite timed: unit tests, the integration tests against the
-# local cluster (started on demand), then the conformance, end-to-end,
-# kernel, compatibility and fault suites. "a+b" runs a and b side by side
-# (scripts/run-suites.sh): fuzzing (niced, for a fixed time) next to suites
-# that mostly wait on clusters; the CPU-heavy ones before the e2e leave the
-# cold build of the Kubernetes programs what CPU they can.
-SUITES ?= unit lint integration sanity e2e test-kernel fuzz+test-compat test-faults+image
+# local cluster (started on demand), then the conformance, compatibility,
+# fault, end-to-end and kernel suites. The suites that mostly wait on
+# clusters come before the e2e: on a cold machine they overlap the niced
+# background build of the Kubernetes programs, which the CPU-heavy ones would
+# slow. "a+b" runs a and b side by side (scripts/run-suites.sh): fuzzing
+# (niced, for a fixed time) next to the image build.
+SUITES ?= unit lint integration sanity test-compat test-faults e2e test-kernel fuzz+image
 test: deps
 	@scripts/run-suites.sh $(SUITES)
 

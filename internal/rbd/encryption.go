@@ -72,8 +72,8 @@ func parseEncryption(p map[string]string, prefix string) (*encryption, error) {
 		if prefix == "" {
 			for _, name := range encryptionParams {
 				if strings.TrimSpace(p[name]) != "" {
-					return nil, bad("encrypted", "is not set but %s is: set encrypted to \"true\" for encrypted volumes "+
-						"(or \"false\" for plain ones)", name)
+					return nil, bad(name, "is set but encrypted is not: set encrypted to \"true\" for encrypted "+
+						"volumes (or \"false\" for plain ones)")
 				}
 			}
 		}

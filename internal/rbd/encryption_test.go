@@ -154,8 +154,8 @@ func TestEncryptionRefusals(t *testing.T) {
 		param string
 	}{
 		{[]string{"encrypted", "yes please"}, "encrypted"},
-		{[]string{"encryptionKMSID", "sm"}, "encrypted"},
-		{[]string{"encrypted", " ", "encryptionCipher", "aes-xts-plain64"}, "encrypted"},
+		{[]string{"encryptionKMSID", "sm"}, "encryptionKMSID"},
+		{[]string{"encrypted", " ", "encryptionCipher", "aes-xts-plain64"}, "encryptionCipher"},
 		{[]string{"encrypted", "true", "encryptionType", "file"}, "encryptionType"},
 		{[]string{"encrypted", "true", "encryptionKMSID", "vault"}, "encryptionKMSID"},
 		{[]string{"encrypted", "true", "encryptionKMSID", "nope"}, "encryptionKMSID"},
