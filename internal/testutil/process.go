@@ -49,7 +49,7 @@ func BuildBinary(t testing.TB, tags ...string) string {
 		t.Fatal(err)
 	}
 	_ = tmp.Close()
-	defer os.Remove(tmp.Name())
+	defer func() { _ = os.Remove(tmp.Name()) }() // gone once renamed; left only by a failed build
 	args := []string{"build", "-o", tmp.Name()}
 	if key != "" {
 		args = append(args, "-tags", key)
