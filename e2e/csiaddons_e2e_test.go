@@ -117,14 +117,17 @@ func (e *env) uidOf(t *testing.T, args ...string) string {
 }
 
 // fakePod makes the API object of a pod of owner (kind/name) whose
-// containers run here as processes, with 127.0.0.1 as its address.
+// containers run here as processes, with 127.0.0.1 as its address. Its
+// scheduler is none that runs: the e2e's real scheduler would bind it to
+// the kubelet node, whose kubelet would then own its status and clear the
+// address the csi-addons manager dials.
 func (e *env) fakePod(t *testing.T, name, ownerKind, ownerName, ownerUID string) string {
 	t.Helper()
 	apiVersion := "apps/v1"
 	e.applyJSON(t, fmt.Sprintf(`{"apiVersion": "v1", "kind": "Pod", "metadata": {"name": %q, "namespace": %q,
  "labels": {"app": "csi-addons-e2e-pod"},
  "ownerReferences": [{"apiVersion": %q, "kind": %q, "name": %q, "uid": %q}]},
- "spec": {"containers": [{"name": "csi-addons", "image": "csi-addons-e2e:none"}]}}`,
+ "spec": {"schedulerName": "csi-addons-e2e-none", "containers": [{"name": "csi-addons", "image": "csi-addons-e2e:none"}]}}`,
 		name, addonsNS, apiVersion, ownerKind, ownerName, ownerUID))
 	e.mustKubectl(t, nil, "patch", "pod", name, "-n", addonsNS, "--subresource=status", "--type=merge",
 		"-p", `{"status": {"podIP": "127.0.0.1", "podIPs": [{"ip": "127.0.0.1"}]}}`)
