@@ -367,7 +367,8 @@ func TestDeployManifestsRBD(t *testing.T) {
 
 	d = deletePods(t, e, apps, "writer", "reader")
 	t.Logf("deploy timing: pods deleted in %s", ms(d))
-	d = deleteAndWait(t, e, "-n", apps, "volumesnapshot/data-snap", "pvc/restored", "pvc/data")
+	beginDel := time.Now()
+	deleteAndWait(t, e, "-n", apps, "volumesnapshot/data-snap", "pvc/restored", "pvc/data")
 	e.wait(t, 3*time.Minute, "--for=delete", "pv/"+data.pv, "pv/"+restored.pv)
 	eventually(t, 3*time.Minute, func() string {
 		if left := append(driverLeftovers(e, r.driver, uids...), rbdOurs(t, io, r.prefix)...); len(left) > 0 {
@@ -375,7 +376,7 @@ func TestDeployManifestsRBD(t *testing.T) {
 		}
 		return ""
 	})
-	t.Logf("deploy timing: snapshot and PVCs deleted, nothing left on the node or in Ceph, in %s", ms(d))
+	t.Logf("deploy timing: snapshot and PVCs deleted, nothing left on the node or in Ceph, in %s", ms(time.Since(beginDel)))
 	if left := rbdLeftovers(t, io, data.id.UUID, sn.id.UUID, restored.id.UUID); len(left) > 0 {
 		t.Errorf("left of the deleted volumes: %v", left)
 	}

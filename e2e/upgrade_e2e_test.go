@@ -23,6 +23,8 @@ import (
 func importUpgradeFrom(t testing.TB, e *env) deployImage {
 	t.Helper()
 	dir := filepath.Join(e.root, "_output", "upgrade-from")
+	begin := time.Now()
+	defer func() { t.Logf("upgrade timing: image of the earlier commit imported in %s", ms(time.Since(begin))) }()
 	img, err := e.node.importCephcsi(filepath.Join(dir, "cephcsi-image.tar"), filepath.Join(dir, "cephcsi"))
 	if err != nil {
 		t.Fatalf("the image of the earlier commit (make e2e builds it with scripts/build-upgrade-image.sh): %v", err)
@@ -124,8 +126,10 @@ func TestHelmUpgradeImageRBD(t *testing.T) {
 	if got := podSHA256(t, e, ns, "reader", "/data/file.bin", 0, 0); got != sum {
 		t.Errorf("the restore holds file.bin as %s, the writer wrote %s", got, sum)
 	}
-	deletePods(t, e, ns, "writer", "reader")
-	d = deleteAndWait(t, e, "-n", ns, "volumesnapshot/data-snap", "pvc/restored", "pvc/data")
+	d = deletePods(t, e, ns, "writer", "reader")
+	t.Logf("upgrade timing: pods deleted in %s", ms(d))
+	begin := time.Now()
+	deleteAndWait(t, e, "-n", ns, "volumesnapshot/data-snap", "pvc/restored", "pvc/data")
 	e.wait(t, 3*time.Minute, "--for=delete", "pv/"+data.pv, "pv/"+restored.pv)
 	eventually(t, 3*time.Minute, func() string {
 		if left := append(driverLeftovers(e, r.driver, uids...), rbdOurs(t, io, r.prefix)...); len(left) > 0 {
@@ -133,7 +137,7 @@ func TestHelmUpgradeImageRBD(t *testing.T) {
 		}
 		return ""
 	})
-	t.Logf("upgrade timing: snapshot and PVCs deleted by the new driver, nothing left, in %s", ms(d))
+	t.Logf("upgrade timing: snapshot and PVCs deleted by the new driver, nothing left, in %s", ms(time.Since(begin)))
 	if left := rbdLeftovers(t, io, data.id.UUID, sn.id.UUID, restored.id.UUID); len(left) > 0 {
 		t.Errorf("left of the deleted volumes: %v", left)
 	}
