@@ -75,10 +75,15 @@ sanity: build
 # it: our image (scripts/build-image.sh) and the CSI sidecars in pods, from
 # the charts and from deploy/ (docs/install.md). See e2e/. E2E_RUN, when
 # set, is go test's -run (e.g. make e2e E2E_RUN='^TestHelm').
+# The upgrade test starts from the image of E2E_UPGRADE_FROM (the merge of
+# the Helm install work; same build.env as now), built into
+# _output/upgrade-from once per commit (needs that commit in the clone).
+E2E_UPGRADE_FROM ?= 7e9881a9130359423304dc8e20ade8e348f20673
 e2e: build
 	@scripts/install-deps.sh e2e
 	e2e/build-tools.sh
 	scripts/build-image.sh
+	TAGS='$(call tags)' scripts/build-upgrade-image.sh $(E2E_UPGRADE_FROM)
 	$(IN_ROOT) $(GO) vet -tags '$(call tags,e2e)' ./e2e/
 	$(IN_ROOT) $(GO) test -tags '$(call tags,e2e)' -count=1 -v -timeout 45m $(if $(E2E_RUN),-run '$(E2E_RUN)') ./e2e/
 

@@ -37,6 +37,13 @@ func releaseOf(kind string) *release {
 func startRelease(t *testing.T, e *env, c *testutil.Cluster, r *release) deployImages {
 	t.Helper()
 	img := importDeployImages(t, e)
+	startReleaseOf(t, e, c, r, img, img.cephcsi)
+	return img
+}
+
+// startReleaseOf is startRelease with the driver's image given.
+func startReleaseOf(t *testing.T, e *env, c *testutil.Cluster, r *release, img deployImages, cephcsi deployImage) {
+	t.Helper()
 	prepareNode(t, e)
 	for _, ns := range []string{r.ns, r.apps} {
 		e.mustKubectl(t, nil, "create", "namespace", ns)
@@ -47,12 +54,11 @@ func startRelease(t *testing.T, e *env, c *testutil.Cluster, r *release) deployI
 	if r.kind == "cephfs" {
 		nodeSecret(t, e, c, r)
 	}
-	writeValues(t, e, r, chartValues(t, e, c, r, img, img.cephcsi))
+	writeValues(t, e, r, chartValues(t, e, c, r, img, cephcsi))
 	cleanupRelease(t, e, r)
 	install(t, e, r)
 	cleanupOnFailure(t, e, r.apps)
 	cleanupPods(t, e, r.apps)
-	return img
 }
 
 // prefixed lists the names that start with prefix.

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# The e2e's image of an earlier commit, for the upgrade test (e2e/
+# upgrade_e2e_test.go): the binary built from `git archive COMMIT` with this
+# checkout's Ceph root (the commit must have the same build.env), and its
+# image by scripts/build-image.sh, in _output/upgrade-from/. Kept while the
+# commit stays the same.
+#
+#   TAGS=<go build tags> scripts/build-upgrade-image.sh COMMIT
+set -euo pipefail
+cd "$(dirname "$0")/.."
+commit=$(git rev-parse --verify "${1:?usage: $0 COMMIT}^{commit}")
+out=_output/upgrade-from
+if [[ -f $out/cephcsi-image.tar && $(cat "$out/commit" 2>/dev/null) == "$commit" ]]; then
+	exit 0
+fi
+if ! git diff --quiet "$commit" HEAD -- build.env; then
+	echo "$0: $commit has another build.env than HEAD; pick a commit with the same Ceph root" >&2
+	exit 1
+fi
+rm -rf "$out"
+mkdir -p "$out/src"
+git archive "$commit" | tar -x -C "$out/src"
+short=$(git rev-parse --short "$commit")
+scripts/in-root go build -C "$out/src" -tags "${TAGS:-}" -ldflags "-X github.com/leanceph/cephcsi/internal/server.Version=$short" \
+	-o "$PWD/$out/cephcsi" ./cmd/cephcsi
+rm -rf "$out/src"
+BINARY=$out/cephcsi IMAGE=$out/cephcsi-image.tar SOURCE_DATE_EPOCH=$(git log -1 --format=%ct "$commit") scripts/build-image.sh
+echo "$commit" >"$out/commit"
