@@ -8,7 +8,17 @@
 #   TAGS=<go build tags> scripts/build-upgrade-image.sh COMMIT
 set -euo pipefail
 cd "$(dirname "$0")/.."
-commit=$(git rev-parse --verify "${1:?usage: $0 COMMIT}^{commit}")
+want=${1:?usage: $0 COMMIT}
+# A shallow clone (as some CI checkouts are) lacks the earlier commit: fetch
+# the history it needs once, and fail saying so if that is not possible.
+if ! git rev-parse -q --verify "$want^{commit}" >/dev/null; then
+	if [[ $(git rev-parse --is-shallow-repository) == true ]]; then
+		git fetch -q --unshallow || git fetch -q origin "$want" || true
+	fi
+	git rev-parse -q --verify "$want^{commit}" >/dev/null ||
+		{ echo "$0: commit $want is not in this clone; the upgrade test needs it (E2E_UPGRADE_FROM)" >&2; exit 1; }
+fi
+commit=$(git rev-parse --verify "$want^{commit}")
 out=_output/upgrade-from
 if [[ -f $out/cephcsi-image.tar && $(cat "$out/commit" 2>/dev/null) == "$commit" ]]; then
 	exit 0
