@@ -52,7 +52,8 @@ run_group() {
 		if make --no-print-directory "$1"; then ok[$1]=ok; else ok[$1]=FAILED; rc=1; fi
 		took[$1]=$(($(now) - t0))
 	else
-		log "=== ${*// / + } (side by side; logs _output/logs/<suite>.log)"
+		local joined="$*"
+		log "=== ${joined// / + } (side by side; logs _output/logs/<suite>.log)"
 		for suite in "$@"; do
 			(
 				t0=$(now)

@@ -135,7 +135,8 @@ func (k *KRBD) Map(ctx context.Context, s Spec) (string, error) {
 	userOpts := splitOptions(s.Options)
 	for _, o := range userOpts {
 		name, _, _ := strings.Cut(o, "=")
-		switch name {
+		// Compared as the kernel might come to: any case, '-' for '_'.
+		switch strings.ToLower(strings.ReplaceAll(name, "-", "_")) {
 		case "name", "secret", "key", "_pool_ns":
 			return "", fmt.Errorf("%w: %q is set by the driver", ErrInvalidOption, name)
 		}
