@@ -18,7 +18,6 @@ import (
 	"time"
 
 	"github.com/ceph/go-ceph/rados"
-	"github.com/ceph/go-ceph/rbd"
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
@@ -286,31 +285,6 @@ func poolStored(t *testing.T, io *rados.IOContext) uint64 {
 	return st.Num_bytes
 }
 
-// dataExtents is how much data an image's objects hold, extent by extent.
-func dataExtents(t *testing.T, io *rados.IOContext, name string) uint64 {
-	t.Helper()
-	img, err := rbd.OpenImageReadOnly(io, name, rbd.NoSnapshot)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer img.Close()
-	size, err := img.GetSize()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var used uint64
-	if err := img.DiffIterate(rbd.DiffIterateConfig{Offset: 0, Length: size, WholeObject: rbd.DisableWholeObject,
-		Callback: func(_, n uint64, exists int, _ any) int {
-			if exists != 0 {
-				used += n
-			}
-			return 0
-		}}); err != nil {
-		t.Fatal(err)
-	}
-	return used
-}
-
 func syncfs(t *testing.T, path string) {
 	t.Helper()
 	f, err := os.Open(path)
@@ -422,7 +396,7 @@ func reclaimSpaceJob(t *testing.T, e *env, c *testutil.Cluster, io *rados.IOCont
 		t.Fatal(err)
 	}
 	syncfs(t, staging)
-	before := dataExtents(t, io, image)
+	before := testutil.AllocatedBytes(t, io, image)
 	// The pool's statistics come from the manager and lag by seconds.
 	var full uint64
 	eventually(t, 45*time.Second, func() string {
@@ -444,7 +418,7 @@ func reclaimSpaceJob(t *testing.T, e *env, c *testutil.Cluster, io *rados.IOCont
 		return ""
 	})
 	job := e.getJSON(t, "reclaimspacejob", "reclaim-data", "-n", addonsNS)
-	after := dataExtents(t, io, image)
+	after := testutil.AllocatedBytes(t, io, image)
 	t.Logf("ReclaimSpaceJob Succeeded in %s (%q), status.reclaimedSpace %q; image %d -> %d bytes",
 		ms(time.Since(begin)), job.str("status.message"), job.str("status.reclaimedSpace"), before, after)
 	// The manager reports max(post-pre, 0) of what the plugins answer

@@ -10,39 +10,11 @@ import (
 	"time"
 
 	"github.com/ceph/go-ceph/rados"
-	"github.com/ceph/go-ceph/rbd"
 	"github.com/csi-addons/spec/lib/go/reclaimspace"
 	"golang.org/x/sys/unix"
 
 	"github.com/leanceph/cephcsi/internal/testutil"
 )
-
-// allocated is the bytes of an image's data extents, as librbd's diff
-// reports them extent by extent (not by whole objects: a trim leaves the
-// objects that still hold some filesystem metadata).
-func allocated(t *testing.T, io *rados.IOContext, name string) uint64 {
-	t.Helper()
-	img, err := rbd.OpenImageReadOnly(io, name, rbd.NoSnapshot)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer img.Close()
-	size, err := img.GetSize()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var used uint64
-	if err := img.DiffIterate(rbd.DiffIterateConfig{Offset: 0, Length: size, WholeObject: rbd.DisableWholeObject,
-		Callback: func(_, n uint64, exists int, _ any) int {
-			if exists != 0 {
-				used += n
-			}
-			return 0
-		}}); err != nil {
-		t.Fatal(err)
-	}
-	return used
-}
 
 // poolUsed waits until the pool's stored bytes (what `ceph df` shows as
 // STORED, from the manager's statistics, which lag by seconds) satisfy
@@ -113,11 +85,11 @@ func TestReclaimSpaceGivesSpaceToThePool(t *testing.T) {
 
 	const data = 64 << 20
 	base := poolUsed(t, io, "before writing", func(uint64) bool { return true })
-	baseImage := allocated(t, io, image)
+	baseImage := testutil.AllocatedBytes(t, io, image)
 	file := filepath.Join(staging, "data")
 	writeFile(t, file, data, true)
 	syncFS(t, staging)
-	written := allocated(t, io, image)
+	written := testutil.AllocatedBytes(t, io, image)
 	if written < baseImage+data*7/8 {
 		t.Fatalf("image holds %d bytes after writing %d (had %d)", written, data, baseImage)
 	}
@@ -129,7 +101,7 @@ func TestReclaimSpaceGivesSpaceToThePool(t *testing.T) {
 		t.Fatal(err)
 	}
 	syncFS(t, staging)
-	deleted := allocated(t, io, image)
+	deleted := testutil.AllocatedBytes(t, io, image)
 	if deleted < written {
 		t.Fatalf("deleting the file alone gave back %d bytes: the test proves nothing", written-deleted)
 	}
@@ -137,7 +109,7 @@ func TestReclaimSpaceGivesSpaceToThePool(t *testing.T) {
 	if _, err := node.NodeReclaimSpace(ctxT(t), nodeReq); err != nil {
 		t.Fatalf("NodeReclaimSpace: %v", err)
 	}
-	trimmed := allocated(t, io, image)
+	trimmed := testutil.AllocatedBytes(t, io, image)
 	t.Logf("node reclaim (fstrim) took %s: image %d -> %d bytes", time.Since(begin).Round(time.Millisecond), deleted, trimmed)
 	if trimmed > deleted-data*3/4 {
 		t.Errorf("after fstrim the image holds %d bytes, want at most %d", trimmed, deleted-data*3/4)
@@ -160,7 +132,7 @@ func TestReclaimSpaceGivesSpaceToThePool(t *testing.T) {
 	}
 	writeFile(t, filepath.Join(staging, "zeros"), 32<<20, false)
 	syncFS(t, staging)
-	zeroed := allocated(t, io, image)
+	zeroed := testutil.AllocatedBytes(t, io, image)
 	if zeroed < trimmed+28<<20 {
 		t.Fatalf("image holds %d bytes after 32 MiB of zeros (had %d)", zeroed, trimmed)
 	}
@@ -170,7 +142,7 @@ func TestReclaimSpaceGivesSpaceToThePool(t *testing.T) {
 	if err != nil {
 		t.Fatalf("ControllerReclaimSpace: %v", err)
 	}
-	sparse := allocated(t, io, image)
+	sparse := testutil.AllocatedBytes(t, io, image)
 	pre, post := resp.GetPreUsage().GetUsageBytes(), resp.GetPostUsage().GetUsageBytes()
 	t.Logf("controller reclaim (sparsify): reported %d -> %d, image %d -> %d bytes", pre, post, zeroed, sparse)
 	if uint64(pre) != zeroed || uint64(post) != sparse {

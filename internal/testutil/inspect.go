@@ -40,6 +40,33 @@ func UUIDOf(t testing.TB, id string) string {
 	return d.UUID
 }
 
+// AllocatedBytes is the bytes of an image's data extents, as librbd's diff
+// reports them extent by extent (not by whole objects: a trim leaves the
+// objects that still hold some filesystem metadata).
+func AllocatedBytes(t testing.TB, io *rados.IOContext, name string) uint64 {
+	t.Helper()
+	img, err := rbd.OpenImageReadOnly(io, name, rbd.NoSnapshot)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer img.Close()
+	size, err := img.GetSize()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var used uint64
+	if err := img.DiffIterate(rbd.DiffIterateConfig{Offset: 0, Length: size, WholeObject: rbd.DisableWholeObject,
+		Callback: func(_, n uint64, exists int, _ any) int {
+			if exists != 0 {
+				used += n
+			}
+			return 0
+		}}); err != nil {
+		t.Fatal(err)
+	}
+	return used
+}
+
 // ImageExists reports whether the pool of io has a live image name.
 func ImageExists(t testing.TB, io *rados.IOContext, name string) bool {
 	t.Helper()
