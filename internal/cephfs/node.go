@@ -2,7 +2,6 @@ package cephfs
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -60,6 +59,7 @@ func (n *NodeServer) NodeGetCapabilities(context.Context, *csi.NodeGetCapabiliti
 	return &csi.NodeGetCapabilitiesResponse{Capabilities: request.NodeCapabilities(
 		csi.NodeServiceCapability_RPC_STAGE_UNSTAGE_VOLUME,
 		csi.NodeServiceCapability_RPC_GET_VOLUME_STATS,
+		csi.NodeServiceCapability_RPC_GET_VOLUME_HEALTH,
 		csi.NodeServiceCapability_RPC_SINGLE_NODE_MULTI_WRITER,
 	)}, nil
 }
@@ -462,18 +462,31 @@ func (n *NodeServer) NodeUnpublishVolume(ctx context.Context, req *csi.NodeUnpub
 
 // NodeGetVolumeStats implements csi.NodeServer.
 func (n *NodeServer) NodeGetVolumeStats(ctx context.Context, req *csi.NodeGetVolumeStatsRequest) (*csi.NodeGetVolumeStatsResponse, error) {
+	p := req.GetVolumePath()
 	if err := nodeutil.VolumeAndPaths(req.GetVolumeId()); err != nil {
 		return nil, err
 	}
-	if err := nodeutil.VolumePath(req.GetVolumePath()); err != nil {
+	if err := nodeutil.VolumePath(p); err != nil {
 		return nil, err
 	}
-	p := req.GetVolumePath()
-	if _, err := os.Stat(p); err != nil {
-		if errors.Is(err, os.ErrNotExist) {
-			return nil, csierr.Errorf(csierr.ErrNotFound, "volume path %s does not exist", p)
+	return nodeutil.VolumeStats(n.publisher.ProbePath(p, nodeutil.ProbeTimeout), p, func(st *unix.Statfs_t) []*csi.VolumeUsage {
+		return quotaUsage(p, st)
+	})
+}
+
+// NodeGetVolumeHealth implements csi.NodeServer: the staging mount and each
+// publish target must answer; a ceph-fuse that died leaves them
+// ENOTCONN.
+func (n *NodeServer) NodeGetVolumeHealth(ctx context.Context, req *csi.NodeGetVolumeHealthRequest) (*csi.NodeGetVolumeHealthResponse, error) {
+	hp, err := nodeutil.CheckHealth(req, func() (*nodeutil.Staged, error) {
+		var rec stagedVolume
+		if ok, err := n.state.Load(req.GetVolumeId(), &rec); err != nil || !ok {
+			return nil, err
 		}
-		return nil, fmt.Errorf("stat %s: %w", p, err)
+		return &nodeutil.Staged{StagingPath: rec.StagingPath, Targets: rec.Targets}, nil
+	})
+	if err != nil {
+		return nil, err
 	}
-	return quotaStats(p)
+	return n.publisher.Health(req.GetVolumeId(), hp), nil
 }

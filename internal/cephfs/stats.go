@@ -10,22 +10,18 @@ import (
 	"github.com/leanceph/cephcsi/internal/nodeutil"
 )
 
-// quotaStats reports a mounted volume's usage against its quota. CephFS
+// quotaUsage reports a mounted volume's usage against its quota. CephFS
 // keeps recursive statistics and the quota as virtual xattrs of the
 // directory; statfs only approximates them (ceph-fuse rounds the quota down
 // to 4 MiB and reports no inode limit), so the xattrs win when present.
-func quotaStats(path string) (*csi.NodeGetVolumeStatsResponse, error) {
-	resp, err := nodeutil.FilesystemStats(path)
-	if err != nil {
-		return nil, err
-	}
+func quotaUsage(path string, st *unix.Statfs_t) []*csi.VolumeUsage {
 	maxBytes, okMax := xattrInt(path, "ceph.quota.max_bytes")
 	usedBytes, okUsed := xattrInt(path, "ceph.dir.rbytes")
 	files, okFiles := xattrInt(path, "ceph.dir.rfiles")
 	dirs, okDirs := xattrInt(path, "ceph.dir.rsubdirs")
 	maxFiles, _ := xattrInt(path, "ceph.quota.max_files")
 	var out []*csi.VolumeUsage
-	for _, u := range resp.GetUsage() {
+	for _, u := range nodeutil.StatfsUsage(st) {
 		switch {
 		case u.GetUnit() == csi.VolumeUsage_BYTES && okMax && okUsed && maxBytes > 0:
 			u = &csi.VolumeUsage{Unit: csi.VolumeUsage_BYTES, Total: maxBytes, Used: usedBytes, Available: max(maxBytes-usedBytes, 0)}
@@ -39,8 +35,7 @@ func quotaStats(path string) (*csi.NodeGetVolumeStatsResponse, error) {
 		}
 		out = append(out, u)
 	}
-	resp.Usage = out
-	return resp, nil
+	return out
 }
 
 // xattrInt reads a numeric CephFS virtual xattr.

@@ -147,24 +147,6 @@ func (p *Publisher) Unpublish(target string, ours bool) error {
 // the driver created it.
 func (p *Published) Owns(target string) bool { return slices.Contains(p.Targets, target) }
 
-// FilesystemStats reports bytes and inodes of the filesystem at path.
-func FilesystemStats(path string) (*csi.NodeGetVolumeStatsResponse, error) {
-	var st unix.Statfs_t
-	if err := unix.Statfs(path, &st); err != nil {
-		if errors.Is(err, unix.ENOENT) {
-			return nil, csierr.Errorf(csierr.ErrNotFound, "volume path %s does not exist", path)
-		}
-		return nil, fmt.Errorf("statfs %s: %w", path, err)
-	}
-	bs := st.Bsize
-	return &csi.NodeGetVolumeStatsResponse{Usage: []*csi.VolumeUsage{
-		{Unit: csi.VolumeUsage_BYTES, Total: int64(st.Blocks) * bs, Available: int64(st.Bavail) * bs,
-			Used: int64(st.Blocks-st.Bfree) * bs},
-		{Unit: csi.VolumeUsage_INODES, Total: int64(st.Files), Available: int64(st.Ffree),
-			Used: int64(st.Files - st.Ffree)},
-	}}, nil
-}
-
 // BlockSize returns the size of the block device at path.
 func BlockSize(path string) (int64, error) {
 	f, err := os.Open(path)

@@ -132,19 +132,6 @@ func TestRequireNamesField(t *testing.T) {
 	}
 }
 
-func TestFilesystemStats(t *testing.T) {
-	resp, err := FilesystemStats(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(resp.Usage) != 2 || resp.Usage[0].Total <= 0 || resp.Usage[1].Total <= 0 {
-		t.Fatalf("stats = %v", resp)
-	}
-	if _, err := FilesystemStats("/nonexistent/path"); csierr.Code(err) != codes.NotFound {
-		t.Fatalf("missing path: %v", err)
-	}
-}
-
 // testRecord is a node record as the drivers keep them.
 type testRecord struct {
 	Device string `json:"device"`

@@ -811,6 +811,10 @@ func TestNodeBlockVolumeWriteRead(t *testing.T) {
 	if u := stats.GetUsage(); len(u) != 1 || u[0].GetUnit() != csi.VolumeUsage_BYTES || u[0].GetTotal() != 32<<20 {
 		t.Errorf("block stats = %v, want total 32 MiB", u)
 	}
+	// Health reads the mapped device and the published one past the cache.
+	if st := volumeHealth(t, e.d.Node, vol.GetVolumeId()); len(st) != 0 {
+		t.Errorf("health of a published block volume = %v, want none", st)
+	}
 
 	// Grow the image; a block volume needs only the device to follow.
 	exp, err := expandVolume(t, e, vol, 48<<20, vcap, staging, target)
@@ -1233,8 +1237,9 @@ func TestNodeRestartWithRealBinary(t *testing.T) {
 
 // TestNodeFuseHelperDeathIsReportedAndCleanedUp kills the FUSE helper of
 // a staged volume (what a node plugin container restart does) and checks
-// that a new stage reports the stale mapping instead of mapping a second
-// copy, and that unstage still cleans everything up.
+// that NodeGetVolumeHealth sees it, that a new stage reports the stale
+// mapping instead of mapping a second copy, and that unstage still cleans
+// everything up.
 func TestNodeFuseHelperDeathIsReportedAndCleanedUp(t *testing.T) {
 	e := startNodeEnv(t)
 	ctx := ctxT(t)
@@ -1243,6 +1248,9 @@ func TestNodeFuseHelperDeathIsReportedAndCleanedUp(t *testing.T) {
 	vcap := testutil.FSCap("")
 	stage(t, e.d.Node, e.c, vol, staging, vcap)
 	device := mountAt(t, staging).Source
+	if st := volumeHealth(t, e.d.Node, vol.GetVolumeId()); len(st) != 0 {
+		t.Errorf("health of a served volume = %v, want none", st)
+	}
 	procs := helperProcs(t, e.pluginDir)
 	if len(procs) != 1 {
 		t.Fatalf("FUSE helpers = %d, want 1", len(procs))
@@ -1256,6 +1264,13 @@ func TestNodeFuseHelperDeathIsReportedAndCleanedUp(t *testing.T) {
 	for len(helperProcs(t, e.pluginDir)) > 0 && time.Now().Before(deadline) {
 		time.Sleep(20 * time.Millisecond)
 	}
+	// The filesystem's in-memory state still answers statfs; the device
+	// read below it is what fails.
+	st := volumeHealth(t, e.d.Node, vol.GetVolumeId())
+	if len(st) != 1 || st[0].GetStatus() != csi.VolumeHealthErrorType_INACCESSIBLE || st[0].GetReason() != "IOError" ||
+		!strings.Contains(st[0].GetMessage(), "reading "+device) {
+		t.Errorf("health with a dead helper = %v, want INACCESSIBLE, IOError reading %s", st, device)
+	}
 	_, err := e.d.Node.NodeStageVolume(ctx, stageReq(e.c, vol, staging, vcap))
 	if status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), "exited") {
 		t.Errorf("stage with a dead helper: %v, want FailedPrecondition about the exited helper", err)
@@ -1265,6 +1280,9 @@ func TestNodeFuseHelperDeathIsReportedAndCleanedUp(t *testing.T) {
 	}
 	unstage(t, e.d.Node, vol, staging)
 	assertCleanNode(t, e)
+	if _, err := e.d.Node.NodeGetVolumeHealth(ctx, &csi.NodeGetVolumeHealthRequest{VolumeId: vol.GetVolumeId()}); status.Code(err) != codes.NotFound {
+		t.Errorf("health of an unstaged volume: %v, want NotFound", err)
+	}
 	// Once the dead helper's mount is gone the loop device no longer names
 	// a path below the plugin directory: check the device itself.
 	assertLoopDetached(t, device, vol.GetVolumeContext()["imageName"])
@@ -1275,6 +1293,17 @@ func TestNodeFuseHelperDeathIsReportedAndCleanedUp(t *testing.T) {
 	}
 	unstage(t, e.d.Node, vol, staging)
 	assertCleanNode(t, e)
+}
+
+// volumeHealth is NodeGetVolumeHealth of a staged volume, by the node's
+// record of it.
+func volumeHealth(t *testing.T, node csi.NodeClient, volumeID string) []*csi.VolumeHealth_VolumeHealthEntry {
+	t.Helper()
+	resp, err := node.NodeGetVolumeHealth(ctxT(t), &csi.NodeGetVolumeHealthRequest{VolumeId: volumeID})
+	if err != nil {
+		t.Fatalf("NodeGetVolumeHealth: %v", err)
+	}
+	return resp.GetVolumeHealth().GetHealthStatuses()
 }
 
 // TestNodeFuseThroughput prints, and never asserts, the sequential

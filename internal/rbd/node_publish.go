@@ -2,13 +2,14 @@ package rbd
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 
 	"github.com/leanceph/cephcsi/internal/csierr"
+	"github.com/leanceph/cephcsi/internal/luks"
 	"github.com/leanceph/cephcsi/internal/nodeutil"
 	"github.com/leanceph/cephcsi/internal/request"
 )
@@ -96,26 +97,29 @@ func (s *NodeServer) NodeGetVolumeStats(ctx context.Context, req *csi.NodeGetVol
 	if err := nodeutil.VolumePath(path); err != nil {
 		return nil, err
 	}
-	fi, err := os.Stat(path)
-	if errors.Is(err, os.ErrNotExist) {
-		return nil, csierr.Errorf(csierr.ErrNotFound, "volume_path %s does not exist", path)
-	}
-	if err != nil {
-		return nil, fmt.Errorf("volume_path %s: %w", path, err)
-	}
-	if fi.Mode()&os.ModeDevice != 0 {
-		size, err := nodeutil.BlockSize(path)
-		if err != nil {
-			return nil, fmt.Errorf("size of %s: %w", path, err)
+	return nodeutil.VolumeStats(s.publisher.ProbePath(path, nodeutil.ProbeTimeout), path, nodeutil.StatfsUsage)
+}
+
+// NodeGetVolumeHealth implements csi.NodeServer: the mapped device must
+// read, and the staging mount (filesystem volumes) and each publish target
+// must answer.
+func (s *NodeServer) NodeGetVolumeHealth(ctx context.Context, req *csi.NodeGetVolumeHealthRequest) (*csi.NodeGetVolumeHealthResponse, error) {
+	hp, err := nodeutil.CheckHealth(req, func() (*nodeutil.Staged, error) {
+		var rec stageRecord
+		if ok, err := s.state.Load(req.GetVolumeId(), &rec); err != nil || !ok {
+			return nil, err
 		}
-		return &csi.NodeGetVolumeStatsResponse{Usage: []*csi.VolumeUsage{{Unit: csi.VolumeUsage_BYTES, Total: size}}}, nil
-	}
-	mounted, err := s.publisher.IsMountPoint(path)
+		st := &nodeutil.Staged{StagingPath: rec.StagingPath, Targets: rec.Targets, Block: rec.Block}
+		if rec.Device != "" {
+			st.Devices = append(st.Devices, rec.Device)
+		}
+		if rec.Crypt != "" {
+			st.Devices = append(st.Devices, filepath.Join(luks.MapperDir, rec.Crypt))
+		}
+		return st, nil
+	})
 	if err != nil {
-		return nil, fmt.Errorf("checking %s: %w", path, err)
+		return nil, err
 	}
-	if !mounted {
-		return nil, csierr.Errorf(csierr.ErrNotFound, "volume_path %s is not a mounted volume", path)
-	}
-	return nodeutil.FilesystemStats(path)
+	return s.publisher.Health(req.GetVolumeId(), hp), nil
 }

@@ -130,11 +130,12 @@ func TestNodeCapabilitiesAndInfo(t *testing.T) {
 	}
 	want := map[csi.NodeServiceCapability_RPC_Type]bool{
 		csi.NodeServiceCapability_RPC_STAGE_UNSTAGE_VOLUME: true, csi.NodeServiceCapability_RPC_EXPAND_VOLUME: true,
-		csi.NodeServiceCapability_RPC_GET_VOLUME_STATS: true, csi.NodeServiceCapability_RPC_SINGLE_NODE_MULTI_WRITER: true}
+		csi.NodeServiceCapability_RPC_GET_VOLUME_STATS: true, csi.NodeServiceCapability_RPC_SINGLE_NODE_MULTI_WRITER: true,
+		csi.NodeServiceCapability_RPC_GET_VOLUME_HEALTH: true}
 	for _, c := range caps.GetCapabilities() {
 		delete(want, c.GetRpc().GetType())
 	}
-	if len(want) != 0 || len(caps.GetCapabilities()) != 4 {
+	if len(want) != 0 || len(caps.GetCapabilities()) != 5 {
 		t.Errorf("capabilities = %v; missing %v", caps.GetCapabilities(), want)
 	}
 	info, err := u.srv.NodeGetInfo(context.Background(), &csi.NodeGetInfoRequest{})
