@@ -499,6 +499,10 @@ func nodeCalls(c *testutil.Cluster, rbdDrv, fsDrv *testutil.Driver, rbdVol, fsVo
 		// nothing is published there.
 		call("rbd NodeGetVolumeStats at a relative path", codes.NotFound, rbdNode.NodeGetVolumeStats, &csi.NodeGetVolumeStatsRequest{VolumeId: rbdVol.GetVolumeId(), VolumePath: "x"}),
 		call("rbd NodeGetVolumeStats at a missing path", codes.NotFound, rbdNode.NodeGetVolumeStats, &csi.NodeGetVolumeStatsRequest{VolumeId: rbdVol.GetVolumeId(), VolumePath: target + "-none"}),
+		call("rbd NodeGetVolumeHealth at a relative staging path", ia, rbdNode.NodeGetVolumeHealth, &csi.NodeGetVolumeHealthRequest{VolumeId: rbdVol.GetVolumeId(), StagingTargetPath: "rel"}),
+		call("rbd NodeGetVolumeHealth of a volume not staged here", codes.NotFound, rbdNode.NodeGetVolumeHealth, &csi.NodeGetVolumeHealthRequest{VolumeId: rbdVol.GetVolumeId() + "0"}),
+		call("cephfs NodeGetVolumeHealth at an unclean publish path", ia, fsNode.NodeGetVolumeHealth, &csi.NodeGetVolumeHealthRequest{VolumeId: fsVol.GetVolumeId(), VolumePublishPath: "/a/../b"}),
+		call("cephfs NodeGetVolumeHealth without a volume ID", ia, fsNode.NodeGetVolumeHealth, &csi.NodeGetVolumeHealthRequest{}),
 		call("rbd NodeExpandVolume at a relative path", codes.NotFound, rbdNode.NodeExpandVolume, &csi.NodeExpandVolumeRequest{VolumeId: rbdVol.GetVolumeId(), VolumePath: "x"}),
 		fsStage("at a relative staging path", ia, func(r *csi.NodeStageVolumeRequest) { r.StagingTargetPath = "rel" }),
 		fsStage("without fsName in the context", ia, func(r *csi.NodeStageVolumeRequest) { delete(r.VolumeContext, "fsName") }),
