@@ -2,18 +2,12 @@ package inspect
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 
-	corev1 "k8s.io/api/core/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
-	"k8s.io/apimachinery/pkg/runtime/schema"
-	"k8s.io/client-go/dynamic"
-	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/tools/clientcmd"
-
 	"github.com/leanceph/cephcsi/internal/csierr"
+	"github.com/leanceph/cephcsi/internal/kube"
 )
 
 // PV is a PersistentVolume of one of our drivers.
@@ -46,92 +40,112 @@ type Kube struct {
 	Named map[string]string
 }
 
-var (
-	contentsGVR  = schema.GroupVersionResource{Group: "snapshot.storage.k8s.io", Version: "v1", Resource: "volumesnapshotcontents"}
-	snapshotsGVR = schema.GroupVersionResource{Group: "snapshot.storage.k8s.io", Version: "v1", Resource: "volumesnapshots"}
+// The objects inspect reads, as much of them as it reads.
+type (
+	pvObject struct {
+		Metadata kube.Meta `json:"metadata"`
+		Spec     struct {
+			CSI *struct {
+				Driver           string            `json:"driver"`
+				VolumeHandle     string            `json:"volumeHandle"`
+				VolumeAttributes map[string]string `json:"volumeAttributes"`
+			} `json:"csi"`
+			ClaimRef *struct {
+				Namespace string `json:"namespace"`
+				Name      string `json:"name"`
+			} `json:"claimRef"`
+		} `json:"spec"`
+		Status struct {
+			Phase string `json:"phase"`
+		} `json:"status"`
+	}
+	contentObject struct {
+		Metadata kube.Meta `json:"metadata"`
+		Spec     struct {
+			Driver string `json:"driver"`
+			Source struct {
+				SnapshotHandle string `json:"snapshotHandle"`
+			} `json:"source"`
+			VolumeSnapshotRef struct {
+				Namespace string `json:"namespace"`
+				Name      string `json:"name"`
+			} `json:"volumeSnapshotRef"`
+		} `json:"spec"`
+		Status struct {
+			SnapshotHandle string `json:"snapshotHandle"`
+		} `json:"status"`
+	}
+	metaOnly struct {
+		Metadata kube.Meta `json:"metadata"`
+	}
 )
 
 // ReadKube lists the PVs, PVCs, VolumeSnapshotContents and VolumeSnapshots
 // (the snapshot CRDs may be absent: no snapshots then) that concern the
 // drivers named.
 func ReadKube(ctx context.Context, kubeconfig string, drivers []string) (*Kube, error) {
-	cfg, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
-	if err != nil {
-		return nil, csierr.Errorf(csierr.ErrInvalid, "--kubeconfig: %v", err)
-	}
-	cs, err := kubernetes.NewForConfig(cfg)
-	if err != nil {
-		return nil, err
-	}
-	dyn, err := dynamic.NewForConfig(cfg)
-	if err != nil {
-		return nil, err
-	}
+	return readKube(ctx, &kube.Client{Kubeconfig: kubeconfig}, drivers)
+}
+
+func readKube(ctx context.Context, c *kube.Client, drivers []string) (*Kube, error) {
 	ours := map[string]bool{}
 	for _, d := range drivers {
 		ours[d] = true
 	}
 	k := &Kube{ClaimUIDs: map[string]bool{}, SnapshotUIDs: map[string]bool{}, Named: map[string]string{}}
-	pvs, err := cs.CoreV1().PersistentVolumes().List(ctx, metav1.ListOptions{})
-	if err != nil {
-		return nil, csierr.Errorf(csierr.ErrUnavailable, "listing PersistentVolumes: %v", err)
+	failed := func(what string, err error) error {
+		if errors.Is(err, kube.ErrConfig) {
+			return csierr.Errorf(csierr.ErrInvalid, "--kubeconfig: %v", err)
+		}
+		return csierr.Errorf(csierr.ErrUnavailable, "listing %s: %v", what, err)
 	}
-	for _, pv := range pvs.Items {
+	err := kube.List(ctx, c, "/api/v1/persistentvolumes", func(pv *pvObject) {
 		c := pv.Spec.CSI
 		if c == nil {
-			continue
+			return
 		}
-		k.Named[c.VolumeHandle] = "pv/" + pv.Name + " of driver " + c.Driver
+		k.Named[c.VolumeHandle] = "pv/" + pv.Metadata.Name + " of driver " + c.Driver
 		if !ours[c.Driver] {
-			continue
+			return
 		}
-		p := PV{Name: pv.Name, Driver: c.Driver, Handle: c.VolumeHandle, Phase: string(pv.Status.Phase),
+		p := PV{Name: pv.Metadata.Name, Driver: c.Driver, Handle: c.VolumeHandle, Phase: pv.Status.Phase,
 			Static: c.VolumeAttributes["staticVolume"] == "true" || c.VolumeAttributes["rootPath"] != ""}
 		if r := pv.Spec.ClaimRef; r != nil {
 			p.Claim = r.Namespace + "/" + r.Name
 		}
 		k.PVs = append(k.PVs, p)
-	}
-	pvcs, err := cs.CoreV1().PersistentVolumeClaims(corev1.NamespaceAll).List(ctx, metav1.ListOptions{})
+	})
 	if err != nil {
-		return nil, csierr.Errorf(csierr.ErrUnavailable, "listing PersistentVolumeClaims: %v", err)
+		return nil, failed("PersistentVolumes", err)
 	}
-	for _, c := range pvcs.Items {
-		k.ClaimUIDs[string(c.UID)] = true
+	if err := kube.List(ctx, c, "/api/v1/persistentvolumeclaims", func(o *metaOnly) { k.ClaimUIDs[o.Metadata.UID] = true }); err != nil {
+		return nil, failed("PersistentVolumeClaims", err)
 	}
-	contents, err := dyn.Resource(contentsGVR).List(ctx, metav1.ListOptions{})
-	switch {
-	case err != nil && strings.Contains(err.Error(), "the server could not find the requested resource"):
-		return k, nil // no snapshot CRDs: no snapshots of Kubernetes
-	case err != nil:
-		return nil, csierr.Errorf(csierr.ErrUnavailable, "listing VolumeSnapshotContents: %v", err)
-	}
-	for _, o := range contents.Items {
-		driver, _, _ := unstructured.NestedString(o.Object, "spec", "driver")
-		c := Content{Name: o.GetName(), Driver: driver}
-		c.Handle, _, _ = unstructured.NestedString(o.Object, "status", "snapshotHandle")
-		if c.Handle == "" { // pre-provisioned
-			c.Handle, _, _ = unstructured.NestedString(o.Object, "spec", "source", "snapshotHandle")
+	err = kube.List(ctx, c, "/apis/snapshot.storage.k8s.io/v1/volumesnapshotcontents", func(o *contentObject) {
+		driver := o.Spec.Driver
+		cnt := Content{Name: o.Metadata.Name, Driver: driver, Handle: o.Status.SnapshotHandle}
+		if cnt.Handle == "" { // pre-provisioned
+			cnt.Handle = o.Spec.Source.SnapshotHandle
 		}
-		if c.Handle != "" {
-			k.Named[c.Handle] = "volumesnapshotcontent/" + c.Name + " of driver " + driver
+		if cnt.Handle != "" {
+			k.Named[cnt.Handle] = "volumesnapshotcontent/" + cnt.Name + " of driver " + driver
 		}
 		if !ours[driver] {
-			continue
+			return
 		}
-		ns, _, _ := unstructured.NestedString(o.Object, "spec", "volumeSnapshotRef", "namespace")
-		name, _, _ := unstructured.NestedString(o.Object, "spec", "volumeSnapshotRef", "name")
-		if name != "" {
-			c.Snapshot = ns + "/" + name
+		if r := o.Spec.VolumeSnapshotRef; r.Name != "" {
+			cnt.Snapshot = r.Namespace + "/" + r.Name
 		}
-		k.Contents = append(k.Contents, c)
+		k.Contents = append(k.Contents, cnt)
+	})
+	switch {
+	case errors.Is(err, kube.ErrNotFound):
+		return k, nil // no snapshot CRDs: no snapshots of Kubernetes
+	case err != nil:
+		return nil, failed("VolumeSnapshotContents", err)
 	}
-	snaps, err := dyn.Resource(snapshotsGVR).Namespace(corev1.NamespaceAll).List(ctx, metav1.ListOptions{})
-	if err != nil {
-		return nil, csierr.Errorf(csierr.ErrUnavailable, "listing VolumeSnapshots: %v", err)
-	}
-	for _, o := range snaps.Items {
-		k.SnapshotUIDs[string(o.GetUID())] = true
+	if err := kube.List(ctx, c, "/apis/snapshot.storage.k8s.io/v1/volumesnapshots", func(o *metaOnly) { k.SnapshotUIDs[o.Metadata.UID] = true }); err != nil {
+		return nil, failed("VolumeSnapshots", err)
 	}
 	return k, nil
 }
