@@ -73,9 +73,13 @@ func hostMountNS() (string, error) {
 // hostProc is /proc/<pid> of a process in the host's mount namespace.
 func (n *node) hostProc() string { return filepath.Dir(filepath.Dir(n.hostNS)) }
 
-// host runs a command in the host's mount namespace.
+// host runs a command in the host's mount namespace, in the checkout. The
+// directory is entered by its path once there (env -C): nsenter's --wd
+// opens it before switching, and a directory of this namespace's mounts is
+// unreachable from the host's, which broke checkouts under /tmp (bound
+// apart by scripts/in-root).
 func (n *node) hostCmd(args ...string) *exec.Cmd {
-	return exec.Command("nsenter", append([]string{"--mount=" + n.hostNS, "--wd=" + n.e.root, "--"}, args...)...)
+	return exec.Command("nsenter", append([]string{"--mount=" + n.hostNS, "--", "/usr/bin/env", "-C", n.e.root}, args...)...)
 }
 
 func (n *node) host(args ...string) error {
