@@ -173,6 +173,11 @@ func compareChartWithDeploy(t *testing.T, kind string, chart, deployed []obj) {
 	if a, b := rules(find(t, chart, "Role", "-provisioner")), rules(find(t, deployed, "Role", "-external-provisioner-cfg")); a != b {
 		t.Errorf("leader election Role rules differ:\nchart:  %s\ndeploy: %s", a, b)
 	}
+	if kind == "rbd" { // the KMS ConfigMap: only RBD volumes are encrypted
+		if a, b := rules(find(t, chart, "Role", "-nodeplugin")), rules(find(t, deployed, "Role", "-csi-nodeplugin-cfg")); a != b {
+			t.Errorf("nodeplugin Role rules differ:\nchart:  %s\ndeploy: %s", a, b)
+		}
+	}
 	cs, ds := find(t, chart, "CSIDriver", "csi.ceph.com"), find(t, deployed, "CSIDriver", "csi.ceph.com")
 	if !reflect.DeepEqual(cs.get("spec"), ds.get("spec")) || cs.str("metadata.name") != ds.str("metadata.name") {
 		t.Errorf("CSIDriver differs: chart %v %v, deploy %v %v", cs.str("metadata.name"), cs.get("spec"), ds.str("metadata.name"), ds.get("spec"))

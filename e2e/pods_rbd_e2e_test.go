@@ -252,12 +252,7 @@ func TestPodsRBD(t *testing.T) {
 	e.wait(t, 3*time.Minute, append([]string{"--for=delete"}, "pv/"+restored.pv, "pv/"+clone.pv, "pv/"+blkRestored.pv)...)
 	deleteAndWait(t, e, "-n", ns, "pvc/fs", "pvc/blk", "pvc/grow")
 	e.wait(t, 3*time.Minute, append([]string{"--for=delete"}, pvs...)...)
-	eventually(t, 2*time.Minute, func() string {
-		if left := rbdLeftovers(t, io, ours...); len(left) > 0 {
-			return fmt.Sprintf("left on Ceph: %v", left)
-		}
-		return ""
-	})
+	awaitNoRBDLeftovers(t, io, ours...)
 	ctrl.checkRunning(t)
 	ctrl.checkRBAC(t)
 	checkNoSecretsInLogs(t, e, provKey, nodeKey)

@@ -169,12 +169,7 @@ func TestRBD(t *testing.T) {
 	// 6b. Delete everything, the snapshot first: nothing of ours stays on
 	// Ceph, not in the trash, not in the journal.
 	deleteSnapshotThenPVCs(t, e, "rbd", ns, sn, "clone", "restore", "restore-big", "src")
-	eventually(t, 2*time.Minute, func() string {
-		if left := rbdLeftovers(t, io, ours...); len(left) > 0 {
-			return fmt.Sprintf("left on Ceph: %v", left)
-		}
-		return ""
-	})
+	awaitNoRBDLeftovers(t, io, ours...)
 	pod.checkRunning(t)
 	pod.checkRBAC(t)
 	checkNoSecretsInLogs(t, e, provKey, c.Var("CEPH_RBD_NODE_KEY"))
@@ -219,6 +214,18 @@ func checkSnapJournal(t testing.TB, io *rados.IOContext, sn snap, image, source 
 	if j := testutil.Omap(t, io, "csi.snap."+sn.id.UUID); j["csi.imagename"] != image || j["csi.source"] != source {
 		t.Errorf("journal csi.snap.%s = %v", sn.id.UUID, j)
 	}
+}
+
+// awaitNoRBDLeftovers waits up to two minutes for nothing carrying one of
+// the UUIDs to be left on Ceph (deletes finish after the PV is gone).
+func awaitNoRBDLeftovers(t testing.TB, io *rados.IOContext, uuids ...string) {
+	t.Helper()
+	eventually(t, 2*time.Minute, func() string {
+		if left := rbdLeftovers(t, io, uuids...); len(left) > 0 {
+			return fmt.Sprintf("left on Ceph: %v", left)
+		}
+		return ""
+	})
 }
 
 // rbdLeftovers lists images, trash entries, RADOS objects and journal keys
