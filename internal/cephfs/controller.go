@@ -514,13 +514,7 @@ func (s *ControllerServer) DeleteVolume(ctx context.Context, req *csi.DeleteVolu
 // ControllerExpandVolume implements csi.ControllerServer. The quota is the
 // size; nothing is left for the node to do.
 func (s *ControllerServer) ControllerExpandVolume(ctx context.Context, req *csi.ControllerExpandVolumeRequest) (*csi.ControllerExpandVolumeResponse, error) {
-	if req.GetVolumeId() == "" {
-		return nil, csierr.Field("volume_id", "is required")
-	}
-	if req.GetCapacityRange() == nil {
-		return nil, csierr.Field("capacity_range", "is required")
-	}
-	size, err := request.RoundedSize(req.GetCapacityRange())
+	size, err := request.ExpandSize(req)
 	if err != nil {
 		return nil, err
 	}

@@ -3,9 +3,7 @@ package inspect
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
-	"strings"
 	"time"
 
 	fsadmin "github.com/ceph/go-ceph/cephfs/admin"
@@ -119,54 +117,28 @@ func (s *session) inspectFilesystem(conn *rados.Conn, fa *fsadmin.FSAdmin, clust
 		snapsOf[sv] = m
 		return m
 	}
-	store := journal.RadosStore{IO: io}
 	known := map[string]bool{}
 	// volumes are the volume entries by subvolume name, for the temporary
 	// snapshots of PVC clones.
 	volumes := map[string]bool{}
-	for _, jr := range s.rbdJournals() {
-		dirMod := time.Time{}
-		if st, err := io.Stat(jr.j.Directory()); err == nil {
-			dirMod = st.ModTime
+	s.journalEntries(io, loc, fail, func(jr rbdJournal, e *journal.Entry) {
+		handle, _ := volid.ID{ClusterID: clusterID, LocationID: f.id, UUID: e.UUID}.Encode()
+		en := Entry{Kind: jr.kind, UUID: e.UUID, Handle: handle, RequestName: e.RequestName, Image: e.ImageName, Linked: true, Source: e.Source}
+		if jr.kind == "volume" {
+			// A snapshot-backed volume has no subvolume of its own.
+			en.Exists = exists[e.ImageName] || e.BackingSnapshotID != ""
+			known[e.ImageName], volumes[e.ImageName] = true, true
+		} else {
+			en.Exists = snapshots(e.Source)[e.ImageName]
 		}
-		keys, err := io.GetAllOmapValues(jr.j.Directory(), "", jr.keyPrefix, 1000)
-		if err != nil && !errors.Is(err, rados.ErrNotFound) {
-			fail("reading %s: %v", jr.j.Directory(), err)
-			continue
+		if st, err := io.Stat(jr.j.EntryObject(e.UUID)); err == nil {
+			en.Modified = st.ModTime
 		}
-		for key, val := range keys {
-			reqName, uuid := strings.TrimPrefix(key, jr.keyPrefix), string(val)
-			e, err := jr.j.Get(store, uuid)
-			if errors.Is(err, journal.ErrNotFound) {
-				o := &Orphan{Kind: JournalWithoutImage, Location: loc, Name: jr.kind + " " + reqName, UUID: uuid, Ours: true, Since: dirMod,
-					Detail: fmt.Sprintf("directory key %s%s names %s, which has no entry object", jr.keyPrefix, reqName, jr.j.EntryObject(uuid))}
-				j := jr.j
-				o.remove = func() error { _, err := j.Lookup(store, reqName); return err }
-				s.orphan(o)
-				continue
-			}
-			if err != nil {
-				fail("reading %s: %v", jr.j.EntryObject(uuid), err)
-				continue
-			}
-			handle, _ := volid.ID{ClusterID: clusterID, LocationID: f.id, UUID: e.UUID}.Encode()
-			en := Entry{Kind: jr.kind, UUID: e.UUID, Handle: handle, RequestName: e.RequestName, Image: e.ImageName, Linked: true, Source: e.Source}
-			if jr.kind == "volume" {
-				// A snapshot-backed volume has no subvolume of its own.
-				en.Exists = exists[e.ImageName] || e.BackingSnapshotID != ""
-				known[e.ImageName], volumes[e.ImageName] = true, true
-			} else {
-				en.Exists = snapshots(e.Source)[e.ImageName]
-			}
-			if st, err := io.Stat(jr.j.EntryObject(e.UUID)); err == nil {
-				en.Modified = st.ModTime
-			}
-			s.join(&en)
-			rep.Entries = append(rep.Entries, en)
-			s.found[handle] = en
-			s.entryOrphans(loc, &en)
-		}
-	}
+		s.join(&en)
+		rep.Entries = append(rep.Entries, en)
+		s.found[handle] = en
+		s.entryOrphans(loc, &en)
+	})
 	s.cloneSnapshots(fa, loc, rep.Images, volumes, exists, snapshots)
 	for _, sv := range rep.Images {
 		if known[sv] {

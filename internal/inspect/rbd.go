@@ -48,6 +48,43 @@ func (s *session) rbdJournals() []rbdJournal {
 	}
 }
 
+// journalEntries walks the directory keys of both journals (volumes and
+// snapshots) in io and hands each entry they name to add. A key whose
+// entry object is missing (Reserve writes the key, then the entry: a crash
+// between) is an orphan, removed by a Lookup of its name, which drops a
+// stale key.
+func (s *session) journalEntries(io *rados.IOContext, loc Location, fail func(string, ...any), add func(rbdJournal, *journal.Entry)) {
+	store := journal.RadosStore{IO: io}
+	for _, jr := range s.rbdJournals() {
+		dirMod := time.Time{}
+		if st, err := io.Stat(jr.j.Directory()); err == nil {
+			dirMod = st.ModTime
+		}
+		keys, err := io.GetAllOmapValues(jr.j.Directory(), "", jr.keyPrefix, 1000)
+		if err != nil && !errors.Is(err, rados.ErrNotFound) {
+			fail("reading %s: %v", jr.j.Directory(), err)
+			continue
+		}
+		for key, val := range keys {
+			reqName, uuid := strings.TrimPrefix(key, jr.keyPrefix), string(val)
+			e, err := jr.j.Get(store, uuid)
+			if errors.Is(err, journal.ErrNotFound) {
+				o := &Orphan{Kind: JournalWithoutImage, Location: loc, Name: jr.kind + " " + reqName, UUID: uuid, Ours: true, Since: dirMod,
+					Detail: fmt.Sprintf("directory key %s%s names %s, which has no entry object", jr.keyPrefix, reqName, jr.j.EntryObject(uuid))}
+				j := jr.j
+				o.remove = func() error { _, err := j.Lookup(store, reqName); return err }
+				s.orphan(o)
+				continue
+			}
+			if err != nil {
+				fail("reading %s: %v", jr.j.EntryObject(uuid), err)
+				continue
+			}
+			add(jr, e)
+		}
+	}
+}
+
 // inspectRBD looks at every RBD pool of one cluster asked for, or holding a
 // journal of our instance, or named by one of our PVs.
 func (s *session) inspectRBD(ctx context.Context, clusterID string) {
@@ -154,36 +191,10 @@ func (s *session) inspectPool(ctx context.Context, conn *rados.Conn, clusterID, 
 	// The entries the directories name, then those of our images the
 	// directories lack.
 	seen := map[string]bool{}
-	for _, jr := range s.rbdJournals() {
-		dirMod := time.Time{}
-		if st, err := io.Stat(jr.j.Directory()); err == nil {
-			dirMod = st.ModTime
-		}
-		keys, err := io.GetAllOmapValues(jr.j.Directory(), "", jr.keyPrefix, 1000)
-		if err != nil && !errors.Is(err, rados.ErrNotFound) {
-			fail("reading %s: %v", jr.j.Directory(), err)
-			continue
-		}
-		for key, val := range keys {
-			reqName, uuid := strings.TrimPrefix(key, jr.keyPrefix), string(val)
-			e, err := jr.j.Get(store, uuid)
-			if errors.Is(err, journal.ErrNotFound) {
-				// Reserve writes the key, then the entry: a crash between.
-				o := &Orphan{Kind: JournalWithoutImage, Location: loc, Name: jr.kind + " " + reqName, UUID: uuid, Ours: true, Since: dirMod,
-					Detail: fmt.Sprintf("directory key %s%s names %s, which has no entry object", jr.keyPrefix, reqName, jr.j.EntryObject(uuid))}
-				j := jr.j
-				o.remove = func() error { _, err := j.Lookup(store, reqName); return err } // Lookup drops a stale key
-				s.orphan(o)
-				continue
-			}
-			if err != nil {
-				fail("reading %s: %v", jr.j.EntryObject(uuid), err)
-				continue
-			}
-			seen[uuid] = true
-			s.rbdEntry(rep, p, jr, e, poolID, true)
-		}
-	}
+	s.journalEntries(io, loc, fail, func(jr rbdJournal, e *journal.Entry) {
+		seen[e.UUID] = true
+		s.rbdEntry(rep, p, jr, e, poolID, true)
+	})
 	for _, n := range names {
 		uuid, ok := uuidOfName(n)
 		if !ok || seen[uuid] {

@@ -709,13 +709,7 @@ func (s *ControllerServer) openVolumeImage(volumeID string, creds cephconn.Crede
 
 // ControllerExpandVolume implements csi.ControllerServer.
 func (s *ControllerServer) ControllerExpandVolume(ctx context.Context, req *csi.ControllerExpandVolumeRequest) (*csi.ControllerExpandVolumeResponse, error) {
-	if req.GetVolumeId() == "" {
-		return nil, csierr.Field("volume_id", "is required")
-	}
-	if req.GetCapacityRange() == nil {
-		return nil, csierr.Field("capacity_range", "is required")
-	}
-	size, err := request.RoundedSize(req.GetCapacityRange())
+	size, err := request.ExpandSize(req)
 	if err != nil {
 		return nil, err
 	}

@@ -125,6 +125,18 @@ func RoundedSize(r *csi.CapacityRange) (int64, error) {
 	return rounded, nil
 }
 
+// ExpandSize checks what every ControllerExpandVolume needs, a volume ID and
+// a capacity range, and returns the new size, rounded as RoundedSize does.
+func ExpandSize(req *csi.ControllerExpandVolumeRequest) (int64, error) {
+	if req.GetVolumeId() == "" {
+		return 0, csierr.Field("volume_id", "is required")
+	}
+	if req.GetCapacityRange() == nil {
+		return 0, csierr.Field("capacity_range", "is required")
+	}
+	return RoundedSize(req.GetCapacityRange())
+}
+
 // Fits reports whether an existing volume of size have satisfies r.
 func Fits(have int64, r *csi.CapacityRange) bool {
 	if have < r.GetRequiredBytes() {

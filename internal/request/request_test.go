@@ -36,6 +36,20 @@ func TestRoundedSize(t *testing.T) {
 	}
 }
 
+func TestExpandSizeNamesTheMissingField(t *testing.T) {
+	if _, err := ExpandSize(&csi.ControllerExpandVolumeRequest{CapacityRange: &csi.CapacityRange{RequiredBytes: MiB}}); csierr.Code(err) != codes.InvalidArgument ||
+		!strings.Contains(err.Error(), "volume_id") {
+		t.Errorf("no volume_id: %v", err)
+	}
+	if _, err := ExpandSize(&csi.ControllerExpandVolumeRequest{VolumeId: "v"}); csierr.Code(err) != codes.InvalidArgument ||
+		!strings.Contains(err.Error(), "capacity_range") {
+		t.Errorf("no capacity_range: %v", err)
+	}
+	if got, err := ExpandSize(&csi.ControllerExpandVolumeRequest{VolumeId: "v", CapacityRange: &csi.CapacityRange{RequiredBytes: MiB + 1}}); err != nil || got != 2*MiB {
+		t.Errorf("ExpandSize = %d, %v; want %d", got, err, 2*MiB)
+	}
+}
+
 func capability(block bool, mode csi.VolumeCapability_AccessMode_Mode) *csi.VolumeCapability {
 	c := &csi.VolumeCapability{AccessMode: &csi.VolumeCapability_AccessMode{Mode: mode}}
 	if block {
