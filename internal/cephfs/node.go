@@ -462,31 +462,18 @@ func (n *NodeServer) NodeUnpublishVolume(ctx context.Context, req *csi.NodeUnpub
 
 // NodeGetVolumeStats implements csi.NodeServer.
 func (n *NodeServer) NodeGetVolumeStats(ctx context.Context, req *csi.NodeGetVolumeStatsRequest) (*csi.NodeGetVolumeStatsResponse, error) {
-	p := req.GetVolumePath()
-	if err := nodeutil.VolumeAndPaths(req.GetVolumeId()); err != nil {
-		return nil, err
-	}
-	if err := nodeutil.VolumePath(p); err != nil {
-		return nil, err
-	}
-	return nodeutil.VolumeStats(n.publisher.ProbePath(p, nodeutil.ProbeTimeout), p, func(st *unix.Statfs_t) []*csi.VolumeUsage {
-		return quotaUsage(p, st)
-	})
+	return n.publisher.Stats(req, quotaUsage)
 }
 
 // NodeGetVolumeHealth implements csi.NodeServer: the staging mount and each
 // publish target must answer; a ceph-fuse that died leaves them
 // ENOTCONN.
 func (n *NodeServer) NodeGetVolumeHealth(ctx context.Context, req *csi.NodeGetVolumeHealthRequest) (*csi.NodeGetVolumeHealthResponse, error) {
-	hp, err := nodeutil.CheckHealth(req, func() (*nodeutil.Staged, error) {
+	return n.publisher.VolumeHealth(req, func() (*nodeutil.Staged, error) {
 		var rec stagedVolume
 		if ok, err := n.state.Load(req.GetVolumeId(), &rec); err != nil || !ok {
 			return nil, err
 		}
 		return &nodeutil.Staged{StagingPath: rec.StagingPath, Targets: rec.Targets}, nil
 	})
-	if err != nil {
-		return nil, err
-	}
-	return n.publisher.Health(req.GetVolumeId(), hp), nil
 }

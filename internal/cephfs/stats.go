@@ -21,7 +21,7 @@ func quotaUsage(path string, st *unix.Statfs_t) []*csi.VolumeUsage {
 	dirs, okDirs := xattrInt(path, "ceph.dir.rsubdirs")
 	maxFiles, _ := xattrInt(path, "ceph.quota.max_files")
 	var out []*csi.VolumeUsage
-	for _, u := range nodeutil.StatfsUsage(st) {
+	for _, u := range nodeutil.StatfsUsage(path, st) {
 		switch {
 		case u.GetUnit() == csi.VolumeUsage_BYTES && okMax && okUsed && maxBytes > 0:
 			u = &csi.VolumeUsage{Unit: csi.VolumeUsage_BYTES, Total: maxBytes, Used: usedBytes, Available: max(maxBytes-usedBytes, 0)}

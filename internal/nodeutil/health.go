@@ -95,10 +95,23 @@ func (p *Publisher) look(path string) Probe {
 	return pr
 }
 
+// Stats answers NodeGetVolumeStats for either driver: the request's fields
+// checked, then VolumeStats of a bounded look at volume_path.
+func (p *Publisher) Stats(req *csi.NodeGetVolumeStatsRequest, fsUsage func(path string, st *unix.Statfs_t) []*csi.VolumeUsage) (*csi.NodeGetVolumeStatsResponse, error) {
+	path := req.GetVolumePath()
+	if err := VolumeAndPaths(req.GetVolumeId()); err != nil {
+		return nil, err
+	}
+	if err := VolumePath(path); err != nil {
+		return nil, err
+	}
+	return VolumeStats(p.ProbePath(path, ProbeTimeout), path, fsUsage)
+}
+
 // VolumeStats answers NodeGetVolumeStats from a look at path: NotFound when
 // nothing is mounted there, the device's size for a block volume, the
 // filesystem's figures through fsUsage otherwise.
-func VolumeStats(pr Probe, path string, fsUsage func(*unix.Statfs_t) []*csi.VolumeUsage) (*csi.NodeGetVolumeStatsResponse, error) {
+func VolumeStats(pr Probe, path string, fsUsage func(path string, st *unix.Statfs_t) []*csi.VolumeUsage) (*csi.NodeGetVolumeStatsResponse, error) {
 	switch {
 	case errors.Is(pr.Err, os.ErrNotExist):
 		return nil, csierr.Errorf(csierr.ErrNotFound, "volume_path %s does not exist", path)
@@ -109,7 +122,7 @@ func VolumeStats(pr Probe, path string, fsUsage func(*unix.Statfs_t) []*csi.Volu
 	case !pr.Mounted:
 		return nil, csierr.Errorf(csierr.ErrNotFound, "volume_path %s is not a mounted volume", path)
 	}
-	return &csi.NodeGetVolumeStatsResponse{Usage: fsUsage(pr.Statfs)}, nil
+	return &csi.NodeGetVolumeStatsResponse{Usage: fsUsage(path, pr.Statfs)}, nil
 }
 
 // readableDevice returns the size of the block device at path after reading
@@ -117,32 +130,33 @@ func VolumeStats(pr Probe, path string, fsUsage func(*unix.Statfs_t) []*csi.Volu
 // cluster is unreachable fails or blocks here, where a cached read would
 // not notice. Size 0 is what a disconnected nbd device reports.
 func readableDevice(path string) (int64, error) {
-	size, err := BlockSize(path)
-	if err != nil {
-		return 0, fmt.Errorf("size of %s: %w", path, err)
-	}
-	if size == 0 {
-		return 0, fmt.Errorf("device %s reports size 0: its mapping is gone", path)
-	}
 	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_DIRECT|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return 0, fmt.Errorf("opening %s: %w", path, err)
 	}
 	defer func() { _ = unix.Close(fd) }() // read-only
+	size, err := unix.IoctlGetInt(fd, unix.BLKGETSIZE64)
+	if err != nil {
+		return 0, fmt.Errorf("size of %s: BLKGETSIZE64: %w", path, err)
+	}
+	if size == 0 {
+		return 0, fmt.Errorf("device %s reports size 0: its mapping is gone", path)
+	}
 	// O_DIRECT wants an aligned buffer; an anonymous mapping is page-aligned.
 	buf, err := unix.Mmap(-1, 0, 4096, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_ANON|unix.MAP_PRIVATE)
 	if err != nil {
 		return 0, err
 	}
 	defer func() { _ = unix.Munmap(buf) }()
-	if _, err := unix.Pread(fd, buf[:min(int64(len(buf)), size)], 0); err != nil {
+	if _, err := unix.Pread(fd, buf[:min(len(buf), size)], 0); err != nil {
 		return 0, fmt.Errorf("reading %s: %w", path, err)
 	}
-	return size, nil
+	return int64(size), nil
 }
 
-// StatfsUsage is the bytes and inodes of a filesystem.
-func StatfsUsage(st *unix.Statfs_t) []*csi.VolumeUsage {
+// StatfsUsage is the bytes and inodes of a filesystem; path is unused (it
+// has the shape Stats wants).
+func StatfsUsage(_ string, st *unix.Statfs_t) []*csi.VolumeUsage {
 	bs := st.Bsize
 	return []*csi.VolumeUsage{
 		{Unit: csi.VolumeUsage_BYTES, Total: int64(st.Blocks) * bs, Available: int64(st.Bavail) * bs,
@@ -207,6 +221,16 @@ func CheckHealth(req *csi.NodeGetVolumeHealthRequest, load func() (*Staged, erro
 		hp.Mounts = append([]string{staging}, targets...)
 	}
 	return hp, nil
+}
+
+// VolumeHealth answers NodeGetVolumeHealth for either driver: CheckHealth
+// of the request against the node's record (load), then Health.
+func (p *Publisher) VolumeHealth(req *csi.NodeGetVolumeHealthRequest, load func() (*Staged, error)) (*csi.NodeGetVolumeHealthResponse, error) {
+	hp, err := CheckHealth(req, load)
+	if err != nil {
+		return nil, err
+	}
+	return p.Health(req.GetVolumeId(), hp), nil
 }
 
 // Health looks at each path of hp and reports the volume inaccessible from

@@ -90,21 +90,14 @@ func (s *NodeServer) NodeUnpublishVolume(ctx context.Context, req *csi.NodeUnpub
 
 // NodeGetVolumeStats implements csi.NodeServer.
 func (s *NodeServer) NodeGetVolumeStats(ctx context.Context, req *csi.NodeGetVolumeStatsRequest) (*csi.NodeGetVolumeStatsResponse, error) {
-	path := req.GetVolumePath()
-	if err := nodeutil.VolumeAndPaths(req.GetVolumeId()); err != nil {
-		return nil, err
-	}
-	if err := nodeutil.VolumePath(path); err != nil {
-		return nil, err
-	}
-	return nodeutil.VolumeStats(s.publisher.ProbePath(path, nodeutil.ProbeTimeout), path, nodeutil.StatfsUsage)
+	return s.publisher.Stats(req, nodeutil.StatfsUsage)
 }
 
 // NodeGetVolumeHealth implements csi.NodeServer: the mapped device must
 // read, and the staging mount (filesystem volumes) and each publish target
 // must answer.
 func (s *NodeServer) NodeGetVolumeHealth(ctx context.Context, req *csi.NodeGetVolumeHealthRequest) (*csi.NodeGetVolumeHealthResponse, error) {
-	hp, err := nodeutil.CheckHealth(req, func() (*nodeutil.Staged, error) {
+	return s.publisher.VolumeHealth(req, func() (*nodeutil.Staged, error) {
 		var rec stageRecord
 		if ok, err := s.state.Load(req.GetVolumeId(), &rec); err != nil || !ok {
 			return nil, err
@@ -118,8 +111,4 @@ func (s *NodeServer) NodeGetVolumeHealth(ctx context.Context, req *csi.NodeGetVo
 		}
 		return st, nil
 	})
-	if err != nil {
-		return nil, err
-	}
-	return s.publisher.Health(req.GetVolumeId(), hp), nil
 }
