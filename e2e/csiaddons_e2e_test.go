@@ -250,10 +250,12 @@ func startAddons(t *testing.T, e *env, c *testutil.Cluster) *addonsEnv {
 			t.Fatalf("the csi-addons manager exited (%v):\n%s", mgr.err, mgr.tail(30))
 		}
 		var missing []string
+		// A list in a namespace is an empty List when there is none yet;
+		// --ignore-not-found would print nothing instead of JSON.
+		nodes := e.getJSON(t, "csiaddonsnodes", "-n", addonsNS).items()
 		for name, caps := range want {
-			n := e.getJSON(t, "csiaddonsnodes", "--ignore-not-found", "-n", addonsNS)
 			var found obj
-			for _, it := range n.items() {
+			for _, it := range nodes {
 				if it.str("metadata.name") == name {
 					found = it
 				}
