@@ -64,7 +64,8 @@ die() {
 	echo "ceph-faults: $*" >&2
 	exit 1
 }
-ceph_() { timeout 60 ceph --conf "$conf" --name client.admin "$@"; }
+# shellcheck source=lib/ceph-common.sh
+source "$(dirname "$0")/lib/ceph-common.sh"
 
 # addr_of D prints the address of daemon D (mon.a, osd.1, mgr.x, mds.a).
 addr_of() {
@@ -93,14 +94,6 @@ pid_of() {
 	local f
 	f=$(pidfile "$1")
 	[[ -f $f ]] && kill -0 "$(cat "$f")" 2>/dev/null && cat "$f"
-}
-
-# osd_class_dir as ceph-cluster.sh sets it (Debian sid's default is relative).
-class_dir() {
-	local d
-	d=$(ceph-conf -c /dev/null --show-config-value osd_class_dir 2>/dev/null || true)
-	[[ $d == /* ]] || d=/usr/$d
-	echo "$d"
 }
 
 hub() { ip netns exec "$netns_hub" "$@"; }
@@ -254,28 +247,12 @@ end_daemon() {
 	rm -f "$(pidfile "$d")"
 }
 
-wait_for() { # seconds description command...
-	local limit=$1 what=$2
-	shift 2
-	local end=$((SECONDS + limit))
-	until "$@" >/dev/null 2>&1; do
-		((SECONDS < end)) || die "timed out waiting for $what (logs in $dir/log)"
-		sleep 0.3
-	done
-}
-
 quorum_of() { # n: at least n monitors in quorum
 	local n
 	n=$(ceph_ quorum_status --format json 2>/dev/null | jq '.quorum | length') || return 1
 	((n >= $1))
 }
 osds_up() { [[ "$(ceph_ osd stat --format json | jq .num_up_osds)" == 3 ]]; }
-fs_active() { ceph_ fs status myfs 2>/dev/null | grep -q active; }
-health_ok() { ceph_ health | grep -q HEALTH_OK; }
-
-create_user() { # name caps...  -> prints key
-	ceph_ auth get-or-create-key "client.$1" "${@:2}"
-}
 
 bootstrap() {
 	local fsid id d monmap=() uuid i
@@ -322,35 +299,7 @@ bootstrap() {
 }
 
 provision() {
-	local p
-	for p in rbd rbd2; do
-		ceph_ osd pool create "$p" 8 8 >/dev/null 2>&1
-		timeout 60 rbd --conf "$conf" --name client.admin pool init "$p"
-	done
-	ceph_ osd pool create myfs-metadata 8 8 >/dev/null 2>&1
-	ceph_ osd pool create myfs-data0 8 8 >/dev/null 2>&1
-	ceph_ fs new myfs myfs-metadata myfs-data0 >/dev/null 2>&1
-	ceph_ fs set myfs standby_count_wanted 0 >/dev/null 2>&1
-
-	# The cephx users of ceph-cluster.sh (shaped like Rook's).
-	local rbd_prov rbd_node fs_prov fs_node
-	rbd_prov=$(create_user csi-rbd-provisioner mon 'profile rbd, allow command "osd blocklist"' mgr 'allow rw' osd 'profile rbd')
-	rbd_node=$(create_user csi-rbd-node mon 'profile rbd' mgr 'allow rw' osd 'profile rbd')
-	fs_prov=$(create_user csi-cephfs-provisioner mon 'allow r, allow command "osd blocklist"' mgr 'allow rw' osd 'allow rw tag cephfs metadata=*' mds 'allow *')
-	fs_node=$(create_user csi-cephfs-node mon 'allow r' mgr 'allow rw' osd 'allow rw tag cephfs *=*' mds 'allow rw')
-	(
-		umask 077
-		cat >"$dir/secrets.env" <<EOF
-CEPH_RBD_PROVISIONER_ID=csi-rbd-provisioner
-CEPH_RBD_PROVISIONER_KEY=$rbd_prov
-CEPH_RBD_NODE_ID=csi-rbd-node
-CEPH_RBD_NODE_KEY=$rbd_node
-CEPH_FS_PROVISIONER_ID=csi-cephfs-provisioner
-CEPH_FS_PROVISIONER_KEY=$fs_prov
-CEPH_FS_NODE_ID=csi-cephfs-node
-CEPH_FS_NODE_KEY=$fs_node
-EOF
-	)
+	provision_pools_and_users
 	write_config_json
 }
 

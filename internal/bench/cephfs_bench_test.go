@@ -379,50 +379,6 @@ func (r *fsRun) finish() {
 	}
 }
 
-// leftovers lists subvolumes, subvolume snapshots, objects and journal keys
-// carrying this run's ID or a driver UUID it saw.
-func (r *fsRun) leftovers() []string {
-	var left []string
-	subs, err := r.fsa.ListSubVolumes(fsName, fsGroup)
-	if err != nil {
-		return []string{fmt.Sprintf("listing subvolumes: %v", err)}
-	}
-	for _, s := range subs {
-		snaps, _ := r.fsa.ListSubVolumeSnapshots(fsName, fsGroup, s)
-		for _, sn := range snaps {
-			if r.ours(s) || r.ours(sn) {
-				left = append(left, "snapshot "+s+"@"+sn)
-			}
-		}
-		if r.ours(s) {
-			left = append(left, "subvolume "+s)
-		}
-	}
-	if err := r.meta.ListObjects(func(oid string) {
-		if r.ours(oid) {
-			left = append(left, "object "+oid)
-		}
-	}); err != nil {
-		left = append(left, fmt.Sprintf("listing objects: %v", err))
-	}
-	for _, dir := range []string{"csi.volumes.default", "csi.snaps.default"} {
-		kv, err := r.meta.GetAllOmapValues(dir, "", "", 1000)
-		if errors.Is(err, rados.ErrNotFound) {
-			continue
-		}
-		if err != nil {
-			left = append(left, fmt.Sprintf("reading %s: %v", dir, err))
-			continue
-		}
-		for k, v := range kv {
-			if r.ours(k) || r.ours(string(v)) {
-				left = append(left, "journal key "+dir+"/"+k)
-			}
-		}
-	}
-	return left
-}
-
 // BenchmarkCephFS: CreateVolume, CreateSnapshot, restore and PVC clone (both
 // until the clone is complete), DeleteSnapshot and DeleteVolume, each next to
 // its floor.

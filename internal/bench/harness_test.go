@@ -244,6 +244,15 @@ func (r *run) track(u string) {
 }
 
 // ours reports whether a name belongs to this run.
+// leftovers lists what of this run is still on the cluster: anything
+// carrying its ID or a driver UUID it saw.
+func (r *run) leftovers() []string {
+	r.mu.Lock()
+	marks := append([]string{r.id}, r.uuids...)
+	r.mu.Unlock()
+	return r.cluster.Leftovers(r.b, marks...)
+}
+
 func (r *run) ours(s string) bool {
 	if strings.Contains(s, r.id) {
 		return true

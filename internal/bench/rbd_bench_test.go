@@ -4,7 +4,6 @@ package bench
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"strings"
 	"testing"
@@ -295,53 +294,6 @@ func (r *rbdRun) finish() {
 	if left := r.cleanup(); len(left) > 0 {
 		r.b.Fatalf("the run left things behind: %s", strings.Join(left, ", "))
 	}
-}
-
-// leftovers lists images, trash entries, objects and journal keys whose
-// names carry this run's ID or one of the driver UUIDs it saw.
-func (r *rbdRun) leftovers() []string {
-	var left []string
-	names, err := rbd.GetImageNames(r.admin)
-	if err != nil {
-		return []string{fmt.Sprintf("listing images: %v", err)}
-	}
-	for _, n := range names {
-		if r.ours(n) {
-			left = append(left, "image "+n)
-		}
-	}
-	trash, err := rbd.GetTrashList(r.admin)
-	if err != nil {
-		return append(left, fmt.Sprintf("listing the trash: %v", err))
-	}
-	for _, e := range trash {
-		if r.ours(e.Name) {
-			left = append(left, "trash "+e.Name)
-		}
-	}
-	if err := r.admin.ListObjects(func(oid string) {
-		if r.ours(oid) {
-			left = append(left, "object "+oid)
-		}
-	}); err != nil {
-		left = append(left, fmt.Sprintf("listing objects: %v", err))
-	}
-	for _, dir := range []string{"csi.volumes.default", "csi.snaps.default"} {
-		kv, err := r.admin.GetAllOmapValues(dir, "", "", 1000)
-		if errors.Is(err, rados.ErrNotFound) {
-			continue // no directory object yet: nothing in it
-		}
-		if err != nil {
-			left = append(left, fmt.Sprintf("reading %s: %v", dir, err))
-			continue
-		}
-		for k, v := range kv {
-			if r.ours(k) || r.ours(string(v)) {
-				left = append(left, "journal key "+dir+"/"+k)
-			}
-		}
-	}
-	return left
 }
 
 // BenchmarkRBDVolumesSequential: CreateVolume and DeleteVolume one at a

@@ -1,35 +1,13 @@
 package cephfs
 
 import (
-	"regexp"
 	"strings"
 	"testing"
 
-	"google.golang.org/grpc/codes"
-
-	"github.com/leanceph/cephcsi/internal/csierr"
 	"github.com/leanceph/cephcsi/internal/request"
+	"github.com/leanceph/cephcsi/internal/testutil/paramtest"
 	"github.com/leanceph/cephcsi/internal/volid"
 )
-
-// paramNamed extracts the parameter a csierr.Param error names.
-var paramNamed = regexp.MustCompile(`^parameter "([^"]*)": `)
-
-// rejectedParam fails t unless err is InvalidArgument naming a parameter,
-// and returns that parameter.
-func rejectedParam(t *testing.T, err error) string {
-	t.Helper()
-	if c := csierr.Code(err); c != codes.InvalidArgument {
-		t.Fatalf("error %v has code %v, want InvalidArgument", err, c)
-	}
-	m := paramNamed.FindStringSubmatch(err.Error())
-	if m == nil {
-		t.Fatalf("error %q names no parameter", err)
-	}
-	return m[1]
-}
-
-var safePrefix = regexp.MustCompile(`^[A-Za-z0-9._][A-Za-z0-9._-]{0,63}$`)
 
 // checkInert asserts that an accepted value holds nothing that ends an
 // option or an argument: printable ASCII without spaces, ',', ';', quotes
@@ -78,34 +56,12 @@ func FuzzParseVolumeParams(f *testing.F) {
 		f.Add(s.cluster, s.fs, s.pool, s.mounter, s.prefix, s.backing, s.k, s.v)
 	}
 	f.Fuzz(func(t *testing.T, cluster, fs, pool, mounter, prefix, backing, k, v string) {
-		p := map[string]string{}
-		for k, v := range map[string]string{"clusterID": cluster, "fsName": fs, "pool": pool, "mounter": mounter,
-			"volumeNamePrefix": prefix, "backingSnapshot": backing} {
-			if v != "" {
-				p[k] = v
-			}
-		}
-		if _, set := p[k]; !set {
-			p[k] = v
-		}
+		p := paramtest.FuzzParams(map[string]string{"clusterID": cluster, "fsName": fs, "pool": pool, "mounter": mounter,
+			"volumeNamePrefix": prefix, "backingSnapshot": backing}, k, v)
 		params, err := parseVolumeParams(p)
 		if err != nil {
-			name := rejectedParam(t, err)
-			fixed := cloneParams(p)
-			switch name {
-			case "clusterID":
-				fixed[name] = "c"
-			case "fsName":
-				fixed[name] = "fs"
-			default:
-				if _, set := p[name]; !set {
-					t.Fatalf("parseVolumeParams(%q) = %v: blames %q, which is not set", p, err, name)
-				}
-				delete(fixed, name)
-			}
-			if _, err := parseVolumeParams(fixed); err != nil && rejectedParam(t, err) == name {
-				t.Fatalf("parseVolumeParams(%q) blames %q, and still does without it: %v", p, name, err)
-			}
+			paramtest.CheckBlame(t, func(p map[string]string) error { _, err := parseVolumeParams(p); return err }, p, err,
+				map[string]string{"clusterID": "c", "fsName": "fs"})
 			return
 		}
 		if _, err := (volid.ID{ClusterID: params.ClusterID, UUID: fuzzUUID}).Encode(); err != nil || params.ClusterID != p["clusterID"] {
@@ -118,7 +74,7 @@ func FuzzParseVolumeParams(f *testing.F) {
 		if params.Pool != p["pool"] || strings.ContainsAny(params.Pool, "/@ \t\r\n\v\f,;=\x00") || strings.HasPrefix(params.Pool, "-") {
 			t.Fatalf("accepted pool %q", params.Pool)
 		}
-		if !safePrefix.MatchString(params.NamePrefix) || (p["volumeNamePrefix"] != "" && params.NamePrefix != p["volumeNamePrefix"]) {
+		if !paramtest.SafePrefix.MatchString(params.NamePrefix) || (p["volumeNamePrefix"] != "" && params.NamePrefix != p["volumeNamePrefix"]) {
 			t.Fatalf("accepted volumeNamePrefix %q as %q", p["volumeNamePrefix"], params.NamePrefix)
 		}
 		if m := params.Mounter; m != "" && m != mounterKernel && m != mounterFuse {
@@ -137,27 +93,5 @@ func FuzzParseVolumeParams(f *testing.F) {
 // else 1 to 64 letters, digits, '.', '_' and '-' (not first); a refusal is
 // InvalidArgument naming snapshotNamePrefix.
 func FuzzSnapshotPrefix(f *testing.F) {
-	for _, s := range []string{"", "csi-snap-", "snap.", "a@b", "a/b", "a b", "a,b", "-s", "a\x00", strings.Repeat("s", 65)} {
-		f.Add(s)
-	}
-	f.Fuzz(func(t *testing.T, v string) {
-		got, err := snapshotPrefix(map[string]string{"snapshotNamePrefix": v})
-		if err != nil {
-			if name := rejectedParam(t, err); name != "snapshotNamePrefix" {
-				t.Fatalf("snapshotPrefix(%q) blames %q", v, name)
-			}
-			return
-		}
-		if v == "" && got != request.DefaultSnapshotPrefix || v != "" && got != v || !safePrefix.MatchString(got) {
-			t.Fatalf("snapshotPrefix(%q) = %q", v, got)
-		}
-	})
-}
-
-func cloneParams(m map[string]string) map[string]string {
-	out := make(map[string]string, len(m))
-	for k, v := range m {
-		out[k] = v
-	}
-	return out
+	paramtest.FuzzSnapshotPrefix(f, snapshotPrefix, request.DefaultSnapshotPrefix)
 }

@@ -2,35 +2,16 @@ package rbd
 
 import (
 	"math/bits"
-	"regexp"
 	"strconv"
 	"strings"
 	"testing"
 
 	"github.com/ceph/go-ceph/rbd"
-	"google.golang.org/grpc/codes"
 
-	"github.com/leanceph/cephcsi/internal/csierr"
 	"github.com/leanceph/cephcsi/internal/mapper"
+	"github.com/leanceph/cephcsi/internal/testutil/paramtest"
 	"github.com/leanceph/cephcsi/internal/volid"
 )
-
-// paramNamed extracts the parameter a csierr.Param error names.
-var paramNamed = regexp.MustCompile(`^parameter "([^"]*)": `)
-
-// rejectedParam fails t unless err is InvalidArgument naming a parameter,
-// and returns that parameter.
-func rejectedParam(t *testing.T, err error) string {
-	t.Helper()
-	if c := csierr.Code(err); c != codes.InvalidArgument {
-		t.Fatalf("error %v has code %v, want InvalidArgument", err, c)
-	}
-	m := paramNamed.FindStringSubmatch(err.Error())
-	if m == nil {
-		t.Fatalf("error %q names no parameter", err)
-	}
-	return m[1]
-}
 
 // checkSafeName asserts what a pool, namespace or name prefix may hold once
 // accepted: nothing that splits an image spec, an option list or a command
@@ -46,8 +27,6 @@ func checkSafeName(t *testing.T, what, v string) {
 		}
 	}
 }
-
-var safePrefix = regexp.MustCompile(`^[A-Za-z0-9._][A-Za-z0-9._-]{0,63}$`)
 
 // knownFeatures and needs restate the feature table: the bit of each name
 // and what each feature depends on.
@@ -105,7 +84,7 @@ func FuzzParseFeatures(f *testing.F) {
 	f.Fuzz(func(t *testing.T, s string) {
 		set, names, err := parseFeatures(s)
 		if err != nil {
-			if p := rejectedParam(t, err); p != "imageFeatures" {
+			if p := paramtest.RejectedParam(t, err); p != "imageFeatures" {
 				t.Fatalf("parseFeatures(%q) blames %q", s, p)
 			}
 			return
@@ -137,7 +116,7 @@ func FuzzParseLayout(f *testing.F) {
 		}
 		var v volumeParams
 		if err := parseLayout(&v, p); err != nil {
-			if name := rejectedParam(t, err); p[name] == "" {
+			if name := paramtest.RejectedParam(t, err); p[name] == "" {
 				t.Fatalf("parseLayout(%q) blames %q, which is not set", p, name)
 			}
 			return
@@ -249,35 +228,13 @@ func FuzzParseVolumeParams(f *testing.F) {
 		f.Add(s.cluster, s.pool, s.dataPool, s.ns, s.features, s.prefix, s.fstype, s.format, s.unit, s.count, s.size, s.mounter, s.k, s.v)
 	}
 	f.Fuzz(func(t *testing.T, cluster, pool, dataPool, ns, features, prefix, fstype, format, unit, count, size, mounter, k, v string) {
-		p := map[string]string{}
-		for k, v := range map[string]string{"clusterID": cluster, "pool": pool, "dataPool": dataPool, "radosNamespace": ns,
+		p := paramtest.FuzzParams(map[string]string{"clusterID": cluster, "pool": pool, "dataPool": dataPool, "radosNamespace": ns,
 			"imageFeatures": features, "volumeNamePrefix": prefix, "csi.storage.k8s.io/fstype": fstype, "imageFormat": format,
-			"stripeUnit": unit, "stripeCount": count, "objectSize": size, "mounter": mounter} {
-			if v != "" {
-				p[k] = v
-			}
-		}
-		if _, set := p[k]; !set {
-			p[k] = v
-		}
+			"stripeUnit": unit, "stripeCount": count, "objectSize": size, "mounter": mounter}, k, v)
 		params, err := parseVolumeParams(p)
 		if err != nil {
-			name := rejectedParam(t, err)
-			fixed := cloneParams(p)
-			switch name {
-			case "clusterID":
-				fixed[name] = "c"
-			case "pool":
-				fixed[name] = "rbd"
-			default:
-				if _, set := p[name]; !set {
-					t.Fatalf("parseVolumeParams(%q) = %v: blames %q, which is not set", p, err, name)
-				}
-				delete(fixed, name)
-			}
-			if _, err := parseVolumeParams(fixed); err != nil && rejectedParam(t, err) == name {
-				t.Fatalf("parseVolumeParams(%q) blames %q, and still does without it: %v", p, name, err)
-			}
+			paramtest.CheckBlame(t, func(p map[string]string) error { _, err := parseVolumeParams(p); return err }, p, err,
+				map[string]string{"clusterID": "c", "pool": "rbd"})
 			return
 		}
 		if _, err := (volid.ID{ClusterID: params.ClusterID, UUID: fuzzUUID}).Encode(); err != nil || params.ClusterID != p["clusterID"] {
@@ -289,7 +246,7 @@ func FuzzParseVolumeParams(f *testing.F) {
 		checkSafeName(t, "pool", params.Pool)
 		checkSafeName(t, "dataPool", params.DataPool)
 		checkSafeName(t, "radosNamespace", params.RadosNamespace)
-		if !safePrefix.MatchString(params.NamePrefix) || (p["volumeNamePrefix"] != "" && params.NamePrefix != p["volumeNamePrefix"]) {
+		if !paramtest.SafePrefix.MatchString(params.NamePrefix) || (p["volumeNamePrefix"] != "" && params.NamePrefix != p["volumeNamePrefix"]) {
 			t.Fatalf("accepted volumeNamePrefix %q as %q", p["volumeNamePrefix"], params.NamePrefix)
 		}
 		if params.FsType != "ext4" && params.FsType != "xfs" {
@@ -322,27 +279,5 @@ func FuzzParseVolumeParams(f *testing.F) {
 // else 1 to 64 letters, digits, '.', '_' and '-' (not first); a refusal is
 // InvalidArgument naming snapshotNamePrefix.
 func FuzzSnapshotPrefix(f *testing.F) {
-	for _, s := range []string{"", "csi-snap-", "snap.", "a@b", "a/b", "a b", "-s", strings.Repeat("s", 65)} {
-		f.Add(s)
-	}
-	f.Fuzz(func(t *testing.T, v string) {
-		got, err := snapshotPrefix(map[string]string{"snapshotNamePrefix": v})
-		if err != nil {
-			if name := rejectedParam(t, err); name != "snapshotNamePrefix" {
-				t.Fatalf("snapshotPrefix(%q) blames %q", v, name)
-			}
-			return
-		}
-		if v == "" && got != "csi-snap-" || v != "" && got != v || !safePrefix.MatchString(got) {
-			t.Fatalf("snapshotPrefix(%q) = %q", v, got)
-		}
-	})
-}
-
-func cloneParams(m map[string]string) map[string]string {
-	out := make(map[string]string, len(m))
-	for k, v := range m {
-		out[k] = v
-	}
-	return out
+	paramtest.FuzzSnapshotPrefix(f, snapshotPrefix, "csi-snap-")
 }
