@@ -243,7 +243,6 @@ func (r *run) track(u string) {
 	r.uuids = append(r.uuids, u)
 }
 
-// ours reports whether a name belongs to this run.
 // leftovers lists what of this run is still on the cluster: anything
 // carrying its ID or a driver UUID it saw.
 func (r *run) leftovers() []string {
@@ -251,20 +250,6 @@ func (r *run) leftovers() []string {
 	marks := append([]string{r.id}, r.uuids...)
 	r.mu.Unlock()
 	return r.cluster.Leftovers(r.b, marks...)
-}
-
-func (r *run) ours(s string) bool {
-	if strings.Contains(s, r.id) {
-		return true
-	}
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	for _, u := range r.uuids {
-		if strings.Contains(s, u) {
-			return true
-		}
-	}
-	return false
 }
 
 // addRow records a result and reports it as benchmark metrics.
