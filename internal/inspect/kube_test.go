@@ -2,35 +2,27 @@ package inspect
 
 import (
 	"context"
-	"net/http"
-	"net/http/httptest"
 	"sort"
 	"strings"
 	"testing"
-
-	"k8s.io/client-go/rest"
 
 	"google.golang.org/grpc/codes"
 
 	"github.com/leanceph/cephcsi/internal/csierr"
 	"github.com/leanceph/cephcsi/internal/kube"
+	"github.com/leanceph/cephcsi/internal/kube/kubetest"
 )
 
-// fakeAPI serves list responses by path; a path it lacks is a 404, as for
-// snapshot CRDs that are not installed.
+// fakeAPI serves list responses by path (the first page of each, as
+// kube.List asks for it); a path it lacks is a 404, as for snapshot CRDs
+// that are not installed.
 func fakeAPI(t *testing.T, lists map[string]string) *kube.Client {
 	t.Helper()
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		body, ok := lists[r.URL.Path]
-		if !ok {
-			w.WriteHeader(http.StatusNotFound)
-			_, _ = w.Write([]byte(`{"kind":"Status","message":"the server could not find the requested resource"}`))
-			return
-		}
-		_, _ = w.Write([]byte(body))
-	}))
-	t.Cleanup(srv.Close)
-	return &kube.Client{Config: &rest.Config{Host: srv.URL}}
+	pages := make(map[string]string, len(lists))
+	for path, body := range lists {
+		pages[path+"?limit=500"] = body
+	}
+	return &kube.Client{Config: kubetest.APIServer(t, pages)}
 }
 
 const (

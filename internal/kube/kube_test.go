@@ -2,42 +2,17 @@ package kube
 
 import (
 	"context"
-	"encoding/pem"
 	"errors"
-	"net/http"
-	"net/http/httptest"
 	"path/filepath"
 	"strings"
 	"testing"
 
-	"k8s.io/client-go/rest"
+	"github.com/leanceph/cephcsi/internal/kube/kubetest"
 )
 
-// apiServer serves canned JSON by path (with the query), checking the
-// bearer token, over TLS as a real API server does.
 func apiServer(t *testing.T, pages map[string]string) *Client {
 	t.Helper()
-	srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.Header.Get("Authorization") != "Bearer sa-token" {
-			w.WriteHeader(http.StatusUnauthorized)
-			_, _ = w.Write([]byte(`{"kind":"Status","message":"Unauthorized"}`))
-			return
-		}
-		key := r.URL.EscapedPath()
-		if r.URL.RawQuery != "" {
-			key += "?" + r.URL.RawQuery
-		}
-		body, ok := pages[key]
-		if !ok {
-			w.WriteHeader(http.StatusNotFound)
-			_, _ = w.Write([]byte(`{"kind":"Status","message":"the server could not find the requested resource"}`))
-			return
-		}
-		_, _ = w.Write([]byte(body))
-	}))
-	t.Cleanup(srv.Close)
-	ca := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srv.Certificate().Raw})
-	return &Client{Config: &rest.Config{Host: srv.URL, BearerToken: "sa-token", TLSClientConfig: rest.TLSClientConfig{CAData: ca}}}
+	return &Client{Config: kubetest.APIServer(t, pages)}
 }
 
 func TestReadsObjects(t *testing.T) {
