@@ -332,13 +332,7 @@ func TestDeployManifestsRBD(t *testing.T) {
 
 	// The flow: write, snapshot, restore, read back in a second pod, delete.
 	apps := r.apps
-	var uids []string
-	run := func(name, pvc string) {
-		t.Helper()
-		d := runAppPod(t, e, apps, name, pvc, true)
-		t.Logf("deploy timing: pod %s on %s Ready in %s", name, pvc, ms(d))
-		uids = append(uids, podUID(t, e, apps, name))
-	}
+	app := &appPods{e: e, ns: apps, directIO: true, timing: "deploy"}
 	ourImage := func(pvc string) volume {
 		t.Helper()
 		v := boundVolume(t, e, apps, pvc, r.driver)
@@ -351,7 +345,7 @@ func TestDeployManifestsRBD(t *testing.T) {
 	d := provision(t, e, apps, "data", r.sc, "1Gi", "ReadWriteOnce", nil)
 	t.Logf("deploy timing: PVC Bound in %s", ms(d))
 	data := ourImage("data")
-	run("writer", "data")
+	app.run(t, "writer", "data")
 	payload, sum := randomData(4 << 20)
 	upload(t, e, apps, "writer", "/data/file.bin", payload)
 	d = snapshot(t, e, apps, "data-snap", r.vsc, "data")
@@ -360,7 +354,7 @@ func TestDeployManifestsRBD(t *testing.T) {
 	d = provision(t, e, apps, "restored", r.sc, "1Gi", "ReadWriteOnce", fromSnapshot("data-snap"))
 	t.Logf("deploy timing: restore Bound in %s", ms(d))
 	restored := ourImage("restored")
-	run("reader", "restored")
+	app.run(t, "reader", "restored")
 	if got := podSHA256(t, e, apps, "reader", "/data/file.bin", 0, 0); got != sum {
 		t.Errorf("the restore holds file.bin as %s, the writer wrote %s", got, sum)
 	}
@@ -371,7 +365,7 @@ func TestDeployManifestsRBD(t *testing.T) {
 	deleteAndWait(t, e, "-n", apps, "volumesnapshot/data-snap", "pvc/restored", "pvc/data")
 	e.wait(t, 3*time.Minute, "--for=delete", "pv/"+data.pv, "pv/"+restored.pv)
 	eventually(t, 3*time.Minute, func() string {
-		if left := append(driverLeftovers(e, r.driver, uids...), rbdOurs(t, io, r.prefix)...); len(left) > 0 {
+		if left := append(driverLeftovers(e, r.driver, app.uids...), rbdOurs(t, io, r.prefix)...); len(left) > 0 {
 			return fmt.Sprintf("left: %v", left)
 		}
 		return ""

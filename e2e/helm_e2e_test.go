@@ -130,13 +130,7 @@ func TestHelmRBD(t *testing.T) {
 	startRelease(t, e, c, r)
 	const rwo = "ReadWriteOnce"
 	ns := r.apps
-	var uids []string
-	run := func(name, pvc string) {
-		t.Helper()
-		d := runAppPod(t, e, ns, name, pvc, true)
-		t.Logf("helm rbd timing: pod %s on %s Ready in %s", name, pvc, ms(d))
-		uids = append(uids, podUID(t, e, ns, name))
-	}
+	app := &appPods{e: e, ns: ns, directIO: true, timing: "helm rbd"}
 	ourImage := func(pvc string, io *rados.IOContext) volume {
 		t.Helper()
 		v := boundVolume(t, e, ns, pvc, r.driver)
@@ -152,7 +146,7 @@ func TestHelmRBD(t *testing.T) {
 	d := provision(t, e, ns, "data", r.sc, "1Gi", rwo, nil)
 	t.Logf("helm rbd timing: PVC Bound in %s", ms(d))
 	data := ourImage("data", io)
-	run("writer", "data")
+	app.run(t, "writer", "data")
 	payload, sum := randomData(4 << 20)
 	upload(t, e, ns, "writer", "/data/file.bin", payload)
 	if got := inPod(t, e, ns, "writer", nil, "grep ' /data ' /proc/mounts | cut -d' ' -f3"); got != "xfs" {
@@ -165,7 +159,7 @@ func TestHelmRBD(t *testing.T) {
 	d = provision(t, e, ns, "restored", r.sc, "2Gi", rwo, fromSnapshot("data-snap"))
 	t.Logf("helm rbd timing: restore Bound in %s", ms(d))
 	restored := ourImage("restored", io)
-	run("reader", "restored")
+	app.run(t, "reader", "restored")
 	if got := podSHA256(t, e, ns, "reader", "/data/file.bin", 0, 0); got != sum {
 		t.Errorf("the restore holds file.bin as %s, the writer wrote %s", got, sum)
 	}
@@ -175,7 +169,7 @@ func TestHelmRBD(t *testing.T) {
 	d = provision(t, e, ns, "clone", r.sc, "1Gi", rwo, fromPVC("data"))
 	t.Logf("helm rbd timing: clone of the live PVC Bound in %s", ms(d))
 	clone := ourImage("clone", io)
-	run("clone-reader", "clone")
+	app.run(t, "clone-reader", "clone")
 	if got := podSHA256(t, e, ns, "clone-reader", "/data/file.bin", 0, 0); got != sum {
 		t.Errorf("the clone holds file.bin as %s, the writer wrote %s", got, sum)
 	}
@@ -193,7 +187,7 @@ func TestHelmRBD(t *testing.T) {
 	// Topology (issue 13): the node plugin reports the node's zone, the
 	// provisioner (--feature-gates=Topology=true) asks for it, and a
 	// WaitForFirstConsumer class places the image in the zone's pool.
-	topologyFlow(t, e, r, io2, run)
+	topologyFlow(t, e, r, io2, app)
 
 	// helm upgrade of a value: every pod rolls; the mounted volumes keep
 	// working through it, served by the same FUSE helpers.
@@ -223,7 +217,7 @@ func TestHelmRBD(t *testing.T) {
 	deleteAndWait(t, e, "-n", ns, "volumesnapshot/data-snap", "pvc/restored", "pvc/clone", "pvc/zoned")
 	e.wait(t, 3*time.Minute, "--for=delete", "pv/"+restored.pv, "pv/"+clone.pv)
 	eventually(t, 3*time.Minute, func() string {
-		if left := driverLeftovers(e, r.driver, uids...); len(left) > 0 {
+		if left := driverLeftovers(e, r.driver, app.uids...); len(left) > 0 {
 			return fmt.Sprintf("left on the node: %v", left)
 		}
 		return ""
@@ -242,7 +236,7 @@ func TestHelmRBD(t *testing.T) {
 
 	// Installed again, the driver serves the remaining volume.
 	install(t, e, r)
-	run("writer-again", "data")
+	app.run(t, "writer-again", "data")
 	if got := podSHA256(t, e, ns, "writer-again", "/data/file.bin", 0, 0); got != sum {
 		t.Errorf("after the new install file.bin reads %s, want %s", got, sum)
 	}
@@ -250,7 +244,7 @@ func TestHelmRBD(t *testing.T) {
 	deleteAndWait(t, e, "-n", ns, "pvc/data")
 	e.wait(t, 3*time.Minute, "--for=delete", "pv/"+data.pv)
 	eventually(t, 3*time.Minute, func() string {
-		if left := append(driverLeftovers(e, r.driver, uids...), rbdOurs(t, io, r.prefix)...); len(left) > 0 {
+		if left := append(driverLeftovers(e, r.driver, app.uids...), rbdOurs(t, io, r.prefix)...); len(left) > 0 {
 			return fmt.Sprintf("left: %v", left)
 		}
 		return ""
@@ -269,7 +263,7 @@ const rbdPool2 = "rbd2"
 // zone-a to rbd2 is provisioned once the scheduler has put its pod on the
 // node (the scheduler sets the selected node, as on any cluster), its PV
 // is pinned to zone-a, and its image is in rbd2.
-func topologyFlow(t *testing.T, e *env, r *release, io2 *rados.IOContext, run func(name, pvc string)) {
+func topologyFlow(t *testing.T, e *env, r *release, io2 *rados.IOContext, app *appPods) {
 	t.Helper()
 	key := "topology." + r.driver + "/zone"
 	csinode := e.getJSON(t, "csinode", e2eNode)
@@ -309,7 +303,7 @@ func topologyFlow(t *testing.T, e *env, r *release, io2 *rados.IOContext, run fu
 		t.Errorf("a WaitForFirstConsumer PVC without a pod is %s, want Pending", phase)
 	}
 	begin := time.Now()
-	run("zoned", "zoned")
+	app.run(t, "zoned", "zoned")
 	t.Logf("helm rbd timing: WaitForFirstConsumer PVC Bound and its pod Ready in %s", ms(time.Since(begin)))
 	if sel := e.getJSON(t, "pvc", "zoned", "-n", ns).strMap("metadata.annotations")["volume.kubernetes.io/selected-node"]; sel != e2eNode {
 		t.Errorf("the scheduler selected node %q for the PVC, want %s", sel, e2eNode)
@@ -336,13 +330,7 @@ func TestHelmCephFS(t *testing.T) {
 	startRelease(t, e, c, r)
 	const rwx = "ReadWriteMany"
 	ns := r.apps
-	var uids []string
-	run := func(name, pvc string) {
-		t.Helper()
-		d := runAppPod(t, e, ns, name, pvc, false)
-		t.Logf("helm cephfs timing: pod %s on %s Ready in %s", name, pvc, ms(d))
-		uids = append(uids, podUID(t, e, ns, name))
-	}
+	app := &appPods{e: e, ns: ns, directIO: false, timing: "helm cephfs"}
 	ours := func() []string { return prefixed(subvolumes(t, fsa), r.prefix) }
 
 	// RWX in two pods; snapshot; a restore in a third; online expansion.
@@ -352,8 +340,8 @@ func TestHelmCephFS(t *testing.T) {
 	if !strings.HasPrefix(shared.attrs["subvolumeName"], r.prefix) {
 		t.Errorf("subvolume %q lacks the StorageClass's prefix %s", shared.attrs["subvolumeName"], r.prefix)
 	}
-	run("pod-a", "shared")
-	run("pod-b", "shared")
+	app.run(t, "pod-a", "shared")
+	app.run(t, "pod-b", "shared")
 	dataA, sumA := randomData(1 << 20)
 	dataB, sumB := randomData(1 << 20)
 	upload(t, e, ns, "pod-a", "/data/a.bin", dataA)
@@ -376,7 +364,7 @@ func TestHelmCephFS(t *testing.T) {
 	e.wait(t, 3*time.Minute, "-n", ns, "--for=jsonpath={.status.phase}=Bound", "pvc/restored")
 	t.Logf("helm cephfs timing: restore Bound in %s", ms(time.Since(begin)))
 	restored := boundVolume(t, e, ns, "restored", r.driver)
-	run("pod-c", "restored")
+	app.run(t, "pod-c", "restored")
 	for file, want := range map[string]string{"a.bin": sumA, "b.bin": sumB} {
 		if got := podSHA256(t, e, ns, "pod-c", "/data/"+file, 0, 0); got != want {
 			t.Errorf("pod-c reads the restored %s as %s, want %s", file, got, want)
@@ -425,7 +413,7 @@ func TestHelmCephFS(t *testing.T) {
 	deleteAndWait(t, e, "-n", ns, "volumesnapshot/snap", "pvc/restored")
 	e.wait(t, 3*time.Minute, "--for=delete", "pv/"+restored.pv)
 	eventually(t, 2*time.Minute, func() string {
-		if left := driverLeftovers(e, r.driver, uids...); len(left) > 0 {
+		if left := driverLeftovers(e, r.driver, app.uids...); len(left) > 0 {
 			return fmt.Sprintf("left on the node: %v", left)
 		}
 		return ""
@@ -444,7 +432,7 @@ func TestHelmCephFS(t *testing.T) {
 	_ = sn
 
 	install(t, e, r)
-	run("pod-again", "shared")
+	app.run(t, "pod-again", "shared")
 	if got := podSHA256(t, e, ns, "pod-again", "/data/a.bin", 0, 0); got != sumA {
 		t.Errorf("after the new install a.bin reads %s, want %s", got, sumA)
 	}
@@ -452,7 +440,7 @@ func TestHelmCephFS(t *testing.T) {
 	deleteAndWait(t, e, "-n", ns, "pvc/shared")
 	e.wait(t, 3*time.Minute, "--for=delete", "pv/"+shared.pv)
 	eventually(t, 2*time.Minute, func() string {
-		if left := append(driverLeftovers(e, r.driver, uids...), ours()...); len(left) > 0 {
+		if left := append(driverLeftovers(e, r.driver, app.uids...), ours()...); len(left) > 0 {
 			return fmt.Sprintf("left: %v", left)
 		}
 		return ""

@@ -524,3 +524,20 @@ func cleanupRelease(t *testing.T, e *env, r *release) {
 		}
 	})
 }
+
+// appPods runs a test's app pods in one namespace and keeps their UIDs,
+// which the leftover checks look for on the node.
+type appPods struct {
+	e        *env
+	ns       string
+	directIO bool
+	timing   string // what the timing lines start with: "deploy", "helm rbd"
+	uids     []string
+}
+
+func (a *appPods) run(t testing.TB, name, pvc string) {
+	t.Helper()
+	d := runAppPod(t, a.e, a.ns, name, pvc, a.directIO)
+	t.Logf("%s timing: pod %s on %s Ready in %s", a.timing, name, pvc, ms(d))
+	a.uids = append(a.uids, podUID(t, a.e, a.ns, name))
+}

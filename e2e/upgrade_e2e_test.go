@@ -128,13 +128,7 @@ func upgradeImage(t *testing.T, kind string) {
 	startReleaseOf(t, e, c, r, img, old)
 	checkDriverImage(t, e, r, old)
 	ns := r.apps
-	var uids []string
-	run := func(name, pvc string) {
-		t.Helper()
-		d := runAppPod(t, e, ns, name, pvc, ceph.directIO)
-		t.Logf("upgrade timing: pod %s on %s Ready in %s", name, pvc, ms(d))
-		uids = append(uids, podUID(t, e, ns, name))
-	}
+	app := &appPods{e: e, ns: ns, directIO: ceph.directIO, timing: "upgrade"}
 	ourVolume := func(pvc string) volume {
 		t.Helper()
 		v := boundVolume(t, e, ns, pvc, r.driver)
@@ -146,7 +140,7 @@ func upgradeImage(t *testing.T, kind string) {
 	d := provision(t, e, ns, "data", r.sc, "1Gi", "ReadWriteOnce", nil)
 	t.Logf("upgrade timing: PVC Bound (old driver) in %s", ms(d))
 	data := ourVolume("data")
-	run("writer", "data")
+	app.run(t, "writer", "data")
 	payload, sum := randomData(4 << 20)
 	upload(t, e, ns, "writer", "/data/file.bin", payload)
 	helpers := helperPIDs(e, r.driver)
@@ -171,7 +165,7 @@ func upgradeImage(t *testing.T, kind string) {
 	d = provision(t, e, ns, "restored", r.sc, "1Gi", "ReadWriteOnce", fromSnapshot("data-snap"))
 	t.Logf("upgrade timing: restore Bound in %s", ms(d))
 	restored := ourVolume("restored")
-	run("reader", "restored")
+	app.run(t, "reader", "restored")
 	if got := podSHA256(t, e, ns, "reader", "/data/file.bin", 0, 0); got != sum {
 		t.Errorf("the restore holds file.bin as %s, the writer wrote %s", got, sum)
 	}
@@ -181,7 +175,7 @@ func upgradeImage(t *testing.T, kind string) {
 	deleteAndWait(t, e, "-n", ns, "volumesnapshot/data-snap", "pvc/restored", "pvc/data")
 	e.wait(t, 3*time.Minute, "--for=delete", "pv/"+data.pv, "pv/"+restored.pv)
 	eventually(t, 3*time.Minute, func() string {
-		if left := append(driverLeftovers(e, r.driver, uids...), ceph.ours(t)...); len(left) > 0 {
+		if left := append(driverLeftovers(e, r.driver, app.uids...), ceph.ours(t)...); len(left) > 0 {
 			return fmt.Sprintf("left: %v", left)
 		}
 		return ""
