@@ -157,13 +157,15 @@ suppress_ragged_eofs=True
 `, port, p.cliCPath, p.cliKPath, p.caPath)))
 	serverLog := filepath.Join(p.dir, "server.log")
 	cmd := exec.Command("pykmip-server", "-f", conf, "-l", serverLog)
-	// Ends with the test binary even if that dies without its cleanups.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	// A process group of its own: the server's multiprocessing forkserver
+	// and resource tracker outlive a kill of the server alone. Pdeathsig
+	// ends the server with the test binary even without the cleanups.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
-		_ = cmd.Process.Kill()
+		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
 		_ = cmd.Wait()
 	})
 	addr := fmt.Sprintf("127.0.0.1:%d", port)
