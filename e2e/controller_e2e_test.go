@@ -320,8 +320,9 @@ func (p *controllerPod) checkRBAC(t testing.TB) {
 	}
 }
 
-// checkNoSecretsInLogs fails when a Ceph key appears in the log of any
-// process of the run (driver, sidecars, control plane).
+// checkNoSecretsInLogs fails when one of secrets (Ceph keys, passphrases,
+// DEKs, KMS credentials) appears in the log of any process of the run
+// (driver, sidecars, control plane).
 func checkNoSecretsInLogs(t testing.TB, e *env, secrets ...string) {
 	t.Helper()
 	entries, err := os.ReadDir(e.logDir)
@@ -333,9 +334,9 @@ func checkNoSecretsInLogs(t testing.TB, e *env, secrets ...string) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		for _, s := range secrets {
+		for i, s := range secrets {
 			if s != "" && strings.Contains(string(data), s) {
-				t.Errorf("a Ceph key appears in %s", ent.Name())
+				t.Errorf("secret %d of those checked appears in %s", i+1, ent.Name())
 			}
 		}
 	}
