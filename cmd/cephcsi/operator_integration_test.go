@@ -18,7 +18,6 @@ import (
 	"fmt"
 	"io"
 	"maps"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -27,6 +26,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/leanceph/cephcsi/internal/testutil/ports"
 
 	"github.com/ceph/go-ceph/cephfs/admin"
 	"github.com/ceph/go-ceph/rbd"
@@ -483,7 +484,7 @@ func TestOperatorContainers(t *testing.T) {
 		pd := newPod(t, cfg)
 		plugin := start(t, pd, controllerArgs("rbd", rbdDriver, "--enable-fencing=false")...)
 		checkServes(t, plugin, rbdDriver)
-		port := freePort(t)
+		port := ports.Free(t)
 		url := fmt.Sprintf("http://127.0.0.1:%d/metrics", port)
 		var body string
 		p := testutil.StartArgv(t, testutil.ArgvProcess{Bin: bin, Dir: pd.workDir, Env: []string{"POD_IP=127.0.0.1"},
@@ -502,15 +503,6 @@ func TestOperatorContainers(t *testing.T) {
 		}
 		checkWarnings(t, p)
 	})
-}
-
-func freePort(t *testing.T) int {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
 }
 
 func get(url string) (string, error) {

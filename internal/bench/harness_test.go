@@ -38,7 +38,6 @@ import (
 	"errors"
 	"fmt"
 	"math"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -48,6 +47,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/leanceph/cephcsi/internal/testutil/ports"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"github.com/google/uuid"
@@ -499,17 +500,6 @@ func startDriver(b *testing.B, c *testutil.Cluster, kind string) (csi.Controller
 	}
 }
 
-// freePort returns a TCP port on 127.0.0.1 that was free a moment ago.
-func freePort(b *testing.B) int {
-	b.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
-
 // startBinary runs the built cephcsi binary as a controller plugin (what
 // the provisioner sidecar talks to) and stops it when the benchmark ends.
 // Its Ceph clients serve admin sockets (CEPH_ARGS) and it serves Go
@@ -543,7 +533,7 @@ func startBinary(b *testing.B, c *testutil.Cluster, kind string) (csi.Controller
 	if err != nil {
 		b.Fatal(err)
 	}
-	port := freePort(b)
+	port := ports.Free(b)
 	cmd := exec.Command(bin, "--type="+kind, "--controllerserver", "--nodeid=bench",
 		"--endpoint=unix://"+sock, "--configpath="+c.ConfigJSON, "--pluginpath="+filepath.Join(dir, "plugins"),
 		"--enableprofiling", "--metricshost=127.0.0.1", fmt.Sprintf("--metricsport=%d", port))

@@ -9,18 +9,10 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/leanceph/cephcsi/internal/testutil/ports"
+
 	"github.com/leanceph/cephcsi/internal/config"
 )
-
-func freePort(t *testing.T) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
 
 func get(t *testing.T, url string) (int, string) {
 	t.Helper()
@@ -34,7 +26,7 @@ func get(t *testing.T, url string) (int, string) {
 }
 
 func TestProfilingServedOnMetricsPort(t *testing.T) {
-	port := freePort(t)
+	port := ports.Free(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	startHTTP(ctx, &config.Options{MetricsHost: "127.0.0.1", MetricsPort: port, MetricsPath: "/metrics", EnableProfiling: true}, nil)
@@ -56,7 +48,7 @@ func TestProfilingServedOnMetricsPort(t *testing.T) {
 }
 
 func TestMetricsAndProfilesShareThePort(t *testing.T) {
-	port := freePort(t)
+	port := ports.Free(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	metrics := http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "cephcsi_test 1\n") })

@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/leanceph/cephcsi/internal/testutil/ports"
+
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"google.golang.org/grpc"
 
@@ -39,7 +41,7 @@ func TestLivenessHealthz(t *testing.T) {
 	go func() { _ = srv.Serve(lis) }()
 	defer srv.Stop()
 
-	port := freePort(t)
+	port := ports.Free(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() {

@@ -6,7 +6,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -16,21 +15,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/leanceph/cephcsi/internal/testutil/ports"
+
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"github.com/google/uuid"
 
 	"github.com/leanceph/cephcsi/internal/testutil"
 )
-
-func freePort(t *testing.T) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
 
 // scrapeURL reads a metrics endpoint until it answers, and returns, per
 // metric name, the label names its series carry.
@@ -76,7 +67,7 @@ func scrapeURL(t *testing.T, url string) (string, map[string][]string) {
 func TestDashboardQueriesNameExportedMetrics(t *testing.T) {
 	c := testutil.RequireCluster(t)
 	bin := testutil.BuildBinary(t)
-	port := freePort(t)
+	port := ports.Free(t)
 	p := testutil.StartProcess(t, bin, nil, "--type=rbd", "--controllerserver", "--nodeserver", "--nodeid=metrics-node",
 		"--configpath="+c.ConfigJSON, "--pluginpath="+t.TempDir(), "--enablegrpcmetrics",
 		"--metricshost=127.0.0.1", fmt.Sprintf("--metricsport=%d", port))
@@ -117,7 +108,7 @@ func TestDashboardQueriesNameExportedMetrics(t *testing.T) {
 	}
 
 	// The liveness sidecar is its own process, on its own port.
-	lport := freePort(t)
+	lport := ports.Free(t)
 	live := exec.Command(bin, "--type=liveness", "--endpoint=unix://"+p.Socket, "--metricshost=127.0.0.1",
 		fmt.Sprintf("--metricsport=%d", lport), "--polltime=1s", "--timeout=1s")
 	live.Stdout, live.Stderr = os.Stderr, os.Stderr

@@ -25,6 +25,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/leanceph/cephcsi/internal/testutil/ports"
 )
 
 // ServerName is the name (and 127.0.0.1 the address) the server's
@@ -103,17 +105,6 @@ func write(t testing.TB, path string, b []byte) {
 	}
 }
 
-// freePort returns a TCP port free on 127.0.0.1 now.
-func freePort(t testing.TB) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
-
 // Server is a running pykmip-server.
 type Server struct {
 	// Addr is host:port, the KMS's KMIP_ENDPOINT.
@@ -130,7 +121,7 @@ func Start(t testing.TB, p *PKI) *Server {
 	if _, err := exec.LookPath("pykmip-server"); err != nil {
 		t.Fatalf("no pykmip-server (python3-pykmip is in build.env's ROOT_TOOL_PACKAGES; run in the dev root): %v", err)
 	}
-	port := freePort(t)
+	port := ports.Free(t)
 	conf := filepath.Join(p.dir, "server.conf")
 	write(t, conf, []byte(fmt.Sprintf(`[server]
 hostname=127.0.0.1
