@@ -5,6 +5,7 @@ go 1.26.8
 require (
 	github.com/ceph/go-ceph v0.41.0
 	github.com/container-storage-interface/spec v1.13.0
+	github.com/google/fscrypt v0.3.6
 	github.com/google/uuid v1.6.0
 	github.com/hanwen/go-fuse/v2 v2.12.1
 	github.com/kubernetes-csi/csi-lib-utils v0.25.0
@@ -21,7 +22,10 @@ require (
 	k8s.io/utils v0.0.0-20260707023825-cf1189d6abe3
 )
 
-require k8s.io/apimachinery v0.37.2 // indirect
+require (
+	github.com/pkg/errors v0.9.1 // indirect
+	k8s.io/apimachinery v0.37.2 // indirect
+)
 
 require (
 	codeberg.org/go-fonts/liberation v0.5.0 // indirect

@@ -11,6 +11,8 @@ import (
 	"github.com/ceph/go-ceph/cephfs/admin"
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"github.com/google/uuid"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 )
 
 // createCephFS provisions a CephFS volume (a subvolume with a quota) that is
@@ -18,26 +20,41 @@ import (
 // subvolume is gone.
 func (e *env) createCephFS(t *testing.T, size int64) *volume {
 	t.Helper()
+	return e.createCephFSWith(t, size, map[string]string{"clusterID": e.c.ClusterID, "fsName": "myfs", "mounter": "kernel"},
+		nil, e.c.CephFSSecrets(), e.c.CephFSNodeSecrets())
+}
+
+// createCephFSWith provisions a CephFS volume with the given parameters,
+// content source and provisioner and node-stage secrets.
+func (e *env) createCephFSWith(t *testing.T, size int64, params map[string]string, src *csi.VolumeContentSource,
+	secrets, nodeSecrets map[string]string) *volume {
+	t.Helper()
 	vcap := &csi.VolumeCapability{
 		AccessType: &csi.VolumeCapability_Mount{Mount: &csi.VolumeCapability_MountVolume{}},
 		AccessMode: &csi.VolumeCapability_AccessMode{Mode: csi.VolumeCapability_AccessMode_MULTI_NODE_MULTI_WRITER},
 	}
 	var vol *csi.Volume
 	step(t, "CreateVolume (CephFS)", func() {
-		resp, err := e.fsCtl.CreateVolume(ctxT(t), &csi.CreateVolumeRequest{Name: "kt-" + uuid.NewString(),
+		req := &csi.CreateVolumeRequest{Name: "kt-" + uuid.NewString(),
 			CapacityRange: &csi.CapacityRange{RequiredBytes: size}, VolumeCapabilities: []*csi.VolumeCapability{vcap},
-			Parameters: map[string]string{"clusterID": e.c.ClusterID, "fsName": "myfs", "mounter": "kernel"},
-			Secrets:    e.c.CephFSSecrets()})
+			Parameters: params, VolumeContentSource: src, Secrets: secrets}
+		resp, err := e.fsCtl.CreateVolume(ctxT(t), req)
+		// A clone copies in the background: its CreateVolume is Aborted
+		// until the copy is done.
+		for deadline := time.Now().Add(2 * time.Minute); status.Code(err) == codes.Aborted && time.Now().Before(deadline); {
+			time.Sleep(500 * time.Millisecond)
+			resp, err = e.fsCtl.CreateVolume(ctxT(t), req)
+		}
 		if err != nil {
 			t.Fatalf("CreateVolume: %v", err)
 		}
 		vol = resp.GetVolume()
 	})
-	v := e.newVolume(vol, vcap, e.fsNode, e.fsCtl, e.c.CephFSNodeSecrets(), "cephfs.csi.ceph.com")
+	v := e.newVolume(vol, vcap, e.fsNode, e.fsCtl, nodeSecrets, "cephfs.csi.ceph.com")
 	sub := vol.GetVolumeContext()["subvolumeName"]
 	t.Cleanup(func() {
 		v.release(t)
-		if _, err := e.fsCtl.DeleteVolume(ctxT(t), &csi.DeleteVolumeRequest{VolumeId: vol.GetVolumeId(), Secrets: e.c.CephFSSecrets()}); err != nil {
+		if _, err := e.fsCtl.DeleteVolume(ctxT(t), &csi.DeleteVolumeRequest{VolumeId: vol.GetVolumeId(), Secrets: secrets}); err != nil {
 			t.Errorf("DeleteVolume %s: %v", vol.GetVolumeId(), err)
 			return
 		}

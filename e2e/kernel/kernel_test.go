@@ -117,7 +117,7 @@ func setup(t *testing.T) *env {
 	})
 	step(t, "start controllers on the host", func() {
 		e.rbdCtl = testutil.StartDriver(t, c, "rbd", func(o *config.Options) { o.KMSConfigPath = e.kmsConfig }).Controller
-		e.fsCtl = testutil.StartDriver(t, c, "cephfs", nil).Controller
+		e.fsCtl = testutil.StartDriver(t, c, "cephfs", func(o *config.Options) { o.KMSConfigPath = e.kmsConfig }).Controller
 	})
 	return e
 }
@@ -273,6 +273,8 @@ func TestKernelNode(t *testing.T) {
 	t.Run("krbd-xfs-restore-from-snapshot", e.testRestoreFromSnapshot)
 	t.Run("krbd-ext4-readonly-from-snapshot", e.testReadOnlyFromSnapshot)
 	t.Run("cephfs-kernel", e.testCephFSKernel)
+	t.Run("cephfs-fscrypt-snapshot-restore", e.testCephFSFscrypt)
+	t.Run("cephfs-fscrypt-metadata-kms", e.testCephFSFscryptMetadataKMS)
 	t.Run("krbd-luks-ext4-restore-expand", e.testLUKSFilesystem)
 	t.Run("rbd-nbd-luks-block-clone", e.testLUKSBlockClone)
 	t.Run("luks-ceph-csi-layout-opens", e.testCephCSILayout)

@@ -463,15 +463,15 @@ func (e *env) snapshotOf(t *testing.T, v *volume) *csi.Snapshot {
 	t.Helper()
 	var snap *csi.Snapshot
 	step(t, "CreateSnapshot", func() {
-		resp, err := e.rbdCtl.CreateSnapshot(ctxT(t), &csi.CreateSnapshotRequest{SourceVolumeId: v.id(),
-			Name: "kt-snap-" + uuid.NewString(), Secrets: e.rbdSecrets(), Parameters: map[string]string{"clusterID": e.c.ClusterID}})
+		resp, err := v.ctl.CreateSnapshot(ctxT(t), &csi.CreateSnapshotRequest{SourceVolumeId: v.id(),
+			Name: "kt-snap-" + uuid.NewString(), Secrets: e.controllerSecrets(v.ctl), Parameters: map[string]string{"clusterID": e.c.ClusterID}})
 		if err != nil {
 			t.Fatalf("CreateSnapshot: %v", err)
 		}
 		snap = resp.GetSnapshot()
 	})
 	t.Cleanup(func() {
-		if _, err := e.rbdCtl.DeleteSnapshot(ctxT(t), &csi.DeleteSnapshotRequest{SnapshotId: snap.GetSnapshotId(), Secrets: e.rbdSecrets()}); err != nil {
+		if _, err := v.ctl.DeleteSnapshot(ctxT(t), &csi.DeleteSnapshotRequest{SnapshotId: snap.GetSnapshotId(), Secrets: e.controllerSecrets(v.ctl)}); err != nil {
 			t.Errorf("DeleteSnapshot: %v", err)
 		}
 	})

@@ -34,6 +34,10 @@ type contentSource struct {
 	size int64
 	// root is the source subvolume's directory above its data directory.
 	root string
+	// kmsID and encryptionType are the source's encryption, from its
+	// journal entry (ceph-csi records them for snapshots too); both ""
+	// for a plain source.
+	kmsID, encryptionType string
 }
 
 // origin returns the subvolume and snapshot a clone named name copies. A
@@ -100,7 +104,8 @@ func (s *ControllerServer) resolveSource(f *fsConn, src *csi.VolumeContentSource
 	case err != nil:
 		return nil, fmt.Errorf("reading source subvolume %s: %w", name, err)
 	}
-	return &contentSource{volume: name, size: quotaBytes(info), root: subvolumeRoot(f.group, name, info.Path)}, nil
+	return &contentSource{volume: name, size: quotaBytes(info), root: subvolumeRoot(f.group, name, info.Path),
+		kmsID: entry.KMSID, encryptionType: entry.EncryptionType}, nil
 }
 
 // findBackingSnapshot reads the journal entry of snapshotID and checks that
@@ -117,7 +122,7 @@ func (s *ControllerServer) findBackingSnapshot(f *fsConn, snapshotID string) (*c
 	if _, err := f.admin.SubVolumeSnapshotInfo(f.fs.Name, f.group, entry.Source, entry.ImageName); err != nil {
 		return nil, fmt.Errorf("snapshot %s of %s: %w", entry.ImageName, entry.Source, err)
 	}
-	c := &contentSource{snapshot: entry, snapshotID: snapshotID}
+	c := &contentSource{snapshot: entry, snapshotID: snapshotID, kmsID: entry.KMSID, encryptionType: entry.EncryptionType}
 	// A source deleted with its snapshots retained has no info; its size is
 	// then unknown, and the snapshots sit below the fixed root.
 	var dataPath string
@@ -221,4 +226,25 @@ func (s *ControllerServer) removeSnapshotAndEntry(f *fsConn, entry *journal.Entr
 	}
 	failpoint.Hit("cephfs-delete-snapshot-before-release")
 	return s.snapshots.Release(f.store(), entry)
+}
+
+// checkSourceEncryption refuses content sources that would not give an
+// encrypted volume its files. An encrypted source cannot be copied at all:
+// the manager's subvolume cloner (Tentacle 20.2) copies the encrypted
+// directory without its fscrypt policy, so the copy can never be unlocked
+// (docs/encryption.md). A plain source under an encrypted StorageClass
+// would keep its files plain beside the encrypted directory.
+func checkSourceEncryption(src *contentSource, e *encryption, id string) error {
+	switch {
+	case src == nil:
+		return nil
+	case src.encryptionType != "":
+		return csierr.Errorf(csierr.ErrInvalid, "volume_content_source %s is encrypted with fscrypt (KMS %q), and Ceph's subvolume clone "+
+			"does not carry fscrypt policies: the copy could not be unlocked; restoring or cloning encrypted CephFS volumes is not supported",
+			id, src.kmsID)
+	case e != nil:
+		return csierr.Errorf(csierr.ErrInvalid, "volume_content_source %s is not encrypted, and this StorageClass asks for encryption: "+
+			"its files would stay plain", id)
+	}
+	return nil
 }

@@ -115,6 +115,15 @@ func (s *ControllerServer) CreateVolume(ctx context.Context, req *csi.CreateVolu
 	if err != nil {
 		return nil, err
 	}
+	if params.Encryption != nil {
+		// Built before anything is made: a KMS the user misconfigured
+		// fails the request with nothing left behind.
+		secret, _, err := fileSecret(ctx, s.Deps, params.Encryption, req.GetSecrets(), req.GetParameters()[request.PVCNamespaceKey], true)
+		if err != nil {
+			return nil, err
+		}
+		clear(secret)
+	}
 
 	f, err := openFSByName(s.Deps, params.ClusterID, params.FsName, creds)
 	if err != nil {
@@ -182,6 +191,9 @@ func (s *ControllerServer) provisionVolume(ctx context.Context, f *fsConn, name 
 	if err != nil {
 		return nil, nil, nil, err
 	}
+	if err := checkSourceEncryption(src, params.Encryption, request.SourceOf(req.GetVolumeContentSource())); err != nil {
+		return nil, nil, nil, err
+	}
 	if src != nil && !params.BackingSnapshot && src.size > size {
 		return nil, nil, nil, csierr.Errorf(csierr.ErrOutOfRange, "requested size %d is smaller than the source's %d", size, src.size)
 	}
@@ -193,7 +205,11 @@ func (s *ControllerServer) provisionVolume(ctx context.Context, f *fsConn, name 
 	switch {
 	case fresh:
 		began := time.Now()
-		entry, err = s.volumes.Reserve(f.store(), name, params.NamePrefix, journal.Entry{BackingSnapshotID: backingID, Request: digest})
+		template := journal.Entry{BackingSnapshotID: backingID, Request: digest, Owner: req.GetParameters()[request.PVCNamespaceKey]}
+		if params.Encryption != nil {
+			template.KMSID, template.EncryptionType = params.Encryption.journalKMSID(), encryptionTypeFile
+		}
+		entry, err = s.volumes.Reserve(f.store(), name, params.NamePrefix, template)
 		if metrics.Step(metrics.CephFS, metrics.StepJournalReserve, began, err) != nil {
 			return nil, nil, nil, err
 		}

@@ -15,6 +15,7 @@ import (
 
 	"github.com/leanceph/cephcsi/internal/cephconn"
 	"github.com/leanceph/cephcsi/internal/csierr"
+	"github.com/leanceph/cephcsi/internal/fscrypt"
 	"github.com/leanceph/cephcsi/internal/journal"
 	"github.com/leanceph/cephcsi/internal/keyexec"
 	"github.com/leanceph/cephcsi/internal/metrics"
@@ -84,6 +85,7 @@ type stageRequest struct {
 	clusterID         string
 	subvolumeName     string
 	backingSnapshotID string
+	encryption        *encryption
 }
 
 // NodeStageVolume implements csi.NodeServer: it mounts the subvolume (or,
@@ -109,6 +111,13 @@ func (n *NodeServer) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolu
 		return nil, fmt.Errorf("checking %s: %w", staging, err)
 	}
 	if mounted {
+		// A stage that stopped between the mount and the unlock is
+		// finished by its retry; unlocking twice changes nothing.
+		if sr.encryption != nil {
+			if err := n.unlock(ctx, req, sr, staging); err != nil {
+				return nil, err
+			}
+		}
 		return &csi.NodeStageVolumeResponse{}, nil
 	}
 	if err := os.MkdirAll(staging, 0o750); err != nil {
@@ -125,6 +134,12 @@ func (n *NodeServer) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolu
 		return nil, fmt.Errorf("mounting %s:%s with the %s client: %w", sr.spec.FsName, sr.spec.Root, sr.mounter, err)
 	}
 	rec := stagedVolume{StagingPath: staging, Mounter: sr.mounter, FsName: sr.spec.FsName, Root: sr.spec.Root}
+	if sr.encryption != nil {
+		if err := n.unlock(ctx, req, sr, staging); err != nil {
+			n.undoStage(ctx, staging)
+			return nil, err
+		}
+	}
 	if sr.backingSnapshotID != "" {
 		if rec.SnapshotDir, err = n.bindSnapshot(staging, sr.backingSnapshotID); err != nil {
 			n.undoStage(ctx, staging)
@@ -136,6 +151,31 @@ func (n *NodeServer) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolu
 		return nil, fmt.Errorf("recording the staged volume: %w", err)
 	}
 	return &csi.NodeStageVolumeResponse{}, nil
+}
+
+// unlock opens the fscrypt directory of the encrypted volume mounted at
+// staging, creating it on the volume's first stage.
+func (n *NodeServer) unlock(ctx context.Context, req *csi.NodeStageVolumeRequest, sr *stageRequest, staging string) error {
+	owner := ""
+	if id, err := volid.Decode(req.GetVolumeId()); err == nil {
+		entry, err := n.journalEntry(id, req.GetVolumeId(), sr.spec.Creds)
+		if err != nil {
+			return err
+		}
+		owner = entry.Owner
+	}
+	secret, src, err := fileSecret(ctx, n.Deps, sr.encryption, req.GetSecrets(), owner, false)
+	if err != nil {
+		return err
+	}
+	defer clear(secret)
+	began := time.Now()
+	dir, err := fscrypt.Unlock(staging, src, secret)
+	if err != nil {
+		return fmt.Errorf("volume %s: %w", req.GetVolumeId(), unlockError(err))
+	}
+	klog.FromContext(ctx).V(2).Info("unlocked the fscrypt directory", "volume", req.GetVolumeId(), "dir", dir, "took", time.Since(began))
+	return nil
 }
 
 // undoStage unmounts a stage that failed half-way; what it cannot unmount
@@ -215,7 +255,23 @@ func (n *NodeServer) decodeStage(ctx context.Context, req *csi.NodeStageVolumeRe
 	if validMounter(sr.mounter) != nil {
 		return nil, csierr.Errorf(csierr.ErrInvalid, "volume_context.mounter: %q is not kernel or fuse", sr.mounter)
 	}
-	if sr.mounter == "" {
+	if sr.encryption, err = parseEncryption(vc, "volume_context."); err != nil {
+		return nil, err
+	}
+	switch {
+	case sr.encryption != nil && backing:
+		return nil, csierr.Errorf(csierr.ErrInvalid, "volume_context: a snapshot-backed volume cannot be encrypted")
+	case sr.encryption != nil && sr.mounter == mounterFuse:
+		return nil, csierr.Errorf(csierr.ErrInvalid, "volume_context.mounter: %q cannot mount an encrypted volume: fscrypt needs the kernel client", sr.mounter)
+	case sr.encryption != nil:
+		// fscrypt lives in the kernel client: without it the volume
+		// cannot be opened here, whatever the quota support.
+		if !kernelClientAvailable() {
+			return nil, csierr.Errorf(csierr.ErrPrecondition, "volume %s is encrypted with fscrypt, which needs the CephFS kernel client, "+
+				"and this node's kernel has no ceph module", req.GetVolumeId())
+		}
+		sr.mounter = mounterKernel
+	case sr.mounter == "":
 		sr.mounter = mounterFuse
 		if kernelClientAvailable() && (n.Options.ForceKernelClient || KernelQuotaSupported()) {
 			sr.mounter = mounterKernel
@@ -280,6 +336,20 @@ func (n *NodeServer) subvolumePath(volumeID, fsName, subvolume string, creds cep
 	return p, nil
 }
 
+// journalEntry reads the volume's journal entry.
+func (n *NodeServer) journalEntry(id volid.ID, volumeID string, creds cephconn.Credentials) (*journal.Entry, error) {
+	f, err := openFS(n.Deps, id.ClusterID, "", id.LocationID, creds)
+	if err != nil {
+		return nil, err
+	}
+	defer f.close()
+	entry, err := journal.Volumes(n.Options.InstanceID).Get(f.store(), id.UUID)
+	if err != nil {
+		return nil, fmt.Errorf("reading the journal of volume %s: %w", volumeID, err)
+	}
+	return entry, nil
+}
+
 // backingSnapshotFromJournal reads a snapshot-backed volume's snapshot ID
 // from the volume journal.
 func (n *NodeServer) backingSnapshotFromJournal(volumeID string, creds cephconn.Credentials) (string, error) {
@@ -287,14 +357,9 @@ func (n *NodeServer) backingSnapshotFromJournal(volumeID string, creds cephconn.
 	if err != nil {
 		return "", csierr.Errorf(csierr.ErrInvalid, "volume_context lacks backingSnapshotID and volume_id is not ours: %v", err)
 	}
-	f, err := openFS(n.Deps, id.ClusterID, "", id.LocationID, creds)
+	entry, err := n.journalEntry(id, volumeID, creds)
 	if err != nil {
 		return "", err
-	}
-	defer f.close()
-	entry, err := journal.Volumes(n.Options.InstanceID).Get(f.store(), id.UUID)
-	if err != nil {
-		return "", fmt.Errorf("reading the journal of volume %s: %w", volumeID, err)
 	}
 	if entry.BackingSnapshotID == "" {
 		return "", csierr.Errorf(csierr.ErrInvalid, "volume %s is not snapshot-backed", volumeID)
@@ -435,7 +500,17 @@ func (n *NodeServer) NodePublishVolume(ctx context.Context, req *csi.NodePublish
 			return nil, err
 		}
 	}
-	if err := n.publisher.BindDir(staging, target, readOnly, vcap.GetMount().GetMountFlags()); err != nil {
+	// An encrypted volume shows pods its fscrypt directory, not the
+	// metadata beside it.
+	source := staging
+	enc, err := parseEncryption(req.GetVolumeContext(), "volume_context.")
+	if err != nil {
+		return nil, err
+	}
+	if enc != nil {
+		source = filepath.Join(staging, fscrypt.Subdir)
+	}
+	if err := n.publisher.BindDir(source, target, readOnly, vcap.GetMount().GetMountFlags()); err != nil {
 		return nil, err
 	}
 	return &csi.NodePublishVolumeResponse{}, nil

@@ -22,15 +22,8 @@ type volumeParams struct {
 	Mounter         string
 	NamePrefix      string
 	BackingSnapshot bool
-}
-
-// notImplemented are ceph-csi CephFS StorageClass parameters this driver
-// does not implement yet; each is refused when it asks for something, with
-// what the user would lose.
-var notImplemented = map[string]string{
-	"encrypted":       "fscrypt encryption of CephFS volumes (only RBD volumes are encrypted, with LUKS2; see docs/encryption.md)",
-	"encryptionKMSID": "fscrypt encryption of CephFS volumes (only RBD volumes are encrypted, with LUKS2; see docs/encryption.md)",
-	"encryptionType":  "fscrypt encryption of CephFS volumes (only RBD volumes are encrypted, with LUKS2; see docs/encryption.md)",
+	// Encryption is set for volumes encrypted with fscrypt.
+	Encryption *encryption
 }
 
 func parseVolumeParams(p map[string]string) (*volumeParams, error) {
@@ -62,14 +55,14 @@ func parseVolumeParams(p map[string]string) (*volumeParams, error) {
 			return nil, err
 		}
 	}
-	for name, what := range notImplemented {
-		if s := p[name]; s != "" {
-			if b, err := strconv.ParseBool(s); err != nil || b {
-				return nil, csierr.Param(name, "%q is not supported by this driver yet (%s)", s, what)
-			}
-		}
-	}
 	var err error
+	if v.Encryption, err = parseEncryption(p, ""); err != nil {
+		return nil, err
+	}
+	if v.Encryption != nil && v.Mounter == mounterFuse {
+		return nil, csierr.Param("mounter", "%q cannot mount an encrypted volume: fscrypt needs the CephFS kernel client (mounter %q)",
+			v.Mounter, mounterKernel)
+	}
 	if v.NamePrefix, err = request.NamePrefix(p, "volumeNamePrefix", request.DefaultVolumePrefix); err != nil {
 		return nil, err
 	}
@@ -87,6 +80,11 @@ func parseVolumeParams(p map[string]string) (*volumeParams, error) {
 			return nil, csierr.Param("backingSnapshot", "%q is not a boolean", s)
 		}
 		v.BackingSnapshot = b
+	}
+	if v.BackingSnapshot && v.Encryption != nil {
+		// The snapshot's encrypted directory would have to be unlocked
+		// read-only below the snapshot, which the node does not do.
+		return nil, csierr.Param("backingSnapshot", "cannot be combined with encrypted: restore the snapshot into a new volume instead")
 	}
 	return v, nil
 }

@@ -36,11 +36,41 @@ func TestParseVolumeParams(t *testing.T) {
 		{base("mounter", "nfs"), "mounter"},
 		{base("volumeNamePrefix", "a/b"), "volumeNamePrefix"},
 		{base("backingSnapshot", "yes please"), "backingSnapshot"},
+		{base("encrypted", "maybe"), "encrypted"},
+		{base("encrypted", "true", "encryptionType", "block"), "encryptionType"},
+		{base("encrypted", "true", "encryptionType", "fscrypt"), "encryptionType"},
+		{base("encrypted", "true", "mounter", "fuse"), "mounter"},
+		{base("encrypted", "true", "encryptionCipher", "aes-xts-plain64"), "encryptionCipher"},
+		{base("encryptionKMSID", "vault"), "encryptionKMSID"},
+		{base("encryptionType", "file"), "encryptionType"},
+		{base("encrypted", "true", "backingSnapshot", "true"), "backingSnapshot"},
 	} {
 		_, err := parseVolumeParams(tc.p)
 		if csierr.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), `"`+tc.field+`"`) {
 			t.Errorf("%v: %v, want InvalidArgument naming %s", tc.p, err, tc.field)
 		}
+	}
+	for _, tc := range []struct {
+		p     map[string]string
+		kmsID string
+		on    bool
+	}{
+		{base("encrypted", "false"), "", false},
+		{base("encrypted", "false", "encryptionKMSID", "x"), "", false},
+		{base("encrypted", "true"), "", true},
+		{base("encrypted", "True", "encryptionKMSID", "default", "mounter", "kernel"), "", true},
+		{base("encrypted", "true", "encryptionKMSID", "secrets", "encryptionType", "file"), "secrets", true},
+	} {
+		v, err := parseVolumeParams(tc.p)
+		switch {
+		case err != nil:
+			t.Errorf("%v: %v", tc.p, err)
+		case (v.Encryption != nil) != tc.on || (tc.on && v.Encryption.KMSID != tc.kmsID):
+			t.Errorf("%v: encryption %+v, want on=%v KMS %q", tc.p, v.Encryption, tc.on, tc.kmsID)
+		}
+	}
+	if j := (&encryption{}).journalKMSID(); j != "default" {
+		t.Errorf("the default KMS is journaled as %q, want \"default\" as ceph-csi", j)
 	}
 	if p, err := snapshotPrefix(nil); err != nil || p != "csi-snap-" {
 		t.Errorf("default snapshot prefix = %q, %v", p, err)

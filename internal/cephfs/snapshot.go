@@ -64,7 +64,8 @@ func (s *ControllerServer) CreateSnapshot(ctx context.Context, req *csi.CreateSn
 	fresh := entry == nil
 	if fresh {
 		began = time.Now()
-		entry, err = s.snapshots.Reserve(store, name, prefix, journal.Entry{Source: ref.name, Request: digest})
+		entry, err = s.snapshots.Reserve(store, name, prefix, journal.Entry{Source: ref.name, Request: digest,
+			KMSID: ref.entry.KMSID, EncryptionType: ref.entry.EncryptionType, Owner: ref.entry.Owner})
 		if metrics.Step(metrics.CephFS, metrics.StepJournalReserve, began, err) != nil {
 			return nil, err
 		}

@@ -32,6 +32,8 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+
+	"github.com/leanceph/cephcsi/internal/csierr"
 )
 
 // DefaultConfigPath is where Rook and ceph-csi's manifests mount the KMS
@@ -111,3 +113,40 @@ func (k *defaultKMS) Open(context.Context, string, string) ([]byte, error) {
 }
 
 func (k *defaultKMS) Remove(context.Context, string) error { return nil }
+
+// ErrNoSecret marks a KMS that cannot give its secret to fscrypt.
+var ErrNoSecret = errors.New("the KMS cannot give fscrypt a secret")
+
+// FileSecret returns the secret that protects CephFS volumes encrypted
+// with fscrypt under k, as ceph-csi takes it: the default KMS's passphrase
+// (a raw key) and the metadata KMS's (a passphrase to hash), the same for
+// every volume of the KMS. raw says which. A KMS that only seals per-volume
+// DEKs (KMIP) has none: ErrNoSecret. The caller clears the secret.
+func FileSecret(k KMS) (secret []byte, raw bool, err error) {
+	switch k := k.(type) {
+	case *defaultKMS:
+		return append([]byte(nil), k.passphrase...), true, nil
+	case *metadataKMS:
+		return append([]byte(nil), k.passphrase...), false, nil
+	}
+	return nil, false, fmt.Errorf("KMS %q is of type %q, which seals a key per volume and has no secret for fscrypt: %w",
+		k.ID(), k.Type(), ErrNoSecret)
+}
+
+// CSIError gives a KMS failure its kind: a configuration the user must fix
+// is InvalidArgument (at CreateVolume) or FailedPrecondition (later calls,
+// whose request the user did not write); a wrong key is PermissionDenied;
+// a KMS that cannot be reached is Unavailable.
+func CSIError(err error, atCreate bool) error {
+	switch {
+	case errors.Is(err, ErrConfig), errors.Is(err, ErrUnsupported), errors.Is(err, ErrNoSecret):
+		if atCreate {
+			return csierr.Errorf(csierr.ErrInvalid, "parameter %q: %w", "encryptionKMSID", err)
+		}
+		return csierr.Errorf(csierr.ErrPrecondition, "%w", err)
+	case errors.Is(err, ErrWrongKey):
+		return csierr.Errorf(csierr.ErrPermission, "%w", err)
+	default:
+		return csierr.Errorf(csierr.ErrUnavailable, "%w", err)
+	}
+}

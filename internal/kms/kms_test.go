@@ -7,12 +7,16 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
 	"golang.org/x/crypto/scrypt"
+	"google.golang.org/grpc/codes"
+
+	"github.com/leanceph/cephcsi/internal/csierr"
 )
 
 const testVolID = "0001-0009-rook-ceph-0000000000000002-197480ab-6e0f-11ed-b5c4-6efb82c232c4"
@@ -221,5 +225,32 @@ func TestConfigMapFallback(t *testing.T) {
 	}
 	if len(kube.reads) != 1 || kube.reads[0] != "configmap ceph/csi-kms-connection-details" {
 		t.Fatalf("reads %v", kube.reads)
+	}
+}
+
+// CephFS fscrypt takes the KMS's own secret: the default KMS's passphrase
+// as a raw key, the metadata KMS's as a passphrase; KMIP has none.
+func TestFileSecret(t *testing.T) {
+	path := writeConfig(t, `{"meta": {"encryptionKMSType": "metadata", "secretName": "enc", "secretNamespace": "ns"}}`)
+	kube := &fakeKube{secrets: map[string]map[string][]byte{"ns/enc": {PassphraseKey: []byte("from-secret")}}}
+	ctx := context.Background()
+	for _, tc := range []struct {
+		id, want string
+		raw      bool
+	}{{"", "request-pass", true}, {"meta", "from-secret", false}} {
+		k, err := Get(ctx, tc.id, Env{ConfigPath: path, Kube: kube, Secrets: map[string]string{PassphraseKey: "request-pass"}})
+		if err != nil {
+			t.Fatalf("%q: %v", tc.id, err)
+		}
+		s, raw, err := FileSecret(k)
+		if err != nil || string(s) != tc.want || raw != tc.raw {
+			t.Fatalf("%q: secret %q raw %v, %v; want %q raw %v", tc.id, s, raw, err, tc.want, tc.raw)
+		}
+	}
+	if _, _, err := FileSecret(&kmipKMS{id: "hsm"}); !errors.Is(err, ErrNoSecret) {
+		t.Fatalf("KMIP: %v, want ErrNoSecret", err)
+	}
+	if err := CSIError(fmt.Errorf("x: %w", ErrNoSecret), true); csierr.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), "encryptionKMSID") {
+		t.Fatalf("ErrNoSecret at create: %v, want InvalidArgument naming encryptionKMSID", err)
 	}
 }

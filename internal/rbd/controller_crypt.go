@@ -20,9 +20,9 @@ import (
 
 // volumeKMS builds the KMS of kmsID for a volume owned by owner.
 func (s *ControllerServer) volumeKMS(ctx context.Context, kmsID string, secrets map[string]string, owner string, atCreate bool) (kms.KMS, error) {
-	k, err := kms.Get(ctx, kmsID, kmsEnv(s.Deps, secrets, owner))
+	k, err := kms.Get(ctx, kmsID, s.KMSEnv(secrets, owner))
 	if err != nil {
-		return nil, kmsError(err, atCreate)
+		return nil, kms.CSIError(err, atCreate)
 	}
 	return k, nil
 }
@@ -102,7 +102,7 @@ func (s *ControllerServer) sourceDEK(ctx context.Context, src *contentSource, fa
 	}
 	dek, err := k.Open(ctx, src.id, have.SealedDEK)
 	if err != nil {
-		return nil, "", fmt.Errorf("opening the DEK of the source %s: %w", src.id, kmsError(err, false))
+		return nil, "", fmt.Errorf("opening the DEK of the source %s: %w", src.id, kms.CSIError(err, false))
 	}
 	return dek, have.State, nil
 }
@@ -112,7 +112,7 @@ func (s *ControllerServer) sourceDEK(ctx context.Context, src *contentSource, fa
 func sealOnImage(ctx context.Context, p pool, entry *journal.Entry, k kms.KMS, volumeID string, dek []byte, state string) error {
 	sealed, err := k.Seal(ctx, volumeID, dek)
 	if err != nil {
-		return fmt.Errorf("sealing the DEK of %s: %w", volumeID, kmsError(err, false))
+		return fmt.Errorf("sealing the DEK of %s: %w", volumeID, kms.CSIError(err, false))
 	}
 	set, drop := encryptionMetadata(state, sealed)
 	if err := p.SetImageMetadata(entry.ImageID, set, drop); err != nil {
@@ -140,7 +140,7 @@ func (s *ControllerServer) sealSnapshot(ctx context.Context, ref *volumeRef, ent
 	}
 	dek, err := k.Open(ctx, volumeIDString(ref), have.SealedDEK)
 	if err != nil {
-		return fmt.Errorf("opening the DEK of volume %s: %w", volumeIDString(ref), kmsError(err, false))
+		return fmt.Errorf("opening the DEK of volume %s: %w", volumeIDString(ref), kms.CSIError(err, false))
 	}
 	defer clear(dek)
 	return sealOnImage(ctx, ref.p, entry, k, snapshotID, dek, have.State)

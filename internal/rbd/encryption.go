@@ -9,7 +9,6 @@ import (
 	"github.com/leanceph/cephcsi/internal/csierr"
 	"github.com/leanceph/cephcsi/internal/kms"
 	"github.com/leanceph/cephcsi/internal/luks"
-	"github.com/leanceph/cephcsi/internal/service"
 )
 
 // Encrypted volumes, laid out on the cluster as ceph-csi lays them out: a
@@ -104,33 +103,6 @@ func parseEncryption(p map[string]string, prefix string) (*encryption, error) {
 		return nil, bad(pe.Param, "%s", pe.Msg)
 	}
 	return e, err
-}
-
-// kmsEnv is what the volume's KMS is built with.
-func kmsEnv(d *service.Deps, secrets map[string]string, owner string) kms.Env {
-	env := kms.Env{ConfigPath: d.Options.KMSConfigPath, Secrets: secrets, Tenant: owner, Namespace: kms.PodNamespace()}
-	if k := d.Kube(); k != nil {
-		env.Kube = k
-	}
-	return env
-}
-
-// kmsError gives a KMS failure its kind: a configuration the user must fix
-// is InvalidArgument (at CreateVolume) or FailedPrecondition (later calls,
-// whose request the user did not write); a KMS that cannot be reached is
-// Unavailable.
-func kmsError(err error, atCreate bool) error {
-	switch {
-	case errors.Is(err, kms.ErrConfig), errors.Is(err, kms.ErrUnsupported):
-		if atCreate {
-			return csierr.Errorf(csierr.ErrInvalid, "parameter %q: %w", "encryptionKMSID", err)
-		}
-		return csierr.Errorf(csierr.ErrPrecondition, "%w", err)
-	case errors.Is(err, kms.ErrWrongKey):
-		return csierr.Errorf(csierr.ErrPermission, "%w", err)
-	default:
-		return csierr.Errorf(csierr.ErrUnavailable, "%w", err)
-	}
 }
 
 // imageEncryption is the encryption metadata of an image: its state

@@ -110,13 +110,13 @@ func (s *NodeServer) openEncrypted(ctx context.Context, v *cryptVolume, dev stri
 	if err != nil {
 		return "", err
 	}
-	k, err := kms.Get(ctx, v.enc.KMSID, kmsEnv(s.Deps, v.secrets, owner))
+	k, err := kms.Get(ctx, v.enc.KMSID, s.KMSEnv(v.secrets, owner))
 	if err != nil {
-		return "", kmsError(err, false)
+		return "", kms.CSIError(err, false)
 	}
 	dek, err := k.Open(ctx, v.volumeID, have.SealedDEK)
 	if err != nil {
-		return "", fmt.Errorf("image %s: %w", imageSpec(p, v.image), kmsError(err, false))
+		return "", fmt.Errorf("image %s: %w", imageSpec(p, v.image), kms.CSIError(err, false))
 	}
 	defer clear(dek)
 

@@ -10,6 +10,7 @@ import (
 	"github.com/leanceph/cephcsi/internal/cephconn"
 	"github.com/leanceph/cephcsi/internal/config"
 	"github.com/leanceph/cephcsi/internal/csierr"
+	"github.com/leanceph/cephcsi/internal/kms"
 	"github.com/leanceph/cephcsi/internal/kube"
 	"github.com/leanceph/cephcsi/internal/locks"
 	"github.com/leanceph/cephcsi/internal/topology"
@@ -122,4 +123,14 @@ func (d *Deps) CrushLocation(ctx context.Context, cl *config.Cluster) (map[strin
 		return nil, csierr.Errorf(csierr.ErrUnavailable, "reading the labels of node %q for read affinity: %w", d.Options.NodeID, err)
 	}
 	return topology.CrushLocation(labels, cl.CrushLocationLabels(d.Options.CrushLocationLabels)), nil
+}
+
+// KMSEnv is what the KMS of a volume owned by owner (its PVC namespace, ""
+// when unknown) is built with, given the request's secrets.
+func (d *Deps) KMSEnv(secrets map[string]string, owner string) kms.Env {
+	env := kms.Env{ConfigPath: d.Options.KMSConfigPath, Secrets: secrets, Tenant: owner, Namespace: kms.PodNamespace()}
+	if k := d.Kube(); k != nil {
+		env.Kube = k
+	}
+	return env
 }

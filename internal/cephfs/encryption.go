@@ -1,0 +1,124 @@
+package cephfs
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+
+	"github.com/leanceph/cephcsi/internal/csierr"
+	"github.com/leanceph/cephcsi/internal/fscrypt"
+	"github.com/leanceph/cephcsi/internal/kms"
+	"github.com/leanceph/cephcsi/internal/service"
+)
+
+// Encrypted CephFS volumes, laid out as ceph-csi lays them out: fscrypt on
+// the directory ceph-csi-encrypted at the subvolume's root (internal/fscrypt),
+// which the node publishes instead of the root. The key is the KMS's secret
+// (kms.FileSecret): the default KMS's encryptionPassphrase or the metadata
+// KMS's passphrase; KMIP, which seals a key per volume, cannot serve. The
+// journal entry records the KMS ID and the type "file", and the volume
+// context carries encrypted and encryptionKMSID to the node.
+
+// encryptionTypeFile is the only encryptionType of CephFS volumes.
+const encryptionTypeFile = "file"
+
+// encryption is what the encryption parameters ask for; nil when they ask
+// for none.
+type encryption struct {
+	// KMSID is encryptionKMSID, "" for the default KMS.
+	KMSID string
+}
+
+// journalKMSID is the KMS ID as ceph-csi records it in the journal.
+func (e *encryption) journalKMSID() string {
+	if e.KMSID == "" {
+		return kms.TypeDefault
+	}
+	return e.KMSID
+}
+
+// luksParams only mean something for RBD's LUKS2.
+var luksParams = []string{"encryptionCipher", "encryptionKeySize", "encryptionSectorSize", "encryptionPassphraseSize"}
+
+// parseEncryption reads encrypted, encryptionType and encryptionKMSID from
+// StorageClass parameters or a volume context; prefix is put before the
+// names in errors ("" or "volume_context.").
+func parseEncryption(p map[string]string, prefix string) (*encryption, error) {
+	bad := func(name, format string, args ...any) error {
+		if prefix == "" {
+			return csierr.Param(name, format, args...)
+		}
+		return csierr.Errorf(csierr.ErrInvalid, "%s%s: %s", prefix, name, fmt.Sprintf(format, args...))
+	}
+	if prefix == "" {
+		for _, name := range luksParams {
+			if strings.TrimSpace(p[name]) != "" {
+				return nil, bad(name, "sets LUKS2 on RBD images; CephFS volumes are encrypted with fscrypt, whose ciphers are fixed "+
+					"(AES-256-XTS contents, AES-256-CTS names)")
+			}
+		}
+	}
+	v := strings.TrimSpace(p["encrypted"])
+	if v == "" {
+		// A StorageClass naming a KMS but not saying encrypted would get
+		// plain volumes its author believes encrypted.
+		if prefix == "" {
+			for _, name := range []string{"encryptionKMSID", "encryptionType"} {
+				if strings.TrimSpace(p[name]) != "" {
+					return nil, bad(name, "is set but encrypted is not: set encrypted to \"true\" for encrypted "+
+						"volumes (or \"false\" for plain ones)")
+				}
+			}
+		}
+		return nil, nil
+	}
+	on, err := strconv.ParseBool(v)
+	if err != nil {
+		return nil, bad("encrypted", "%q is not true or false", v)
+	}
+	if !on {
+		return nil, nil
+	}
+	switch t := strings.TrimSpace(p["encryptionType"]); t {
+	case "", encryptionTypeFile:
+	case "block":
+		return nil, bad("encryptionType", "%q (LUKS2) is for RBD volumes; CephFS volumes are encrypted with fscrypt (%q)", t, encryptionTypeFile)
+	default:
+		return nil, bad("encryptionType", "%q is not %q", t, encryptionTypeFile)
+	}
+	e := &encryption{KMSID: strings.TrimSpace(p["encryptionKMSID"])}
+	if e.KMSID == kms.TypeDefault {
+		e.KMSID = ""
+	}
+	return e, nil
+}
+
+// fileSecret builds the volume's KMS and returns its fscrypt secret and
+// how it protects the key. The caller clears the secret.
+func fileSecret(ctx context.Context, d *service.Deps, e *encryption, secrets map[string]string, owner string, atCreate bool) ([]byte, fscrypt.Source, error) {
+	k, err := kms.Get(ctx, e.KMSID, d.KMSEnv(secrets, owner))
+	if err != nil {
+		return nil, 0, kms.CSIError(err, atCreate)
+	}
+	secret, raw, err := kms.FileSecret(k)
+	if err != nil {
+		return nil, 0, kms.CSIError(err, atCreate)
+	}
+	if raw {
+		return secret, fscrypt.RawKey, nil
+	}
+	return secret, fscrypt.Passphrase, nil
+}
+
+// unlockError gives an fscrypt failure of a stage its kind.
+func unlockError(err error) error {
+	switch {
+	case errors.Is(err, fscrypt.ErrWrongKey):
+		return csierr.Errorf(csierr.ErrPermission, "%w", err)
+	case errors.Is(err, fscrypt.ErrNotSupported), errors.Is(err, fscrypt.ErrLayout):
+		return csierr.Errorf(csierr.ErrPrecondition, "%w", err)
+	}
+	return err
+}
