@@ -225,6 +225,12 @@ func (e *env) testCephFSFscrypt(t *testing.T) {
 		t.Fatalf("data read back after restage differs")
 	}
 	v.unpublish(t)
+	e.toolRelocks(t, v, true, fsPassphrase)
+	v.publish(t)
+	if got := e.fsMarkerSum(t, v.target); got != sum {
+		t.Fatalf("data read back after the fscrypt tool unlocked the volume differs")
+	}
+	v.unpublish(t)
 	v.unstage(t)
 
 	// Ceph's subvolume cloner copies the encrypted directory without its
@@ -285,6 +291,12 @@ func (e *env) testCephFSFscryptMetadataKMS(t *testing.T) {
 		t.Fatalf("data read back after restage differs")
 	}
 	v.unpublish(t)
+	e.toolRelocks(t, v, false, passphrase)
+	v.publish(t)
+	if got := e.fsMarkerSum(t, v.target); got != sum {
+		t.Fatalf("data read back after the fscrypt tool unlocked the volume differs")
+	}
+	v.unpublish(t)
 	v.unstage(t)
 
 	step(t, "CreateVolume with encryptionType block", func() {
@@ -305,4 +317,96 @@ func (e *env) subvolumeCount(t *testing.T) int {
 		t.Fatalf("listing subvolumes: %v", err)
 	}
 	return len(names)
+}
+
+// withRawKeyFile writes the default KMS's raw key for pass (its first 32
+// bytes, zero-padded, as ceph-csi cuts it) to a guest file for use, and
+// removes it before returning.
+func (e *env) withRawKeyFile(t *testing.T, pass string, use func(file string)) {
+	t.Helper()
+	f := "/dev/shm/kt-fscrypt-raw.key"
+	e.g.sh(t, fmt.Sprintf("printf %%s %s | head -c 32 > %s && truncate -s 32 %s", quote(pass), f, f))
+	defer e.g.try(t, "rm -f "+f)
+	use(f)
+}
+
+// fscryptTool runs google's fscrypt tool in the guest (its global
+// configuration made once).
+func (e *env) fscryptTool(t *testing.T, stdin, args string) (string, int) {
+	t.Helper()
+	in := "</dev/null"
+	if stdin != "" {
+		in = "<<'EOF'\n" + stdin + "\nEOF"
+	}
+	return e.g.try(t, "test -f /etc/fscrypt.conf || fscrypt setup --quiet --force </dev/null >/dev/null 2>&1; fscrypt "+args+" 2>&1 "+in)
+}
+
+// toolRelocks locks the staged (not published: a bind mount of the
+// directory keeps it in use) volume's encrypted directory with the fscrypt
+// tool, checks the names are gone, then unlocks it with the tool from the
+// KMS's secret alone: a raw key file, or the passphrase on standard input.
+func (e *env) toolRelocks(t *testing.T, v *volume, raw bool, secret string) {
+	t.Helper()
+	dir := path.Join(v.staging, "ceph-csi-encrypted")
+	step(t, "fscrypt status, lock and unlock with the fscrypt tool", func() {
+		out, rc := e.fscryptTool(t, "", "status "+quote(dir))
+		if rc != 0 || !strings.Contains(out, "ceph-csi") || !strings.Contains(out, "policy_version:2") {
+			t.Fatalf("fscrypt status %s: exit %d:\n%s\nwant the protector ceph-csi and a v2 policy", dir, rc, out)
+		}
+		if out, rc := e.fscryptTool(t, "", "lock --all-users "+quote(dir)); rc != 0 {
+			t.Fatalf("fscrypt lock: exit %d:\n%s", rc, out)
+		}
+		if out := e.g.sh(t, "ls -A "+quote(dir)); strings.Contains(out, fsMarker) {
+			t.Fatalf("after fscrypt lock the directory still lists the plain name:\n%s", out)
+		}
+		unlock := func(args, stdin string) {
+			if out, rc := e.fscryptTool(t, stdin, "unlock --quiet "+args+quote(dir)); rc != 0 {
+				t.Fatalf("fscrypt unlock with the KMS's secret: exit %d:\n%s", rc, out)
+			}
+		}
+		if raw {
+			e.withRawKeyFile(t, secret, func(f string) { unlock("--key="+f+" ", "") })
+		} else {
+			unlock("", secret)
+		}
+	})
+}
+
+// testCephFSFscryptToolLayout: a volume whose encryption google's fscrypt
+// tool set up the ceph-csi way (metadata at the subvolume root, a raw-key
+// protector named ceph-csi, the policy on ceph-csi-encrypted; what ceph-csi
+// does through the same library) stages with this driver and shows the
+// tool's file.
+func (e *env) testCephFSFscryptToolLayout(t *testing.T) {
+	v := e.createCephFSWith(t, 32*mib, e.fsParams(), nil, e.fsSecrets(fsPassphrase), e.fsNodeSecrets(fsPassphrase))
+	plain := maps.Clone(v.vol.GetVolumeContext())
+	delete(plain, "encrypted")
+	v.e.g.sh(t, "mkdir -p "+quote(path.Dir(v.staging)))
+	step(t, "NodeStageVolume, plain, for the tool", func() {
+		if _, err := v.node.NodeStageVolume(ctxT(t), &csi.NodeStageVolumeRequest{VolumeId: v.id(), StagingTargetPath: v.staging,
+			VolumeCapability: v.vcap, VolumeContext: plain, Secrets: v.secrets}); err != nil {
+			t.Fatalf("NodeStageVolume: %v", err)
+		}
+	})
+	dir := path.Join(v.staging, "ceph-csi-encrypted")
+	step(t, "fscrypt setup and encrypt with the tool", func() {
+		if out, rc := e.fscryptTool(t, "", "setup --quiet "+quote(v.staging)); rc != 0 {
+			t.Fatalf("fscrypt setup %s: exit %d:\n%s", v.staging, rc, out)
+		}
+		e.g.sh(t, "mkdir "+quote(dir))
+		e.withRawKeyFile(t, fsPassphrase, func(key string) {
+			if out, rc := e.fscryptTool(t, "", "encrypt --quiet --source=raw_key --name=ceph-csi --key="+key+" "+quote(dir)); rc != 0 {
+				t.Fatalf("fscrypt encrypt %s: exit %d:\n%s", dir, rc, out)
+			}
+		})
+		e.g.sh(t, "echo "+fsMarker+" > "+quote(dir+"/by-the-tool")+" && sync")
+	})
+	v.unstage(t)
+	v.stage(t)
+	v.publish(t)
+	if out := strings.TrimSpace(e.g.sh(t, "cat "+quote(v.target+"/by-the-tool"))); out != fsMarker {
+		t.Fatalf("the tool's file reads %q through the driver, want %q", out, fsMarker)
+	}
+	v.unpublish(t)
+	v.unstage(t)
 }

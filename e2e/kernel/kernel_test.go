@@ -275,6 +275,7 @@ func TestKernelNode(t *testing.T) {
 	t.Run("cephfs-kernel", e.testCephFSKernel)
 	t.Run("cephfs-fscrypt-snapshot-restore", e.testCephFSFscrypt)
 	t.Run("cephfs-fscrypt-metadata-kms", e.testCephFSFscryptMetadataKMS)
+	t.Run("cephfs-fscrypt-tool-layout-opens", e.testCephFSFscryptToolLayout)
 	t.Run("krbd-luks-ext4-restore-expand", e.testLUKSFilesystem)
 	t.Run("rbd-nbd-luks-block-clone", e.testLUKSBlockClone)
 	t.Run("luks-ceph-csi-layout-opens", e.testCephCSILayout)
