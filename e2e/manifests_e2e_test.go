@@ -173,10 +173,10 @@ func compareChartWithDeploy(t *testing.T, kind string, chart, deployed []obj) {
 	if a, b := rules(find(t, chart, "Role", "-provisioner")), rules(find(t, deployed, "Role", "-external-provisioner-cfg")); a != b {
 		t.Errorf("leader election Role rules differ:\nchart:  %s\ndeploy: %s", a, b)
 	}
-	if kind == "rbd" { // the KMS ConfigMap: only RBD volumes are encrypted
-		if a, b := rules(find(t, chart, "Role", "-nodeplugin")), rules(find(t, deployed, "Role", "-csi-nodeplugin-cfg")); a != b {
-			t.Errorf("nodeplugin Role rules differ:\nchart:  %s\ndeploy: %s", a, b)
-		}
+	// The KMS ConfigMap, read by both node plugins (LUKS2 on RBD, fscrypt
+	// on CephFS).
+	if a, b := rules(find(t, chart, "Role", "-nodeplugin")), rules(find(t, deployed, "Role", "-csi-nodeplugin-cfg")); a != b {
+		t.Errorf("nodeplugin Role rules differ:\nchart:  %s\ndeploy: %s", a, b)
 	}
 	cs, ds := find(t, chart, "CSIDriver", "csi.ceph.com"), find(t, deployed, "CSIDriver", "csi.ceph.com")
 	if !reflect.DeepEqual(cs.get("spec"), ds.get("spec")) || cs.str("metadata.name") != ds.str("metadata.name") {
