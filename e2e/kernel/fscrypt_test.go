@@ -218,20 +218,8 @@ func (e *env) testCephFSFscrypt(t *testing.T) {
 	if fs := e.mountOf(t, v.staging); fs != "" {
 		t.Fatalf("a refused stage left the staging path mounted (%s)", fs)
 	}
-	v.stage(t)
 	v.stage(t) // idempotent: the retry of a stage that succeeded
-	v.publish(t)
-	if got := e.fsMarkerSum(t, v.target); got != sum {
-		t.Fatalf("data read back after restage differs")
-	}
-	v.unpublish(t)
-	e.toolRelocks(t, v, true, fsPassphrase)
-	v.publish(t)
-	if got := e.fsMarkerSum(t, v.target); got != sum {
-		t.Fatalf("data read back after the fscrypt tool unlocked the volume differs")
-	}
-	v.unpublish(t)
-	v.unstage(t)
+	e.restageReadsBack(t, v, sum, true, fsPassphrase)
 
 	// Ceph's subvolume cloner copies the encrypted directory without its
 	// fscrypt policy: restores and clones are refused, whatever the
@@ -285,19 +273,7 @@ func (e *env) testCephFSFscryptMetadataKMS(t *testing.T) {
 	v.unstage(t)
 	e.assertFscryptLayout(t, v, fsmetadata.SourceType_custom_passphrase)
 	e.assertObjectEncrypted(t, ino)
-	v.stage(t)
-	v.publish(t)
-	if got := e.fsMarkerSum(t, v.target); got != sum {
-		t.Fatalf("data read back after restage differs")
-	}
-	v.unpublish(t)
-	e.toolRelocks(t, v, false, passphrase)
-	v.publish(t)
-	if got := e.fsMarkerSum(t, v.target); got != sum {
-		t.Fatalf("data read back after the fscrypt tool unlocked the volume differs")
-	}
-	v.unpublish(t)
-	v.unstage(t)
+	e.restageReadsBack(t, v, sum, false, passphrase)
 
 	step(t, "CreateVolume with encryptionType block", func() {
 		p := e.fsParams("encryptionType", "block")
@@ -339,6 +315,26 @@ func (e *env) fscryptTool(t *testing.T, stdin, args string) (string, int) {
 		in = "<<'EOF'\n" + stdin + "\nEOF"
 	}
 	return e.g.try(t, "test -f /etc/fscrypt.conf || fscrypt setup --quiet --force </dev/null >/dev/null 2>&1; fscrypt "+args+" 2>&1 "+in)
+}
+
+// restageReadsBack stages and publishes v, checks the marker file's sum,
+// has the fscrypt tool lock and reopen the directory with the KMS's secret
+// (toolRelocks), checks the sum again and unstages.
+func (e *env) restageReadsBack(t *testing.T, v *volume, sum string, raw bool, secret string) {
+	t.Helper()
+	v.stage(t)
+	v.publish(t)
+	if got := e.fsMarkerSum(t, v.target); got != sum {
+		t.Fatalf("data read back after restage differs")
+	}
+	v.unpublish(t)
+	e.toolRelocks(t, v, raw, secret)
+	v.publish(t)
+	if got := e.fsMarkerSum(t, v.target); got != sum {
+		t.Fatalf("data read back after the fscrypt tool unlocked the volume differs")
+	}
+	v.unpublish(t)
+	v.unstage(t)
 }
 
 // toolRelocks locks the staged (not published: a bind mount of the

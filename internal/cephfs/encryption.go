@@ -3,13 +3,12 @@ package cephfs
 import (
 	"context"
 	"errors"
-	"fmt"
-	"strconv"
 	"strings"
 
 	"github.com/leanceph/cephcsi/internal/csierr"
 	"github.com/leanceph/cephcsi/internal/fscrypt"
 	"github.com/leanceph/cephcsi/internal/kms"
+	"github.com/leanceph/cephcsi/internal/request"
 	"github.com/leanceph/cephcsi/internal/service"
 )
 
@@ -46,12 +45,7 @@ var luksParams = []string{"encryptionCipher", "encryptionKeySize", "encryptionSe
 // StorageClass parameters or a volume context; prefix is put before the
 // names in errors ("" or "volume_context.").
 func parseEncryption(p map[string]string, prefix string) (*encryption, error) {
-	bad := func(name, format string, args ...any) error {
-		if prefix == "" {
-			return csierr.Param(name, format, args...)
-		}
-		return csierr.Errorf(csierr.ErrInvalid, "%s%s: %s", prefix, name, fmt.Sprintf(format, args...))
-	}
+	bad := func(name, format string, args ...any) error { return request.ParamError(prefix, name, format, args...) }
 	if prefix == "" {
 		for _, name := range luksParams {
 			if strings.TrimSpace(p[name]) != "" {
@@ -60,26 +54,9 @@ func parseEncryption(p map[string]string, prefix string) (*encryption, error) {
 			}
 		}
 	}
-	v := strings.TrimSpace(p["encrypted"])
-	if v == "" {
-		// A StorageClass naming a KMS but not saying encrypted would get
-		// plain volumes its author believes encrypted.
-		if prefix == "" {
-			for _, name := range []string{"encryptionKMSID", "encryptionType"} {
-				if strings.TrimSpace(p[name]) != "" {
-					return nil, bad(name, "is set but encrypted is not: set encrypted to \"true\" for encrypted "+
-						"volumes (or \"false\" for plain ones)")
-				}
-			}
-		}
-		return nil, nil
-	}
-	on, err := strconv.ParseBool(v)
-	if err != nil {
-		return nil, bad("encrypted", "%q is not true or false", v)
-	}
-	if !on {
-		return nil, nil
+	on, err := request.Encrypted(p, prefix, []string{"encryptionKMSID", "encryptionType"})
+	if err != nil || !on {
+		return nil, err
 	}
 	switch t := strings.TrimSpace(p["encryptionType"]); t {
 	case "", encryptionTypeFile:

@@ -3,12 +3,11 @@ package rbd
 import (
 	"errors"
 	"fmt"
-	"strconv"
 	"strings"
 
-	"github.com/leanceph/cephcsi/internal/csierr"
 	"github.com/leanceph/cephcsi/internal/kms"
 	"github.com/leanceph/cephcsi/internal/luks"
+	"github.com/leanceph/cephcsi/internal/request"
 )
 
 // Encrypted volumes, laid out on the cluster as ceph-csi lays them out: a
@@ -57,33 +56,10 @@ var encryptionParams = []string{"encryptionKMSID", "encryptionType", "encryption
 // LUKS options from StorageClass parameters or a volume context; prefix
 // is put before the parameter names in errors ("" or "volume_context.").
 func parseEncryption(p map[string]string, prefix string) (*encryption, error) {
-	bad := func(name, format string, args ...any) error {
-		if prefix == "" {
-			return csierr.Param(name, format, args...)
-		}
-		return csierr.Errorf(csierr.ErrInvalid, "%s%s: %s", prefix, name, fmt.Sprintf(format, args...))
-	}
-	v, ok := p["encrypted"]
-	if !ok || strings.TrimSpace(v) == "" {
-		// A StorageClass naming a KMS or a cipher but not saying
-		// encrypted would get plain volumes its author believes encrypted.
-		// A volume context is what an older driver wrote: taken as it is.
-		if prefix == "" {
-			for _, name := range encryptionParams {
-				if strings.TrimSpace(p[name]) != "" {
-					return nil, bad(name, "is set but encrypted is not: set encrypted to \"true\" for encrypted "+
-						"volumes (or \"false\" for plain ones)")
-				}
-			}
-		}
-		return nil, nil
-	}
-	on, err := strconv.ParseBool(strings.TrimSpace(v))
-	if err != nil {
-		return nil, bad("encrypted", "%q is not true or false", v)
-	}
-	if !on {
-		return nil, nil
+	bad := func(name, format string, args ...any) error { return request.ParamError(prefix, name, format, args...) }
+	on, err := request.Encrypted(p, prefix, encryptionParams)
+	if err != nil || !on {
+		return nil, err
 	}
 	switch t := strings.TrimSpace(p["encryptionType"]); t {
 	case "", encryptionTypeBlock:
