@@ -141,6 +141,17 @@ type badCall struct {
 	what string
 	code codes.Code
 	call func(ctx context.Context) error
+	// within bounds the answer; 0 for the default, 5 s.
+	within time.Duration
+}
+
+// cephAnswered is badCall for a request only the cluster can refuse (a
+// wrong key): librados reports the monitor's refusal in milliseconds in
+// most runs, but took 6.0 s in one (Tentacle 20.2, one monitor), so it is
+// allowed 15 s, still half the connect timeout.
+func cephAnswered(bc badCall) badCall {
+	bc.within = 15 * time.Second
+	return bc
 }
 
 func TestHostileRequests(t *testing.T) {
@@ -192,7 +203,11 @@ func TestHostileRequests(t *testing.T) {
 		if err != nil && containsSecret(status.Convert(err).Message(), c) {
 			t.Errorf("%s: a key appears in the error", bc.what)
 		}
-		if took > 5*time.Second {
+		within := bc.within
+		if within == 0 {
+			within = 5 * time.Second
+		}
+		if took > within {
 			slow++
 			t.Errorf("%s took %s; a bad request must be answered at once", bc.what, took.Round(time.Millisecond))
 		}
@@ -243,7 +258,7 @@ func rbdVolReq(c *testutil.Cluster, name string, src *csi.VolumeContentSource) *
 
 // call is a bad request: rpc with req must be answered code.
 func call[Req, Resp any](what string, code codes.Code, rpc func(context.Context, Req, ...grpc.CallOption) (Resp, error), req Req) badCall {
-	return badCall{what, code, func(ctx context.Context) error {
+	return badCall{what: what, code: code, call: func(ctx context.Context) error {
 		_, err := rpc(ctx, req)
 		return err
 	}}
@@ -254,7 +269,7 @@ func call[Req, Resp any](what string, code codes.Code, rpc func(context.Context,
 func mutating[Req, Resp any](prefix string, rpc func(context.Context, Req, ...grpc.CallOption) (Resp, error),
 	good func() Req) func(what string, code codes.Code, mutate func(Req)) badCall {
 	return func(what string, code codes.Code, mutate func(Req)) badCall {
-		return badCall{prefix + what, code, func(ctx context.Context) error {
+		return badCall{what: prefix + what, code: code, call: func(ctx context.Context) error {
 			r := good()
 			mutate(r)
 			_, err := rpc(ctx, r)
@@ -366,10 +381,10 @@ func rbdControllerCalls(c *testutil.Cluster, d *testutil.Driver, vol *csi.Volume
 			r.Secrets = clone(r.Secrets)
 			r.Secrets["userKey"] = "not a key!"
 		}),
-		create("with a wrong key", codes.PermissionDenied, func(r *csi.CreateVolumeRequest) {
+		cephAnswered(create("with a wrong key", codes.PermissionDenied, func(r *csi.CreateVolumeRequest) {
 			r.Secrets = clone(r.Secrets)
 			r.Secrets["userKey"] = "AQBA" + strings.Repeat("A", 34) + "=="
-		}),
+		})),
 		create("from a malformed snapshot ID", codes.NotFound, srcSnap("not-an-id")),
 		create("from an empty snapshot ID", ia, srcSnap("")),
 		create("from a missing snapshot", codes.NotFound, srcSnap(missingID(c, 1))),
