@@ -42,7 +42,12 @@ func TestCephFuseKeepsNoKeyBehindItsDescriptors(t *testing.T) {
 			}
 		}
 	})
+	// ceph-fuse daemonizes: the mount can be up while the processes that
+	// forked the daemon are still exiting.
 	pids := pidsServing(mnt)
+	for deadline := time.Now().Add(10 * time.Second); len(pids) > 1 && time.Now().Before(deadline); pids = pidsServing(mnt) {
+		time.Sleep(50 * time.Millisecond)
+	}
 	if len(pids) != 1 {
 		t.Fatalf("ceph-fuse processes serving %s: %v, want 1", mnt, pids)
 	}
