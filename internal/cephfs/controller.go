@@ -19,6 +19,7 @@ import (
 	"github.com/leanceph/cephcsi/internal/csierr"
 	"github.com/leanceph/cephcsi/internal/failpoint"
 	"github.com/leanceph/cephcsi/internal/journal"
+	"github.com/leanceph/cephcsi/internal/kms"
 	"github.com/leanceph/cephcsi/internal/locks"
 	"github.com/leanceph/cephcsi/internal/metrics"
 	"github.com/leanceph/cephcsi/internal/request"
@@ -207,7 +208,7 @@ func (s *ControllerServer) provisionVolume(ctx context.Context, f *fsConn, name 
 		began := time.Now()
 		template := journal.Entry{BackingSnapshotID: backingID, Request: digest, Owner: req.GetParameters()[request.PVCNamespaceKey]}
 		if params.Encryption != nil {
-			template.KMSID, template.EncryptionType = params.Encryption.journalKMSID(), encryptionTypeFile
+			template.KMSID, template.EncryptionType = kms.JournalID(params.Encryption.KMSID), encryptionTypeFile
 		}
 		entry, err = s.volumes.Reserve(f.store(), name, params.NamePrefix, template)
 		if metrics.Step(metrics.CephFS, metrics.StepJournalReserve, began, err) != nil {

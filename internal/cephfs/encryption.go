@@ -30,14 +30,6 @@ type encryption struct {
 	KMSID string
 }
 
-// journalKMSID is the KMS ID as ceph-csi records it in the journal.
-func (e *encryption) journalKMSID() string {
-	if e.KMSID == "" {
-		return kms.TypeDefault
-	}
-	return e.KMSID
-}
-
 // luksParams only mean something for RBD's LUKS2.
 var luksParams = []string{"encryptionCipher", "encryptionKeySize", "encryptionSectorSize", "encryptionPassphraseSize"}
 
@@ -65,10 +57,7 @@ func parseEncryption(p map[string]string, prefix string) (*encryption, error) {
 	default:
 		return nil, bad("encryptionType", "%q is not %q", t, encryptionTypeFile)
 	}
-	e := &encryption{KMSID: strings.TrimSpace(p["encryptionKMSID"])}
-	if e.KMSID == kms.TypeDefault {
-		e.KMSID = ""
-	}
+	e := &encryption{KMSID: kms.ParamID(p["encryptionKMSID"])}
 	return e, nil
 }
 

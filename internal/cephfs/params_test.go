@@ -69,9 +69,6 @@ func TestParseVolumeParams(t *testing.T) {
 			t.Errorf("%v: encryption %+v, want on=%v KMS %q", tc.p, v.Encryption, tc.on, tc.kmsID)
 		}
 	}
-	if j := (&encryption{}).journalKMSID(); j != "default" {
-		t.Errorf("the default KMS is journaled as %q, want \"default\" as ceph-csi", j)
-	}
 	if p, err := snapshotPrefix(nil); err != nil || p != "csi-snap-" {
 		t.Errorf("default snapshot prefix = %q, %v", p, err)
 	}

@@ -32,6 +32,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"strings"
 
 	"github.com/leanceph/cephcsi/internal/csierr"
 )
@@ -113,6 +114,24 @@ func (k *defaultKMS) Open(context.Context, string, string) ([]byte, error) {
 }
 
 func (k *defaultKMS) Remove(context.Context, string) error { return nil }
+
+// ParamID is the KMS ID an encryptionKMSID parameter names: "" for the
+// default KMS, whether unnamed or named "default".
+func ParamID(param string) string {
+	if id := strings.TrimSpace(param); id != TypeDefault {
+		return id
+	}
+	return ""
+}
+
+// JournalID is a KMS ID as ceph-csi records it in the journal's
+// csi.volume.encryptKMS: "default" for the default KMS.
+func JournalID(id string) string {
+	if id == "" {
+		return TypeDefault
+	}
+	return id
+}
 
 // ErrNoSecret marks a KMS that cannot give its secret to fscrypt.
 var ErrNoSecret = errors.New("the KMS cannot give fscrypt a secret")

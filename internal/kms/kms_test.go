@@ -254,3 +254,19 @@ func TestFileSecret(t *testing.T) {
 		t.Fatalf("ErrNoSecret at create: %v, want InvalidArgument naming encryptionKMSID", err)
 	}
 }
+
+// The default KMS is "" in the driver and "default" in the journal, as
+// ceph-csi records it, whether a StorageClass names it or not.
+func TestParamAndJournalID(t *testing.T) {
+	for param, want := range map[string]string{"": "", "default": "", " default ": "", "vault-1": "vault-1", " kmip ": "kmip"} {
+		if got := ParamID(param); got != want {
+			t.Errorf("ParamID(%q) = %q, want %q", param, got, want)
+		}
+	}
+	if got := JournalID(""); got != "default" {
+		t.Errorf("the default KMS is journaled as %q, want \"default\" as ceph-csi", got)
+	}
+	if got := JournalID("kmip"); got != "kmip" {
+		t.Errorf("JournalID(kmip) = %q", got)
+	}
+}

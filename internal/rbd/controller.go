@@ -200,7 +200,7 @@ func (s *ControllerServer) CreateVolume(ctx context.Context, req *csi.CreateVolu
 	if fresh {
 		template := journal.Entry{Request: digest, Owner: owner}
 		if params.Encryption != nil {
-			template.KMSID, template.EncryptionType = params.Encryption.journalKMSID(), encryptionTypeBlock
+			template.KMSID, template.EncryptionType = kms.JournalID(params.Encryption.KMSID), encryptionTypeBlock
 		}
 		began = time.Now()
 		if entry, err = s.volumes.Reserve(store, name, params.NamePrefix, template); metrics.Step(metrics.RBD, metrics.StepJournalReserve, began, err) != nil {

@@ -40,14 +40,6 @@ type encryption struct {
 	Options luks.Options
 }
 
-// journalKMSID is the KMS ID as ceph-csi records it in the journal.
-func (e *encryption) journalKMSID() string {
-	if e.KMSID == "" {
-		return kms.TypeDefault
-	}
-	return e.KMSID
-}
-
 // encryptionParams are the parameters that only mean something with
 // encrypted=true.
 var encryptionParams = []string{"encryptionKMSID", "encryptionType", "encryptionCipher", "encryptionKeySize", "encryptionSectorSize"}
@@ -69,10 +61,7 @@ func parseEncryption(p map[string]string, prefix string) (*encryption, error) {
 	default:
 		return nil, bad("encryptionType", "%q is not %q or %q", t, encryptionTypeBlock, encryptionTypeFile)
 	}
-	e := &encryption{KMSID: strings.TrimSpace(p["encryptionKMSID"])}
-	if e.KMSID == kms.TypeDefault {
-		e.KMSID = ""
-	}
+	e := &encryption{KMSID: kms.ParamID(p["encryptionKMSID"])}
 	e.Options, err = luks.ParseOptions(p["encryptionCipher"], p["encryptionKeySize"], p["encryptionSectorSize"])
 	var pe *luks.ParamError
 	if errors.As(err, &pe) {
