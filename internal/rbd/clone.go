@@ -33,10 +33,14 @@ type contentSource struct {
 	// image is the source volume's image, for a volume source.
 	image string
 	size  int64
-	// img is the parent image, opened once while resolving the source and
-	// used for the depth checks and the clone (read-only for a snapshot,
-	// read-write for a volume, which gets a temporary snapshot).
+	// img is a source volume's image, opened read-write once while
+	// resolving the source (it gets a temporary snapshot).
 	img image
+	// facts is what a restore needs of a snapshot's image, read from its
+	// header instead of opening it: an open costs a dozen round trips,
+	// and as many again for each ancestor, and librbd's clone opens the
+	// image once more anyway.
+	facts *imageFacts
 	// id is the CSI ID of the source (snapshot or volume) and entry its
 	// journal entry: an encrypted source's DEK is sealed for that ID by
 	// the KMS the entry names.
@@ -49,6 +53,28 @@ func (c *contentSource) close() {
 		c.img.Close()
 	}
 	c.t.close()
+}
+
+// Name and Metadata make a source a metadataSource: its image's.
+func (c *contentSource) Name() string { return c.parentImage() }
+
+func (c *contentSource) Metadata(key string) (string, error) {
+	if c.img != nil {
+		return c.img.Metadata(key)
+	}
+	v, ok := c.facts.Metadata[key]
+	if !ok {
+		return "", fmt.Errorf("metadata key %s of %s was not read", key, c.parentImage())
+	}
+	return v, nil
+}
+
+// depth is the clone depth of the source's image.
+func (c *contentSource) depth() (int, error) {
+	if c.img != nil {
+		return cloneDepth(c.t.c, c.img)
+	}
+	return headerDepth(c.t.c, c.facts.Parent)
 }
 
 // parentImage is the image the new volume (or its -temp) is cloned from.
@@ -119,10 +145,18 @@ func (s *ControllerServer) openSnapshotSource(snapshotID string, creds cephconn.
 		return nil, err
 	}
 	c := &contentSource{t: t, clusterID: id.ClusterID, snapshot: entry, id: snapshotID, entry: entry}
-	c.img, err = t.p.OpenImage(entry.ImageName, true)
+	imageID := entry.ImageID
+	if imageID == "" {
+		imageID, err = t.p.ImageID(entry.ImageName)
+	}
+	if err == nil {
+		c.facts, err = t.p.Describe(imageID, encryptionKeys)
+	}
 	var info *snapshotInfo
 	if err == nil {
-		info, err = restoreSnapshotOf(c.img)
+		if info = c.facts.userSnapshot(entry.ImageName); info == nil {
+			err = csierr.Errorf(csierr.ErrNotFound, "image %s has no snapshot %s", entry.ImageName, entry.ImageName)
+		}
 	}
 	if err != nil {
 		c.close()
@@ -162,22 +196,28 @@ func (s *ControllerServer) openVolumeSource(volumeID string, creds cephconn.Cred
 }
 
 // limitDepth enforces the hard clone depth limit for a new image that would
-// sit `added` levels below parent: past it the parent is flattened first and
-// the call is retried (ErrInProgress). It returns the new image's depth.
-func (s *ControllerServer) limitDepth(ctx context.Context, src *target, parent image, added int) (int, error) {
-	depth, err := cloneDepth(src.c, parent)
+// sit `added` levels below the image name (in t), itself depth clones
+// deep: past it that image is flattened first and the call is retried
+// (ErrInProgress). It returns the new image's depth.
+func (s *ControllerServer) limitDepth(ctx context.Context, t *target, name string, depth, added int) (int, error) {
+	if depth+added > int(s.Options.HardMaxClones) {
+		if err := t.p.QueueFlatten(name); err != nil {
+			return 0, fmt.Errorf("queueing a flatten of %s: %w", imageSpec(t.p, name), err)
+		}
+		klog.FromContext(ctx).Info("clone chain too deep, flattening the source first", "image", name, "depth", depth)
+		return 0, csierr.Errorf(csierr.ErrInProgress, "image %s is %d clones deep (limit %d); it is being flattened, retry later",
+			imageSpec(t.p, name), depth, s.Options.HardMaxClones)
+	}
+	return depth + added, nil
+}
+
+// limitSourceDepth is limitDepth for a new image cloned from src.
+func (s *ControllerServer) limitSourceDepth(ctx context.Context, src *contentSource, added int) (int, error) {
+	depth, err := src.depth()
 	if err != nil {
 		return 0, err
 	}
-	if depth+added > int(s.Options.HardMaxClones) {
-		if err := src.p.QueueFlatten(parent.Name()); err != nil {
-			return 0, fmt.Errorf("queueing a flatten of %s: %w", imageSpec(src.p, parent.Name()), err)
-		}
-		klog.FromContext(ctx).Info("clone chain too deep, flattening the source first", "image", parent.Name(), "depth", depth)
-		return 0, csierr.Errorf(csierr.ErrInProgress, "image %s is %d clones deep (limit %d); it is being flattened, retry later",
-			imageSpec(src.p, parent.Name()), depth, s.Options.HardMaxClones)
-	}
-	return depth + added, nil
+	return s.limitDepth(ctx, src.t, src.parentImage(), depth, added)
 }
 
 // limitChildren applies the snapshot-count limits to a parent image: at the
@@ -219,7 +259,7 @@ func (s *ControllerServer) limitChildren(ctx context.Context, src *target, paren
 // returns the new image's depth.
 func (s *ControllerServer) restoreSnapshot(ctx context.Context, t *target, entry *journal.Entry, params *volumeParams, src *contentSource) (int, error) {
 	snapImage := src.snapshot.ImageName
-	depth, err := s.limitDepth(ctx, src.t, src.img, 1)
+	depth, err := s.limitSourceDepth(ctx, src, 1)
 	if err != nil {
 		return 0, err
 	}
@@ -240,7 +280,7 @@ func (s *ControllerServer) cloneVolume(ctx context.Context, t *target, entry *jo
 	if err := refuseWhileFlattening(src.t.p, parent); err != nil {
 		return 0, false, err
 	}
-	if depth, err = s.limitDepth(ctx, src.t, parent, 2); err != nil {
+	if depth, err = s.limitSourceDepth(ctx, src, 2); err != nil {
 		return 0, false, err
 	}
 	if flattenTemp, err = s.limitChildren(ctx, src.t, parent); err != nil {

@@ -60,6 +60,11 @@ type pool interface {
 	// round trip, without opening it (header.go). A missing image is
 	// ENOENT.
 	Header(imageID string) (*header, error)
+	// Describe reads what a restore needs of the image with this ID
+	// without opening it: its parent, its snapshots and the values of the
+	// metadata keys asked for ("" when unset), in two round trips
+	// (header.go). A missing image is ENOENT.
+	Describe(imageID string, metadata []string) (*imageFacts, error)
 	// TrashMarked reports, in one round trip, whether the image with this
 	// ID carries the mark (trashedByUsKey) this driver sets on an image of
 	// its own before moving it to the RBD trash.
@@ -144,6 +149,23 @@ type snapshotInfo struct {
 	Size    uint64
 	Trash   bool // in the trash namespace
 	Created time.Time
+}
+
+// imageFacts is what Describe reads of an image.
+type imageFacts struct {
+	Parent    *headerParent // nil when none, as in header
+	Snapshots []snapshotInfo
+	Metadata  map[string]string // the keys asked for
+}
+
+// userSnapshot is the snapshot named name outside the trash namespace.
+func (f *imageFacts) userSnapshot(name string) *snapshotInfo {
+	for i := range f.Snapshots {
+		if s := &f.Snapshots[i]; s.Name == name && !s.Trash {
+			return s
+		}
+	}
+	return nil
 }
 
 // childInfo is one clone of an image's snapshot.

@@ -35,7 +35,7 @@ func checkSourceEncryption(src *contentSource, e *encryption) error {
 	if src == nil {
 		return nil
 	}
-	have, err := readEncryption(src.img)
+	have, err := readEncryption(src)
 	if err != nil {
 		return err
 	}
@@ -90,7 +90,7 @@ func (s *ControllerServer) setupEncryption(ctx context.Context, t *target, entry
 // journal entry names (fallback: the new volume's, for entries that
 // predate ceph-csi recording it) and returns it with the source's state.
 func (s *ControllerServer) sourceDEK(ctx context.Context, src *contentSource, fallback kms.KMS, secrets map[string]string) ([]byte, string, error) {
-	have, err := readEncryption(src.img)
+	have, err := readEncryption(src)
 	if err != nil {
 		return nil, "", err
 	}

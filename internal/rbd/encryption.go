@@ -76,10 +76,20 @@ type imageEncryption struct {
 	State, SealedDEK string
 }
 
-// readEncryption reads the encryption metadata of an open image, taking
-// the keys ceph-csi wrote before v3.4 (with a leading dot) when the
-// current ones are missing.
-func readEncryption(img image) (imageEncryption, error) {
+// encryptionKeys are the metadata keys readEncryption reads.
+var encryptionKeys = []string{metaEncrypted, metaEncryptedOld, metaDEK, metaDEKOld}
+
+// metadataSource is where readEncryption reads an image's metadata: an
+// open image, or a content source.
+type metadataSource interface {
+	Name() string
+	Metadata(key string) (string, error)
+}
+
+// readEncryption reads the encryption metadata of an image, taking the
+// keys ceph-csi wrote before v3.4 (with a leading dot) when the current
+// ones are missing.
+func readEncryption(img metadataSource) (imageEncryption, error) {
 	var e imageEncryption
 	for _, k := range []struct {
 		to       *string

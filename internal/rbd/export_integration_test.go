@@ -3,6 +3,8 @@
 package rbd
 
 import (
+	"time"
+
 	"github.com/leanceph/cephcsi/internal/cephconn"
 )
 
@@ -37,6 +39,31 @@ func (h *HeaderProbe) Header(imageID string) (poolID int64, namespace, parentID 
 		poolID, namespace, parentID = hd.Parent.PoolID, hd.Parent.Namespace, hd.Parent.ImageID
 	}
 	return poolID, namespace, parentID, hd.Snapshots, nil
+}
+
+// DescribedSnapshot is one snapshot as radosPool.Describe read it.
+type DescribedSnapshot struct {
+	ID      uint64
+	Name    string
+	Size    uint64
+	Trash   bool
+	Created time.Time
+}
+
+// Describe is radosPool.Describe: the parent's image ID ("" without one),
+// the snapshots and the metadata values of keys.
+func (h *HeaderProbe) Describe(imageID string, keys []string) (parentID string, snaps []DescribedSnapshot, meta map[string]string, err error) {
+	f, err := h.p.Describe(imageID, keys)
+	if err != nil {
+		return "", nil, nil, err
+	}
+	if f.Parent != nil {
+		parentID = f.Parent.ImageID
+	}
+	for _, s := range f.Snapshots {
+		snaps = append(snaps, DescribedSnapshot(s))
+	}
+	return parentID, snaps, f.Metadata, nil
 }
 
 // TrashMarked is radosPool.TrashMarked.

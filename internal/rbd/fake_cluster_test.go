@@ -448,11 +448,31 @@ func (h *fakePoolHandle) Header(imageID string) (*header, error) {
 	if img == nil {
 		return nil, errno(syscall.ENOENT, "image ID %s", imageID)
 	}
-	out := &header{Snapshots: len(img.snaps)}
-	if s := img.parent; s != nil {
-		out.Parent = &headerParent{PoolID: s.image.pool.id, Namespace: h.p.f.namespace, ImageID: s.image.id, SnapID: s.id}
+	return &header{Snapshots: len(img.snaps), Parent: h.p.headerParent(img)}, nil
+}
+
+// headerParent is img's parent as its header records it.
+func (p *fakePool) headerParent(img *fakeImage) *headerParent {
+	s := img.parent
+	if s == nil {
+		return nil
 	}
-	return out, nil
+	return &headerParent{PoolID: s.image.pool.id, Namespace: p.f.namespace, ImageID: s.image.id, SnapID: s.id}
+}
+
+func (h *fakePoolHandle) Describe(imageID string, metadata []string) (*imageFacts, error) {
+	if err := h.p.f.step("Describe", imageID); err != nil {
+		return nil, err
+	}
+	img := h.p.images[imageID]
+	if img == nil {
+		return nil, errno(syscall.ENOENT, "image ID %s", imageID)
+	}
+	f := &imageFacts{Parent: h.p.headerParent(img), Snapshots: img.snapshotInfos(), Metadata: map[string]string{}}
+	for _, k := range metadata {
+		f.Metadata[k] = img.meta[k]
+	}
+	return f, nil
 }
 
 func (h *fakePoolHandle) TrashMarked(imageID string) (bool, error) {
@@ -600,11 +620,15 @@ func (h *fakeImageHandle) Snapshots() ([]snapshotInfo, error) {
 	if err := h.check(false); err != nil {
 		return nil, err
 	}
-	out := make([]snapshotInfo, 0, len(h.img.snaps))
-	for _, s := range h.img.snaps {
+	return h.img.snapshotInfos(), nil
+}
+
+func (img *fakeImage) snapshotInfos() []snapshotInfo {
+	out := make([]snapshotInfo, 0, len(img.snaps))
+	for _, s := range img.snaps {
 		out = append(out, snapshotInfo{ID: s.id, Name: s.name, Size: s.size, Trash: s.trash, Created: s.created})
 	}
-	return out, nil
+	return out
 }
 
 func (h *fakeImageHandle) CreateSnapshot(name string) error {

@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"time"
 )
 
 // An image's header object (rbd_header.<id>) answers, through the rbd
@@ -30,6 +31,8 @@ type header struct {
 	// Snapshots counts the image's snapshots, of every namespace (the
 	// trash namespace included).
 	Snapshots int
+	// snapIDs are their IDs, for Describe to read them.
+	snapIDs []uint64
 }
 
 // cephNoSnap is CEPH_NOSNAP ((uint64)-2), the snapshot ID of an image's
@@ -87,14 +90,8 @@ func (d *cephDecoder) str() string {
 // cls::rbd::ParentImageSpec: a versioned struct (version, compat version,
 // length) of pool ID, pool namespace, image ID and snapshot ID.
 func decodeParentSpec(b []byte) (headerParent, error) {
-	d := &cephDecoder{b: b}
+	d := (&cephDecoder{b: b}).versioned()
 	var p headerParent
-	if v := d.u8(); d.err == nil && v < 1 {
-		return p, fmt.Errorf("parent spec: struct version %d", v)
-	}
-	d.u8() // compat version
-	n := d.u32()
-	d = &cephDecoder{b: d.take(int(n)), err: d.err}
 	p.PoolID = int64(d.u64())
 	p.Namespace = d.str()
 	p.ImageID = d.str()
@@ -119,17 +116,61 @@ func decodeOverlap(b []byte) (present bool, err error) {
 	return present, nil
 }
 
-// decodeSnapCount decodes the output of cls rbd.get_snapcontext (sequence
-// number, then the snapshot IDs) and returns the number of snapshots.
-func decodeSnapCount(b []byte) (int, error) {
+// decodeSnapIDs decodes the output of cls rbd.get_snapcontext: the
+// sequence number, then the IDs of the image's snapshots.
+func decodeSnapIDs(b []byte) ([]uint64, error) {
 	d := &cephDecoder{b: b}
 	d.u64() // seq
 	n := d.u32()
-	d.take(8 * int(n))
-	if d.err != nil {
-		return 0, fmt.Errorf("snapshot context: %w", d.err)
+	if d.err == nil && len(d.b) < 8*int(n) {
+		return nil, fmt.Errorf("snapshot context: %w", errShort)
 	}
-	return int(n), nil
+	ids := make([]uint64, 0, n)
+	for range n {
+		ids = append(ids, d.u64())
+	}
+	if d.err != nil {
+		return nil, fmt.Errorf("snapshot context: %w", d.err)
+	}
+	return ids, nil
+}
+
+// snapNamespaceTrash is cls::rbd::SNAPSHOT_NAMESPACE_TYPE_TRASH: a
+// snapshot removed while clones still read from it.
+const snapNamespaceTrash = 2
+
+// versioned opens a struct of Ceph's versioned encoding (version,
+// compat version, length) and returns a decoder of its body.
+func (d *cephDecoder) versioned() *cephDecoder {
+	v := d.u8()
+	d.u8() // compat version
+	n := d.u32()
+	body := &cephDecoder{b: d.take(int(n)), err: d.err}
+	if body.err == nil && v < 1 {
+		body.err = fmt.Errorf("struct version %d", v)
+	}
+	return body
+}
+
+// decodeSnapshotInfo decodes the output of cls rbd.snapshot_get, a
+// cls::rbd::SnapshotInfo: ID, namespace (itself versioned: its type, then
+// what that type holds), name, size at the snapshot, timestamp.
+func decodeSnapshotInfo(b []byte) (snapshotInfo, error) {
+	d := (&cephDecoder{b: b}).versioned()
+	var s snapshotInfo
+	s.ID = d.u64()
+	ns := d.versioned()
+	s.Trash = ns.u32() == snapNamespaceTrash
+	s.Name = d.str()
+	s.Size = d.u64()
+	sec, nsec := d.u32(), d.u32()
+	for _, err := range []error{d.err, ns.err} {
+		if err != nil {
+			return snapshotInfo{}, fmt.Errorf("snapshot info: %w", err)
+		}
+	}
+	s.Created = time.Unix(int64(sec), int64(nsec))
+	return s, nil
 }
 
 // decodeHeader makes a header of the three class call outputs.
@@ -142,11 +183,11 @@ func decodeHeader(parent, overlap, snapc []byte) (*header, error) {
 	if err != nil {
 		return nil, err
 	}
-	snaps, err := decodeSnapCount(snapc)
+	ids, err := decodeSnapIDs(snapc)
 	if err != nil {
 		return nil, err
 	}
-	h := &header{Snapshots: snaps}
+	h := &header{Snapshots: len(ids), snapIDs: ids}
 	if spec.PoolID >= 0 && spec.ImageID != "" && present {
 		h.Parent = &spec
 	}

@@ -22,7 +22,8 @@ import (
 // walks clone chains that way: it must agree with librbd on a chain of
 // clones, on a flattened clone whose snapshot still reads from the parent,
 // on snapshots moved to the trash namespace and on an image in the RBD
-// trash.
+// trash. Describe, which restores use, reads the snapshots and metadata
+// librbd lists too.
 func TestHeaderMatchesLibrbd(t *testing.T) {
 	c := testutil.RequireCluster(t)
 	io := c.IOContext(t, pool)
@@ -107,8 +108,9 @@ func TestHeaderMatchesLibrbd(t *testing.T) {
 	}
 	aimg.Close()
 
+	trashSnaps := 0
 	for _, name := range []string{a, b, d, flat} {
-		img, err := rbd.OpenImageReadOnly(io, name, rbd.NoSnapshot)
+		img, err := rbd.OpenImage(io, name, rbd.NoSnapshot)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -121,10 +123,11 @@ func TestHeaderMatchesLibrbd(t *testing.T) {
 		if errors.Is(err, rbd.ErrNotFound) {
 			want, err = nil, nil
 		}
-		img.Close()
 		if err != nil {
 			t.Fatal(err)
 		}
+		trashSnaps += checkDescribe(t, probe, img, name, id, want)
+		img.Close()
 		poolID, ns, parentID, nsnaps, err := probe.Header(id)
 		if err != nil {
 			t.Fatalf("Header(%s): %v", name, err)
@@ -145,6 +148,10 @@ func TestHeaderMatchesLibrbd(t *testing.T) {
 		if w := librbdDepth(t, io, name); depth != w {
 			t.Errorf("%s: clone depth from headers %d, librbd's chain %d", name, depth, w)
 		}
+	}
+
+	if trashSnaps != 1 {
+		t.Errorf("Describe saw %d snapshots in the trash namespace, want 1 (%s@s1)", trashSnaps, a)
 	}
 
 	// An image in the RBD trash, marked as ours first.
@@ -176,6 +183,53 @@ func TestHeaderMatchesLibrbd(t *testing.T) {
 	if _, err := probe.TrashMarked("0123456789ab"); !csierr.IsNotFound(err) {
 		t.Errorf("TrashMarked of a missing image: %v, want ENOENT", err)
 	}
+}
+
+// checkDescribe compares what Describe reads of an image's header with
+// what librbd says of the open image: the parent, every snapshot (ID,
+// name, size, namespace, time) and metadata, set and unset. It returns
+// how many snapshots are in the trash namespace.
+func checkDescribe(t *testing.T, probe *cephrbd.HeaderProbe, img *rbd.Image, name, id string, parent *rbd.ParentInfo) (trash int) {
+	t.Helper()
+	if err := img.SetMetadata("hdr.test", "v-"+name); err != nil {
+		t.Fatal(err)
+	}
+	parentID, snaps, meta, err := probe.Describe(id, []string{"hdr.test", "hdr.unset"})
+	if err != nil {
+		t.Fatalf("Describe(%s): %v", name, err)
+	}
+	if (parent == nil) != (parentID == "") || (parent != nil && parent.Image.ImageID != parentID) {
+		t.Errorf("%s: Describe says parent %q, librbd %+v", name, parentID, parent)
+	}
+	if meta["hdr.test"] != "v-"+name || meta["hdr.unset"] != "" || len(meta) != 2 {
+		t.Errorf("%s: Describe's metadata %v, want hdr.test=v-%s and hdr.unset empty", name, meta, name)
+	}
+	infos, err := img.GetSnapshotNames()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(snaps) != len(infos) {
+		t.Fatalf("%s: Describe read %d snapshots %+v, librbd lists %d %+v", name, len(snaps), snaps, len(infos), infos)
+	}
+	for i, want := range infos {
+		ns, err := img.GetSnapNamespaceType(want.Id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ts, err := img.GetSnapTimestamp(want.Id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := snaps[i]
+		if got.Trash {
+			trash++
+		}
+		if got.ID != want.Id || got.Name != want.Name || got.Size != want.Size || got.Trash != (ns == rbd.SnapNamespaceTypeTrash) ||
+			!got.Created.Equal(time.Unix(ts.Sec, ts.Nsec)) {
+			t.Errorf("%s: Describe's snapshot %+v, librbd's %+v (namespace %v, time %v)", name, got, want, ns, time.Unix(ts.Sec, ts.Nsec))
+		}
+	}
+	return trash
 }
 
 // librbdDepth walks a chain the way librbd sees it, opening each parent.

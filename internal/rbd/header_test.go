@@ -1,8 +1,10 @@
 package rbd
 
 import (
+	"encoding/binary"
 	"encoding/hex"
 	"testing"
+	"time"
 )
 
 func unhex(t *testing.T, s string) []byte {
@@ -47,5 +49,53 @@ func TestDecodeHeader(t *testing.T) {
 		if h, err := decodeHeader(bad[0], bad[1], bad[2]); err == nil {
 			t.Errorf("truncated or bad input decoded: %+v", h)
 		}
+	}
+}
+
+// snapshotInfoBytes encodes a cls::rbd::SnapshotInfo as the OSD does.
+func snapshotInfoBytes(id uint64, namespace []byte, name string, size uint64, sec, nsec uint32) []byte {
+	le := binary.LittleEndian
+	versioned := func(v uint8, body []byte) []byte {
+		return append(le.AppendUint32([]byte{v, 1}, uint32(len(body))), body...)
+	}
+	str := func(b []byte, s string) []byte { return append(le.AppendUint32(b, uint32(len(s))), s...) }
+	body := le.AppendUint64(nil, id)
+	body = append(body, versioned(2, namespace)...)
+	body = str(body, name)
+	body = le.AppendUint64(body, size)
+	body = le.AppendUint32(le.AppendUint32(body, sec), nsec)
+	body = le.AppendUint32(body, 3) // child count
+	return versioned(1, body)
+}
+
+func TestDecodeSnapshotInfo(t *testing.T) {
+	le := binary.LittleEndian
+	user := le.AppendUint32(nil, 0)
+	// The trash namespace carries the snapshot's former name and type.
+	trash := le.AppendUint32(nil, snapNamespaceTrash)
+	trash = append(le.AppendUint32(trash, 4), "snap"...)
+	trash = le.AppendUint32(trash, 0)
+
+	b := snapshotInfoBytes(7, user, "csi-snap-1", 8<<20, 1700000000, 5)
+	s, err := decodeSnapshotInfo(b)
+	if err != nil || s.ID != 7 || s.Name != "csi-snap-1" || s.Size != 8<<20 || s.Trash || !s.Created.Equal(time.Unix(1700000000, 5)) {
+		t.Errorf("user snapshot: %+v, %v", s, err)
+	}
+	s, err = decodeSnapshotInfo(snapshotInfoBytes(9, trash, "2d7e0b6c-uuid", 4<<20, 1, 0))
+	if err != nil || s.ID != 9 || s.Name != "2d7e0b6c-uuid" || s.Size != 4<<20 || !s.Trash {
+		t.Errorf("trash snapshot: %+v, %v", s, err)
+	}
+	for _, bad := range [][]byte{b[:5], b[:20], b[:len(b)-14], append([]byte{0}, b[1:]...)} {
+		if s, err := decodeSnapshotInfo(bad); err == nil {
+			t.Errorf("truncated or bad input decoded: %+v", s)
+		}
+	}
+
+	ids, err := decodeSnapIDs(unhex(t, "ca03000000000000"+"02000000"+"ca03000000000000"+"0500000000000000"))
+	if err != nil || len(ids) != 2 || ids[0] != 0x3ca || ids[1] != 5 {
+		t.Errorf("snapshot IDs: %v, %v", ids, err)
+	}
+	if ids, err := decodeSnapIDs(unhex(t, "ca03000000000000"+"ffffff7f")); err == nil {
+		t.Errorf("a count past the buffer decoded: %v", ids)
 	}
 }

@@ -53,6 +53,29 @@ func cloneDepth(c cluster, img image) (int, error) {
 	if first == nil {
 		return 0, nil
 	}
+	p, err := c.OpenPool(first.Pool, 0)
+	if err != nil {
+		return 0, fmt.Errorf("opening pool %s of parent %s: %w", first.Pool, first.Image, err)
+	}
+	return depthFrom(c, p, first.ImageID)
+}
+
+// headerDepth counts the ancestors of an image whose parent was read
+// from its header (nil: none), the same way.
+func headerDepth(c cluster, parent *headerParent) (int, error) {
+	if parent == nil {
+		return 0, nil
+	}
+	p, err := c.OpenPool("", parent.PoolID)
+	if err != nil {
+		return 0, fmt.Errorf("opening pool %d of parent image ID %s: %w", parent.PoolID, parent.ImageID, err)
+	}
+	return depthFrom(c, p, parent.ImageID)
+}
+
+// depthFrom counts the image with this ID (in p, which it closes) and its
+// ancestors.
+func depthFrom(c cluster, p pool, imageID string) (int, error) {
 	depth := 0
 	next := func(p pool, imageID string) (*headerParent, error) {
 		depth++
@@ -63,11 +86,7 @@ func cloneDepth(c cluster, img image) (int, error) {
 		}
 		return h.Parent, nil
 	}
-	p, err := c.OpenPool(first.Pool, 0)
-	if err != nil {
-		return 0, fmt.Errorf("opening pool %s of parent %s: %w", first.Pool, first.Image, err)
-	}
-	parent, err := next(p, first.ImageID)
+	parent, err := next(p, imageID)
 	for err == nil && parent != nil && depth < maxChainWalk {
 		if p, err = c.OpenPool("", parent.PoolID); err != nil {
 			return 0, fmt.Errorf("opening pool %d of parent image ID %s: %w", parent.PoolID, parent.ImageID, err)

@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"strings"
 	"syscall"
 	"time"
 
@@ -224,6 +225,93 @@ func (p *radosPool) Header(imageID string) (*header, error) {
 		return nil, fmt.Errorf("image ID %s: %w", imageID, err)
 	}
 	return h, nil
+}
+
+// Describe implements pool: the header's class calls and the metadata
+// keys (librbd keeps them in the header's omap, each prefixed
+// "metadata_") in one read operation, then one snapshot_get per snapshot
+// in a second. A snapshot removed in between fails the second read with
+// ENOENT; the first is then made again.
+func (p *radosPool) Describe(imageID string, metadata []string) (*imageFacts, error) {
+	for try := 0; ; try++ {
+		f, err := p.describe(imageID, metadata)
+		if err == nil || try == 2 || !errors.Is(err, errSnapshotGone) {
+			return f, err
+		}
+	}
+}
+
+var errSnapshotGone = errors.New("a snapshot went away while it was read")
+
+func (p *radosPool) describe(imageID string, metadata []string) (*imageFacts, error) {
+	oid := "rbd_header." + imageID
+	op := rados.CreateReadOp()
+	defer op.Release()
+	noSnap := binary.LittleEndian.AppendUint64(nil, cephNoSnap)
+	parent := op.Exec("rbd", "parent_get", nil)
+	overlap := op.Exec("rbd", "parent_overlap_get", noSnap)
+	snapc := op.Exec("rbd", "get_snapcontext", nil)
+	keys := make([]string, len(metadata))
+	for i, k := range metadata {
+		keys[i] = "metadata_" + k
+	}
+	meta := op.GetOmapValuesByKeys(keys)
+	if err := op.Operate(p.io, oid, rados.OperationNoFlag); err != nil {
+		return nil, opError(err)
+	}
+	var out [3][]byte
+	for i, step := range []*rados.ReadOpExecStep{parent, overlap, snapc} {
+		b, err := step.Bytes()
+		if err != nil {
+			return nil, err
+		}
+		out[i] = b
+	}
+	h, err := decodeHeader(out[0], out[1], out[2])
+	if err != nil {
+		return nil, fmt.Errorf("image ID %s: %w", imageID, err)
+	}
+	f := &imageFacts{Parent: h.Parent, Metadata: make(map[string]string, len(metadata))}
+	for _, k := range metadata {
+		f.Metadata[k] = ""
+	}
+	for {
+		kv, err := meta.Next()
+		if err != nil {
+			return nil, err
+		}
+		if kv == nil {
+			break
+		}
+		f.Metadata[strings.TrimPrefix(kv.Key, "metadata_")] = string(kv.Value)
+	}
+	if len(h.snapIDs) == 0 {
+		return f, nil
+	}
+	snapOp := rados.CreateReadOp()
+	defer snapOp.Release()
+	steps := make([]*rados.ReadOpExecStep, len(h.snapIDs))
+	for i, id := range h.snapIDs {
+		steps[i] = snapOp.Exec("rbd", "snapshot_get", binary.LittleEndian.AppendUint64(nil, id))
+	}
+	if err := opError(snapOp.Operate(p.io, oid, rados.OperationNoFlag)); err != nil {
+		if csierr.IsNotFound(err) {
+			return nil, errSnapshotGone
+		}
+		return nil, err
+	}
+	for _, step := range steps {
+		b, err := step.Bytes()
+		if err != nil {
+			return nil, err
+		}
+		s, err := decodeSnapshotInfo(b)
+		if err != nil {
+			return nil, fmt.Errorf("image ID %s: %w", imageID, err)
+		}
+		f.Snapshots = append(f.Snapshots, s)
+	}
+	return f, nil
 }
 
 // TrashMarked implements pool: librbd keeps image metadata in the header's

@@ -190,7 +190,10 @@ func (s *ControllerServer) snapshotImage(ctx context.Context, ref *volumeRef, en
 	if err := refuseWhileFlattening(ref.p, src); err != nil {
 		return nil, err
 	}
-	depth, err := s.limitDepth(ctx, ref.target, src, 1)
+	depth, err := cloneDepth(ref.c, src)
+	if err == nil {
+		depth, err = s.limitDepth(ctx, ref.target, src.Name(), depth, 1)
+	}
 	if err != nil {
 		return nil, err
 	}
