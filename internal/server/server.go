@@ -19,6 +19,7 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/leanceph/cephcsi/internal/locks"
+	"github.com/leanceph/cephcsi/internal/memtrim"
 )
 
 // Services are the CSI services one process serves; nil ones are left out.
@@ -117,7 +118,9 @@ func NewFor(lis net.Listener, register func(grpc.ServiceRegistrar), opLocks *loc
 	if set.slowCallInterval > 0 {
 		chain = append(chain, logSlowCalls(set.slowCallInterval))
 	}
-	chain = append(chain, logCalls, toStatus, answerByDeadline, recoverPanics, locks.Interceptor(opLocks))
+	// memtrim counts the handler's own run, which answerByDeadline may let
+	// go on past the answer.
+	chain = append(chain, logCalls, toStatus, answerByDeadline, recoverPanics, memtrim.Interceptor(), locks.Interceptor(opLocks))
 	g := grpc.NewServer(grpc.ChainUnaryInterceptor(chain...))
 	register(g)
 	return &Server{grpc: g, listener: lis, name: set.name}
