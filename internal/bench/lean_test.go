@@ -51,6 +51,7 @@ type leanResult struct {
 	baseline, after    *leanPoint // of the leak check: after the warm-up cycles, after all
 	warmCycles, cycles int
 	cyclesTook         time.Duration
+	floor              *leanFloor // BenchmarkRBDLeanFloor's
 }
 
 var lean *leanResult
@@ -206,6 +207,11 @@ func printLean(w io.Writer) {
 	if l.peakSamples > 0 {
 		fmt.Fprintf(w, "  peak during the c%d runs:   RSS %s (%d samples, every 20 ms)\n", concurrency, mib(l.peakRSS), l.peakSamples)
 	}
+	if f := l.floor; f != nil {
+		fmt.Fprintf(w, "  go-ceph floor (./leanfloor: one connection, the c%d rows' librbd calls, nothing else):\n", concurrency)
+		fmt.Fprintf(w, "    idle after a warm-up create and remove: RSS %s; peak during its c%d load: RSS %s (%d samples)\n",
+			mib(f.idle), concurrency, mib(f.peak), f.samples)
+	}
 	if l.baseline != nil && l.after != nil {
 		fmt.Fprintf(w, "  leak check, %d cycles (CreateVolume+DeleteVolume at c%d) in %s:\n", l.cycles, concurrency, l.cyclesTook.Round(time.Second))
 		fmt.Fprintf(w, "    after %5d cycles:        %s\n", l.warmCycles, l.baseline)
@@ -223,9 +229,15 @@ func leanVerdicts() []verdict {
 	}
 	if l.idle != nil {
 		idle.measured, idle.met, idle.got = true, l.idle.proc.RSS <= idleRSSMax, mib(l.idle.proc.RSS)
+		if l.floor != nil {
+			idle.got += fmt.Sprintf(" (go-ceph floor %s)", mib(l.floor.idle))
+		}
 	}
 	if l.peakSamples > 0 {
 		peak.measured, peak.met, peak.got = true, l.peakRSS <= peakRSSMax, mib(l.peakRSS)
+		if l.floor != nil {
+			peak.got += fmt.Sprintf(" (go-ceph floor %s)", mib(l.floor.peak))
+		}
 	}
 	if l.baseline != nil && l.after != nil {
 		b, a := l.baseline, l.after
