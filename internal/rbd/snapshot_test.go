@@ -156,6 +156,24 @@ func TestRestoreFromSnapshot(t *testing.T) {
 	_, err = c.create(c.volReq("orphan", 8<<20, fromSnapshot(missing)))
 	wantCode(t, "restore from a missing snapshot", err, codes.NotFound)
 	c.sameState("the refused restores", before)
+	// A snapshot whose image lost the snapshot restores clone from, or
+	// the image itself, is NotFound too (the header says so, unopened).
+	broken := c.snapshot("broken", vol.GetVolumeId())
+	bimg := c.img(c.snapImage(broken))
+	kept := bimg.snaps
+	bimg.snaps = nil
+	before = c.state()
+	_, err = c.create(c.volReq("from-broken", 8<<20, fromSnapshot(broken.GetSnapshotId())))
+	wantCode(t, "restore from a snapshot image without its snapshot", err, codes.NotFound)
+	c.sameState("the restore from a snapshot image without its snapshot", before)
+	bimg.snaps = kept
+	delete(bimg.pool.images, bimg.id)
+	before = c.state()
+	_, err = c.create(c.volReq("from-gone", 8<<20, fromSnapshot(broken.GetSnapshotId())))
+	wantCode(t, "restore from a snapshot whose image is gone", err, codes.NotFound)
+	c.sameState("the restore from a snapshot whose image is gone", before)
+	bimg.pool.images[bimg.id] = bimg
+	c.mustDeleteSnapshot(broken.GetSnapshotId())
 
 	// The source and the snapshot go while the restores stay; both images
 	// are purged with the last restore, from the other pool too.
