@@ -13,6 +13,7 @@ import (
 	"github.com/ceph/go-ceph/rbd"
 	"github.com/google/uuid"
 
+	"github.com/leanceph/cephcsi/internal/bench/rbdopts"
 	"github.com/leanceph/cephcsi/internal/cephconn"
 	"github.com/leanceph/cephcsi/internal/testutil"
 )
@@ -110,24 +111,9 @@ func (f *rbdFloor) journalRelease(name string) error {
 	return f.io.Delete(f.entryObject(name))
 }
 
-func imageOptions(features uint64, clone bool) (*rbd.ImageOptions, error) {
-	opts := rbd.NewRbdImageOptions()
-	set := [][2]uint64{{uint64(rbd.ImageOptionFormat), 2}, {uint64(rbd.ImageOptionFeatures), features}}
-	if clone {
-		set = append(set, [2]uint64{uint64(rbd.ImageOptionCloneFormat), 2})
-	}
-	for _, o := range set {
-		if err := opts.SetUint64(rbd.ImageOption(o[0]), o[1]); err != nil {
-			opts.Destroy()
-			return nil, err
-		}
-	}
-	return opts, nil
-}
-
 // clone makes parent@snap -> dst with the given features (format 2).
 func (f *rbdFloor) clone(parent, snap, dst string, features uint64) error {
-	opts, err := imageOptions(features, true)
+	opts, err := rbdopts.New(features, true)
 	if err != nil {
 		return err
 	}
@@ -171,7 +157,7 @@ func (f *rbdFloor) createVolume(name string) error {
 	if err := f.journalReserve(name); err != nil {
 		return err
 	}
-	opts, err := imageOptions(rbd.FeatureLayering, false)
+	opts, err := rbdopts.New(rbd.FeatureLayering, false)
 	if err != nil {
 		return err
 	}

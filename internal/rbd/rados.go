@@ -200,20 +200,25 @@ func (p *radosPool) ImageID(name string) (string, error) {
 	return string(buf[4 : 4+l]), nil
 }
 
-// Header implements pool: the class calls librbd makes for the same facts
-// when it opens an image, in one read operation.
-func (p *radosPool) Header(imageID string) (*header, error) {
-	op := rados.CreateReadOp()
-	defer op.Release()
+// headerCalls are the class calls librbd makes, when it opens an image,
+// for what header holds, added to one read operation.
+type headerCalls struct {
+	parent, overlap, snapc *rados.ReadOpExecStep
+}
+
+func addHeaderCalls(op *rados.ReadOp) headerCalls {
 	noSnap := binary.LittleEndian.AppendUint64(nil, cephNoSnap)
-	parent := op.Exec("rbd", "parent_get", nil)
-	overlap := op.Exec("rbd", "parent_overlap_get", noSnap)
-	snapc := op.Exec("rbd", "get_snapcontext", nil)
-	if err := op.Operate(p.io, "rbd_header."+imageID, rados.OperationNoFlag); err != nil {
-		return nil, opError(err)
+	return headerCalls{
+		parent:  op.Exec("rbd", "parent_get", nil),
+		overlap: op.Exec("rbd", "parent_overlap_get", noSnap),
+		snapc:   op.Exec("rbd", "get_snapcontext", nil),
 	}
+}
+
+// decode reads the calls' answers once the operation ran.
+func (c headerCalls) decode(imageID string) (*header, error) {
 	var out [3][]byte
-	for i, step := range []*rados.ReadOpExecStep{parent, overlap, snapc} {
+	for i, step := range []*rados.ReadOpExecStep{c.parent, c.overlap, c.snapc} {
 		b, err := step.Bytes()
 		if err != nil {
 			return nil, err
@@ -225,6 +230,17 @@ func (p *radosPool) Header(imageID string) (*header, error) {
 		return nil, fmt.Errorf("image ID %s: %w", imageID, err)
 	}
 	return h, nil
+}
+
+// Header implements pool: the header's class calls in one read operation.
+func (p *radosPool) Header(imageID string) (*header, error) {
+	op := rados.CreateReadOp()
+	defer op.Release()
+	calls := addHeaderCalls(op)
+	if err := op.Operate(p.io, "rbd_header."+imageID, rados.OperationNoFlag); err != nil {
+		return nil, opError(err)
+	}
+	return calls.decode(imageID)
 }
 
 // Describe implements pool: the header's class calls and the metadata
@@ -241,35 +257,28 @@ func (p *radosPool) Describe(imageID string, metadata []string) (*imageFacts, er
 	}
 }
 
+// metadataKeyPrefix is what librbd puts before an image metadata key in
+// the header object's omap.
+const metadataKeyPrefix = "metadata_"
+
 var errSnapshotGone = errors.New("a snapshot went away while it was read")
 
 func (p *radosPool) describe(imageID string, metadata []string) (*imageFacts, error) {
 	oid := "rbd_header." + imageID
 	op := rados.CreateReadOp()
 	defer op.Release()
-	noSnap := binary.LittleEndian.AppendUint64(nil, cephNoSnap)
-	parent := op.Exec("rbd", "parent_get", nil)
-	overlap := op.Exec("rbd", "parent_overlap_get", noSnap)
-	snapc := op.Exec("rbd", "get_snapcontext", nil)
+	calls := addHeaderCalls(op)
 	keys := make([]string, len(metadata))
 	for i, k := range metadata {
-		keys[i] = "metadata_" + k
+		keys[i] = metadataKeyPrefix + k
 	}
 	meta := op.GetOmapValuesByKeys(keys)
 	if err := op.Operate(p.io, oid, rados.OperationNoFlag); err != nil {
 		return nil, opError(err)
 	}
-	var out [3][]byte
-	for i, step := range []*rados.ReadOpExecStep{parent, overlap, snapc} {
-		b, err := step.Bytes()
-		if err != nil {
-			return nil, err
-		}
-		out[i] = b
-	}
-	h, err := decodeHeader(out[0], out[1], out[2])
+	h, err := calls.decode(imageID)
 	if err != nil {
-		return nil, fmt.Errorf("image ID %s: %w", imageID, err)
+		return nil, err
 	}
 	f := &imageFacts{Parent: h.Parent, Metadata: make(map[string]string, len(metadata))}
 	for _, k := range metadata {
@@ -283,7 +292,7 @@ func (p *radosPool) describe(imageID string, metadata []string) (*imageFacts, er
 		if kv == nil {
 			break
 		}
-		f.Metadata[strings.TrimPrefix(kv.Key, "metadata_")] = string(kv.Value)
+		f.Metadata[strings.TrimPrefix(kv.Key, metadataKeyPrefix)] = string(kv.Value)
 	}
 	if len(h.snapIDs) == 0 {
 		return f, nil
@@ -319,7 +328,7 @@ func (p *radosPool) describe(imageID string, metadata []string) (*imageFacts, er
 func (p *radosPool) TrashMarked(imageID string) (bool, error) {
 	op := rados.CreateReadOp()
 	defer op.Release()
-	key := "metadata_" + trashedByUsKey
+	key := metadataKeyPrefix + trashedByUsKey
 	step := op.GetOmapValuesByKeys([]string{key})
 	if err := op.Operate(p.io, "rbd_header."+imageID, rados.OperationNoFlag); err != nil {
 		return false, opError(err)
@@ -356,7 +365,7 @@ func (p *radosPool) SetImageMetadata(id string, kv map[string]string, drop []str
 	var rm []string
 	for _, k := range drop {
 		if _, set := kv[k]; !set {
-			rm = append(rm, "metadata_"+k)
+			rm = append(rm, metadataKeyPrefix+k)
 		}
 	}
 	if len(rm) > 0 {
@@ -364,7 +373,7 @@ func (p *radosPool) SetImageMetadata(id string, kv map[string]string, drop []str
 	}
 	pairs := make(map[string][]byte, len(kv))
 	for k, v := range kv {
-		pairs["metadata_"+k] = []byte(v)
+		pairs[metadataKeyPrefix+k] = []byte(v)
 	}
 	op.SetOmap(pairs)
 	return op.Operate(p.io, "rbd_header."+id, rados.OperationNoFlag)

@@ -19,6 +19,8 @@ import (
 
 	"github.com/ceph/go-ceph/rados"
 	"github.com/ceph/go-ceph/rbd"
+
+	"github.com/leanceph/cephcsi/internal/bench/rbdopts"
 )
 
 func main() {
@@ -55,12 +57,12 @@ func run(conf, pool, prefix string, n, workers int, size uint64) error {
 		return err
 	}
 	defer io.Destroy()
-	opts, err := imageOptions(false)
+	opts, err := rbdopts.New(rbd.FeatureLayering, false)
 	if err != nil {
 		return err
 	}
 	defer opts.Destroy()
-	cloneOpts, err := imageOptions(true)
+	cloneOpts, err := rbdopts.New(rbd.FeatureLayering, true)
 	if err != nil {
 		return err
 	}
@@ -129,23 +131,6 @@ func run(conf, pool, prefix string, n, workers int, size uint64) error {
 	fmt.Println("done")
 	stdin.Scan()
 	return nil
-}
-
-// imageOptions are the driver's for a plain volume (format 2, layering)
-// and, with clone, for a restore (clone format 2 too).
-func imageOptions(clone bool) (*rbd.ImageOptions, error) {
-	opts := rbd.NewRbdImageOptions()
-	set := [][2]uint64{{uint64(rbd.ImageOptionFormat), 2}, {uint64(rbd.ImageOptionFeatures), rbd.FeatureLayering}}
-	if clone {
-		set = append(set, [2]uint64{uint64(rbd.ImageOptionCloneFormat), 2})
-	}
-	for _, o := range set {
-		if err := opts.SetUint64(rbd.ImageOption(o[0]), o[1]); err != nil {
-			opts.Destroy()
-			return nil, err
-		}
-	}
-	return opts, nil
 }
 
 // withImage runs do on the image name, opened, and closes it.
