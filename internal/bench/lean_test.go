@@ -93,12 +93,26 @@ func (r *run) leanIdle() {
 	leanState().idle = p
 }
 
-// sampleRSS samples the driver's resident memory every 20 ms until the
-// returned function is called, and records the peak.
+// sampleRSS samples the driver's resident memory until the returned
+// function is called, and records the peak.
 func (r *run) sampleRSS() (stop func()) {
 	if r.proc == nil {
 		return func() {}
 	}
+	stopPeak := samplePeakRSS(r.proc.pid)
+	return func() {
+		peak, samples := stopPeak()
+		rowsMu.Lock()
+		defer rowsMu.Unlock()
+		l := leanState()
+		l.peakRSS, l.peakSamples = max(l.peakRSS, peak), l.peakSamples+samples
+	}
+}
+
+// samplePeakRSS samples the resident memory of process pid every 20 ms
+// until the returned function is called, which returns the peak and the
+// number of samples.
+func samplePeakRSS(pid int) (stop func() (peak uint64, samples int)) {
 	done := make(chan struct{})
 	var wg sync.WaitGroup
 	var peak uint64
@@ -113,20 +127,17 @@ func (r *run) sampleRSS() (stop func()) {
 			case <-done:
 				return
 			case <-t.C:
-				if st, err := readProc(r.proc.pid, ""); err == nil {
+				if st, err := readProc(pid, ""); err == nil {
 					peak = max(peak, st.RSS)
 					samples++
 				}
 			}
 		}
 	}()
-	return func() {
+	return func() (uint64, int) {
 		close(done)
 		wg.Wait()
-		rowsMu.Lock()
-		defer rowsMu.Unlock()
-		l := leanState()
-		l.peakRSS, l.peakSamples = max(l.peakRSS, peak), l.peakSamples+samples
+		return peak, samples
 	}
 }
 

@@ -79,33 +79,17 @@ func BenchmarkRBDLeanFloor(b *testing.B) {
 		b.Fatal(err)
 	}
 	start := time.Now()
-	done := make(chan struct{})
-	var f leanFloor
-	go func() {
-		defer close(done)
-		t := time.NewTicker(20 * time.Millisecond)
-		defer t.Stop()
-		said := make(chan bool, 1)
-		go func() { said <- lines.Scan() && lines.Text() == "done" }()
-		for {
-			select {
-			case ok := <-said:
-				if !ok {
-					b.Errorf("leanfloor stopped before its load was done: %q %v", lines.Text(), lines.Err())
-				}
-				return
-			case <-t.C:
-				if st, err := readProc(pid, ""); err == nil {
-					f.peak = max(f.peak, st.RSS)
-					f.samples++
-				}
-			}
-		}
-	}()
+	stopPeak := samplePeakRSS(pid)
 	if _, err := io.WriteString(stdin, "go\n"); err != nil {
+		stopPeak()
 		b.Fatal(err)
 	}
-	<-done
+	finished := lines.Scan() && lines.Text() == "done"
+	var f leanFloor
+	f.peak, f.samples = stopPeak()
+	if !finished {
+		b.Errorf("leanfloor stopped before its load was done: %q %v", lines.Text(), lines.Err())
+	}
 	phase(fmt.Sprintf("rbd lean floor: %d creates, removes, clones and removes at c%d", concN, concurrency), start)
 	f.idle = idle.RSS
 	rowsMu.Lock()

@@ -154,9 +154,7 @@ func (s *ControllerServer) openSnapshotSource(snapshotID string, creds cephconn.
 	}
 	var info *snapshotInfo
 	if err == nil {
-		if info = c.facts.userSnapshot(entry.ImageName); info == nil {
-			err = csierr.Errorf(csierr.ErrNotFound, "image %s has no snapshot %s", entry.ImageName, entry.ImageName)
-		}
+		info, err = restoreSnapshotIn(c.facts.Snapshots, entry.ImageName)
 	}
 	if err != nil {
 		c.close()

@@ -55,7 +55,7 @@ type pool interface {
 	Trash() ([]trashEntry, error)
 	// ImageID reads the ID of an image without opening it.
 	ImageID(name string) (string, error)
-	// Header reads the parent and the snapshot count of the image with
+	// Header reads the parent and the snapshot IDs of the image with
 	// this ID (also one in the RBD trash) from its header object, in one
 	// round trip, without opening it (header.go). A missing image is
 	// ENOENT.
@@ -156,16 +156,6 @@ type imageFacts struct {
 	Parent    *headerParent // nil when none, as in header
 	Snapshots []snapshotInfo
 	Metadata  map[string]string // the keys asked for
-}
-
-// userSnapshot is the snapshot named name outside the trash namespace.
-func (f *imageFacts) userSnapshot(name string) *snapshotInfo {
-	for i := range f.Snapshots {
-		if s := &f.Snapshots[i]; s.Name == name && !s.Trash {
-			return s
-		}
-	}
-	return nil
 }
 
 // childInfo is one clone of an image's snapshot.

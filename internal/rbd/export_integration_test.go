@@ -38,7 +38,7 @@ func (h *HeaderProbe) Header(imageID string) (poolID int64, namespace, parentID 
 	if hd.Parent != nil {
 		poolID, namespace, parentID = hd.Parent.PoolID, hd.Parent.Namespace, hd.Parent.ImageID
 	}
-	return poolID, namespace, parentID, hd.Snapshots, nil
+	return poolID, namespace, parentID, len(hd.SnapIDs), nil
 }
 
 // DescribedSnapshot is one snapshot as radosPool.Describe read it.

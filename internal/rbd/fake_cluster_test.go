@@ -448,7 +448,11 @@ func (h *fakePoolHandle) Header(imageID string) (*header, error) {
 	if img == nil {
 		return nil, errno(syscall.ENOENT, "image ID %s", imageID)
 	}
-	return &header{Snapshots: len(img.snaps), Parent: h.p.headerParent(img)}, nil
+	out := &header{Parent: h.p.headerParent(img)}
+	for _, s := range img.snaps {
+		out.SnapIDs = append(out.SnapIDs, s.id)
+	}
+	return out, nil
 }
 
 // headerParent is img's parent as its header records it.

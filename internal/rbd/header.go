@@ -28,11 +28,9 @@ type header struct {
 	// flattened: librbd's rule, a parent with no overlap at the head is
 	// no parent of the head).
 	Parent *headerParent
-	// Snapshots counts the image's snapshots, of every namespace (the
-	// trash namespace included).
-	Snapshots int
-	// snapIDs are their IDs, for Describe to read them.
-	snapIDs []uint64
+	// SnapIDs are the IDs of the image's snapshots, of every namespace
+	// (the trash namespace included).
+	SnapIDs []uint64
 }
 
 // cephNoSnap is CEPH_NOSNAP ((uint64)-2), the snapshot ID of an image's
@@ -187,7 +185,7 @@ func decodeHeader(parent, overlap, snapc []byte) (*header, error) {
 	if err != nil {
 		return nil, err
 	}
-	h := &header{Snapshots: len(ids), snapIDs: ids}
+	h := &header{SnapIDs: ids}
 	if spec.PoolID >= 0 && spec.ImageID != "" && present {
 		h.Parent = &spec
 	}

@@ -29,11 +29,11 @@ func TestDecodeHeader(t *testing.T) {
 	noOverlap := unhex(t, "00")
 
 	h, err := decodeHeader(noParent, noOverlap, snapc)
-	if err != nil || h.Parent != nil || h.Snapshots != 1 {
+	if err != nil || h.Parent != nil || len(h.SnapIDs) != 1 || h.SnapIDs[0] != 0x3ca {
 		t.Errorf("no parent, one snapshot: %+v, %v", h, err)
 	}
 	h, err = decodeHeader(parent, overlap, noSnaps)
-	if err != nil || h.Parent == nil || *h.Parent != (headerParent{PoolID: 2, Namespace: "ns", ImageID: "10a2b3", SnapID: 4}) || h.Snapshots != 0 {
+	if err != nil || h.Parent == nil || *h.Parent != (headerParent{PoolID: 2, Namespace: "ns", ImageID: "10a2b3", SnapID: 4}) || len(h.SnapIDs) != 0 {
 		t.Errorf("clone: %+v, %v", h, err)
 	}
 	// A flattened head whose snapshot still reads from the parent.

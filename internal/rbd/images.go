@@ -256,7 +256,7 @@ func (r *remover) remove(name, id string, withSnapshots bool) (found bool, paren
 // first in one round trip.
 func (r *remover) removeDirect(name, id string) (parent *ancestor, ok bool) {
 	h, err := r.p.Header(id)
-	if err != nil || h.Snapshots > 0 {
+	if err != nil || len(h.SnapIDs) > 0 {
 		return nil, false
 	}
 	if err := r.p.RemoveImage(name); err != nil {

@@ -294,13 +294,13 @@ func (p *radosPool) describe(imageID string, metadata []string) (*imageFacts, er
 		}
 		f.Metadata[strings.TrimPrefix(kv.Key, metadataKeyPrefix)] = string(kv.Value)
 	}
-	if len(h.snapIDs) == 0 {
+	if len(h.SnapIDs) == 0 {
 		return f, nil
 	}
 	snapOp := rados.CreateReadOp()
 	defer snapOp.Release()
-	steps := make([]*rados.ReadOpExecStep, len(h.snapIDs))
-	for i, id := range h.snapIDs {
+	steps := make([]*rados.ReadOpExecStep, len(h.SnapIDs))
+	for i, id := range h.SnapIDs {
 		steps[i] = snapOp.Exec("rbd", "snapshot_get", binary.LittleEndian.AppendUint64(nil, id))
 	}
 	if err := opError(snapOp.Operate(p.io, oid, rados.OperationNoFlag)); err != nil {

@@ -20,18 +20,26 @@ import (
 )
 
 // restoreSnapshotOf returns the snapshot a snapshot image carries for
-// restores: it has the image's own name.
+// restores, read from the open image.
 func restoreSnapshotOf(img image) (*snapshotInfo, error) {
 	snaps, err := img.Snapshots()
 	if err != nil {
 		return nil, err
 	}
+	return restoreSnapshotIn(snaps, img.Name())
+}
+
+// restoreSnapshotIn finds, among the snapshots of the snapshot image
+// named image, the one restores clone from: it has the image's own name.
+// A snapshot in the trash namespace never does (librbd renames it to a
+// UUID), so it is skipped.
+func restoreSnapshotIn(snaps []snapshotInfo, image string) (*snapshotInfo, error) {
 	for i := range snaps {
-		if snaps[i].Name == img.Name() {
-			return &snaps[i], nil
+		if s := &snaps[i]; s.Name == image && !s.Trash {
+			return s, nil
 		}
 	}
-	return nil, csierr.Errorf(csierr.ErrNotFound, "image %s has no snapshot %s", img.Name(), img.Name())
+	return nil, csierr.Errorf(csierr.ErrNotFound, "image %s has no snapshot %s", image, image)
 }
 
 // CreateSnapshot implements csi.ControllerServer.
