@@ -54,21 +54,14 @@ func (s *ControllerServer) CreateSnapshot(ctx context.Context, req *csi.CreateSn
 		return nil, notFoundVolume(sourceID, err)
 	}
 
-	store := f.store()
+	digest := request.Digest(req.GetParameters(), "snapshot", sourceID)
 	began := time.Now()
-	entry, err := s.snapshots.Lookup(store, name)
-	if metrics.Step(metrics.CephFS, metrics.StepJournalLookup, began, err) != nil {
+	entry, fresh, err := s.snapshots.Claim(f.store(), name, prefix, journal.Entry{Source: ref.name, Request: digest,
+		KMSID: ref.entry.KMSID, EncryptionType: ref.entry.EncryptionType, Owner: ref.entry.Owner})
+	if metrics.Step(metrics.CephFS, metrics.JournalStep(fresh), began, err) != nil {
 		return nil, err
 	}
-	digest := request.Digest(req.GetParameters(), "snapshot", sourceID)
-	fresh := entry == nil
 	if fresh {
-		began = time.Now()
-		entry, err = s.snapshots.Reserve(store, name, prefix, journal.Entry{Source: ref.name, Request: digest,
-			KMSID: ref.entry.KMSID, EncryptionType: ref.entry.EncryptionType, Owner: ref.entry.Owner})
-		if metrics.Step(metrics.CephFS, metrics.StepJournalReserve, began, err) != nil {
-			return nil, err
-		}
 		failpoint.Hit("cephfs-create-snapshot-after-reserve")
 	} else if entry.Source != ref.name || (entry.Request != "" && entry.Request != digest) {
 		return nil, csierr.Errorf(csierr.ErrExists, "snapshot %q exists for source subvolume %s with its own parameters, not for %s as asked",
@@ -83,7 +76,7 @@ func (s *ControllerServer) CreateSnapshot(ctx context.Context, req *csi.CreateSn
 	}
 	if metrics.Step(metrics.CephFS, metrics.StepSnapshot, created, err) != nil {
 		if fresh {
-			if rerr := s.snapshots.Release(store, entry); rerr != nil {
+			if rerr := s.snapshots.Release(f.store(), entry); rerr != nil {
 				klog.FromContext(ctx).Error(rerr, "cleaning up the journal after a failed snapshot", "uuid", entry.UUID)
 			}
 		}

@@ -18,8 +18,13 @@ import (
 	"github.com/leanceph/cephcsi/internal/failpoint"
 )
 
-// ErrNotFound is returned by a Store for a missing object.
-var ErrNotFound = fmt.Errorf("journal object %w", csierr.ErrNotFound)
+var (
+	// ErrNotFound is returned by a Store for a missing object.
+	ErrNotFound = fmt.Errorf("journal object %w", csierr.ErrNotFound)
+	// ErrKeyExists is returned by Store.SetOmapKeyIfAbsent for a key that
+	// has a value.
+	ErrKeyExists = errors.New("journal key exists")
+)
 
 // Store is the omap access the journal needs; RadosStore implements it on a
 // pool's IOContext.
@@ -30,6 +35,10 @@ type Store interface {
 	// SetOmap sets keys, creating the object; with exclusive it fails when
 	// the object already exists.
 	SetOmap(oid string, kv map[string]string, exclusive bool) error
+	// SetOmapKeyIfAbsent sets key on an existing object, in one operation,
+	// only when the key has no value: ErrKeyExists when it has one,
+	// ErrNotFound when the object is missing.
+	SetOmapKeyIfAbsent(oid, key, value string) error
 	// RemoveOmapKeys removes keys; a missing object is not an error.
 	RemoveOmapKeys(oid string, keys []string) error
 	// Remove deletes an object; a missing object is not an error.
@@ -179,11 +188,57 @@ func (j *Journal) Get(s Store, id string) (*Entry, error) {
 	return e, nil
 }
 
+// Claim returns the entry of requestName and whether this call reserved
+// it (fresh), as Lookup and then, for a name without one, Reserve would,
+// in fewer round trips for the common case, a name the directory does not
+// hold: its key is set only if absent, in the same operation that checks,
+// and then the entry object is made. A name the directory holds (or a
+// directory not made yet) takes the Lookup and Reserve path.
+func (j *Journal) Claim(s Store, requestName, namePrefix string, template Entry) (*Entry, bool, error) {
+	fresh, err := j.newEntry(requestName, namePrefix, template)
+	if err != nil {
+		return nil, false, err
+	}
+	err = s.SetOmapKeyIfAbsent(j.directory, j.nameKeyPfx+requestName, fresh.UUID)
+	switch {
+	case err == nil:
+		if err := j.createEntry(s, fresh); err != nil {
+			return nil, false, err
+		}
+		return fresh, true, nil
+	case !errors.Is(err, ErrKeyExists) && !errors.Is(err, ErrNotFound):
+		return nil, false, fmt.Errorf("reserving %q in %s: %w", requestName, j.directory, err)
+	}
+	existing, err := j.Lookup(s, requestName)
+	if err != nil || existing != nil {
+		return existing, false, err
+	}
+	if fresh, err = j.Reserve(s, requestName, namePrefix, template); err != nil {
+		return nil, false, err
+	}
+	return fresh, true, nil
+}
+
 // Reserve records a new UUID for requestName. The object name is
 // namePrefix+uuid; template supplies Source, JournalPool and the like. The
 // directory key is written first, so a crash leaves at worst a dangling key
 // that the next Lookup of the same name removes.
 func (j *Journal) Reserve(s Store, requestName, namePrefix string, template Entry) (*Entry, error) {
+	e, err := j.newEntry(requestName, namePrefix, template)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.SetOmap(j.directory, map[string]string{j.nameKeyPfx + requestName: e.UUID}, false); err != nil {
+		return nil, fmt.Errorf("reserving %q in %s: %w", requestName, j.directory, err)
+	}
+	if err := j.createEntry(s, e); err != nil {
+		return nil, err
+	}
+	return e, nil
+}
+
+// newEntry is the entry of a new reservation of requestName.
+func (j *Journal) newEntry(requestName, namePrefix string, template Entry) (*Entry, error) {
 	if requestName == "" {
 		return nil, errors.New("empty request name")
 	}
@@ -191,16 +246,18 @@ func (j *Journal) Reserve(s Store, requestName, namePrefix string, template Entr
 	e.UUID = uuid.NewString()
 	e.RequestName = requestName
 	e.ImageName = namePrefix + e.UUID
-	dirKey := j.nameKeyPfx + requestName
-	if err := s.SetOmap(j.directory, map[string]string{dirKey: e.UUID}, false); err != nil {
-		return nil, fmt.Errorf("reserving %q in %s: %w", requestName, j.directory, err)
-	}
+	return &e, nil
+}
+
+// createEntry makes the entry object of e, whose directory key was just
+// written; on failure it removes that key again.
+func (j *Journal) createEntry(s Store, e *Entry) error {
 	failpoint.Hit("journal-reserve-after-directory")
 	if err := s.SetOmap(j.EntryObject(e.UUID), e.toOmap(j.nameKey), true); err != nil {
-		_ = s.RemoveOmapKeys(j.directory, []string{dirKey})
-		return nil, fmt.Errorf("creating %s: %w", j.EntryObject(e.UUID), err)
+		_ = s.RemoveOmapKeys(j.directory, []string{j.nameKeyPfx + e.RequestName})
+		return fmt.Errorf("creating %s: %w", j.EntryObject(e.UUID), err)
 	}
-	return &e, nil
+	return nil
 }
 
 // SetImageID records the RBD image ID of an entry.

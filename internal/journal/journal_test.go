@@ -40,6 +40,18 @@ func (m *memStore) SetOmap(oid string, kv map[string]string, exclusive bool) err
 	return nil
 }
 
+func (m *memStore) SetOmapKeyIfAbsent(oid, key, value string) error {
+	obj, ok := m.objects[oid]
+	if !ok {
+		return ErrNotFound
+	}
+	if obj[key] != "" {
+		return ErrKeyExists
+	}
+	obj[key] = value
+	return nil
+}
+
 func (m *memStore) RemoveOmapKeys(oid string, keys []string) error {
 	for _, k := range keys {
 		delete(m.objects[oid], k)
@@ -133,4 +145,68 @@ func TestSnapshotSourceKey(t *testing.T) {
 	if _, ok := s.objects["csi.snaps.inst"]; !ok {
 		t.Fatal("instance ID not used in the directory object name")
 	}
+}
+
+func TestClaim(t *testing.T) {
+	s := newMemStore()
+	j := Volumes("default")
+	dir := "csi.volumes.default"
+
+	// No directory yet: the first claim reserves through Reserve.
+	first, fresh, err := j.Claim(s, "pvc-1", "csi-vol-", Entry{Request: "r1"})
+	if err != nil || !fresh || s.objects[dir]["csi.volume.pvc-1"] != first.UUID {
+		t.Fatalf("first claim = %+v, %v, %v; directory %v", first, fresh, err, s.objects[dir])
+	}
+	// A new name in an existing directory: reserved in place.
+	second, fresh, err := j.Claim(s, "pvc-2", "csi-vol-", Entry{Request: "r2"})
+	if err != nil || !fresh || second.UUID == first.UUID || s.objects[dir]["csi.volume.pvc-2"] != second.UUID {
+		t.Fatalf("second claim = %+v, %v, %v", second, fresh, err)
+	}
+	if obj := s.objects["csi.volume."+second.UUID]; obj["csi.volname"] != "pvc-2" || obj["cephcsi.request"] != "r2" {
+		t.Fatalf("entry object of the second claim = %v", obj)
+	}
+	// The same name again: the existing entry, not a new one, whatever the
+	// template says.
+	again, fresh, err := j.Claim(s, "pvc-2", "csi-vol-", Entry{Request: "other"})
+	if err != nil || fresh || again.UUID != second.UUID || again.Request != "r2" {
+		t.Fatalf("repeated claim = %+v, %v, %v", again, fresh, err)
+	}
+	if n := len(s.objects); n != 3 {
+		t.Fatalf("%d objects after a repeated claim, want the directory and two entries: %v", n, s.objects)
+	}
+	// A key whose entry object is gone (a crash inside a reservation):
+	// replaced by a new reservation.
+	delete(s.objects, "csi.volume."+second.UUID)
+	third, fresh, err := j.Claim(s, "pvc-2", "csi-vol-", Entry{Request: "r3"})
+	if err != nil || !fresh || third.UUID == second.UUID || s.objects[dir]["csi.volume.pvc-2"] != third.UUID {
+		t.Fatalf("claim over a dangling key = %+v, %v, %v", third, fresh, err)
+	}
+}
+
+func TestClaimFailsCleanly(t *testing.T) {
+	s := &failingEntryStore{memStore: newMemStore()}
+	j := Volumes("default")
+	if _, _, err := j.Claim(s, "pvc-0", "csi-vol-", Entry{}); err != nil {
+		t.Fatal(err)
+	}
+	s.failEntries = true
+	if e, fresh, err := j.Claim(s, "pvc-1", "csi-vol-", Entry{}); err == nil || e != nil || fresh {
+		t.Fatalf("claim with the entry object failing = %+v, %v, %v", e, fresh, err)
+	}
+	if _, has := s.objects["csi.volumes.default"]["csi.volume.pvc-1"]; has {
+		t.Fatal("a failed claim left its directory key")
+	}
+}
+
+// failingEntryStore fails the creation of entry objects when told to.
+type failingEntryStore struct {
+	*memStore
+	failEntries bool
+}
+
+func (s *failingEntryStore) SetOmap(oid string, kv map[string]string, exclusive bool) error {
+	if s.failEntries && exclusive {
+		return errors.New("injected")
+	}
+	return s.memStore.SetOmap(oid, kv, exclusive)
 }

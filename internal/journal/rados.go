@@ -1,7 +1,32 @@
 package journal
 
+/*
+#cgo LDFLAGS: -lrados
+#include <stdlib.h>
+#include <rados/librados.h>
+
+// set_key_if_absent sets key on oid in one write operation that the OSD
+// applies only when the key has no value: it compares a missing key as
+// empty, so the comparison with "" fails (-ECANCELED) exactly when the key
+// is set. A missing object is -ENOENT.
+static int set_key_if_absent(rados_ioctx_t io, const char *oid, const char *key, size_t key_len,
+                             const char *val, size_t val_len) {
+	rados_write_op_t op = rados_create_write_op();
+	int cmp = 0;
+	rados_write_op_omap_cmp2(op, key, LIBRADOS_CMPXATTR_OP_EQ, "", key_len, 0, &cmp);
+	rados_write_op_omap_set2(op, &key, &val, &key_len, &val_len, 1);
+	int r = rados_write_op_operate2(op, io, oid, NULL, 0);
+	rados_release_write_op(op);
+	return r;
+}
+*/
+import "C"
+
 import (
 	"errors"
+	"fmt"
+	"syscall"
+	"unsafe"
 
 	"github.com/ceph/go-ceph/rados"
 )
@@ -47,6 +72,27 @@ func (r RadosStore) SetOmap(oid string, kv map[string]string, exclusive bool) er
 	}
 	op.SetOmap(pairs)
 	return op.Operate(r.IO, oid, rados.OperationNoFlag)
+}
+
+// SetOmapKeyIfAbsent implements Store. go-ceph's WriteOp has no omap
+// comparison, so this one operation is made through librados directly, on
+// go-ceph's IOContext.
+func (r RadosStore) SetOmapKeyIfAbsent(oid, key, value string) error {
+	cOid, cKey, cVal := C.CString(oid), C.CString(key), C.CString(value)
+	defer C.free(unsafe.Pointer(cOid))
+	defer C.free(unsafe.Pointer(cKey))
+	defer C.free(unsafe.Pointer(cVal))
+	ret := C.set_key_if_absent(C.rados_ioctx_t(r.IO.Pointer()), cOid, cKey, C.size_t(len(key)), cVal, C.size_t(len(value)))
+	switch errno := syscall.Errno(-ret); {
+	case ret == 0:
+		return nil
+	case errno == syscall.ECANCELED:
+		return ErrKeyExists
+	case errno == syscall.ENOENT:
+		return ErrNotFound
+	default:
+		return fmt.Errorf("setting omap key on %s: %w", oid, errno)
+	}
 }
 
 // RemoveOmapKeys implements Store.

@@ -30,6 +30,15 @@ const (
 	StepRemove         = "remove"          // a volume's or snapshot's Ceph objects removed
 )
 
+// JournalStep is the step a journal claim counts as: a reservation when
+// it made a new entry (fresh), a lookup when it found the name's entry.
+func JournalStep(fresh bool) string {
+	if fresh {
+		return StepJournalReserve
+	}
+	return StepJournalLookup
+}
+
 // Steps lists the steps each driver times, for the exporter to show every
 // series from the start (a rate over a series that appears only with its
 // first event misses that event).

@@ -190,22 +190,16 @@ func (s *ControllerServer) CreateVolume(ctx context.Context, req *csi.CreateVolu
 	digest := request.Digest(req.GetParameters(), "volume", strconv.FormatInt(size, 10),
 		strconv.FormatInt(req.GetCapacityRange().GetLimitBytes(), 10), request.SourceOf(req.GetVolumeContentSource()))
 
-	store := t.p.Journal()
+	template := journal.Entry{Request: digest, Owner: owner}
+	if params.Encryption != nil {
+		template.KMSID, template.EncryptionType = kms.JournalID(params.Encryption.KMSID), encryptionTypeBlock
+	}
 	began := time.Now()
-	entry, err := s.volumes.Lookup(store, name)
-	if metrics.Step(metrics.RBD, metrics.StepJournalLookup, began, err) != nil {
+	entry, fresh, err := s.volumes.Claim(t.p.Journal(), name, params.NamePrefix, template)
+	if metrics.Step(metrics.RBD, metrics.JournalStep(fresh), began, err) != nil {
 		return nil, err
 	}
-	fresh := entry == nil
 	if fresh {
-		template := journal.Entry{Request: digest, Owner: owner}
-		if params.Encryption != nil {
-			template.KMSID, template.EncryptionType = kms.JournalID(params.Encryption.KMSID), encryptionTypeBlock
-		}
-		began = time.Now()
-		if entry, err = s.volumes.Reserve(store, name, params.NamePrefix, template); metrics.Step(metrics.RBD, metrics.StepJournalReserve, began, err) != nil {
-			return nil, err
-		}
 		failpoint.Hit("create-volume-after-reserve")
 	} else if entry.Request != "" && entry.Request != digest {
 		return nil, csierr.Errorf(csierr.ErrExists, "volume %q exists, made by a request with other parameters, size or content source", name)

@@ -776,6 +776,23 @@ func (s *fakeStore) SetOmap(oid string, kv map[string]string, exclusive bool) er
 	return nil
 }
 
+// SetOmapKeyIfAbsent counts as a SetOmap when the object exists (what a
+// failure rule on SetOmap sees); a missing object writes nothing.
+func (s *fakeStore) SetOmapKeyIfAbsent(oid, key, value string) error {
+	obj, ok := s.objects[oid]
+	if !ok {
+		return journal.ErrNotFound
+	}
+	if err := s.f.step("SetOmap", oid); err != nil {
+		return err
+	}
+	if obj[key] != "" {
+		return journal.ErrKeyExists
+	}
+	obj[key] = value
+	return nil
+}
+
 func (s *fakeStore) RemoveOmapKeys(oid string, keys []string) error {
 	if err := s.f.step("RemoveOmapKeys", oid); err != nil {
 		return err

@@ -73,13 +73,13 @@ func (s *ControllerServer) CreateSnapshot(ctx context.Context, req *csi.CreateSn
 	}
 	digest := request.Digest(req.GetParameters(), "snapshot", req.GetSourceVolumeId())
 
-	store := ref.p.Journal()
 	began := time.Now()
-	entry, err := s.snapshots.Lookup(store, name)
-	if metrics.Step(metrics.RBD, metrics.StepJournalLookup, began, err) != nil {
+	entry, fresh, err := s.snapshots.Claim(ref.p.Journal(), name, prefix, journal.Entry{Source: ref.image(), Request: digest,
+		KMSID: ref.entry.KMSID, EncryptionType: ref.entry.EncryptionType, Owner: ref.entry.Owner})
+	if metrics.Step(metrics.RBD, metrics.JournalStep(fresh), began, err) != nil {
 		return nil, err
 	}
-	if entry != nil {
+	if !fresh {
 		if entry.Source != ref.image() || (entry.Request != "" && entry.Request != digest) {
 			return nil, csierr.Errorf(csierr.ErrExists, "snapshot %q exists for source image %s with its own parameters, not for %s as asked",
 				name, entry.Source, ref.image())
@@ -107,13 +107,6 @@ func (s *ControllerServer) CreateSnapshot(ctx context.Context, req *csi.CreateSn
 			return nil, err
 		}
 		klog.FromContext(ctx).Info("repairing a half-created snapshot", "image", entry.ImageName)
-	} else {
-		began = time.Now()
-		entry, err = s.snapshots.Reserve(store, name, prefix, journal.Entry{Source: ref.image(), Request: digest,
-			KMSID: ref.entry.KMSID, EncryptionType: ref.entry.EncryptionType, Owner: ref.entry.Owner})
-		if metrics.Step(metrics.RBD, metrics.StepJournalReserve, began, err) != nil {
-			return nil, err
-		}
 	}
 	began = time.Now()
 	info, err := s.snapshotImage(ctx, ref, entry, request.SnapshotMetadata(req.GetParameters(), s.Options.ClusterName))
