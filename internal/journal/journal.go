@@ -189,11 +189,10 @@ func (j *Journal) Get(s Store, id string) (*Entry, error) {
 }
 
 // Claim returns the entry of requestName and whether this call reserved
-// it (fresh), as Lookup and then, for a name without one, Reserve would,
-// in fewer round trips for the common case, a name the directory does not
-// hold: its key is set only if absent, in the same operation that checks,
-// and then the entry object is made. A name the directory holds (or a
-// directory not made yet) takes the Lookup and Reserve path.
+// it (fresh), as Lookup followed by Reserve for a new name would, with one
+// round trip less for a name the directory does not hold: the operation
+// that checks its key is absent also writes it. A name the directory holds,
+// or a directory not made yet, goes the Lookup and Reserve way.
 func (j *Journal) Claim(s Store, requestName, namePrefix string, template Entry) (*Entry, bool, error) {
 	fresh, err := j.newEntry(requestName, namePrefix, template)
 	if err != nil {
