@@ -39,6 +39,10 @@ type Store interface {
 	// only when the key has no value: ErrKeyExists when it has one,
 	// ErrNotFound when the object is missing.
 	SetOmapKeyIfAbsent(oid, key, value string) error
+	// RemoveOmapKeyIfValue removes key, in one operation, only when it
+	// holds value; a key with another value or none, or a missing object,
+	// is left and is not an error.
+	RemoveOmapKeyIfValue(oid, key, value string) error
 	// RemoveOmapKeys removes keys; a missing object is not an error.
 	RemoveOmapKeys(oid string, keys []string) error
 	// Remove deletes an object; a missing object is not an error.
@@ -198,7 +202,8 @@ func (j *Journal) Claim(s Store, requestName, namePrefix string, template Entry)
 	if err != nil {
 		return nil, false, err
 	}
-	err = s.SetOmapKeyIfAbsent(j.directory, j.nameKeyPfx+requestName, fresh.UUID)
+	dirKey := j.nameKeyPfx + requestName
+	err = s.SetOmapKeyIfAbsent(j.directory, dirKey, fresh.UUID)
 	switch {
 	case err == nil:
 		if err := j.createEntry(s, fresh); err != nil {
@@ -206,6 +211,10 @@ func (j *Journal) Claim(s Store, requestName, namePrefix string, template Entry)
 		}
 		return fresh, true, nil
 	case !errors.Is(err, ErrKeyExists) && !errors.Is(err, ErrNotFound):
+		// A write that timed out may still land (an OSD cut off, then back):
+		// take the key back if it holds our UUID. The removal goes to the
+		// same object, so the OSD applies it after the write if both land.
+		_ = s.RemoveOmapKeyIfValue(j.directory, dirKey, fresh.UUID)
 		return nil, false, fmt.Errorf("reserving %q in %s: %w", requestName, j.directory, err)
 	}
 	existing, err := j.Lookup(s, requestName)

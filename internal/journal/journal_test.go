@@ -52,6 +52,13 @@ func (m *memStore) SetOmapKeyIfAbsent(oid, key, value string) error {
 	return nil
 }
 
+func (m *memStore) RemoveOmapKeyIfValue(oid, key, value string) error {
+	if obj, ok := m.objects[oid]; ok && obj[key] == value {
+		delete(obj, key)
+	}
+	return nil
+}
+
 func (m *memStore) RemoveOmapKeys(oid string, keys []string) error {
 	for _, k := range keys {
 		delete(m.objects[oid], k)
@@ -196,6 +203,38 @@ func TestClaimFailsCleanly(t *testing.T) {
 	if _, has := s.objects["csi.volumes.default"]["csi.volume.pvc-1"]; has {
 		t.Fatal("a failed claim left its directory key")
 	}
+}
+
+func TestClaimTakesBackATimedOutReservation(t *testing.T) {
+	s := &landingStore{memStore: newMemStore()}
+	j := Volumes("default")
+	if _, _, err := j.Claim(s, "pvc-0", "csi-vol-", Entry{}); err != nil {
+		t.Fatal(err)
+	}
+	s.timeOut = true
+	if e, fresh, err := j.Claim(s, "pvc-1", "csi-vol-", Entry{}); err == nil || e != nil || fresh {
+		t.Fatalf("claim whose write timed out = %+v, %v, %v", e, fresh, err)
+	}
+	if v, has := s.objects["csi.volumes.default"]["csi.volume.pvc-1"]; has {
+		t.Fatalf("the timed-out write landed and its key %q stayed", v)
+	}
+	if _, has := s.objects["csi.volumes.default"]["csi.volume.pvc-0"]; !has {
+		t.Fatal("the cleanup removed another name's key")
+	}
+}
+
+// landingStore's conditional set reports a timeout after it was applied,
+// as a write cut off from its OSD and delivered later does.
+type landingStore struct {
+	*memStore
+	timeOut bool
+}
+
+func (s *landingStore) SetOmapKeyIfAbsent(oid, key, value string) error {
+	if err := s.memStore.SetOmapKeyIfAbsent(oid, key, value); err != nil || !s.timeOut {
+		return err
+	}
+	return errors.New("connection timed out")
 }
 
 // failingEntryStore fails the creation of entry objects when told to.

@@ -5,16 +5,20 @@ package journal
 #include <stdlib.h>
 #include <rados/librados.h>
 
-// set_key_if_absent sets key on oid in one write operation that the OSD
-// applies only when the key has no value: it compares a missing key as
-// empty, so the comparison with "" fails (-ECANCELED) exactly when the key
-// is set. A missing object is -ENOENT.
-static int set_key_if_absent(rados_ioctx_t io, const char *oid, const char *key, size_t key_len,
-                             const char *val, size_t val_len) {
+// omap_guarded makes one write operation on oid that sets key to val, or
+// with remove drops key, only when the key's value is want. The OSD
+// compares a missing key as empty, so want "" means "key absent"; any
+// other value fails the whole operation with -ECANCELED. A missing object
+// is -ENOENT.
+static int omap_guarded(rados_ioctx_t io, const char *oid, const char *key, size_t key_len,
+                        const char *want, size_t want_len, const char *val, size_t val_len, int remove) {
 	rados_write_op_t op = rados_create_write_op();
 	int cmp = 0;
-	rados_write_op_omap_cmp2(op, key, LIBRADOS_CMPXATTR_OP_EQ, "", key_len, 0, &cmp);
-	rados_write_op_omap_set2(op, &key, &val, &key_len, &val_len, 1);
+	rados_write_op_omap_cmp2(op, key, LIBRADOS_CMPXATTR_OP_EQ, want, key_len, want_len, &cmp);
+	if (remove)
+		rados_write_op_omap_rm_keys2(op, &key, &key_len, 1);
+	else
+		rados_write_op_omap_set2(op, &key, &val, &key_len, &val_len, 1);
 	int r = rados_write_op_operate2(op, io, oid, NULL, 0);
 	rados_release_write_op(op);
 	return r;
@@ -75,24 +79,46 @@ func (r RadosStore) SetOmap(oid string, kv map[string]string, exclusive bool) er
 }
 
 // SetOmapKeyIfAbsent implements Store. go-ceph's WriteOp has no omap
-// comparison, so this one operation is made through librados directly, on
+// comparison, so the guarded operations go through librados directly, on
 // go-ceph's IOContext.
 func (r RadosStore) SetOmapKeyIfAbsent(oid, key, value string) error {
-	cOid, cKey, cVal := C.CString(oid), C.CString(key), C.CString(value)
+	err := r.guarded(oid, key, "", value, false)
+	switch {
+	case errors.Is(err, syscall.ECANCELED):
+		return ErrKeyExists
+	case errors.Is(err, syscall.ENOENT):
+		return ErrNotFound
+	case err != nil:
+		return fmt.Errorf("setting omap key on %s: %w", oid, err)
+	}
+	return nil
+}
+
+// RemoveOmapKeyIfValue implements Store.
+func (r RadosStore) RemoveOmapKeyIfValue(oid, key, value string) error {
+	err := r.guarded(oid, key, value, "", true)
+	if err == nil || errors.Is(err, syscall.ECANCELED) || errors.Is(err, syscall.ENOENT) {
+		return nil
+	}
+	return fmt.Errorf("removing omap key from %s: %w", oid, err)
+}
+
+func (r RadosStore) guarded(oid, key, want, value string, remove bool) error {
+	cOid, cKey, cWant, cVal := C.CString(oid), C.CString(key), C.CString(want), C.CString(value)
 	defer C.free(unsafe.Pointer(cOid))
 	defer C.free(unsafe.Pointer(cKey))
+	defer C.free(unsafe.Pointer(cWant))
 	defer C.free(unsafe.Pointer(cVal))
-	ret := C.set_key_if_absent(C.rados_ioctx_t(r.IO.Pointer()), cOid, cKey, C.size_t(len(key)), cVal, C.size_t(len(value)))
-	switch errno := syscall.Errno(-ret); {
-	case ret == 0:
-		return nil
-	case errno == syscall.ECANCELED:
-		return ErrKeyExists
-	case errno == syscall.ENOENT:
-		return ErrNotFound
-	default:
-		return fmt.Errorf("setting omap key on %s: %w", oid, errno)
+	var rm C.int
+	if remove {
+		rm = 1
 	}
+	ret := C.omap_guarded(C.rados_ioctx_t(r.IO.Pointer()), cOid, cKey, C.size_t(len(key)),
+		cWant, C.size_t(len(want)), cVal, C.size_t(len(value)), rm)
+	if ret != 0 {
+		return syscall.Errno(-ret)
+	}
+	return nil
 }
 
 // RemoveOmapKeys implements Store.

@@ -16,7 +16,8 @@ import (
 // TestSetOmapKeyIfAbsentOnRADOS checks the one conditional write the
 // journal's Claim relies on against a real OSD: set when the key is
 // absent, refused (value kept) when it is set, and a missing object
-// reported as such without creating it.
+// reported as such without creating it; and the guarded removal that
+// takes a timed-out reservation back.
 func TestSetOmapKeyIfAbsentOnRADOS(t *testing.T) {
 	c := testutil.RequireCluster(t)
 	io := c.IOContext(t, "rbd")
@@ -45,6 +46,22 @@ func TestSetOmapKeyIfAbsentOnRADOS(t *testing.T) {
 	}
 	if got["k"] != "v1" || got["other"] != "x" {
 		t.Fatalf("omap after the refused write = %v, want k=v1 other=x", got)
+	}
+	// The guarded removal: another value is left, the right one removed.
+	if err := s.RemoveOmapKeyIfValue(oid, "k", "v2"); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := s.GetOmap(oid, []string{"k"}); err != nil || got["k"] != "v1" {
+		t.Fatalf("after removing k=v2: %v, %v; want k=v1 kept", got, err)
+	}
+	if err := s.RemoveOmapKeyIfValue(oid, "k", "v1"); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := s.GetOmap(oid, []string{"k", "other"}); err != nil || len(got) != 1 || got["other"] != "x" {
+		t.Fatalf("after removing k=v1: %v, %v; want only other=x", got, err)
+	}
+	if err := s.RemoveOmapKeyIfValue(oid+".missing", "k", "v1"); err != nil {
+		t.Fatalf("on a missing object: %v", err)
 	}
 }
 
