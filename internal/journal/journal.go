@@ -43,8 +43,6 @@ type Store interface {
 	// holds value; a key with another value or none, or a missing object,
 	// is left and is not an error.
 	RemoveOmapKeyIfValue(oid, key, value string) error
-	// RemoveOmapKeys removes keys; a missing object is not an error.
-	RemoveOmapKeys(oid string, keys []string) error
 	// Remove deletes an object; a missing object is not an error.
 	Remove(oid string) error
 }
@@ -161,7 +159,7 @@ func (j *Journal) Lookup(s Store, requestName string) (*Entry, error) {
 	}
 	e, err := j.Get(s, id)
 	if errors.Is(err, ErrNotFound) || (err == nil && e.RequestName != requestName) {
-		if err := s.RemoveOmapKeys(j.directory, []string{dirKey}); err != nil {
+		if err := s.RemoveOmapKeyIfValue(j.directory, dirKey, id); err != nil {
 			return nil, fmt.Errorf("removing stale journal key %s: %w", dirKey, err)
 		}
 		return nil, nil
@@ -217,10 +215,14 @@ func (j *Journal) Claim(s Store, requestName, namePrefix string, template Entry)
 		_ = s.RemoveOmapKeyIfValue(j.directory, dirKey, fresh.UUID)
 		return nil, false, fmt.Errorf("reserving %q in %s: %w", requestName, j.directory, err)
 	}
-	existing, err := j.Lookup(s, requestName)
-	if err != nil || existing != nil {
-		return existing, false, err
+	if errors.Is(err, ErrKeyExists) {
+		existing, err := j.Lookup(s, requestName)
+		if err != nil || existing != nil {
+			return existing, false, err
+		}
 	}
+	// No directory object yet (nothing to look up), or a dangling key that
+	// Lookup just removed: reserve the old way, which creates the directory.
 	if fresh, err = j.Reserve(s, requestName, namePrefix, template); err != nil {
 		return nil, false, err
 	}
@@ -262,7 +264,7 @@ func (j *Journal) newEntry(requestName, namePrefix string, template Entry) (*Ent
 func (j *Journal) createEntry(s Store, e *Entry) error {
 	failpoint.Hit("journal-reserve-after-directory")
 	if err := s.SetOmap(j.EntryObject(e.UUID), e.toOmap(j.nameKey), true); err != nil {
-		_ = s.RemoveOmapKeys(j.directory, []string{j.nameKeyPfx + e.RequestName})
+		_ = s.RemoveOmapKeyIfValue(j.directory, j.nameKeyPfx+e.RequestName, e.UUID)
 		return fmt.Errorf("creating %s: %w", j.EntryObject(e.UUID), err)
 	}
 	return nil
@@ -281,16 +283,10 @@ func (j *Journal) SetImageID(s Store, id, imageID string) error {
 // earlier partial runs, so Release may be retried.
 func (j *Journal) Release(s Store, e *Entry) error {
 	if e.RequestName != "" {
+		// Guarded by the UUID: the name may since belong to a new reservation.
 		dirKey := j.nameKeyPfx + e.RequestName
-		dir, err := s.GetOmap(j.directory, []string{dirKey})
-		switch {
-		case errors.Is(err, ErrNotFound):
-		case err != nil:
-			return fmt.Errorf("reading %s: %w", j.directory, err)
-		case dir[dirKey] == e.UUID: // the name may since belong to a new reservation
-			if err := s.RemoveOmapKeys(j.directory, []string{dirKey}); err != nil {
-				return fmt.Errorf("removing %s from %s: %w", dirKey, j.directory, err)
-			}
+		if err := s.RemoveOmapKeyIfValue(j.directory, dirKey, e.UUID); err != nil {
+			return fmt.Errorf("removing %s from %s: %w", dirKey, j.directory, err)
 		}
 	}
 	failpoint.Hit("journal-release-after-directory")

@@ -121,19 +121,6 @@ func (r RadosStore) guarded(oid, key, want, value string, remove bool) error {
 	return nil
 }
 
-// RemoveOmapKeys implements Store.
-func (r RadosStore) RemoveOmapKeys(oid string, keys []string) error {
-	op := rados.CreateWriteOp()
-	defer op.Release()
-	op.AssertExists()
-	op.RmOmapKeys(keys)
-	err := op.Operate(r.IO, oid, rados.OperationNoFlag)
-	if isNotFound(err) {
-		return nil
-	}
-	return err
-}
-
 // Remove implements Store.
 func (r RadosStore) Remove(oid string) error {
 	err := r.IO.Delete(oid)

@@ -813,7 +813,7 @@ func TestInterruptedDeleteFinishesOnRetry(t *testing.T) {
 		{"after the image, before -temp", "RemoveImage", 1, tempSuffix},
 		{"before the image is marked for the trash", "SetImageMetadata", 1, ""},
 		{"after the image is marked, before it is trashed", "TrashImage", 1, ""},
-		{"before the journal key is released", "RemoveOmapKeys", 1, "csi.volumes."},
+		{"before the journal key is released", "RemoveOmapKeyIfValue", 1, "csi.volumes."},
 		{"before the journal entry is released", "RemoveObject", 1, "csi.volume."},
 	} {
 		t.Run(tc.what, func(t *testing.T) {

@@ -794,21 +794,11 @@ func (s *fakeStore) SetOmapKeyIfAbsent(oid, key, value string) error {
 }
 
 func (s *fakeStore) RemoveOmapKeyIfValue(oid, key, value string) error {
-	if err := s.f.step("RemoveOmapKeys", oid); err != nil {
+	if err := s.f.step("RemoveOmapKeyIfValue", oid); err != nil {
 		return err
 	}
 	if obj, ok := s.objects[oid]; ok && obj[key] == value {
 		delete(obj, key)
-	}
-	return nil
-}
-
-func (s *fakeStore) RemoveOmapKeys(oid string, keys []string) error {
-	if err := s.f.step("RemoveOmapKeys", oid); err != nil {
-		return err
-	}
-	for _, k := range keys {
-		delete(s.objects[oid], k)
 	}
 	return nil
 }
