@@ -63,7 +63,8 @@ type pool interface {
 	// Describe reads what a restore needs of the image with this ID
 	// without opening it: its parent, its snapshots and the values of the
 	// metadata keys asked for ("" when unset), in two round trips
-	// (header.go). A missing image is ENOENT.
+	// (header.go). A missing image is ENOENT. The facts may be shared with
+	// other callers: read them, never change them.
 	Describe(imageID string, metadata []string) (*imageFacts, error)
 	// TrashMarked reports, in one round trip, whether the image with this
 	// ID carries the mark (trashedByUsKey) this driver sets on an image of

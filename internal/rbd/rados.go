@@ -11,6 +11,7 @@ import (
 	"github.com/ceph/go-ceph/rados"
 	"github.com/ceph/go-ceph/rbd"
 	"github.com/ceph/go-ceph/rbd/admin"
+	"golang.org/x/sync/singleflight"
 
 	"github.com/leanceph/cephcsi/internal/cephconn"
 	"github.com/leanceph/cephcsi/internal/csierr"
@@ -248,7 +249,25 @@ func (p *radosPool) Header(imageID string) (*header, error) {
 // "metadata_") in one read operation, then one snapshot_get per snapshot
 // in a second. A snapshot removed in between fails the second read with
 // ENOENT; the first is then made again.
+//
+// Restores of one snapshot that run at once share one Describe: they would
+// all read the same header, which each of their clones writes to, so every
+// read waits behind those writes. A restore holds its source snapshot
+// shared and DeleteSnapshot takes it exclusively, so a shared read never
+// straddles the snapshot's removal.
 func (p *radosPool) Describe(imageID string, metadata []string) (*imageFacts, error) {
+	key := fmt.Sprintf("%p/%d/%s/%s/%s", p.conn, p.id, p.namespace, imageID, strings.Join(metadata, ","))
+	v, err, _ := describes.Do(key, func() (any, error) { return p.describeRetrying(imageID, metadata) })
+	if err != nil {
+		return nil, err
+	}
+	return v.(*imageFacts), nil
+}
+
+// describes holds the Describe calls in flight, by connection and image.
+var describes singleflight.Group
+
+func (p *radosPool) describeRetrying(imageID string, metadata []string) (*imageFacts, error) {
 	for try := 0; ; try++ {
 		f, err := p.describe(imageID, metadata)
 		if err == nil || try == 2 || !errors.Is(err, errSnapshotGone) {

@@ -313,6 +313,66 @@ func TestConcurrentCreateSnapshotGivesOne(t *testing.T) {
 	e.assertClean()
 }
 
+// TestConcurrentRestoresOfOneSnapshot runs restores of one snapshot at
+// once, as a StatefulSet scaled from a snapshot does: they share the read
+// of the snapshot image's header, and each must still get the snapshot's
+// bytes and parent, and its own size check.
+func TestConcurrentRestoresOfOneSnapshot(t *testing.T) {
+	e := newRBDEnv(t)
+	src := e.create(uniqueName("src"), 8<<20, nil)
+	data := pattern(5, 64<<10)
+	testutil.WriteImage(t, e.io, src.GetVolumeContext()["imageName"], data, 1<<20)
+	snap := e.snapshot(uniqueName("snap"), src.GetVolumeId())
+	snapImage := "csi-snap-" + testutil.UUIDOf(t, snap.GetSnapshotId())
+	fromSnap := testutil.FromSnapshot(snap.GetSnapshotId())
+
+	const n = 8
+	vols := make([]*csi.Volume, n)
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		size := int64(8 << 20)
+		if i%4 == 3 {
+			size = 4 << 20 // smaller than the snapshot
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			resp, err := e.d.Controller.CreateVolume(e.ctx, e.volReq(uniqueName(fmt.Sprintf("restore-%d", i)), size, fromSnap))
+			vols[i], errs[i] = resp.GetVolume(), err
+		}()
+	}
+	wg.Wait()
+	for i := range n {
+		if i%4 == 3 {
+			if status.Code(errs[i]) != codes.OutOfRange {
+				t.Errorf("restore %d into a smaller size: %v, want OutOfRange", i, errs[i])
+			}
+			continue
+		}
+		if errs[i] != nil {
+			t.Errorf("restore %d: %v", i, errs[i])
+			continue
+		}
+		e.uuids = append(e.uuids, testutil.UUIDOf(t, vols[i].GetVolumeId()))
+		img := vols[i].GetVolumeContext()["imageName"]
+		if p := testutil.ImageParent(t, e.io, img); p != snapImage+"@"+snapImage {
+			t.Errorf("parent of restore %d = %q", i, p)
+		}
+		if got := testutil.ReadImage(t, e.io, img, len(data), 1<<20); !bytes.Equal(got, data) {
+			t.Errorf("restore %d does not hold the snapshot's bytes", i)
+		}
+	}
+	for _, v := range vols {
+		if v != nil {
+			e.deleteVolume(v.GetVolumeId())
+		}
+	}
+	e.deleteSnapshot(snap.GetSnapshotId())
+	e.deleteVolume(src.GetVolumeId())
+	e.assertClean()
+}
+
 // TestSnapshotCountLimitsAtDefaults drives a source image to the default
 // --minsnapshotsonimage (250) and --maxsnapshotsonimage (450) with plain
 // snapshots taken as admin: below the minimum a CSI snapshot keeps its
