@@ -208,21 +208,21 @@ func (j *Journal) Claim(s Store, requestName, namePrefix string, template Entry)
 			return nil, false, err
 		}
 		return fresh, true, nil
-	case !errors.Is(err, ErrKeyExists) && !errors.Is(err, ErrNotFound):
+	case errors.Is(err, ErrKeyExists):
+		existing, err := j.Lookup(s, requestName)
+		if err != nil || existing != nil {
+			return existing, false, err
+		}
+		// A dangling key, which Lookup just removed.
+	case !errors.Is(err, ErrNotFound):
 		// A write that timed out may still land (an OSD cut off, then back):
 		// take the key back if it holds our UUID. The removal goes to the
 		// same object, so the OSD applies it after the write if both land.
 		_ = s.RemoveOmapKeyIfValue(j.directory, dirKey, fresh.UUID)
 		return nil, false, fmt.Errorf("reserving %q in %s: %w", requestName, j.directory, err)
 	}
-	if errors.Is(err, ErrKeyExists) {
-		existing, err := j.Lookup(s, requestName)
-		if err != nil || existing != nil {
-			return existing, false, err
-		}
-	}
-	// No directory object yet (nothing to look up), or a dangling key that
-	// Lookup just removed: reserve the old way, which creates the directory.
+	// No directory object yet, or a dangling key removed: reserve the old
+	// way, which creates the directory.
 	if fresh, err = j.Reserve(s, requestName, namePrefix, template); err != nil {
 		return nil, false, err
 	}

@@ -190,36 +190,36 @@ func TestClaim(t *testing.T) {
 	}
 }
 
+// A claim whose writes fail leaves no key for its name, and removes no
+// other name's key.
 func TestClaimFailsCleanly(t *testing.T) {
-	s := &failingEntryStore{memStore: newMemStore()}
-	j := Volumes("default")
-	if _, _, err := j.Claim(s, "pvc-0", "csi-vol-", Entry{}); err != nil {
-		t.Fatal(err)
-	}
-	s.failEntries = true
-	if e, fresh, err := j.Claim(s, "pvc-1", "csi-vol-", Entry{}); err == nil || e != nil || fresh {
-		t.Fatalf("claim with the entry object failing = %+v, %v, %v", e, fresh, err)
-	}
-	if _, has := s.objects["csi.volumes.default"]["csi.volume.pvc-1"]; has {
-		t.Fatal("a failed claim left its directory key")
-	}
-}
-
-func TestClaimTakesBackATimedOutReservation(t *testing.T) {
-	s := &landingStore{memStore: newMemStore()}
-	j := Volumes("default")
-	if _, _, err := j.Claim(s, "pvc-0", "csi-vol-", Entry{}); err != nil {
-		t.Fatal(err)
-	}
-	s.timeOut = true
-	if e, fresh, err := j.Claim(s, "pvc-1", "csi-vol-", Entry{}); err == nil || e != nil || fresh {
-		t.Fatalf("claim whose write timed out = %+v, %v, %v", e, fresh, err)
-	}
-	if v, has := s.objects["csi.volumes.default"]["csi.volume.pvc-1"]; has {
-		t.Fatalf("the timed-out write landed and its key %q stayed", v)
-	}
-	if _, has := s.objects["csi.volumes.default"]["csi.volume.pvc-0"]; !has {
-		t.Fatal("the cleanup removed another name's key")
+	failing := &failingEntryStore{memStore: newMemStore()}
+	landing := &landingStore{memStore: newMemStore()}
+	for _, tc := range []struct {
+		what string
+		s    Store
+		mem  *memStore
+		fail func()
+	}{
+		{"the entry object cannot be made", failing, failing.memStore, func() { failing.failEntries = true }},
+		{"the directory write times out after it landed", landing, landing.memStore, func() { landing.timeOut = true }},
+	} {
+		t.Run(tc.what, func(t *testing.T) {
+			j := Volumes("default")
+			if _, _, err := j.Claim(tc.s, "pvc-0", "csi-vol-", Entry{}); err != nil {
+				t.Fatal(err)
+			}
+			tc.fail()
+			if e, fresh, err := j.Claim(tc.s, "pvc-1", "csi-vol-", Entry{}); err == nil || e != nil || fresh {
+				t.Fatalf("failed claim = %+v, %v, %v", e, fresh, err)
+			}
+			if v, has := tc.mem.objects["csi.volumes.default"]["csi.volume.pvc-1"]; has {
+				t.Fatalf("the failed claim left its directory key %q", v)
+			}
+			if _, has := tc.mem.objects["csi.volumes.default"]["csi.volume.pvc-0"]; !has {
+				t.Fatal("the cleanup removed another name's key")
+			}
+		})
 	}
 }
 
