@@ -137,32 +137,23 @@ func (s *ControllerServer) CreateVolume(ctx context.Context, req *csi.CreateVolu
 	digest := request.Digest(req.GetParameters(), "volume", strconv.FormatInt(size, 10),
 		strconv.FormatInt(req.GetCapacityRange().GetLimitBytes(), 10), request.SourceOf(req.GetVolumeContentSource()))
 	var entry *journal.Entry
-	fresh := false
-	began := time.Now()
-	if req.GetVolumeContentSource() == nil {
-		// Nothing to read before the reservation: claim the name in one
-		// write.
-		entry, fresh, err = s.volumes.Claim(f.store(), name, params.NamePrefix, volumeTemplate(params, digest, req, ""))
-		if metrics.Step(metrics.CephFS, metrics.JournalStep(fresh), began, err) != nil {
-			return nil, err
-		}
-		if fresh {
-			failpoint.Hit("cephfs-create-volume-after-reserve")
-		}
-	} else {
+	if req.GetVolumeContentSource() != nil {
+		// A retry of a clone still copying is answered from the clone's
+		// state alone (with --clonewait the full path waits for it
+		// instead), before the source is read. A volume without a source
+		// has nothing to read first: provisionVolume claims its name.
+		began := time.Now()
 		entry, err = s.volumes.Lookup(f.store(), name)
 		if metrics.Step(metrics.CephFS, metrics.StepJournalLookup, began, err) != nil {
 			return nil, err
 		}
-		// A retry of a clone still copying is answered from the clone's
-		// state alone (with --clonewait the full path waits for it instead).
 		if entry != nil && entry.Request == digest && !params.BackingSnapshot && s.Options.CloneWait == 0 {
 			if err := s.cloneInFlight(f, entry); err != nil {
 				return nil, err
 			}
 		}
 	}
-	entry, src, res, err := s.provisionVolume(ctx, f, name, entry, fresh, digest, params, req, size)
+	entry, src, res, err := s.provisionVolume(ctx, f, name, entry, digest, params, req, size)
 	if err != nil {
 		return nil, err
 	}
@@ -199,8 +190,8 @@ func (s *ControllerServer) CreateVolume(ctx context.Context, req *csi.CreateVolu
 
 // provisionVolume checks the content source and makes (or finishes) the
 // volume of request name: entry is its journal entry, nil when the name is
-// new (then reserved here), or one this call just reserved (fresh).
-func (s *ControllerServer) provisionVolume(ctx context.Context, f *fsConn, name string, entry *journal.Entry, fresh bool, digest string,
+// not looked up yet (then claimed here).
+func (s *ControllerServer) provisionVolume(ctx context.Context, f *fsConn, name string, entry *journal.Entry, digest string,
 	params *volumeParams, req *csi.CreateVolumeRequest, size int64) (*journal.Entry, *contentSource, *provisioned, error) {
 	src, err := s.resolveSource(f, req.GetVolumeContentSource(), params.ClusterID)
 	if err != nil {
@@ -216,15 +207,20 @@ func (s *ControllerServer) provisionVolume(ctx context.Context, f *fsConn, name 
 	if params.BackingSnapshot {
 		backingID = src.snapshotID
 	}
-	switch {
-	case fresh:
-	case entry == nil:
+	fresh := false
+	if entry == nil {
+		template := journal.Entry{BackingSnapshotID: backingID, Request: digest, Owner: req.GetParameters()[request.PVCNamespaceKey]}
+		if params.Encryption != nil {
+			template.KMSID, template.EncryptionType = kms.JournalID(params.Encryption.KMSID), encryptionTypeFile
+		}
 		began := time.Now()
-		entry, err = s.volumes.Reserve(f.store(), name, params.NamePrefix, volumeTemplate(params, digest, req, backingID))
-		if metrics.Step(metrics.CephFS, metrics.StepJournalReserve, began, err) != nil {
+		entry, fresh, err = s.volumes.Claim(f.store(), name, params.NamePrefix, template)
+		if metrics.Step(metrics.CephFS, metrics.JournalStep(fresh), began, err) != nil {
 			return nil, nil, nil, err
 		}
-		fresh = true
+	}
+	switch {
+	case fresh:
 		failpoint.Hit("cephfs-create-volume-after-reserve")
 	case entry.Request != "" && entry.Request != digest:
 		return nil, nil, nil, csierr.Errorf(csierr.ErrExists, "volume %q exists, made by a request with other parameters, size or content source", name)
@@ -251,15 +247,6 @@ func (s *ControllerServer) provisionVolume(ctx context.Context, f *fsConn, name 
 		return nil, nil, nil, err
 	}
 	return entry, src, res, nil
-}
-
-// volumeTemplate is the journal entry of a new volume of req.
-func volumeTemplate(params *volumeParams, digest string, req *csi.CreateVolumeRequest, backingID string) journal.Entry {
-	template := journal.Entry{BackingSnapshotID: backingID, Request: digest, Owner: req.GetParameters()[request.PVCNamespaceKey]}
-	if params.Encryption != nil {
-		template.KMSID, template.EncryptionType = kms.JournalID(params.Encryption.KMSID), encryptionTypeFile
-	}
-	return template
 }
 
 // cloneInFlight answers a repeated CreateVolume of a clone this driver
