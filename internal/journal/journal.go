@@ -191,10 +191,10 @@ func (j *Journal) Get(s Store, id string) (*Entry, error) {
 }
 
 // Claim returns the entry of requestName and whether this call reserved
-// it (fresh), as Lookup followed by Reserve for a new name would, with one
+// it (fresh), as Lookup followed by reserve for a new name would, with one
 // round trip less for a name the directory does not hold: the operation
 // that checks its key is absent also writes it. A name the directory holds,
-// or a directory not made yet, goes the Lookup and Reserve way.
+// or a directory not made yet, goes the Lookup and reserve way.
 func (j *Journal) Claim(s Store, requestName, namePrefix string, template Entry) (*Entry, bool, error) {
 	fresh, err := j.newEntry(requestName, namePrefix, template)
 	if err != nil {
@@ -223,17 +223,17 @@ func (j *Journal) Claim(s Store, requestName, namePrefix string, template Entry)
 	}
 	// No directory object yet, or a dangling key removed: reserve the old
 	// way, which creates the directory.
-	if fresh, err = j.Reserve(s, requestName, namePrefix, template); err != nil {
+	if fresh, err = j.reserve(s, requestName, namePrefix, template); err != nil {
 		return nil, false, err
 	}
 	return fresh, true, nil
 }
 
-// Reserve records a new UUID for requestName. The object name is
+// reserve records a new UUID for requestName. The object name is
 // namePrefix+uuid; template supplies Source, JournalPool and the like. The
 // directory key is written first, so a crash leaves at worst a dangling key
 // that the next Lookup of the same name removes.
-func (j *Journal) Reserve(s Store, requestName, namePrefix string, template Entry) (*Entry, error) {
+func (j *Journal) reserve(s Store, requestName, namePrefix string, template Entry) (*Entry, error) {
 	e, err := j.newEntry(requestName, namePrefix, template)
 	if err != nil {
 		return nil, err

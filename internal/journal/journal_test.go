@@ -71,7 +71,7 @@ func TestReserveLookupRelease(t *testing.T) {
 	if e, err := j.Lookup(s, "pvc-1"); err != nil || e != nil {
 		t.Fatalf("Lookup on empty journal = %v, %v", e, err)
 	}
-	e, err := j.Reserve(s, "pvc-1", "csi-vol-", Entry{JournalPool: "other"})
+	e, err := j.reserve(s, "pvc-1", "csi-vol-", Entry{JournalPool: "other"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -124,8 +124,8 @@ func TestLookupRepairsDanglingKey(t *testing.T) {
 func TestReleaseKeepsNewerReservationOfSameName(t *testing.T) {
 	s := newMemStore()
 	j := Volumes("default")
-	old, _ := j.Reserve(s, "pvc", "csi-vol-", Entry{})
-	newer, _ := j.Reserve(s, "pvc", "csi-vol-", Entry{})
+	old, _ := j.reserve(s, "pvc", "csi-vol-", Entry{})
+	newer, _ := j.reserve(s, "pvc", "csi-vol-", Entry{})
 	if err := j.Release(s, old); err != nil {
 		t.Fatal(err)
 	}
@@ -138,7 +138,7 @@ func TestReleaseKeepsNewerReservationOfSameName(t *testing.T) {
 func TestSnapshotSourceKey(t *testing.T) {
 	s := newMemStore()
 	j := Snapshots("inst")
-	e, err := j.Reserve(s, "snap", "csi-snap-", Entry{Source: "csi-vol-x"})
+	e, err := j.reserve(s, "snap", "csi-snap-", Entry{Source: "csi-vol-x"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -156,7 +156,7 @@ func TestClaim(t *testing.T) {
 	j := Volumes("default")
 	dir := "csi.volumes.default"
 
-	// No directory yet: the first claim reserves through Reserve.
+	// No directory yet: the first claim reserves through reserve.
 	first, fresh, err := j.Claim(s, "pvc-1", "csi-vol-", Entry{Request: "r1"})
 	if err != nil || !fresh || s.objects[dir]["csi.volume.pvc-1"] != first.UUID {
 		t.Fatalf("first claim = %+v, %v, %v; directory %v", first, fresh, err, s.objects[dir])
