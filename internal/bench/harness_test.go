@@ -96,6 +96,9 @@ type row struct {
 	// median of sequential calls, the mean of concurrent ones), of the
 	// driver and of the floor; -1 when not counted (procstats_test.go).
 	Msgs, OSD, FloorMsgs, FloorOSD float64
+	// CPU and FloorCPU are the CPU time one call cost (the mean), of the
+	// driver's run and of the floor's (concurrent rows only, cpu_test.go).
+	CPU, FloorCPU cpuUse
 }
 
 func (r row) ratio() float64 {
@@ -402,6 +405,8 @@ type concurrentResult struct {
 	retries int
 	// msgs and osd are per call (the mean), -1 when not counted.
 	msgs, osd float64
+	// cpu is per call (the mean).
+	cpu cpuUse
 }
 
 func (c concurrentResult) rate() float64 {
@@ -422,6 +427,7 @@ func (r *run) timeConcurrent(n, conc int, floor bool, op func(i int) (int, error
 		wg  sync.WaitGroup
 	)
 	before, counted := r.counters(floor)
+	cpuBefore := r.cpu(floor)
 	next := make(chan int)
 	start := time.Now()
 	for range conc {
@@ -449,6 +455,9 @@ func (r *run) timeConcurrent(n, conc int, floor bool, op func(i int) (int, error
 	close(next)
 	wg.Wait()
 	res.wall = time.Since(start)
+	if n > 0 {
+		res.cpu = r.cpu(floor).minus(cpuBefore).per(n)
+	}
 	if counted && n > 0 {
 		after, _ := r.counters(floor)
 		d := after.minus(before)
@@ -461,7 +470,8 @@ func (r *run) timeConcurrent(n, conc int, floor bool, op func(i int) (int, error
 func concRow(op, mode string, n int, drv, floor concurrentResult, floorDesc string) row {
 	return row{Op: op, Mode: mode, N: n, Median: drv.lat.median(), P99: drv.lat.p99(),
 		FloorMedian: floor.lat.median(), Floor: floorDesc, Rate: drv.rate(), FloorRate: floor.rate(),
-		Errors: len(drv.errs), Retries: drv.retries, Msgs: drv.msgs, OSD: drv.osd, FloorMsgs: floor.msgs, FloorOSD: floor.osd}
+		Errors: len(drv.errs), Retries: drv.retries, Msgs: drv.msgs, OSD: drv.osd, FloorMsgs: floor.msgs, FloorOSD: floor.osd,
+		CPU: drv.cpu, FloorCPU: floor.cpu}
 }
 
 // driverProc is the driver process under test.

@@ -102,6 +102,7 @@ func printReport(w io.Writer, total time.Duration) {
 	}
 	if len(allRows) > 0 {
 		printRows(w)
+		printCPU(w)
 	}
 	if len(scalePoints) > 0 {
 		printScale(w)
@@ -215,6 +216,9 @@ func verdicts() []verdict {
 		if r := findRow(t.group, t.op, t.mode); r != nil {
 			v.measured, v.met = true, r.Rate >= t.min && r.Errors == 0
 			v.got = fmt.Sprintf("%.1f/s, %d errors (floor %.1f/s)", r.Rate, r.Errors, r.FloorRate)
+			if r.FloorCPU.ok {
+				v.got += fmt.Sprintf("; the floor's CPU per call caps this machine at %.0f/s", ceiling(r.FloorCPU))
+			}
 		}
 		out = append(out, v)
 	}
