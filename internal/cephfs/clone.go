@@ -51,8 +51,12 @@ func (c *contentSource) origin(name string) (subvolume, snapshot string) {
 }
 
 // resolveSource checks the source of a CreateVolume request: it must exist
-// and live in the same cluster and filesystem.
-func (s *ControllerServer) resolveSource(f *fsConn, src *csi.VolumeContentSource, clusterID string) (*contentSource, error) {
+// and live in the same cluster and filesystem. With cloned set (the clone
+// this request started is complete, and its source was checked when it
+// began) only the source's journal entry is read, for its name and
+// encryption: a subvolume or snapshot that was there for the copy is not
+// asked for again.
+func (s *ControllerServer) resolveSource(f *fsConn, src *csi.VolumeContentSource, clusterID string, cloned bool) (*contentSource, error) {
 	if src == nil {
 		return nil, nil
 	}
@@ -79,7 +83,11 @@ func (s *ControllerServer) resolveSource(f *fsConn, src *csi.VolumeContentSource
 		return nil, csierr.Errorf(csierr.ErrInvalid, "source %s %q is not in filesystem %s of cluster %q", kind, id, f.fs.Name, clusterID)
 	}
 	if kind == "snapshot" {
-		c, err := s.findBackingSnapshot(f, id)
+		find := s.findBackingSnapshot
+		if cloned {
+			find = s.snapshotEntry
+		}
+		c, err := find(f, id)
 		if err != nil {
 			return nil, csierr.Errorf(csierr.ErrNotFound, "source snapshot %q not found: %v", id, err)
 		}
@@ -95,6 +103,10 @@ func (s *ControllerServer) resolveSource(f *fsConn, src *csi.VolumeContentSource
 		return nil, csierr.Errorf(csierr.ErrInvalid, "source volume %q is snapshot-backed; clone its snapshot instead", id)
 	}
 	name := entry.ImageName
+	c := &contentSource{volume: name, kmsID: entry.KMSID, encryptionType: entry.EncryptionType}
+	if cloned {
+		return c, nil
+	}
 	info, err := f.admin.SubVolumeInfo(f.fs.Name, f.group, name)
 	switch {
 	case csierr.IsNotFound(err) || (err == nil && info.State == admin.StateSnapRetained):
@@ -104,13 +116,13 @@ func (s *ControllerServer) resolveSource(f *fsConn, src *csi.VolumeContentSource
 	case err != nil:
 		return nil, fmt.Errorf("reading source subvolume %s: %w", name, err)
 	}
-	return &contentSource{volume: name, size: quotaBytes(info), root: subvolumeRoot(f.group, name, info.Path),
-		kmsID: entry.KMSID, encryptionType: entry.EncryptionType}, nil
+	c.size, c.root = quotaBytes(info), subvolumeRoot(f.group, name, info.Path)
+	return c, nil
 }
 
-// findBackingSnapshot reads the journal entry of snapshotID and checks that
-// the subvolume snapshot exists.
-func (s *ControllerServer) findBackingSnapshot(f *fsConn, snapshotID string) (*contentSource, error) {
+// snapshotEntry is the content source snapshotID names, from its journal
+// entry alone.
+func (s *ControllerServer) snapshotEntry(f *fsConn, snapshotID string) (*contentSource, error) {
 	decoded, err := volid.Decode(snapshotID)
 	if err != nil {
 		return nil, err
@@ -119,10 +131,20 @@ func (s *ControllerServer) findBackingSnapshot(f *fsConn, snapshotID string) (*c
 	if err != nil {
 		return nil, err
 	}
+	return &contentSource{snapshot: entry, snapshotID: snapshotID, kmsID: entry.KMSID, encryptionType: entry.EncryptionType}, nil
+}
+
+// findBackingSnapshot reads the journal entry of snapshotID and checks that
+// the subvolume snapshot exists.
+func (s *ControllerServer) findBackingSnapshot(f *fsConn, snapshotID string) (*contentSource, error) {
+	c, err := s.snapshotEntry(f, snapshotID)
+	if err != nil {
+		return nil, err
+	}
+	entry := c.snapshot
 	if _, err := f.admin.SubVolumeSnapshotInfo(f.fs.Name, f.group, entry.Source, entry.ImageName); err != nil {
 		return nil, fmt.Errorf("snapshot %s of %s: %w", entry.ImageName, entry.Source, err)
 	}
-	c := &contentSource{snapshot: entry, snapshotID: snapshotID, kmsID: entry.KMSID, encryptionType: entry.EncryptionType}
 	// A source deleted with its snapshots retained has no info; its size is
 	// then unknown, and the snapshots sit below the fixed root.
 	var dataPath string

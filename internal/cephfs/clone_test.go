@@ -312,22 +312,28 @@ func TestCloneInFlight(t *testing.T) {
 	src := admin.CloneSource{Volume: "myfs", Group: "csi", SubVolume: "csi-vol-src", Snapshot: "csi-vol-1"}
 
 	a := &fakeAdmin{clone: &admin.CloneStatus{State: admin.CloneInProgress, Source: src}}
-	if err := s.cloneInFlight(fakeFS(a), entry); csierr.Code(err) != codes.Aborted {
-		t.Errorf("copying: %v; want Aborted", err)
+	if complete, err := s.cloneInFlight(fakeFS(a), entry); csierr.Code(err) != codes.Aborted || complete {
+		t.Errorf("copying: complete %v, %v; want Aborted", complete, err)
 	}
 	if want := []string{"CloneStatus csi-vol-1"}; !slices.Equal(a.calls, want) {
 		t.Errorf("calls while copying %q, want %q", a.calls, want)
 	}
-	for _, a := range []*fakeAdmin{
-		{clone: &admin.CloneStatus{State: admin.CloneComplete, Source: src}},
-		{clone: &admin.CloneStatus{State: admin.CloneFailed, Source: src}},
-		{errs: map[string][]error{"CloneStatus": {cephErr(syscall.ENOENT)}}},
+	for _, c := range []struct {
+		a        *fakeAdmin
+		complete bool
+	}{
+		// The manager names no source for a complete clone.
+		{&fakeAdmin{clone: &admin.CloneStatus{State: admin.CloneComplete}}, true},
+		{&fakeAdmin{clone: &admin.CloneStatus{State: admin.CloneComplete, Source: src}}, true},
+		{&fakeAdmin{clone: &admin.CloneStatus{State: admin.CloneFailed, Source: src}}, false},
+		{&fakeAdmin{errs: map[string][]error{"CloneStatus": {cephErr(syscall.ENOENT)}}}, false},
 	} {
-		if err := s.cloneInFlight(fakeFS(a), entry); err != nil {
-			t.Errorf("%v; want nil (the full path decides)", err)
+		complete, err := s.cloneInFlight(fakeFS(c.a), entry)
+		if err != nil || complete != c.complete {
+			t.Errorf("status %+v: complete %v, %v; want %v and nil (the full path decides)", c.a.clone, complete, err, c.complete)
 		}
-		if want := []string{"CloneStatus csi-vol-1"}; !slices.Equal(a.calls, want) {
-			t.Errorf("calls %q, want %q only", a.calls, want)
+		if want := []string{"CloneStatus csi-vol-1"}; !slices.Equal(c.a.calls, want) {
+			t.Errorf("calls %q, want %q only", c.a.calls, want)
 		}
 	}
 }

@@ -137,6 +137,7 @@ func (s *ControllerServer) CreateVolume(ctx context.Context, req *csi.CreateVolu
 	digest := request.Digest(req.GetParameters(), "volume", strconv.FormatInt(size, 10),
 		strconv.FormatInt(req.GetCapacityRange().GetLimitBytes(), 10), request.SourceOf(req.GetVolumeContentSource()))
 	var entry *journal.Entry
+	cloned := false
 	if req.GetVolumeContentSource() != nil {
 		// A retry of a clone still copying is answered from the clone's
 		// state alone (with --clonewait the full path waits for it
@@ -148,12 +149,12 @@ func (s *ControllerServer) CreateVolume(ctx context.Context, req *csi.CreateVolu
 			return nil, err
 		}
 		if entry != nil && entry.Request == digest && !params.BackingSnapshot && s.Options.CloneWait == 0 {
-			if err := s.cloneInFlight(f, entry); err != nil {
+			if cloned, err = s.cloneInFlight(f, entry); err != nil {
 				return nil, err
 			}
 		}
 	}
-	entry, src, res, err := s.provisionVolume(ctx, f, name, entry, digest, params, req, size)
+	entry, src, res, err := s.provisionVolume(ctx, f, name, entry, digest, params, req, size, cloned)
 	if err != nil {
 		return nil, err
 	}
@@ -190,10 +191,11 @@ func (s *ControllerServer) CreateVolume(ctx context.Context, req *csi.CreateVolu
 
 // provisionVolume checks the content source and makes (or finishes) the
 // volume of request name: entry is its journal entry, nil when the name is
-// not looked up yet (then claimed here).
+// not looked up yet (then claimed here). cloned says that entry's clone,
+// started by this same request, is complete (see resolveSource).
 func (s *ControllerServer) provisionVolume(ctx context.Context, f *fsConn, name string, entry *journal.Entry, digest string,
-	params *volumeParams, req *csi.CreateVolumeRequest, size int64) (*journal.Entry, *contentSource, *provisioned, error) {
-	src, err := s.resolveSource(f, req.GetVolumeContentSource(), params.ClusterID)
+	params *volumeParams, req *csi.CreateVolumeRequest, size int64, cloned bool) (*journal.Entry, *contentSource, *provisioned, error) {
+	src, err := s.resolveSource(f, req.GetVolumeContentSource(), params.ClusterID, cloned)
 	if err != nil {
 		return nil, nil, nil, err
 	}
@@ -254,17 +256,24 @@ func (s *ControllerServer) provisionVolume(ctx context.Context, f *fsConn, name 
 // parameters were checked when it began) while the copy runs: one manager
 // command per retry, as a client polling the clone would make, instead of
 // reading the source and the new subvolume again each time. It returns
-// ErrInProgress while the clone copies, nil when the full path must
-// decide (no clone yet, or one that completed or failed).
-func (s *ControllerServer) cloneInFlight(f *fsConn, entry *journal.Entry) error {
+// ErrInProgress while the clone copies; otherwise the full path decides,
+// told with complete that the copy finished, so that it reads the source's
+// journal entry only. (The manager names no source for a complete clone,
+// hence the order of the cases.)
+func (s *ControllerServer) cloneInFlight(f *fsConn, entry *journal.Entry) (complete bool, err error) {
 	st, err := f.admin.CloneStatus(f.fs.Name, f.group, entry.ImageName)
-	if err != nil || st.Source.SubVolume == "" {
-		return nil
+	switch {
+	case err != nil:
+		return false, nil
+	case st.State == admin.CloneComplete:
+		return true, nil
+	case st.Source.SubVolume == "":
+		return false, nil
 	}
 	if err := cloneProgress(entry.ImageName, st); errors.Is(err, csierr.ErrInProgress) {
-		return err
+		return false, err
 	}
-	return nil
+	return false, nil
 }
 
 // growClone grows a clone (which has its source's quota) to size.
