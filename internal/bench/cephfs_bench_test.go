@@ -26,7 +26,7 @@ const (
 	fsGroup    = "csi"
 	fsJournal  = "csi" // RADOS namespace of the CephFS journal
 	fsSize     = 1 << 30
-	fsCloneN   = 10 // clones wait for the cloner: fewer of them
+	fsCloneN   = 20 // clones wait for the cloner: fewer of them, enough for a median that the cloner's timing moves less
 	// clonePoll is how often the floor asks for a clone's state; the
 	// driver's client retries an Aborted CreateVolume every 20 ms too.
 	clonePoll = 20 * time.Millisecond
