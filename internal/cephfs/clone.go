@@ -30,9 +30,11 @@ type contentSource struct {
 	// volume is the source subvolume, for a volume source.
 	volume string
 	// size is the source's quota; 0 when unknown (a deleted source whose
-	// snapshots were retained).
+	// snapshots were retained) or not read (a completed clone's retry, see
+	// resolveSource).
 	size int64
-	// root is the source subvolume's directory above its data directory.
+	// root is the source subvolume's directory above its data directory
+	// ("" when not read, as size).
 	root string
 	// kmsID and encryptionType are the source's encryption, from its
 	// journal entry (ceph-csi records them for snapshots too); both ""
