@@ -5,6 +5,7 @@ package bench
 import (
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -12,6 +13,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/prometheus/procfs"
 )
 
 // CPU per call of the concurrent rows. The rates of those rows depend on
@@ -20,46 +23,19 @@ import (
 // is the rate at which they would all be busy: the ceiling this machine
 // puts on that row, for the driver and for the floor.
 
-// userHZ is the unit of the CPU times in /proc/<pid>/stat (USER_HZ, 100 on
-// the Linux architectures the driver is built for).
-const userHZ = 100
-
 // cpuTime is the CPU time (user and system, of all threads, the exited ones
-// included) process pid has used so far.
+// included) process pid has used so far, in the 10 ms ticks of
+// /proc/<pid>/stat.
 func cpuTime(pid int) (time.Duration, error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	p, err := procfs.NewProc(pid)
 	if err != nil {
 		return 0, err
 	}
-	d, err := parseCPUTime(string(b))
+	st, err := p.Stat()
 	if err != nil {
 		return 0, fmt.Errorf("/proc/%d/stat: %w", pid, err)
 	}
-	return d, nil
-}
-
-// parseCPUTime reads utime and stime (fields 14 and 15) of a
-// /proc/<pid>/stat line. The command name (field 2) is in parentheses and
-// may hold spaces and parentheses itself, so the fields are counted from
-// the last ')'.
-func parseCPUTime(stat string) (time.Duration, error) {
-	end := strings.LastIndexByte(stat, ')')
-	if end < 0 {
-		return 0, fmt.Errorf("no command name in %q", stat)
-	}
-	f := strings.Fields(stat[end+1:])
-	if len(f) < 13 {
-		return 0, fmt.Errorf("%d fields after the command name, want at least 13", len(f))
-	}
-	var ticks uint64
-	for _, v := range f[11:13] {
-		n, err := strconv.ParseUint(v, 10, 64)
-		if err != nil {
-			return 0, err
-		}
-		ticks += n
-	}
-	return time.Duration(ticks) * time.Second / userHZ, nil
+	return time.Duration(math.Round(st.CPUTime() * float64(time.Second))), nil
 }
 
 // cephDaemons are the process IDs of the test cluster's daemons, from the
@@ -156,17 +132,8 @@ func ceiling(c cpuUse) float64 {
 
 func cpuMS(d time.Duration) string { return fmt.Sprintf("%.1f", float64(d)/float64(time.Millisecond)) }
 
-// TestParseCPUTime checks the stat parsing on a command name with spaces and
-// parentheses, on a line that is cut short, and on this process, whose CPU
-// time grows while it spins.
-func TestParseCPUTime(t *testing.T) {
-	line := "4242 (we (ird) name) S 1 4242 4242 0 -1 4194560 100 0 0 0 250 75 0 0 20 0 1 0 123 456 789"
-	if d, err := parseCPUTime(line); err != nil || d != 3250*time.Millisecond {
-		t.Errorf("parseCPUTime(%q) = %v, %v; want 3.25s (325 ticks)", line, d, err)
-	}
-	if _, err := parseCPUTime("4242 (short) S 1 2 3"); err == nil {
-		t.Error("a line without utime and stime parsed")
-	}
+// TestCPUTime checks that this process's CPU time grows while it spins.
+func TestCPUTime(t *testing.T) {
 	before, err := cpuTime(os.Getpid())
 	if err != nil {
 		t.Fatal(err)
